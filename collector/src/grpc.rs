@@ -1,0 +1,127 @@
+//! The `tally.v1.Ingest` gRPC service, plus health and reflection.
+//!
+//! Prost types stop here: requests are turned into domain calls on the `Ingestor` and the
+//! `Store`, and their errors into gRPC statuses with readable messages.
+
+use crate::ids;
+use crate::ingest::Ingestor;
+use crate::metrics::Metrics;
+use crate::store::{Source, Store, StoreError};
+use std::sync::Arc;
+use tally_proto::enroll::verify_proof;
+use tally_proto::limits::{MAX_REPORTS_PER_SUBMIT, MAX_SHORT_STRING, MAX_SUBMIT_BYTES};
+use tally_proto::pb;
+use tally_proto::pb::ingest_server::{Ingest, IngestServer};
+use tally_proto::signing;
+use tonic::{Request, Response, Status};
+
+pub struct IngestService {
+    pub ingestor: Arc<Ingestor>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+}
+
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::NotFound(m) => Status::not_found(m),
+        StoreError::Conflict(m) => Status::failed_precondition(m),
+        StoreError::Invalid(m) => Status::permission_denied(m),
+        StoreError::Database(m) => {
+            tracing::error!(error = %m, "Store failed during a gRPC call.");
+            Status::unavailable("the collector's storage is unavailable; retry later")
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    async fn enroll(
+        &self,
+        request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let r = request.into_inner();
+        if !ids::is_valid_id(&r.license_id) {
+            return Err(Status::invalid_argument(
+                "license_id is not a valid license id",
+            ));
+        }
+        if r.enrollment_token.is_empty() || r.enrollment_token.len() > MAX_SHORT_STRING {
+            return Err(Status::invalid_argument(
+                "enrollment_token must be 1 to 128 bytes",
+            ));
+        }
+        let key = signing::verifying_key(&r.agent_key)
+            .map_err(|e| Status::invalid_argument(format!("agent_key: {e}")))?;
+        if key.is_weak() {
+            return Err(Status::invalid_argument(
+                "agent_key is a weak (small-order) key",
+            ));
+        }
+        verify_proof(&key, &r.license_id, &r.enrollment_token, &r.proof)
+            .map_err(|e| Status::permission_denied(format!("enrollment proof: {e}")))?;
+        let hash = ids::hash_secret(&r.enrollment_token);
+        let (agent_id, signed) = self
+            .store
+            .enroll(
+                r.license_id.clone(),
+                hash,
+                key.to_bytes(),
+                chrono::Utc::now(),
+            )
+            .await
+            .map_err(store_status)?;
+        let license = <pb::SignedLicense as prost::Message>::decode(signed.as_slice())
+            .map_err(|_| Status::internal("stored license does not decode"))?;
+        self.metrics.enrollment();
+        tracing::info!(%agent_id, license_id = %r.license_id, "Agent enrolled.");
+        Ok(Response::new(pb::EnrollResponse {
+            collector_key: self.ingestor.collector_key().to_bytes().to_vec(),
+            license: Some(license),
+        }))
+    }
+
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        self.metrics.submit_call();
+        let reports = request.into_inner().reports;
+        if reports.len() > MAX_REPORTS_PER_SUBMIT {
+            return Err(Status::invalid_argument(format!(
+                "{} reports in one call; the limit is {MAX_REPORTS_PER_SUBMIT}",
+                reports.len()
+            )));
+        }
+        let (receipts, _) = self
+            .ingestor
+            .submit(reports, Source::Online)
+            .await
+            .map_err(store_status)?;
+        Ok(Response::new(pb::SubmitResponse { receipts }))
+    }
+}
+
+/// The gRPC router: Ingest, health and reflection.
+pub fn router(
+    service: IngestService,
+) -> Result<tonic::transport::server::Router, tonic_reflection::server::Error> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    // Reporter updates are fire-and-forget; the service starts SERVING.
+    let ingest = IngestServer::new(service)
+        .max_decoding_message_size(MAX_SUBMIT_BYTES)
+        .max_encoding_message_size(MAX_SUBMIT_BYTES);
+    tokio::spawn(async move {
+        health_reporter
+            .set_serving::<IngestServer<IngestService>>()
+            .await;
+    });
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    Ok(tonic::transport::Server::builder()
+        .timeout(std::time::Duration::from_secs(60))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(ingest))
+}

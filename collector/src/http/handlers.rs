@@ -1,0 +1,306 @@
+//! Billing API handlers. Each validates its input, confines it to the caller's scope, asks
+//! the store and shapes the answer.
+
+use super::{AppState, Caller, error::ApiError};
+use crate::ids::is_valid_id;
+use crate::store::{AgentFilter, Source};
+use crate::usage::{self, Format};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, RawQuery, State, rejection::PathRejection};
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tally_proto::bundle;
+use tally_proto::pb;
+
+/// Parses a query string into pairs; invalid percent-encoded UTF-8 is an error.
+fn pairs(raw: Option<String>) -> Result<Vec<(String, String)>, ApiError> {
+    let raw = raw.unwrap_or_default();
+    let mut out = Vec::new();
+    for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+        if k.contains('\u{FFFD}') || v.contains('\u{FFFD}') {
+            return Err(ApiError::bad_param("the query string is not valid UTF-8"));
+        }
+        out.push((k.into_owned(), v.into_owned()));
+    }
+    Ok(out)
+}
+
+/// Accepts only the named parameters, each at most once.
+fn only<'a>(
+    pairs: &'a [(String, String)],
+    allowed: &[&str],
+) -> Result<Vec<(&'a str, &'a str)>, ApiError> {
+    let mut seen = Vec::new();
+    for (k, v) in pairs {
+        if !allowed.contains(&k.as_str()) {
+            return Err(ApiError::bad_param(format!(
+                "unknown parameter {k:?} (allowed: {})",
+                allowed.join(", ")
+            )));
+        }
+        if seen.iter().any(|(s, _)| *s == k.as_str()) {
+            return Err(ApiError::bad_param(format!("{k}: given more than once")));
+        }
+        seen.push((k.as_str(), v.as_str()));
+    }
+    Ok(seen)
+}
+
+fn id_param<'a>(params: &[(&str, &'a str)], name: &str) -> Result<Option<&'a str>, ApiError> {
+    match params.iter().find(|(k, _)| *k == name) {
+        None => Ok(None),
+        Some((_, v)) if is_valid_id(v) => Ok(Some(v)),
+        Some(_) => Err(ApiError::bad_param(format!("{name}: not a valid id"))),
+    }
+}
+
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(State(st): State<AppState>) -> Response {
+    match st.store.list_customers(Some(String::new())).await {
+        Ok(_) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "Readiness check failed.");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "unavailable"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+pub async fn metrics(State(st): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("openapi.json"),
+    )
+        .into_response()
+}
+
+pub async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {method} {}", uri.path()))
+}
+
+pub async fn no_method(method: Method, uri: Uri) -> Response {
+    let e = json!({"error": {"code": "method_not_allowed", "message": format!("{method} is not allowed on {}", uri.path())}});
+    (StatusCode::METHOD_NOT_ALLOWED, Json(e)).into_response()
+}
+
+pub async fn usage(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut q =
+        usage::parse_query(&pairs(raw)?, false).map_err(|e| ApiError::bad_param(e.to_string()))?;
+    q.filter.customer = caller.scope(q.filter.customer.as_deref())?;
+    let rows = st.store.hourly_usage(q.filter.clone()).await?;
+    let rows = usage::aggregate(&rows, q.granularity).map_err(|e| ApiError::BadRequest {
+        code: "overflow",
+        message: e.to_string(),
+    })?;
+    Ok(match q.format {
+        Format::Csv => (
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            usage::to_csv(&rows),
+        )
+            .into_response(),
+        _ => Json(json!({"rows": rows})).into_response(),
+    })
+}
+
+pub async fn statement(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path((customer, period)) = path.map_err(|e| ApiError::bad_param(e.body_text()))?;
+    if !is_valid_id(&customer) {
+        return Err(ApiError::bad_param("customer: not a valid id"));
+    }
+    let month = parse_month(&period).ok_or_else(|| {
+        ApiError::bad_param(format!(
+            "period: {:?} is not YYYY-MM",
+            period.chars().take(32).collect::<String>()
+        ))
+    })?;
+    let customer = caller.scope(Some(&customer))?.unwrap_or(customer);
+    if !st.store.customer_exists(customer.clone()).await? {
+        return Err(ApiError::NotFound(format!("customer {customer} not found")));
+    }
+    let lines = st.store.statement(customer.clone(), month).await?;
+    let lines: Vec<Value> = lines
+        .iter()
+        .map(|l| {
+            let overage = l.limit.map_or(0, |lim| l.used.saturating_sub(lim));
+            json!({"metric": l.metric, "used": l.used, "limit": l.limit, "overage": overage})
+        })
+        .collect();
+    Ok(Json(
+        json!({"customer": customer, "period": period, "lines": lines}),
+    ))
+}
+
+/// `YYYY-MM` → unix seconds of the month's first instant.
+pub fn parse_month(s: &str) -> Option<i64> {
+    let (y, m) = s.split_once('-')?;
+    if y.len() != 4 || m.len() != 2 {
+        return None;
+    }
+    let (y, m): (i32, u32) = (y.parse().ok()?, m.parse().ok()?);
+    use chrono::TimeZone;
+    chrono::Utc
+        .with_ymd_and_hms(y, m, 1, 0, 0, 0)
+        .single()
+        .map(|d| d.timestamp())
+}
+
+pub async fn customers(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let p = pairs(raw)?;
+    only(&p, &[])?;
+    let rows = st.store.list_customers(caller.scope(None)?).await?;
+    Ok(Json(json!({"customers": rows})))
+}
+
+pub async fn licenses(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let p = pairs(raw)?;
+    let params = only(&p, &["customer"])?;
+    let scope = caller.scope(id_param(&params, "customer")?)?;
+    Ok(Json(
+        json!({"licenses": st.store.list_licenses(scope).await?}),
+    ))
+}
+
+pub async fn agents(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let p = pairs(raw)?;
+    let params = only(&p, &["customer", "license", "status"])?;
+    let status = match params.iter().find(|(k, _)| *k == "status") {
+        None => None,
+        Some((_, s @ ("active" | "silent" | "revoked"))) => Some(s.to_string()),
+        Some(_) => {
+            return Err(ApiError::bad_param(
+                "status: must be active, silent or revoked",
+            ));
+        }
+    };
+    let filter = AgentFilter {
+        customer: caller.scope(id_param(&params, "customer")?)?,
+        license: id_param(&params, "license")?.map(str::to_string),
+        status,
+        silent_after_secs: st.silent_after_secs,
+    };
+    Ok(Json(
+        json!({"agents": st.store.list_agents(filter, chrono::Utc::now()).await?}),
+    ))
+}
+
+pub async fn anomalies(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let p = pairs(raw)?;
+    let params = only(&p, &["customer"])?;
+    let scope = caller.scope(id_param(&params, "customer")?)?;
+    Ok(Json(json!({"anomalies": st.store.anomalies(scope).await?})))
+}
+
+pub async fn quarantine(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let p = pairs(raw)?;
+    let params = only(&p, &["customer"])?;
+    let scope = caller.scope(id_param(&params, "customer")?)?;
+    Ok(Json(json!({"reports": st.store.quarantine(scope).await?})))
+}
+
+/// `POST /v1/reports:import`: a report bundle (as written by `tally-agent export`) in the
+/// body. Answers a JSON summary, or with `?format=bundle` the signed receipt bundle for
+/// `tally-agent import-receipts`.
+pub async fn import(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    caller.require_staff()?;
+    let p = pairs(raw)?;
+    let params = only(&p, &["format"])?;
+    let as_bundle = match params.first() {
+        None | Some((_, "json")) => false,
+        Some((_, "bundle")) => true,
+        Some(_) => return Err(ApiError::bad_param("format: must be json or bundle")),
+    };
+    let b = bundle::read_reports(&body).map_err(|e| ApiError::BadRequest {
+        code: "invalid_bundle",
+        message: e.to_string(),
+    })?;
+    let (receipts, verdicts) = import_reports(&st, b.reports).await?;
+    if as_bundle {
+        let bytes = bundle::write_receipts(&pb::ReceiptBundle { receipts });
+        return Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response());
+    }
+    let mut counts = std::collections::BTreeMap::<&str, u64>::new();
+    let items: Vec<Value> = verdicts
+        .iter()
+        .map(|v| {
+            *counts.entry(v.outcome.as_str()).or_default() += 1;
+            json!({"digest": v.digest.to_hex(), "outcome": v.outcome.as_str(), "reason": v.reason, "detail": v.detail})
+        })
+        .collect();
+    Ok(Json(json!({"counts": counts, "receipts": items})).into_response())
+}
+
+pub async fn import_reports(
+    st: &AppState,
+    reports: Vec<pb::SignedReport>,
+) -> Result<(Vec<pb::Receipt>, Vec<crate::ingest::Verdict>), ApiError> {
+    Ok(import_reports_with(&st.ingestor, reports).await?)
+}
+
+/// Imports through `ingestor`, in chunks of the online batch size.
+pub async fn import_reports_with(
+    ingestor: &crate::ingest::Ingestor,
+    reports: Vec<pb::SignedReport>,
+) -> Result<(Vec<pb::Receipt>, Vec<crate::ingest::Verdict>), crate::store::StoreError> {
+    let mut receipts = Vec::with_capacity(reports.len());
+    let mut verdicts = Vec::with_capacity(reports.len());
+    let mut it = reports.into_iter().peekable();
+    while it.peek().is_some() {
+        let chunk: Vec<_> = it
+            .by_ref()
+            .take(tally_proto::limits::MAX_REPORTS_PER_SUBMIT)
+            .collect();
+        let (r, v) = ingestor.submit(chunk, Source::Import).await?;
+        receipts.extend(r);
+        verdicts.extend(v);
+    }
+    Ok((receipts, verdicts))
+}

@@ -1,0 +1,70 @@
+//! The billing HTTP API (axum). `app(state)` builds the router so tests can drive it with
+//! `oneshot`; `crate::server` serves it.
+//!
+//! Every `/v1` call passes the `auth` middleware: it resolves the bearer token (by hash),
+//! refuses missing, unknown and revoked tokens, and writes one audit entry per call (actor
+//! = token id, never the token).
+
+mod auth;
+mod error;
+mod handlers;
+
+pub use auth::Caller;
+pub use error::ApiError;
+pub use handlers::{import_reports_with, parse_month};
+
+use crate::ingest::Ingestor;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use std::sync::Arc;
+
+/// Largest import body.
+pub const MAX_IMPORT_BODY: usize = 64 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub ingestor: Arc<Ingestor>,
+    pub metrics: Arc<Metrics>,
+    /// An agent with no report for this long is listed as `silent`.
+    pub silent_after_secs: i64,
+}
+
+pub fn app(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/usage", get(handlers::usage))
+        .route(
+            "/v1/statements/{customer}/{month}",
+            get(handlers::statement),
+        )
+        .route("/v1/customers", get(handlers::customers))
+        .route("/v1/licenses", get(handlers::licenses))
+        .route("/v1/agents", get(handlers::agents))
+        .route("/v1/anomalies", get(handlers::anomalies))
+        .route("/v1/quarantine", get(handlers::quarantine))
+        .route(
+            "/v1/reports:import",
+            post(handlers::import).layer(DefaultBodyLimit::max(MAX_IMPORT_BODY)),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::auth_and_audit,
+        ));
+    Router::new()
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics))
+        .route("/openapi.json", get(handlers::openapi))
+        .merge(v1)
+        .fallback(handlers::no_route)
+        .method_not_allowed_fallback(handlers::no_method)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::count_responses,
+        ))
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(state)
+}

@@ -1,0 +1,259 @@
+//! The ingest pipeline shared by gRPC `Submit`, `tally-collector import` and
+//! `POST /v1/reports:import`: decode → look up the key → verify → store → sign receipts.
+//!
+//! The rule (DESIGN.md §7): authentic reports are always stored; inauthentic ones never
+//! are. Refusals happen here, before the store is touched (only a metric and a rate-limited
+//! log line record them); everything that needs stored state happens in the store's
+//! transaction.
+
+use crate::metrics::Metrics;
+use crate::store::{AuthenticReport, Source, Store, StoreError};
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use tally_proto::Digest;
+use tally_proto::pb;
+use tally_proto::receipt::{Outcome, ReceiptBody};
+use tally_proto::report::{Report, ReportError};
+use tally_proto::signing::{self, Domain};
+
+/// Below this many reports a batch verification does not pay for itself.
+const BATCH_VERIFY_MIN: usize = 4;
+
+/// Verifies and stores reports, and signs receipts for them.
+pub struct Ingestor {
+    store: Arc<dyn Store>,
+    key: SigningKey,
+    metrics: Arc<Metrics>,
+    last_refusal_log: AtomicI64,
+}
+
+/// What one report turned into, before signing.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub digest: Digest,
+    pub outcome: Outcome,
+    pub reason: String,
+    pub detail: String,
+}
+
+enum Slot {
+    Refused(Digest, &'static str, String),
+    Pending(Box<Candidate>),
+}
+
+struct Candidate {
+    digest: Digest,
+    report: Report,
+    bytes: Vec<u8>,
+    signature: Vec<u8>,
+    agent_id: String,
+    key: VerifyingKey,
+}
+
+impl Ingestor {
+    pub fn new(store: Arc<dyn Store>, key: SigningKey, metrics: Arc<Metrics>) -> Self {
+        Ingestor {
+            store,
+            key,
+            metrics,
+            last_refusal_log: AtomicI64::new(0),
+        }
+    }
+
+    pub fn collector_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    /// Processes reports and returns one signed receipt per report, in order. Fails only
+    /// when the store fails (a transient error: nothing was acknowledged).
+    pub async fn submit(
+        &self,
+        reports: Vec<pb::SignedReport>,
+        source: Source,
+    ) -> Result<(Vec<pb::Receipt>, Vec<Verdict>), StoreError> {
+        let received_at = chrono::Utc::now();
+        let mut slots: Vec<Slot> = reports.into_iter().map(decode).collect::<Vec<_>>();
+
+        // Look up every key once.
+        let keys: Vec<[u8; 32]> = slots
+            .iter()
+            .filter_map(|s| match s {
+                Slot::Pending(c) => Some(c.report.agent_key),
+                _ => None,
+            })
+            .collect();
+        let agents = self.store.agents_by_keys(keys).await?;
+        for slot in slots.iter_mut() {
+            let Slot::Pending(c) = slot else { continue };
+            let refusal = match agents.get(&c.report.agent_key) {
+                None => Some(("unknown_agent", "the agent key is not enrolled".to_string())),
+                Some(a) if a.revoked => Some(("agent_revoked", "the agent key was revoked".into())),
+                Some(a) if a.license_id != c.report.license_id => Some((
+                    "license_mismatch",
+                    format!(
+                        "the agent key is enrolled for another license than {}",
+                        c.report.license_id
+                    ),
+                )),
+                Some(a) => {
+                    c.agent_id = a.agent_id.clone();
+                    None
+                }
+            };
+            if let Some((reason, detail)) = refusal {
+                *slot = Slot::Refused(c.digest, reason, detail);
+            }
+        }
+
+        // Verify signatures off the async runtime: this is the CPU-heavy step.
+        let slots = tokio::task::spawn_blocking(move || verify_all(slots))
+            .await
+            .map_err(|e| StoreError::Database(format!("verification task failed: {e}")))?;
+
+        // Store the authentic ones in one group transaction.
+        let mut authentic = Vec::new();
+        let mut order = Vec::with_capacity(slots.len());
+        for slot in slots {
+            match slot {
+                Slot::Refused(d, reason, detail) => order.push(Err((d, reason, detail))),
+                Slot::Pending(c) => {
+                    order.push(Ok(authentic.len()));
+                    authentic.push(AuthenticReport {
+                        digest: c.digest,
+                        bytes: c.bytes,
+                        signature: c.signature,
+                        report: c.report,
+                        agent_id: c.agent_id,
+                    });
+                }
+            }
+        }
+        let digests: Vec<Digest> = authentic.iter().map(|a| a.digest).collect();
+        let stored = self.store.ingest(authentic, received_at, source).await?;
+
+        let mut receipts = Vec::with_capacity(order.len());
+        let mut verdicts = Vec::with_capacity(order.len());
+        for item in order {
+            let body = match item {
+                Err((digest, reason, detail)) => {
+                    self.log_refusal(&digest, reason, &detail);
+                    ReceiptBody {
+                        report_digest: digest,
+                        outcome: Outcome::Refused,
+                        reason: reason.to_string(),
+                        detail,
+                        received_at,
+                        lease_until: None,
+                        credits: Vec::new(),
+                    }
+                }
+                Ok(i) => {
+                    let s = &stored[i];
+                    ReceiptBody {
+                        report_digest: digests[i],
+                        outcome: s.outcome,
+                        reason: s.reason.clone(),
+                        detail: s.detail.clone(),
+                        received_at,
+                        lease_until: s.lease_until,
+                        credits: s.credits.clone(),
+                    }
+                }
+            };
+            self.metrics.report(body.outcome.as_str(), &body.reason);
+            receipts.push(body.sign(&self.key));
+            verdicts.push(Verdict {
+                digest: body.report_digest,
+                outcome: body.outcome,
+                reason: body.reason,
+                detail: body.detail,
+            });
+        }
+        Ok((receipts, verdicts))
+    }
+
+    /// At most one refusal log line per second: a flood of garbage cannot flood the logs.
+    fn log_refusal(&self, digest: &Digest, reason: &str, detail: &str) {
+        let now = chrono::Utc::now().timestamp();
+        let last = self.last_refusal_log.load(Ordering::Relaxed);
+        if now > last
+            && self
+                .last_refusal_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(%digest, reason, detail, "Report refused.");
+        }
+    }
+}
+
+fn decode(s: pb::SignedReport) -> Slot {
+    let digest = Digest::of(&s.report);
+    let report = match Report::decode(&s.report) {
+        Ok(r) => r,
+        Err(ReportError::TooLarge(d)) => return Slot::Refused(digest, "too_large", d),
+        Err(ReportError::Malformed(d)) => return Slot::Refused(digest, "malformed", d),
+    };
+    if s.signature.len() != 64 {
+        return Slot::Refused(
+            digest,
+            "malformed",
+            format!("signature must be 64 bytes, got {}", s.signature.len()),
+        );
+    }
+    let key = match signing::verifying_key(&report.agent_key) {
+        Ok(k) => k,
+        Err(_) => {
+            return Slot::Refused(
+                digest,
+                "malformed",
+                "agent_key is not a valid ed25519 key".into(),
+            );
+        }
+    };
+    Slot::Pending(Box::new(Candidate {
+        digest,
+        report,
+        bytes: s.report,
+        signature: s.signature,
+        agent_id: String::new(),
+        key,
+    }))
+}
+
+/// Verifies every pending slot's signature; a failing one becomes `bad_signature`.
+fn verify_all(mut slots: Vec<Slot>) -> Vec<Slot> {
+    let pending: Vec<usize> = (0..slots.len())
+        .filter(|i| matches!(slots[*i], Slot::Pending(_)))
+        .collect();
+    let messages: Vec<(usize, Vec<u8>, Signature, VerifyingKey)> = pending
+        .iter()
+        .filter_map(|&i| match &slots[i] {
+            Slot::Pending(c) => signing::signature(&c.signature)
+                .ok()
+                .map(|sig| (i, Domain::UsageReport.message(&c.bytes), sig, c.key)),
+            _ => None,
+        })
+        .collect();
+    let batch_ok = messages.len() >= BATCH_VERIFY_MIN && {
+        let msgs: Vec<&[u8]> = messages.iter().map(|m| m.1.as_slice()).collect();
+        let sigs: Vec<Signature> = messages.iter().map(|m| m.2).collect();
+        let keys: Vec<VerifyingKey> = messages.iter().map(|m| m.3).collect();
+        signing::verify_batch(&msgs, &sigs, &keys)
+    };
+    if !batch_ok {
+        for (i, msg, sig, key) in &messages {
+            if !signing::verify_message(key, msg, sig)
+                && let Slot::Pending(c) = &slots[*i]
+            {
+                slots[*i] = Slot::Refused(
+                    c.digest,
+                    "bad_signature",
+                    "the signature does not verify for the agent key".into(),
+                );
+            }
+        }
+    }
+    slots
+}

@@ -1,0 +1,14 @@
+//! `tally-collector`: the vendor half of Tally. See `ARCHITECTURE.md` for the map.
+
+pub mod calendar;
+pub mod commands;
+pub mod datadir;
+pub mod grpc;
+pub mod http;
+pub mod ids;
+pub mod ingest;
+pub mod metrics;
+pub mod roles;
+pub mod server;
+pub mod store;
+pub mod usage;

@@ -1,0 +1,472 @@
+//! `tally-collector`: a thin clap front-end over the `tally_collector` library.
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tally_collector::commands::{self, CommandError, Ctx, IssueArgs, Output};
+use tally_collector::datadir::DataDir;
+use tally_collector::server::{self, Collector};
+use tally_collector::store::AgentFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "tally-collector",
+    version,
+    about = "Tally collector: verified, exactly-once usage ingest and billing queries"
+)]
+struct Cli {
+    /// Data directory.
+    #[arg(long, global = true, env = "TALLY_DATA", value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Configuration file (TOML); flags and TALLY_* variables take precedence.
+    #[arg(long, global = true, env = "TALLY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print exactly one JSON document on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the data directory, database, vendor key and a first admin token.
+    Init,
+    /// Serve gRPC ingest and the billing HTTP API.
+    Serve(ServeArgs),
+    /// Customers.
+    #[command(subcommand)]
+    Customers(CustomersCmd),
+    /// Licenses.
+    #[command(subcommand)]
+    Licenses(LicensesCmd),
+    /// Enrolled agent keys.
+    #[command(subcommand)]
+    Agents(AgentsCmd),
+    /// API tokens.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// Usage per customer, license, metric and period.
+    Usage(UsageArgs),
+    /// Import a report bundle written by `tally-agent export`.
+    Import {
+        file: PathBuf,
+        /// Write the signed receipts here, for `tally-agent import-receipts`.
+        #[arg(long, value_name = "FILE")]
+        receipts_out: Option<PathBuf>,
+    },
+    /// Review quarantined reports.
+    #[command(subcommand)]
+    Quarantine(QuarantineCmd),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// gRPC ingest address (port 0 picks a free port).
+    #[arg(long, env = "TALLY_GRPC_LISTEN", value_name = "ADDR")]
+    grpc_listen: Option<String>,
+    /// Billing HTTP API address (port 0 picks a free port).
+    #[arg(long, env = "TALLY_HTTP_LISTEN", value_name = "ADDR")]
+    http_listen: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum CustomersCmd {
+    Add { name: String },
+    List,
+}
+
+#[derive(Subcommand)]
+enum LicensesCmd {
+    /// Issue a license file and an enrollment token.
+    Issue {
+        #[arg(long)]
+        customer: String,
+        /// METRIC or METRIC=LIMIT (per calendar month, UTC); repeat for several.
+        #[arg(long = "metric", value_name = "METRIC[=LIMIT]", required = true)]
+        metrics: Vec<String>,
+        /// YYYY-MM-DD or RFC 3339.
+        #[arg(long)]
+        expires: String,
+        /// YYYY-MM-DD or RFC 3339; default now.
+        #[arg(long)]
+        not_before: Option<String>,
+        #[arg(long, default_value = "7d")]
+        grace: String,
+        /// How many agents may enroll with the token.
+        #[arg(long, default_value_t = 1)]
+        enrollments: u32,
+        #[arg(long, default_value = "7d")]
+        token_ttl: String,
+        /// The collector URL agents deliver to.
+        #[arg(long, default_value = "http://127.0.0.1:7443")]
+        endpoint: String,
+        /// Where to write the license file (default DIR/licenses/ID.license).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    List {
+        #[arg(long)]
+        customer: Option<String>,
+    },
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentsCmd {
+    /// Enroll an agent key by hand (air-gapped sites: `tally-agent init --offline`).
+    Add {
+        #[arg(long)]
+        license: String,
+        /// The agent's public key in hex.
+        #[arg(long)]
+        key: String,
+    },
+    List {
+        #[arg(long)]
+        license: Option<String>,
+        #[arg(long)]
+        customer: Option<String>,
+        /// active, silent or revoked.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCmd {
+    Create {
+        /// admin, billing or customer:<id>.
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    List,
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Args)]
+struct UsageArgs {
+    #[arg(long)]
+    customer: Option<String>,
+    #[arg(long)]
+    license: Option<String>,
+    #[arg(long)]
+    metric: Option<String>,
+    /// Inclusive; YYYY-MM-DD or RFC 3339.
+    #[arg(long)]
+    from: Option<String>,
+    /// Exclusive; YYYY-MM-DD or RFC 3339.
+    #[arg(long)]
+    to: Option<String>,
+    /// hour, day or month.
+    #[arg(long)]
+    granularity: Option<String>,
+    /// table, csv or json.
+    #[arg(long)]
+    format: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum QuarantineCmd {
+    List,
+    /// Count a quarantined report (once, however often this is run).
+    Release {
+        digest: String,
+    },
+    /// Keep a quarantined report but never count it.
+    Discard {
+        digest: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+/// The configuration file: the same settings as flags, lowest precedence.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    data: Option<PathBuf>,
+    grpc_listen: Option<String>,
+    http_listen: Option<String>,
+}
+
+fn load_config(path: Option<&PathBuf>) -> Result<ConfigFile, CommandError> {
+    let Some(path) = path else {
+        return Ok(ConfigFile::default());
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CommandError::Usage(format!("cannot read config file {}: {e}", path.display()))
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        CommandError::Usage(format!("config file {}: {}", path.display(), e.message()))
+    })
+}
+
+/// Parses the command line; errors become one `error:` line (exit 2), help and version
+/// print as usual.
+fn parse_cli() -> Cli {
+    match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .next()
+                .unwrap_or("error: invalid arguments");
+            eprintln!("{first} (hint: see 'tally-collector --help')");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn main() {
+    let cli = parse_cli();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let json_out = cli.json;
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(Some(out)) => {
+            if json_out {
+                println!("{}", out.json);
+            } else {
+                print!("{}", out.text);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(e.exit_code());
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
+    let config = load_config(cli.config.as_ref())?;
+    let data = cli
+        .data
+        .or(config.data.clone())
+        .unwrap_or_else(|| PathBuf::from("./tally-data"));
+    let dir = DataDir::new(data);
+    let out = match cli.command {
+        Command::Init => commands::init(dir).await?,
+        Command::Serve(a) => {
+            serve(Ctx::open(dir)?, a, config, cli.json).await?;
+            return Ok(None);
+        }
+        Command::Customers(c) => {
+            let ctx = Ctx::open(dir)?;
+            match c {
+                CustomersCmd::Add { name } => commands::customers_add(&ctx, &name).await?,
+                CustomersCmd::List => commands::customers_list(&ctx).await?,
+            }
+        }
+        Command::Licenses(c) => {
+            let ctx = Ctx::open(dir)?;
+            match c {
+                LicensesCmd::Issue {
+                    customer,
+                    metrics,
+                    expires,
+                    not_before,
+                    grace,
+                    enrollments,
+                    token_ttl,
+                    endpoint,
+                    out,
+                } => {
+                    commands::licenses_issue(
+                        &ctx,
+                        IssueArgs {
+                            customer,
+                            metrics,
+                            expires,
+                            not_before,
+                            grace,
+                            enrollments,
+                            token_ttl,
+                            endpoint,
+                            out,
+                        },
+                    )
+                    .await?
+                }
+                LicensesCmd::List { customer } => commands::licenses_list(&ctx, customer).await?,
+                LicensesCmd::Revoke { id } => commands::licenses_revoke(&ctx, &id).await?,
+            }
+        }
+        Command::Agents(c) => {
+            let ctx = Ctx::open(dir)?;
+            match c {
+                AgentsCmd::Add { license, key } => {
+                    commands::agents_add(&ctx, &license, &key).await?
+                }
+                AgentsCmd::List {
+                    license,
+                    customer,
+                    status,
+                } => {
+                    commands::agents_list(
+                        &ctx,
+                        AgentFilter {
+                            customer,
+                            license,
+                            status,
+                            silent_after_secs: 0,
+                        },
+                    )
+                    .await?
+                }
+                AgentsCmd::Revoke { id } => commands::agents_revoke(&ctx, &id).await?,
+            }
+        }
+        Command::Tokens(c) => {
+            let ctx = Ctx::open(dir)?;
+            match c {
+                TokensCmd::Create { role, name } => {
+                    commands::tokens_create(&ctx, &role, name).await?
+                }
+                TokensCmd::List => commands::tokens_list(&ctx).await?,
+                TokensCmd::Revoke { id } => commands::tokens_revoke(&ctx, &id).await?,
+            }
+        }
+        Command::Usage(a) => {
+            let ctx = Ctx::open(dir)?;
+            let pairs: Vec<(String, String)> = [
+                ("customer", a.customer),
+                ("license", a.license),
+                ("metric", a.metric),
+                ("from", a.from),
+                ("to", a.to),
+                ("granularity", a.granularity),
+                ("format", a.format),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+            .collect();
+            commands::usage(&ctx, pairs, cli.json).await?
+        }
+        Command::Import { file, receipts_out } => {
+            let ctx = Ctx::open(dir)?;
+            commands::import(&ctx, &file, receipts_out.as_deref()).await?
+        }
+        Command::Quarantine(c) => {
+            let ctx = Ctx::open(dir)?;
+            match c {
+                QuarantineCmd::List => commands::quarantine_list(&ctx).await?,
+                QuarantineCmd::Release { digest } => {
+                    commands::quarantine_release(&ctx, &digest).await?
+                }
+                QuarantineCmd::Discard { digest } => {
+                    commands::quarantine_discard(&ctx, &digest).await?
+                }
+            }
+        }
+        Command::Audit(AuditCmd::List { limit }) => {
+            commands::audit_list(&Ctx::open(dir)?, limit).await?
+        }
+    };
+    Ok(Some(out))
+}
+
+async fn serve(
+    ctx: Ctx,
+    a: ServeArgs,
+    config: ConfigFile,
+    json_out: bool,
+) -> Result<(), CommandError> {
+    let grpc_addr = a
+        .grpc_listen
+        .or(config.grpc_listen)
+        .unwrap_or_else(|| "127.0.0.1:7443".into());
+    let http_addr = a
+        .http_listen
+        .or(config.http_listen)
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let bind = |addr: String, flag: &'static str| async move {
+        tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| CommandError::Usage(format!("--{flag} {addr}: cannot bind: {e}")))
+    };
+    let grpc = bind(grpc_addr, "grpc-listen").await?;
+    let http = bind(http_addr, "http-listen").await?;
+    let (g, h) = (
+        grpc.local_addr()
+            .map_err(|e| CommandError::Runtime(e.to_string()))?,
+        http.local_addr()
+            .map_err(|e| CommandError::Runtime(e.to_string()))?,
+    );
+    let ports = json!({"grpc": commands::addr_string(g), "http": commands::addr_string(h)});
+    commands::write_ports(&ctx.dir, &ports)?;
+    if json_out {
+        println!("{ports}");
+    } else {
+        println!("grpc listening on {g}\nhttp listening on {h}");
+    }
+    for (addr, what) in [(g, "gRPC"), (h, "HTTP")] {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, what, "Listening in plain text on a non-loopback address.");
+        }
+    }
+    let key = tally_proto::keys::read(&ctx.dir.vendor_key())
+        .map_err(|e| CommandError::Runtime(e.to_string()))?;
+    let collector = Collector::new(
+        ctx.store.clone() as Arc<dyn tally_collector::store::Store>,
+        key,
+    );
+    tracing::info!(grpc = %g, http = %h, "Collector serving.");
+    server::run(collector, grpc, http, shutdown_signal())
+        .await
+        .map_err(|e| CommandError::Runtime(e.to_string()))?;
+    tracing::info!("Collector stopped.");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,87 @@
+//! Serving: the gRPC ingest server and the billing HTTP server on bound listeners, until a
+//! shutdown future resolves. Tests bind port 0 and run this in-process.
+
+use crate::grpc::{IngestService, router};
+use crate::http::{AppState, app};
+use crate::ingest::Ingestor;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use ed25519_dalek::SigningKey;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Everything a running collector shares.
+#[derive(Clone)]
+pub struct Collector {
+    pub store: Arc<dyn Store>,
+    pub ingestor: Arc<Ingestor>,
+    pub metrics: Arc<Metrics>,
+    pub silent_after_secs: i64,
+}
+
+/// Default: an agent with no report for 3 h is `silent` (agents report hourly by default).
+pub const DEFAULT_SILENT_AFTER_SECS: i64 = 3 * 3600;
+
+impl Collector {
+    pub fn new(store: Arc<dyn Store>, key: SigningKey) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let ingestor = Arc::new(Ingestor::new(store.clone(), key, metrics.clone()));
+        Collector {
+            store,
+            ingestor,
+            metrics,
+            silent_after_secs: DEFAULT_SILENT_AFTER_SECS,
+        }
+    }
+
+    pub fn app_state(&self) -> AppState {
+        AppState {
+            store: self.store.clone(),
+            ingestor: self.ingestor.clone(),
+            metrics: self.metrics.clone(),
+            silent_after_secs: self.silent_after_secs,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("gRPC server: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("HTTP server: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// Serves gRPC on `grpc` and HTTP on `http` until `shutdown` resolves, then drains both.
+pub async fn run(
+    collector: Collector,
+    grpc: TcpListener,
+    http: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let service = IngestService {
+        ingestor: collector.ingestor.clone(),
+        store: collector.store.clone(),
+        metrics: collector.metrics.clone(),
+    };
+    let grpc_server = router(service)?
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), wait(stop_rx.clone()));
+    let http_server =
+        axum::serve(http, app(collector.app_state())).with_graceful_shutdown(wait(stop_rx));
+    let (g, h) = tokio::join!(grpc_server, async { http_server.await });
+    g?;
+    h?;
+    Ok(())
+}

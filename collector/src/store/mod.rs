@@ -1,0 +1,317 @@
+//! Storage: the `Store` trait and the domain records it speaks in.
+//!
+//! The store owns every durable fact of the collector: customers, licenses, agents,
+//! tokens, reports, rollups, anomalies and the audit log. It never verifies signatures
+//! (that is `ingest`'s job, done before anything reaches the store) and never formats
+//! anything for a client.
+//!
+//! Invariant: a report is counted only inside the transaction that stores it (or that
+//! releases it from quarantine), and rollups change only in those transactions.
+
+pub mod sqlite;
+
+use crate::roles::Role;
+use async_trait::async_trait;
+use std::collections::HashMap;
+use tally_proto::Digest;
+use tally_proto::license::License;
+use tally_proto::receipt::{Credit, Outcome};
+use tally_proto::report::Report;
+use tally_proto::time::Instant;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Something the caller asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with what is stored (already revoked, wrong state …).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is not valid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database failed; details are logged, not shown to clients.
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// An enrolled agent key, as the ingest path needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentKeyRecord {
+    pub agent_id: String,
+    pub license_id: String,
+    pub revoked: bool,
+}
+
+/// Where a report came from; old reports are accepted longer by import.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Online,
+    Import,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Online => "online",
+            Source::Import => "import",
+        }
+    }
+}
+
+/// A report whose signature verified for an enrolled key on its license.
+#[derive(Debug, Clone)]
+pub struct AuthenticReport {
+    pub digest: Digest,
+    pub bytes: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub report: Report,
+    pub agent_id: String,
+}
+
+/// What the store did with one authentic report, and what its receipt must say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredOutcome {
+    pub outcome: Outcome,
+    pub reason: String,
+    pub detail: String,
+    pub lease_until: Option<Instant>,
+    pub credits: Vec<Credit>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CustomerRecord {
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LicenseRecord {
+    pub license_id: String,
+    pub customer_id: String,
+    pub metrics: Vec<LicenseMetricRecord>,
+    pub not_before: String,
+    pub not_after: String,
+    pub grace: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LicenseMetricRecord {
+    pub metric: String,
+    pub limit: Option<u64>,
+}
+
+/// A new license and its enrollment token (hashed).
+#[derive(Debug, Clone)]
+pub struct NewLicense {
+    pub license: License,
+    pub signed: Vec<u8>,
+    pub token_hash: [u8; 32],
+    pub enrollments: u32,
+    pub token_expires: Instant,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentRecord {
+    pub agent_id: String,
+    pub key: String,
+    pub license_id: String,
+    pub customer_id: String,
+    pub status: String,
+    pub last_seq: u64,
+    pub last_seen: Option<String>,
+}
+
+/// Agent list filter.
+#[derive(Debug, Clone, Default)]
+pub struct AgentFilter {
+    pub customer: Option<String>,
+    pub license: Option<String>,
+    /// `active`, `silent` or `revoked`.
+    pub status: Option<String>,
+    /// An agent with no report for this long is `silent`.
+    pub silent_after_secs: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    pub id: String,
+    pub role: Role,
+    pub name: String,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TokenListing {
+    pub id: String,
+    pub role: String,
+    pub name: String,
+    pub created_at: String,
+    pub revoked: bool,
+}
+
+/// One line of the audit log. `actor` is a token id or `cli`, never a secret.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditEntry {
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+}
+
+/// An hourly rollup row: the unit every usage query is built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HourlyUsage {
+    pub customer_id: String,
+    pub license_id: String,
+    pub metric: String,
+    /// Start of the hour, unix seconds.
+    pub hour: i64,
+    pub quantity: u64,
+}
+
+/// A usage query's filter, already validated. Bounds are unix seconds, hour-aligned.
+#[derive(Debug, Clone, Default)]
+pub struct UsageFilter {
+    pub customer: Option<String>,
+    pub license: Option<String>,
+    pub metric: Option<String>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+/// Usage and limit of one metric for one customer-month.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementLine {
+    pub metric: String,
+    pub used: u64,
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AnomalyRecord {
+    pub kind: String,
+    pub agent_id: String,
+    pub license_id: String,
+    pub customer_id: String,
+    pub seq_from: u64,
+    pub seq_to: u64,
+    pub digest: Option<String>,
+    pub detail: String,
+    pub opened_at: String,
+    pub closed_at: Option<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuarantineRecord {
+    pub digest: String,
+    pub agent_id: String,
+    pub license_id: String,
+    pub customer_id: String,
+    pub seq: u64,
+    pub reason: String,
+    pub detail: String,
+    pub received_at: String,
+    pub window_start: String,
+    pub window_end: String,
+}
+
+/// A stored report, raw (for audits and tests that re-check totals by brute force).
+#[derive(Debug, Clone)]
+pub struct StoredReport {
+    pub digest: Digest,
+    pub status: String,
+    pub bytes: Vec<u8>,
+}
+
+/// The storage interface of the collector. See the module docs for its invariants.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- ingest -----------------------------------------------------------------------
+    /// Looks up enrolled keys.
+    async fn agents_by_keys(
+        &self,
+        keys: Vec<[u8; 32]>,
+    ) -> StoreResult<HashMap<[u8; 32], AgentKeyRecord>>;
+    /// Stores authentic reports (each exactly once) and counts the countable ones, in one
+    /// durable transaction shared with concurrent callers. Returns one outcome per report,
+    /// in order, only after the commit is durable.
+    async fn ingest(
+        &self,
+        reports: Vec<AuthenticReport>,
+        received_at: Instant,
+        source: Source,
+    ) -> StoreResult<Vec<StoredOutcome>>;
+    /// Enrolls `agent_key` for `license_id` if `token_hash` is a live enrollment token for
+    /// it. Returns the agent id and the signed license bytes. Re-enrolling the same key for
+    /// the same license is idempotent and uses no enrollment.
+    async fn enroll(
+        &self,
+        license_id: String,
+        token_hash: [u8; 32],
+        agent_key: [u8; 32],
+        now: Instant,
+    ) -> StoreResult<(String, Vec<u8>)>;
+
+    // --- administration ---------------------------------------------------------------
+    async fn add_customer(&self, name: String, now: Instant) -> StoreResult<CustomerRecord>;
+    async fn list_customers(&self, only: Option<String>) -> StoreResult<Vec<CustomerRecord>>;
+    async fn customer_exists(&self, id: String) -> StoreResult<bool>;
+    async fn issue_license(&self, new: NewLicense, now: Instant) -> StoreResult<()>;
+    async fn list_licenses(&self, customer: Option<String>) -> StoreResult<Vec<LicenseRecord>>;
+    async fn revoke_license(&self, id: String, now: Instant) -> StoreResult<()>;
+    async fn add_agent(
+        &self,
+        license_id: String,
+        key: [u8; 32],
+        now: Instant,
+    ) -> StoreResult<String>;
+    async fn list_agents(&self, filter: AgentFilter, now: Instant)
+    -> StoreResult<Vec<AgentRecord>>;
+    async fn revoke_agent(&self, id: String, now: Instant) -> StoreResult<()>;
+    async fn create_token(
+        &self,
+        id: String,
+        hash: [u8; 32],
+        role: Role,
+        name: String,
+        now: Instant,
+    ) -> StoreResult<()>;
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenListing>>;
+    async fn revoke_token(&self, id: String, now: Instant) -> StoreResult<()>;
+    async fn token_by_hash(&self, hash: [u8; 32]) -> StoreResult<Option<TokenRecord>>;
+    async fn audit(&self, entry: AuditEntry) -> StoreResult<()>;
+    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditEntry>>;
+
+    // --- billing ----------------------------------------------------------------------
+    async fn hourly_usage(&self, filter: UsageFilter) -> StoreResult<Vec<HourlyUsage>>;
+    /// Per metric for a customer's calendar month (`month` = unix seconds of its first
+    /// instant): used (summed over the customer's licenses) and limit (summed, `None` if
+    /// any license leaves it unlimited).
+    async fn statement(
+        &self,
+        customer: String,
+        month_start: i64,
+    ) -> StoreResult<Vec<StatementLine>>;
+    async fn anomalies(&self, customer: Option<String>) -> StoreResult<Vec<AnomalyRecord>>;
+    async fn quarantine(&self, customer: Option<String>) -> StoreResult<Vec<QuarantineRecord>>;
+    /// Counts a quarantined report. Returns `false` if it was already counted (nothing
+    /// changes: releasing twice counts once).
+    async fn release(&self, digest: Digest, now: Instant) -> StoreResult<bool>;
+    /// Marks a quarantined report discarded (kept, never counted).
+    async fn discard(&self, digest: Digest, now: Instant) -> StoreResult<()>;
+    /// Every stored report with its status (for audits and brute-force checks).
+    async fn stored_reports(&self) -> StoreResult<Vec<StoredReport>>;
+}

@@ -1,0 +1,470 @@
+//! The ingest rules that need stored state (DESIGN.md §7), applied inside the writer's
+//! transaction: duplicate, fork, quarantine reasons, rollups, gaps.
+//!
+//! Everything here runs in one transaction per group: a report row, its rollup update and
+//! its anomalies commit together or not at all.
+
+use super::super::{AuthenticReport, Source, StoreError, StoreResult, StoredOutcome};
+use crate::calendar::{hour_of, month_of};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashMap;
+use tally_proto::Digest;
+use tally_proto::limits::MAX_WINDOW_SECS;
+use tally_proto::receipt::{Credit, Outcome};
+use tally_proto::time::Instant;
+
+/// How far in the future a window may end (relative to receipt) before it is clock skew.
+pub const MAX_SKEW_SECS: i64 = 5 * 60;
+/// How old a window may be when it arrives online.
+pub const MAX_AGE_ONLINE_SECS: i64 = 35 * 86_400;
+/// How old a window may be when it arrives by import.
+pub const MAX_AGE_IMPORT_SECS: i64 = 400 * 86_400;
+
+/// What the ingest rules need to know about a license.
+#[derive(Debug, Clone)]
+pub(super) struct LicenseState {
+    pub not_before: i64,
+    pub not_after: i64,
+    pub grace_secs: i64,
+    pub revoked_at: Option<i64>,
+    /// (metric, limit)
+    pub metrics: Vec<(String, Option<u64>)>,
+}
+
+pub(super) fn load_license(conn: &Connection, id: &str) -> StoreResult<LicenseState> {
+    let row = conn
+        .prepare_cached(
+            "SELECT not_before, not_after, grace_secs, revoked_at FROM licenses WHERE id = ?1",
+        )?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("license {id} not found")))?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT metric, quota FROM license_metrics WHERE license_id = ?1 ORDER BY metric",
+    )?;
+    let metrics = stmt
+        .query_map([id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<i64>>(1)?.map(|q| q as u64),
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(LicenseState {
+        not_before: row.0,
+        not_after: row.1,
+        grace_secs: row.2,
+        revoked_at: row.3,
+        metrics,
+    })
+}
+
+/// `lease_until` for a receipt: receipt time + grace, never past `not_after`; the
+/// revocation time for a revoked license.
+pub(super) fn lease_until(lic: &LicenseState, received: i64) -> Option<Instant> {
+    let t = match lic.revoked_at {
+        Some(r) => r.min(received),
+        None => received.saturating_add(lic.grace_secs).min(lic.not_after),
+    };
+    chrono::DateTime::from_timestamp(t, 0)
+}
+
+/// Credits for a license in the calendar month of `received`.
+pub(super) fn credits(
+    conn: &Connection,
+    license_id: &str,
+    lic: &LicenseState,
+    received: i64,
+) -> StoreResult<Vec<Credit>> {
+    let month = month_of(received);
+    let mut stmt = conn.prepare_cached(
+        "SELECT quantity FROM monthly_usage WHERE license_id = ?1 AND metric = ?2 AND month = ?3",
+    )?;
+    let mut out = Vec::with_capacity(lic.metrics.len());
+    for (metric, limit) in &lic.metrics {
+        let used: Option<i64> = stmt
+            .query_row(params![license_id, metric, month], |r| r.get(0))
+            .optional()?;
+        out.push(Credit {
+            metric: metric.clone(),
+            limit: *limit,
+            used: used.unwrap_or(0) as u64,
+        });
+    }
+    Ok(out)
+}
+
+struct Neighbour {
+    digest: Digest,
+    prev_digest: Option<Digest>,
+    window_start: i64,
+    window_end: i64,
+}
+
+fn main_report(conn: &Connection, agent_id: &str, seq: i64) -> StoreResult<Option<Neighbour>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT digest, prev_digest, window_start, window_end FROM reports
+             WHERE agent_id = ?1 AND seq = ?2 AND fork = 0",
+        )?
+        .query_row(params![agent_id, seq], |r| {
+            let d: Vec<u8> = r.get(0)?;
+            let p: Option<Vec<u8>> = r.get(1)?;
+            Ok(Neighbour {
+                digest: Digest::from_slice(&d).unwrap_or(Digest([0; 32])),
+                prev_digest: p.as_deref().and_then(Digest::from_slice),
+                window_start: r.get(2)?,
+                window_end: r.get(3)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Adds `counters` to the hourly and monthly rollups of `license_id`, checked for overflow.
+/// Returns `Err(detail)` (and changes nothing) if any sum would overflow.
+pub(super) fn add_to_rollups(
+    conn: &Connection,
+    license_id: &str,
+    window_start: i64,
+    counters: &[(String, u64)],
+) -> StoreResult<Result<(), String>> {
+    let hour = hour_of(window_start);
+    let month = month_of(window_start);
+    let mut get_h = conn.prepare_cached(
+        "SELECT quantity FROM rollups WHERE license_id = ?1 AND metric = ?2 AND hour = ?3",
+    )?;
+    let mut get_m = conn.prepare_cached(
+        "SELECT quantity FROM monthly_usage WHERE license_id = ?1 AND metric = ?2 AND month = ?3",
+    )?;
+    let mut updates = Vec::with_capacity(counters.len());
+    for (metric, q) in counters {
+        let h: i64 = get_h
+            .query_row(params![license_id, metric, hour], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        let m: i64 = get_m
+            .query_row(params![license_id, metric, month], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        let q =
+            i64::try_from(*q).map_err(|_| StoreError::Invalid("quantity out of range".into()))?;
+        let (Some(h2), Some(m2)) = (h.checked_add(q), m.checked_add(q)) else {
+            return Ok(Err(format!(
+                "usage of {metric} would overflow a 64-bit total"
+            )));
+        };
+        updates.push((metric, h2, m2));
+    }
+    let mut put_h = conn.prepare_cached(
+        "INSERT INTO rollups (license_id, metric, hour, quantity) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (license_id, metric, hour) DO UPDATE SET quantity = excluded.quantity",
+    )?;
+    let mut put_m = conn.prepare_cached(
+        "INSERT INTO monthly_usage (license_id, metric, month, quantity) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (license_id, metric, month) DO UPDATE SET quantity = excluded.quantity",
+    )?;
+    for (metric, h2, m2) in updates {
+        put_h.execute(params![license_id, metric, hour, h2])?;
+        put_m.execute(params![license_id, metric, month, m2])?;
+    }
+    Ok(Ok(()))
+}
+
+/// Applies the stored-state rules to a batch of authentic reports, in order.
+pub(super) fn ingest_batch(
+    conn: &Connection,
+    reports: &[AuthenticReport],
+    received_at: Instant,
+    source: Source,
+) -> StoreResult<Vec<StoredOutcome>> {
+    let now = received_at.timestamp();
+    let mut licenses: HashMap<String, LicenseState> = HashMap::new();
+    let mut out = Vec::with_capacity(reports.len());
+    for r in reports {
+        let lid = &r.report.license_id;
+        if !licenses.contains_key(lid) {
+            licenses.insert(lid.clone(), load_license(conn, lid)?);
+        }
+        let lic = &licenses[lid];
+        let (outcome, reason, detail) = ingest_one(conn, r, lic, now, source)?;
+        out.push(StoredOutcome {
+            outcome,
+            reason: reason.to_string(),
+            detail,
+            lease_until: lease_until(lic, now),
+            credits: credits(conn, lid, lic, now)?,
+        });
+    }
+    Ok(out)
+}
+
+fn ingest_one(
+    conn: &Connection,
+    r: &AuthenticReport,
+    lic: &LicenseState,
+    now: i64,
+    source: Source,
+) -> StoreResult<(Outcome, &'static str, String)> {
+    let rep = &r.report;
+    let seq = rep.seq as i64;
+    let ws = rep.window_start.timestamp();
+
+    // Exactly once: a report already stored (same bytes) is a duplicate, whatever it became.
+    let existing: Option<String> = conn
+        .prepare_cached("SELECT status FROM reports WHERE digest = ?1")?
+        .query_row([r.digest.as_bytes().as_slice()], |row| row.get(0))
+        .optional()?;
+    if let Some(status) = existing {
+        return Ok((Outcome::Duplicate, "", format!("already stored ({status})")));
+    }
+
+    // A different report under a taken (agent, seq) is a fork: kept, never counted.
+    if let Some(main) = main_report(conn, &r.agent_id, seq)? {
+        let detail = format!("seq {seq} is already stored with digest {}", main.digest);
+        insert_report(
+            conn,
+            r,
+            now,
+            source,
+            true,
+            "quarantined",
+            "seq_conflict",
+            &detail,
+        )?;
+        conn.prepare_cached(
+            "INSERT INTO anomalies (kind, agent_id, license_id, seq_from, seq_to, digest, detail, opened_at)
+             VALUES ('fork', ?1, ?2, ?3, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![r.agent_id, rep.license_id, seq, r.digest.as_bytes().as_slice(), detail, now])?;
+        return Ok((Outcome::Quarantined, "seq_conflict", detail));
+    }
+
+    let pred = if seq > 1 {
+        main_report(conn, &r.agent_id, seq - 1)?
+    } else {
+        None
+    };
+    let succ = main_report(conn, &r.agent_id, seq + 1)?;
+    let verdict = quarantine_reason(r, lic, now, source, pred.as_ref(), succ.as_ref());
+
+    let (status, reason, detail) = match verdict {
+        Some((reason, detail)) => ("quarantined", reason, detail),
+        None => {
+            let counters: Vec<(String, u64)> = rep
+                .counters
+                .iter()
+                .map(|c| (c.metric.clone(), c.quantity))
+                .collect();
+            match add_to_rollups(conn, &rep.license_id, ws, &counters)? {
+                Ok(()) => ("accepted", "", String::new()),
+                Err(detail) => ("quarantined", "invalid_counters", detail),
+            }
+        }
+    };
+    insert_report(conn, r, now, source, false, status, reason, &detail)?;
+    track_sequence(conn, &r.agent_id, &rep.license_id, seq, now)?;
+    let outcome = if status == "accepted" {
+        Outcome::Accepted
+    } else {
+        Outcome::Quarantined
+    };
+    Ok((outcome, reason, detail))
+}
+
+/// The first quarantine reason that applies, in the order of DESIGN.md §7.
+fn quarantine_reason(
+    r: &AuthenticReport,
+    lic: &LicenseState,
+    now: i64,
+    source: Source,
+    pred: Option<&Neighbour>,
+    succ: Option<&Neighbour>,
+) -> Option<(&'static str, String)> {
+    let rep = &r.report;
+    let ws = rep.window_start.timestamp();
+    let we = rep.window_end.timestamp();
+    if let Some(rev) = lic.revoked_at
+        && we > rev
+    {
+        return Some((
+            "license_inactive",
+            "the license was revoked before this window ended".into(),
+        ));
+    }
+    if ws < lic.not_before {
+        return Some((
+            "license_inactive",
+            "the window starts before the license's not_before".into(),
+        ));
+    }
+    if we > lic.not_after.saturating_add(lic.grace_secs) {
+        return Some((
+            "license_inactive",
+            "the window ends after the license expired (and its grace)".into(),
+        ));
+    }
+    if let Err(e) = rep.check_counters() {
+        return Some(("invalid_counters", e.0));
+    }
+    if let Some(c) = rep
+        .counters
+        .iter()
+        .find(|c| !lic.metrics.iter().any(|(m, _)| *m == c.metric))
+    {
+        return Some((
+            "metric_not_licensed",
+            format!("metric {} is not in the license", c.metric),
+        ));
+    }
+    if we <= ws {
+        return Some(("bad_window", "window_end is not after window_start".into()));
+    }
+    if we - ws > MAX_WINDOW_SECS {
+        return Some(("bad_window", "window is longer than 24 h".into()));
+    }
+    if we > now + MAX_SKEW_SECS {
+        return Some((
+            "clock_skew",
+            format!("window ends {} s after receipt", we - now),
+        ));
+    }
+    let max_age = match source {
+        Source::Online => MAX_AGE_ONLINE_SECS,
+        Source::Import => MAX_AGE_IMPORT_SECS,
+    };
+    if we < now - max_age {
+        return Some((
+            "too_old",
+            format!(
+                "window ended more than {} days before receipt",
+                max_age / 86_400
+            ),
+        ));
+    }
+    match (rep.seq, rep.prev_digest, pred) {
+        (1, Some(_), _) => {
+            return Some((
+                "chain_mismatch",
+                "seq 1 must have an empty prev_digest".into(),
+            ));
+        }
+        (s, None, _) if s > 1 => return Some(("chain_mismatch", "prev_digest is missing".into())),
+        (_, Some(p), Some(pred)) if p != pred.digest => {
+            return Some((
+                "chain_mismatch",
+                format!(
+                    "prev_digest differs from the stored seq {} ({})",
+                    rep.seq - 1,
+                    pred.digest
+                ),
+            ));
+        }
+        _ => {}
+    }
+    if let Some(s) = succ
+        && s.prev_digest != Some(r.digest)
+    {
+        return Some((
+            "chain_mismatch",
+            format!(
+                "the stored seq {} does not chain to this report",
+                rep.seq + 1
+            ),
+        ));
+    }
+    if pred.is_some_and(|p| p.window_end > ws) || succ.is_some_and(|s| s.window_start < we) {
+        return Some((
+            "window_overlap",
+            "window overlaps a neighbouring report's window".into(),
+        ));
+    }
+    None
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_report(
+    conn: &Connection,
+    r: &AuthenticReport,
+    now: i64,
+    source: Source,
+    fork: bool,
+    status: &str,
+    reason: &str,
+    detail: &str,
+) -> StoreResult<()> {
+    let rep = &r.report;
+    conn.prepare_cached(
+        "INSERT INTO reports (digest, agent_id, seq, fork, license_id, prev_digest, window_start,
+            window_end, received_at, source, status, reason, detail, bytes, signature)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    )?
+    .execute(params![
+        r.digest.as_bytes().as_slice(),
+        r.agent_id,
+        rep.seq as i64,
+        fork as i64,
+        rep.license_id,
+        rep.prev_digest.map(|d| d.0.to_vec()),
+        rep.window_start.timestamp(),
+        rep.window_end.timestamp(),
+        now,
+        source.as_str(),
+        status,
+        reason,
+        detail,
+        r.bytes,
+        r.signature,
+    ])?;
+    Ok(())
+}
+
+/// Keeps `last_seq`/`last_seen` and the open gaps of an agent current.
+fn track_sequence(
+    conn: &Connection,
+    agent_id: &str,
+    license_id: &str,
+    seq: i64,
+    now: i64,
+) -> StoreResult<()> {
+    let last: i64 = conn
+        .prepare_cached("SELECT last_seq FROM agents WHERE id = ?1")?
+        .query_row([agent_id], |r| r.get(0))?;
+    if seq > last + 1 {
+        conn.prepare_cached(
+            "INSERT INTO anomalies (kind, agent_id, license_id, seq_from, seq_to, detail, opened_at)
+             VALUES ('gap', ?1, ?2, ?3, ?4, 'reports missing', ?5)",
+        )?
+        .execute(params![agent_id, license_id, last + 1, seq - 1, now])?;
+    } else if seq <= last {
+        // Fills (part of) an open gap: close it and reopen what is still missing.
+        let gap: Option<(i64, i64, i64)> = conn
+            .prepare_cached(
+                "SELECT id, seq_from, seq_to FROM anomalies
+                 WHERE kind = 'gap' AND closed_at IS NULL AND agent_id = ?1
+                   AND seq_from <= ?2 AND seq_to >= ?2",
+            )?
+            .query_row(params![agent_id, seq], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()?;
+        if let Some((id, from, to)) = gap {
+            conn.prepare_cached("UPDATE anomalies SET closed_at = ?2 WHERE id = ?1")?
+                .execute(params![id, now])?;
+            let mut reopen = conn.prepare_cached(
+                "INSERT INTO anomalies (kind, agent_id, license_id, seq_from, seq_to, detail, opened_at)
+                 VALUES ('gap', ?1, ?2, ?3, ?4, 'reports missing', ?5)",
+            )?;
+            if from < seq {
+                reopen.execute(params![agent_id, license_id, from, seq - 1, now])?;
+            }
+            if seq < to {
+                reopen.execute(params![agent_id, license_id, seq + 1, to, now])?;
+            }
+        }
+    }
+    conn.prepare_cached(
+        "UPDATE agents SET last_seq = MAX(last_seq, ?2), last_seen = ?3 WHERE id = ?1",
+    )?
+    .execute(params![agent_id, seq, now])?;
+    Ok(())
+}

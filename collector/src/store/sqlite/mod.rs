@@ -1,0 +1,305 @@
+//! The SQLite store: embedded, WAL, `synchronous=FULL`, one writer thread with group commit
+//! (see `writer`), and a small pool of read connections used from `spawn_blocking`.
+
+mod admin;
+mod ingest;
+mod queries;
+mod schema;
+mod writer;
+
+pub use ingest::{MAX_AGE_IMPORT_SECS, MAX_AGE_ONLINE_SECS, MAX_SKEW_SECS};
+
+use super::*;
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use writer::Writer;
+
+/// Pool of read-only connections. A std `Mutex` is right here: it is held only to push or
+/// pop a connection, never across an `.await` or a query.
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    fn take(&self) -> StoreResult<Connection> {
+        if let Some(c) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(c);
+        }
+        let c = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        c.busy_timeout(Duration::from_secs(10))?;
+        Ok(c)
+    }
+
+    fn put(&self, c: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < 8 {
+            idle.push(c);
+        }
+    }
+}
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    writer: Writer,
+    readers: Arc<ReadPool>,
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;",
+    )?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and runs pending migrations.
+    pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        let mut conn = Connection::open(path)?;
+        configure(&conn)?;
+        schema::migrate(&mut conn)?;
+        let writer = Writer::start(conn)
+            .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
+        Ok(SqliteStore {
+            writer,
+            readers: Arc::new(ReadPool {
+                path: path.to_path_buf(),
+                idle: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    async fn read<R, F>(&self, f: F) -> StoreResult<R>
+    where
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            // One read transaction, so multi-statement reads see one snapshot.
+            conn.execute_batch("BEGIN")?;
+            let r = f(&conn);
+            let _ = conn.execute_batch("COMMIT");
+            pool.put(conn);
+            r
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
+    }
+}
+
+fn secs(t: Instant) -> i64 {
+    t.timestamp()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn agents_by_keys(
+        &self,
+        keys: Vec<[u8; 32]>,
+    ) -> StoreResult<HashMap<[u8; 32], AgentKeyRecord>> {
+        self.read(move |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT id, license_id, revoked_at FROM agents WHERE key = ?1")?;
+            let mut out = HashMap::new();
+            for k in keys {
+                if out.contains_key(&k) {
+                    continue;
+                }
+                let row = stmt
+                    .query_row([k.as_slice()], |r| {
+                        Ok(AgentKeyRecord {
+                            agent_id: r.get(0)?,
+                            license_id: r.get(1)?,
+                            revoked: r.get::<_, Option<i64>>(2)?.is_some(),
+                        })
+                    })
+                    .optional()?;
+                if let Some(row) = row {
+                    out.insert(k, row);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ingest(
+        &self,
+        reports: Vec<AuthenticReport>,
+        received_at: Instant,
+        source: Source,
+    ) -> StoreResult<Vec<StoredOutcome>> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.writer
+            .write(move |c| ingest::ingest_batch(c, &reports, received_at, source))
+            .await
+    }
+
+    async fn enroll(
+        &self,
+        license_id: String,
+        token_hash: [u8; 32],
+        agent_key: [u8; 32],
+        now: Instant,
+    ) -> StoreResult<(String, Vec<u8>)> {
+        self.writer
+            .write(move |c| admin::enroll(c, &license_id, &token_hash, &agent_key, secs(now)))
+            .await
+    }
+
+    async fn add_customer(&self, name: String, now: Instant) -> StoreResult<CustomerRecord> {
+        self.writer
+            .write(move |c| admin::add_customer(c, &name, secs(now)))
+            .await
+    }
+
+    async fn list_customers(&self, only: Option<String>) -> StoreResult<Vec<CustomerRecord>> {
+        self.read(move |c| admin::list_customers(c, only.as_deref()))
+            .await
+    }
+
+    async fn customer_exists(&self, id: String) -> StoreResult<bool> {
+        self.read(move |c| {
+            Ok(
+                c.query_row("SELECT 1 FROM customers WHERE id = ?1", [id], |_| Ok(()))
+                    .optional()?
+                    .is_some(),
+            )
+        })
+        .await
+    }
+
+    async fn issue_license(&self, new: NewLicense, now: Instant) -> StoreResult<()> {
+        self.writer
+            .write(move |c| admin::issue_license(c, &new, secs(now)))
+            .await
+    }
+
+    async fn list_licenses(&self, customer: Option<String>) -> StoreResult<Vec<LicenseRecord>> {
+        let now = chrono::Utc::now().timestamp();
+        self.read(move |c| admin::list_licenses(c, customer.as_deref(), now))
+            .await
+    }
+
+    async fn revoke_license(&self, id: String, now: Instant) -> StoreResult<()> {
+        self.writer
+            .write(move |c| admin::revoke_license(c, &id, secs(now)))
+            .await
+    }
+
+    async fn add_agent(
+        &self,
+        license_id: String,
+        key: [u8; 32],
+        now: Instant,
+    ) -> StoreResult<String> {
+        self.writer
+            .write(move |c| admin::add_agent(c, &license_id, &key, secs(now)))
+            .await
+    }
+
+    async fn list_agents(
+        &self,
+        filter: AgentFilter,
+        now: Instant,
+    ) -> StoreResult<Vec<AgentRecord>> {
+        self.read(move |c| admin::list_agents(c, &filter, secs(now)))
+            .await
+    }
+
+    async fn revoke_agent(&self, id: String, now: Instant) -> StoreResult<()> {
+        self.writer
+            .write(move |c| admin::revoke_agent(c, &id, secs(now)))
+            .await
+    }
+
+    async fn create_token(
+        &self,
+        id: String,
+        hash: [u8; 32],
+        role: Role,
+        name: String,
+        now: Instant,
+    ) -> StoreResult<()> {
+        self.writer
+            .write(move |c| admin::create_token(c, &id, &hash, &role, &name, secs(now)))
+            .await
+    }
+
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenListing>> {
+        self.read(admin::list_tokens).await
+    }
+
+    async fn revoke_token(&self, id: String, now: Instant) -> StoreResult<()> {
+        self.writer
+            .write(move |c| admin::revoke_token(c, &id, secs(now)))
+            .await
+    }
+
+    async fn token_by_hash(&self, hash: [u8; 32]) -> StoreResult<Option<TokenRecord>> {
+        self.read(move |c| admin::token_by_hash(c, &hash)).await
+    }
+
+    async fn audit(&self, entry: AuditEntry) -> StoreResult<()> {
+        let now = chrono::Utc::now().timestamp();
+        self.writer
+            .write(move |c| admin::audit(c, &entry, now))
+            .await
+    }
+
+    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditEntry>> {
+        self.read(move |c| admin::list_audit(c, limit)).await
+    }
+
+    async fn hourly_usage(&self, filter: UsageFilter) -> StoreResult<Vec<HourlyUsage>> {
+        self.read(move |c| queries::hourly_usage(c, &filter)).await
+    }
+
+    async fn statement(
+        &self,
+        customer: String,
+        month_start: i64,
+    ) -> StoreResult<Vec<StatementLine>> {
+        self.read(move |c| queries::statement(c, &customer, month_start))
+            .await
+    }
+
+    async fn anomalies(&self, customer: Option<String>) -> StoreResult<Vec<AnomalyRecord>> {
+        self.read(move |c| queries::anomalies(c, customer.as_deref()))
+            .await
+    }
+
+    async fn quarantine(&self, customer: Option<String>) -> StoreResult<Vec<QuarantineRecord>> {
+        self.read(move |c| queries::quarantine(c, customer.as_deref()))
+            .await
+    }
+
+    async fn release(&self, digest: Digest, now: Instant) -> StoreResult<bool> {
+        self.writer
+            .write(move |c| queries::release(c, &digest, secs(now)))
+            .await
+    }
+
+    async fn discard(&self, digest: Digest, now: Instant) -> StoreResult<()> {
+        self.writer
+            .write(move |c| queries::discard(c, &digest, secs(now)))
+            .await
+    }
+
+    async fn stored_reports(&self) -> StoreResult<Vec<StoredReport>> {
+        self.read(queries::stored_reports).await
+    }
+}

@@ -1,0 +1,254 @@
+//! Billing reads and quarantine resolution.
+
+use super::super::*;
+use super::admin::ts;
+use super::ingest::add_to_rollups;
+use crate::calendar::next_month;
+use rusqlite::{Connection, OptionalExtension, params};
+use tally_proto::report::Report;
+
+pub(super) fn hourly_usage(conn: &Connection, f: &UsageFilter) -> StoreResult<Vec<HourlyUsage>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT l.customer_id, r.license_id, r.metric, r.hour, r.quantity
+         FROM rollups r JOIN licenses l ON l.id = r.license_id
+         WHERE (?1 IS NULL OR l.customer_id = ?1)
+           AND (?2 IS NULL OR r.license_id = ?2)
+           AND (?3 IS NULL OR r.metric = ?3)
+           AND (?4 IS NULL OR r.hour >= ?4)
+           AND (?5 IS NULL OR r.hour < ?5)
+           AND r.quantity > 0
+         ORDER BY l.customer_id, r.license_id, r.metric, r.hour",
+    )?;
+    let rows = stmt
+        .query_map(
+            params![f.customer, f.license, f.metric, f.from, f.to],
+            |r| {
+                Ok(HourlyUsage {
+                    customer_id: r.get(0)?,
+                    license_id: r.get(1)?,
+                    metric: r.get(2)?,
+                    hour: r.get(3)?,
+                    quantity: r.get::<_, i64>(4)? as u64,
+                })
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+pub(super) fn statement(
+    conn: &Connection,
+    customer: &str,
+    month: i64,
+) -> StoreResult<Vec<StatementLine>> {
+    let end = next_month(month);
+    let mut lines: std::collections::BTreeMap<String, StatementLine> = Default::default();
+    let overflow = || StoreError::Invalid("a statement total overflows 64 bits".into());
+    // Limits of every license of the customer valid during some part of the month.
+    let mut limits = conn.prepare_cached(
+        "SELECT m.metric, m.quota FROM license_metrics m JOIN licenses l ON l.id = m.license_id
+         WHERE l.customer_id = ?1 AND l.not_before < ?3 AND l.not_after >= ?2
+           AND (l.revoked_at IS NULL OR l.revoked_at > ?2)",
+    )?;
+    let rows = limits
+        .query_map(params![customer, month, end], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut unlimited: std::collections::BTreeSet<String> = Default::default();
+    for (metric, quota) in rows {
+        let line = lines.entry(metric.clone()).or_insert(StatementLine {
+            metric: metric.clone(),
+            used: 0,
+            limit: Some(0),
+        });
+        match quota {
+            None => {
+                unlimited.insert(metric);
+            }
+            Some(q) => {
+                line.limit = Some(
+                    line.limit
+                        .unwrap_or(0)
+                        .checked_add(q as u64)
+                        .ok_or_else(overflow)?,
+                );
+            }
+        }
+    }
+    let mut used = conn.prepare_cached(
+        "SELECT u.metric, u.quantity FROM monthly_usage u JOIN licenses l ON l.id = u.license_id
+         WHERE l.customer_id = ?1 AND u.month = ?2",
+    )?;
+    let rows = used
+        .query_map(params![customer, month], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    for (metric, q) in rows {
+        let line = lines.entry(metric.clone()).or_insert_with(|| {
+            // Used but not licensed this month (e.g. a released quarantine): no limit applies.
+            unlimited.insert(metric.clone());
+            StatementLine {
+                metric: metric.clone(),
+                used: 0,
+                limit: None,
+            }
+        });
+        line.used = line.used.checked_add(q as u64).ok_or_else(overflow)?;
+    }
+    for m in unlimited {
+        if let Some(l) = lines.get_mut(&m) {
+            l.limit = None;
+        }
+    }
+    Ok(lines.into_values().collect())
+}
+
+pub(super) fn anomalies(
+    conn: &Connection,
+    customer: Option<&str>,
+) -> StoreResult<Vec<AnomalyRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.kind, a.agent_id, a.license_id, l.customer_id, a.seq_from, a.seq_to, a.digest,
+                a.detail, a.opened_at, a.closed_at
+         FROM anomalies a JOIN licenses l ON l.id = a.license_id
+         WHERE ?1 IS NULL OR l.customer_id = ?1
+         UNION ALL
+         SELECT r.reason, r.agent_id, r.license_id, l.customer_id, r.seq, r.seq, r.digest,
+                r.detail, r.received_at, r.resolved_at
+         FROM reports r JOIN licenses l ON l.id = r.license_id
+         WHERE r.status = 'quarantined' AND r.reason != 'seq_conflict' AND (?1 IS NULL OR l.customer_id = ?1)
+         ORDER BY 9, 2, 5",
+    )?;
+    let rows = stmt
+        .query_map([customer], |r| {
+            let digest: Option<Vec<u8>> = r.get(6)?;
+            Ok(AnomalyRecord {
+                kind: r.get(0)?,
+                agent_id: r.get(1)?,
+                license_id: r.get(2)?,
+                customer_id: r.get(3)?,
+                seq_from: r.get::<_, i64>(4)? as u64,
+                seq_to: r.get::<_, i64>(5)? as u64,
+                digest: digest.map(hex::encode),
+                detail: r.get(7)?,
+                opened_at: ts(r.get(8)?),
+                closed_at: r.get::<_, Option<i64>>(9)?.map(ts),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+pub(super) fn quarantine(
+    conn: &Connection,
+    customer: Option<&str>,
+) -> StoreResult<Vec<QuarantineRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.digest, r.agent_id, r.license_id, l.customer_id, r.seq, r.reason, r.detail,
+                r.received_at, r.window_start, r.window_end
+         FROM reports r JOIN licenses l ON l.id = r.license_id
+         WHERE r.status = 'quarantined' AND (?1 IS NULL OR l.customer_id = ?1)
+         ORDER BY r.received_at, r.agent_id, r.seq",
+    )?;
+    let rows = stmt
+        .query_map([customer], |r| {
+            Ok(QuarantineRecord {
+                digest: hex::encode(r.get::<_, Vec<u8>>(0)?),
+                agent_id: r.get(1)?,
+                license_id: r.get(2)?,
+                customer_id: r.get(3)?,
+                seq: r.get::<_, i64>(4)? as u64,
+                reason: r.get(5)?,
+                detail: r.get(6)?,
+                received_at: ts(r.get(7)?),
+                window_start: ts(r.get(8)?),
+                window_end: ts(r.get(9)?),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+fn quarantined_row(conn: &Connection, digest: &Digest) -> StoreResult<(String, String, Vec<u8>)> {
+    conn.prepare_cached("SELECT status, license_id, bytes FROM reports WHERE digest = ?1")?
+        .query_row([digest.as_bytes().as_slice()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("no stored report has digest {digest}")))
+}
+
+pub(super) fn release(conn: &Connection, digest: &Digest, now: i64) -> StoreResult<bool> {
+    let (status, license_id, bytes) = quarantined_row(conn, digest)?;
+    match status.as_str() {
+        "accepted" => return Ok(false),
+        "discarded" => {
+            return Err(StoreError::Conflict(format!(
+                "report {digest} was discarded; it cannot be released"
+            )));
+        }
+        _ => {}
+    }
+    let report = Report::decode(&bytes)
+        .map_err(|e| StoreError::Database(format!("stored report {digest}: {e}")))?;
+    report.check_counters().map_err(|e| {
+        StoreError::Conflict(format!(
+            "report {digest} has invalid counters ({e}); discard it instead"
+        ))
+    })?;
+    let counters: Vec<(String, u64)> = report
+        .counters
+        .iter()
+        .map(|c| (c.metric.clone(), c.quantity))
+        .collect();
+    if let Err(detail) = add_to_rollups(
+        conn,
+        &license_id,
+        report.window_start.timestamp(),
+        &counters,
+    )? {
+        return Err(StoreError::Conflict(format!(
+            "report {digest} cannot be counted: {detail}"
+        )));
+    }
+    conn.execute(
+        "UPDATE reports SET status = 'accepted', resolved_at = ?2 WHERE digest = ?1",
+        params![digest.as_bytes().as_slice(), now],
+    )?;
+    Ok(true)
+}
+
+pub(super) fn discard(conn: &Connection, digest: &Digest, now: i64) -> StoreResult<()> {
+    let (status, _, _) = quarantined_row(conn, digest)?;
+    match status.as_str() {
+        "quarantined" => {
+            conn.execute(
+                "UPDATE reports SET status = 'discarded', resolved_at = ?2 WHERE digest = ?1",
+                params![digest.as_bytes().as_slice(), now],
+            )?;
+            Ok(())
+        }
+        "discarded" => Ok(()),
+        _ => Err(StoreError::Conflict(format!(
+            "report {digest} is counted; only quarantined reports can be discarded"
+        ))),
+    }
+}
+
+pub(super) fn stored_reports(conn: &Connection) -> StoreResult<Vec<StoredReport>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT digest, status, bytes FROM reports ORDER BY agent_id, seq")?;
+    let rows = stmt
+        .query_map([], |r| {
+            let d: Vec<u8> = r.get(0)?;
+            Ok(StoredReport {
+                digest: Digest::from_slice(&d).unwrap_or(Digest([0; 32])),
+                status: r.get(1)?,
+                bytes: r.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}

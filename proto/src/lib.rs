@@ -1,0 +1,30 @@
+//! `tally-proto`: the wire contract of Tally (DESIGN.md §4).
+//!
+//! This is the only crate that knows the wire format. Everything that crosses a process
+//! boundary — reports, receipts, licenses, enrollment proofs, offline bundles — is encoded,
+//! signed, verified and decoded here, and turned into plain domain types at this boundary.
+//! Prost types (`pb`) are re-exported only for the gRPC edges of the agent and collector.
+
+pub mod bundle;
+pub mod digest;
+pub mod enroll;
+pub mod keys;
+pub mod license;
+pub mod limits;
+pub mod metric;
+pub mod receipt;
+pub mod report;
+pub mod signing;
+pub mod time;
+
+/// Generated `tally.v1` messages and services.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("tally.v1");
+
+    /// Encoded `FileDescriptorSet` of the `tally.v1` package, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/tally_descriptor.bin"));
+}
+
+pub use digest::Digest;

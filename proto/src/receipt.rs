@@ -1,0 +1,173 @@
+//! Receipts: the collector's signed statement of what it did with one report.
+
+use crate::digest::Digest;
+use crate::pb;
+use crate::signing::{self, Domain, SignatureError};
+use crate::time::{Instant, from_timestamp, to_timestamp};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use prost::Message;
+
+/// What happened to a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Accepted,
+    Duplicate,
+    Quarantined,
+    Refused,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Quarantined => "quarantined",
+            Outcome::Refused => "refused",
+        }
+    }
+
+    fn to_pb(self) -> pb::Outcome {
+        match self {
+            Outcome::Accepted => pb::Outcome::Accepted,
+            Outcome::Duplicate => pb::Outcome::Duplicate,
+            Outcome::Quarantined => pb::Outcome::Quarantined,
+            Outcome::Refused => pb::Outcome::Refused,
+        }
+    }
+
+    fn from_pb(o: i32) -> Option<Self> {
+        match pb::Outcome::try_from(o).ok()? {
+            pb::Outcome::Accepted => Some(Outcome::Accepted),
+            pb::Outcome::Duplicate => Some(Outcome::Duplicate),
+            pb::Outcome::Quarantined => Some(Outcome::Quarantined),
+            pb::Outcome::Refused => Some(Outcome::Refused),
+            pb::Outcome::Unspecified => None,
+        }
+    }
+}
+
+/// Per-metric credit in the current license period. `limit` is `None` when unlimited.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credit {
+    pub metric: String,
+    pub limit: Option<u64>,
+    pub used: u64,
+}
+
+/// A receipt body, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptBody {
+    pub report_digest: Digest,
+    pub outcome: Outcome,
+    /// Reason code (DESIGN.md §7); empty for accepted and duplicate reports.
+    pub reason: String,
+    pub detail: String,
+    pub received_at: Instant,
+    /// `None` when the license is unknown (refused reports).
+    pub lease_until: Option<Instant>,
+    pub credits: Vec<Credit>,
+}
+
+/// Why a receipt cannot be trusted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptError {
+    #[error("receipt signature: {0}")]
+    Signature(#[from] SignatureError),
+    #[error("receipt body is malformed: {0}")]
+    Malformed(String),
+}
+
+impl ReceiptBody {
+    /// Encodes and signs with the collector key.
+    pub fn sign(&self, key: &SigningKey) -> pb::Receipt {
+        let body = pb::ReceiptBody {
+            report_digest: self.report_digest.0.to_vec(),
+            outcome: self.outcome.to_pb() as i32,
+            reason: self.reason.clone(),
+            detail: self.detail.clone(),
+            received_at: Some(to_timestamp(self.received_at)),
+            lease_until: self.lease_until.map(to_timestamp),
+            credits: self
+                .credits
+                .iter()
+                .map(|c| pb::Credit {
+                    metric: c.metric.clone(),
+                    limit: c.limit.unwrap_or(0),
+                    used: c.used,
+                })
+                .collect(),
+        }
+        .encode_to_vec();
+        let signature = signing::sign(key, Domain::ReceiptBody, &body).to_vec();
+        pb::Receipt { body, signature }
+    }
+
+    /// Verifies a receipt against the collector key, then decodes it.
+    pub fn verify(
+        receipt: &pb::Receipt,
+        collector_key: &VerifyingKey,
+    ) -> Result<Self, ReceiptError> {
+        signing::verify(
+            collector_key,
+            Domain::ReceiptBody,
+            &receipt.body,
+            &receipt.signature,
+        )?;
+        let m = pb::ReceiptBody::decode(receipt.body.as_slice())
+            .map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+        let bad = |s: &str| ReceiptError::Malformed(s.to_string());
+        Ok(ReceiptBody {
+            report_digest: Digest::from_slice(&m.report_digest)
+                .ok_or_else(|| bad("report_digest must be 32 bytes"))?,
+            outcome: Outcome::from_pb(m.outcome).ok_or_else(|| bad("unknown outcome"))?,
+            reason: m.reason,
+            detail: m.detail,
+            received_at: m
+                .received_at
+                .as_ref()
+                .and_then(from_timestamp)
+                .ok_or_else(|| bad("received_at missing"))?,
+            lease_until: m.lease_until.as_ref().and_then(from_timestamp),
+            credits: m
+                .credits
+                .into_iter()
+                .map(|c| Credit {
+                    metric: c.metric,
+                    limit: (c.limit != 0).then_some(c.limit),
+                    used: c.used,
+                })
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_verify_and_tamper() {
+        let key = crate::keys::generate();
+        let body = ReceiptBody {
+            report_digest: Digest([3; 32]),
+            outcome: Outcome::Quarantined,
+            reason: "clock_skew".into(),
+            detail: "window ends in the future".into(),
+            received_at: chrono::Utc::now(),
+            lease_until: None,
+            credits: vec![Credit {
+                metric: "api.convert".into(),
+                limit: Some(10),
+                used: 4,
+            }],
+        };
+        let mut r = body.sign(&key);
+        let back = ReceiptBody::verify(&r, &key.verifying_key()).unwrap();
+        assert_eq!(back.outcome, Outcome::Quarantined);
+        assert_eq!(back.credits, body.credits);
+        let other = crate::keys::generate();
+        assert!(ReceiptBody::verify(&r, &other.verifying_key()).is_err());
+        r.body[0] ^= 1;
+        assert!(ReceiptBody::verify(&r, &key.verifying_key()).is_err());
+    }
+}

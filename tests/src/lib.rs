@@ -1,0 +1,388 @@
+//! Shared helpers for Tally's end-to-end suites: real collectors (in-process on port 0, or
+//! as `tally-collector` processes that can be SIGKILLed), test agents that sign real
+//! reports, and gRPC/HTTP clients. Nothing here replaces a part under test.
+
+use chrono::{DateTime, Duration, Utc};
+use ed25519_dalek::SigningKey;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use tally_collector::commands::{self, Ctx, IssueArgs};
+use tally_collector::datadir::DataDir;
+use tally_collector::server::{self, Collector};
+use tally_collector::store::Store;
+use tally_collector::store::sqlite::SqliteStore;
+use tally_proto::Digest;
+use tally_proto::pb;
+use tally_proto::pb::ingest_client::IngestClient;
+use tally_proto::report::{Counter, Report};
+use tonic::transport::Channel;
+
+/// A collector served in this process on loopback port 0, with a real SQLite database in a
+/// temporary directory and real gRPC/HTTP listeners.
+pub struct InProcessCollector {
+    pub dir: tempfile::TempDir,
+    pub ctx: Ctx,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub admin_token: String,
+    pub collector: Collector,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl InProcessCollector {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = DataDir::new(dir.path().join("data"));
+        let init = commands::init(data.clone()).await.expect("init");
+        let admin_token = init.json["admin_token"].as_str().unwrap().to_string();
+        let ctx = Ctx::open(data.clone()).expect("open");
+        let key = tally_proto::keys::read(&data.vendor_key()).unwrap();
+        let collector = Collector::new(ctx.store.clone() as Arc<dyn Store>, key);
+        let g = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let h = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (grpc, http) = (g.local_addr().unwrap(), h.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let c = collector.clone();
+        let task = tokio::spawn(async move {
+            server::run(c, g, h, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("collector serves");
+        });
+        InProcessCollector {
+            dir,
+            ctx,
+            grpc,
+            http,
+            admin_token,
+            collector,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn store(&self) -> Arc<SqliteStore> {
+        self.ctx.store.clone()
+    }
+
+    /// A new gRPC connection (each call opens its own HTTP/2 connection).
+    pub async fn client(&self) -> IngestClient<Channel> {
+        connect(self.grpc).await
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub async fn add_customer(&self, name: &str) -> String {
+        let out = commands::customers_add(&self.ctx, name).await.unwrap();
+        out.json["id"].as_str().unwrap().to_string()
+    }
+
+    /// Issues a license valid from 60 days ago to a year from now.
+    pub async fn issue_license(&self, customer: &str, metrics: &[&str]) -> (String, String) {
+        let nb = tally_proto::time::rfc3339(Utc::now() - Duration::days(60));
+        let na = tally_proto::time::rfc3339(Utc::now() + Duration::days(365));
+        let out = commands::licenses_issue(
+            &self.ctx,
+            IssueArgs {
+                customer: customer.to_string(),
+                metrics: metrics.iter().map(|s| s.to_string()).collect(),
+                expires: na,
+                not_before: Some(nb),
+                grace: "7d".into(),
+                enrollments: 100,
+                token_ttl: "7d".into(),
+                endpoint: format!("http://{}", self.grpc),
+                out: None,
+            },
+        )
+        .await
+        .unwrap();
+        (
+            out.json["license_id"].as_str().unwrap().to_string(),
+            out.json["enrollment_token"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Enrolls a fresh agent key over real gRPC `Enroll`.
+    pub async fn enroll(&self, license_id: &str, token: &str) -> TestAgent {
+        let agent = TestAgent::new(license_id);
+        let proof = tally_proto::enroll::prove(&agent.key, license_id, token);
+        self.client()
+            .await
+            .enroll(pb::EnrollRequest {
+                license_id: license_id.to_string(),
+                enrollment_token: token.to_string(),
+                agent_key: agent.key.verifying_key().to_bytes().to_vec(),
+                proof: proof.to_vec(),
+            })
+            .await
+            .expect("enroll");
+        agent
+    }
+
+    /// Creates an API token with `role` and returns the secret.
+    pub async fn token(&self, role: &str) -> String {
+        let out = commands::tokens_create(&self.ctx, role, None)
+            .await
+            .unwrap();
+        out.json["token"].as_str().unwrap().to_string()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+pub async fn connect(addr: SocketAddr) -> IngestClient<Channel> {
+    let ch = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    IngestClient::new(ch)
+        .max_decoding_message_size(8 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+/// A test agent: a real ed25519 key that signs real, chained reports.
+pub struct TestAgent {
+    pub key: SigningKey,
+    pub license_id: String,
+    pub next_seq: u64,
+    pub prev: Option<Digest>,
+    /// Start of the next window.
+    pub cursor: DateTime<Utc>,
+    pub window: Duration,
+}
+
+impl TestAgent {
+    pub fn new(license_id: &str) -> Self {
+        let now = Utc::now();
+        let start =
+            DateTime::from_timestamp(now.timestamp() - 20 * 86_400 - now.timestamp() % 60, 0)
+                .unwrap();
+        TestAgent {
+            key: tally_proto::keys::generate(),
+            license_id: license_id.to_string(),
+            next_seq: 1,
+            prev: None,
+            cursor: start,
+            window: Duration::minutes(1),
+        }
+    }
+
+    pub fn key_bytes(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    /// The next report in the chain (advances seq, prev digest and window).
+    pub fn next(&mut self, counters: &[(&str, u64)]) -> (Report, pb::SignedReport) {
+        let report = self.draft(counters);
+        let signed = report.sign(&self.key);
+        self.accept_into_chain(&signed);
+        (report, signed)
+    }
+
+    /// The report `next` would build, without advancing the chain (tests mutate it).
+    pub fn draft(&self, counters: &[(&str, u64)]) -> Report {
+        Report {
+            license_id: self.license_id.clone(),
+            agent_key: self.key_bytes(),
+            seq: self.next_seq,
+            prev_digest: self.prev,
+            window_start: self.cursor,
+            window_end: self.cursor + self.window,
+            counters: counters
+                .iter()
+                .map(|(m, q)| Counter {
+                    metric: m.to_string(),
+                    quantity: *q,
+                })
+                .collect(),
+            created_at: self.cursor + self.window,
+            agent_version: "tally-tests".into(),
+        }
+    }
+
+    /// Advances the chain past `signed` (as if it had been delivered).
+    pub fn accept_into_chain(&mut self, signed: &pb::SignedReport) {
+        self.prev = Some(Digest::of(&signed.report));
+        self.next_seq += 1;
+        self.cursor += self.window;
+    }
+
+    pub fn sign(&self, report: &Report) -> pb::SignedReport {
+        report.sign(&self.key)
+    }
+}
+
+/// Decodes and verifies receipts against the collector key.
+pub fn receipts(
+    resp: pb::SubmitResponse,
+    collector_key: &ed25519_dalek::VerifyingKey,
+) -> Vec<tally_proto::receipt::ReceiptBody> {
+    resp.receipts
+        .iter()
+        .map(|r| {
+            tally_proto::receipt::ReceiptBody::verify(r, collector_key).expect("receipt verifies")
+        })
+        .collect()
+}
+
+/// Sum of counters over the stored reports whose status is `accepted`, decoded from the
+/// raw stored bytes: the brute-force truth usage queries are compared against.
+pub async fn brute_force_totals(
+    store: &dyn Store,
+) -> std::collections::BTreeMap<(String, String), u64> {
+    let mut totals = std::collections::BTreeMap::new();
+    for r in store.stored_reports().await.unwrap() {
+        if r.status != "accepted" {
+            continue;
+        }
+        let rep = Report::decode(&r.bytes).unwrap();
+        for c in rep.counters {
+            *totals
+                .entry((rep.license_id.clone(), c.metric))
+                .or_insert(0u64) += c.quantity;
+        }
+    }
+    totals
+}
+
+/// Path of a workspace binary built next to the running test (target/<profile>/NAME).
+/// `cargo test --workspace` builds it, because the package that owns it has integration
+/// tests of its own.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run the whole suite with `cargo test --workspace` (it builds the binary)",
+        p.display()
+    );
+    p
+}
+
+/// Runs a `tally-collector` command and returns (exit code, stdout, stderr).
+pub fn collector_cmd(data: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(workspace_bin("tally-collector"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .env_remove("TALLY_DATA")
+        .env_remove("TALLY_CONFIG")
+        .output()
+        .expect("run tally-collector");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a collector command with `--json` and parses its one JSON document.
+pub fn collector_json(data: &Path, args: &[&str]) -> Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    let (code, out, err) = collector_cmd(data, &a);
+    assert_eq!(code, 0, "tally-collector {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not one JSON document ({e}): {out}"))
+}
+
+/// A `tally-collector serve` process on loopback port 0.
+pub struct CollectorProcess {
+    pub child: Child,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub stderr_path: PathBuf,
+}
+
+impl CollectorProcess {
+    /// Starts `serve` on an initialized data directory and waits for `ports.json`.
+    pub fn spawn(data: &Path) -> Self {
+        Self::spawn_with_env(data, &[])
+    }
+
+    pub fn spawn_with_env(data: &Path, env: &[(&str, &str)]) -> Self {
+        let ports = data.join("ports.json");
+        let _ = std::fs::remove_file(&ports);
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let stderr_path = data.join(format!("collector-{n}.log"));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut cmd = Command::new(workspace_bin("tally-collector"));
+        cmd.arg("--data")
+            .arg(data)
+            .args([
+                "serve",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .env_remove("TALLY_DATA")
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn tally-collector serve");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ports) {
+                if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                    let grpc = v["grpc"].as_str().unwrap().parse().unwrap();
+                    let http = v["http"].as_str().unwrap().parse().unwrap();
+                    return CollectorProcess {
+                        child,
+                        grpc,
+                        http,
+                        stderr_path,
+                    };
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "collector exited early ({status}): {}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "collector did not write ports.json in 60 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill(); // std's kill() sends SIGKILL on Unix.
+        let _ = self.child.wait();
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for CollectorProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
