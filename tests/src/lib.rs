@@ -344,17 +344,17 @@ impl CollectorProcess {
         let mut child = cmd.spawn().expect("spawn tally-collector serve");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            if let Ok(text) = std::fs::read_to_string(&ports) {
-                if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                    let grpc = v["grpc"].as_str().unwrap().parse().unwrap();
-                    let http = v["http"].as_str().unwrap().parse().unwrap();
-                    return CollectorProcess {
-                        child,
-                        grpc,
-                        http,
-                        stderr_path,
-                    };
-                }
+            if let Ok(text) = std::fs::read_to_string(&ports)
+                && let Ok(v) = serde_json::from_str::<Value>(&text)
+            {
+                let grpc = v["grpc"].as_str().unwrap().parse().unwrap();
+                let http = v["http"].as_str().unwrap().parse().unwrap();
+                return CollectorProcess {
+                    child,
+                    grpc,
+                    http,
+                    stderr_path,
+                };
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!(

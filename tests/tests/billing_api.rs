@@ -1,0 +1,380 @@
+//! The billing HTTP API over real HTTP on loopback: authentication, tenant isolation and
+//! its audit trail, bad query parameters, unknown routes, statements and import.
+
+use serde_json::Value;
+use tally_collector::store::Store;
+use tally_proto::pb;
+use tally_tests::InProcessCollector;
+
+async fn get(c: &InProcessCollector, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = reqwest::Client::new().get(c.http_url(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn error_code(v: &Value) -> &str {
+    v["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not a JSON error: {v}"))
+}
+
+async fn state(c: &InProcessCollector) -> (usize, usize, usize) {
+    let s = c.store();
+    (
+        s.stored_reports().await.unwrap().len(),
+        s.list_customers(None).await.unwrap().len(),
+        s.list_tokens().await.unwrap().len(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_missing_invalid_revoked_are_401() {
+    let c = InProcessCollector::start().await;
+    let (s, v) = get(&c, "/v1/customers", None).await;
+    assert_eq!((s, error_code(&v)), (401, "unauthorized"));
+    let (s, v) = get(&c, "/v1/customers", Some("tally_not_a_real_token")).await;
+    assert_eq!((s, error_code(&v)), (401, "unauthorized"));
+    let resp = reqwest::Client::new()
+        .get(c.http_url("/v1/customers"))
+        .header("Authorization", "Basic abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let out = tally_collector::commands::tokens_create(&c.ctx, "billing", None)
+        .await
+        .unwrap();
+    let (id, token) = (
+        out.json["id"].as_str().unwrap().to_string(),
+        out.json["token"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(get(&c, "/v1/customers", Some(&token)).await.0, 200);
+    tally_collector::commands::tokens_revoke(&c.ctx, &id)
+        .await
+        .unwrap();
+    let (s, v) = get(&c, "/v1/customers", Some(&token)).await;
+    assert_eq!((s, error_code(&v)), (401, "unauthorized"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("revoked"));
+    // Unauthenticated attempts are audited as anonymous.
+    let audit = c.store().list_audit(100).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.actor == "anonymous" && e.outcome == "401")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_routes_and_methods_are_json_errors() {
+    let c = InProcessCollector::start().await;
+    let (s, v) = get(&c, "/v2/nothing", Some(&c.admin_token)).await;
+    assert_eq!((s, error_code(&v)), (404, "not_found"));
+    let (s, v) = get(&c, "/../../etc/passwd", None).await;
+    assert_eq!((s, error_code(&v)), (404, "not_found"));
+    let resp = reqwest::Client::new()
+        .delete(c.http_url("/v1/usage"))
+        .bearer_auth(&c.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(error_code(&v), "method_not_allowed");
+    let (s, v) = get(&c, "/healthz", None).await;
+    assert_eq!((s, v["status"].as_str()), (200, Some("ok")));
+    assert_eq!(get(&c, "/readyz", None).await.0, 200);
+    let (s, v) = get(&c, "/openapi.json", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["openapi"], "3.0.3");
+    assert!(v["paths"]["/v1/usage"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_query_parameters_are_400_and_change_nothing() {
+    let c = InProcessCollector::start().await;
+    let customer = c.add_customer("Acme").await;
+    let t = c.admin_token.clone();
+    let before = state(&c).await;
+    for path in [
+        "/v1/usage?granularity=week",
+        "/v1/usage?format=xml",
+        "/v1/usage?from=yesterday",
+        "/v1/usage?from=2026-01-01T00:30:00Z",
+        "/v1/usage?from=2026-02-01&to=2026-01-01",
+        "/v1/usage?customer=x%27%20OR%201%3D1%20--",
+        "/v1/usage?metric=Api.Convert",
+        "/v1/usage?metric=a&metric=b",
+        "/v1/usage?colour=red",
+        "/v1/usage?customer=%FF%FE",
+        "/v1/agents?status=sleepy",
+        "/v1/licenses?customer=../../etc",
+        "/v1/customers?x=1",
+        "/v1/anomalies?customer=%00",
+        "/v1/statements/cus_x/2026-13",
+        "/v1/statements/cus_x/last-month",
+        "/v1/statements/bad%20id/2026-01",
+    ] {
+        let (s, v) = get(&c, path, Some(&t)).await;
+        assert_eq!(s, 400, "{path}: {v}");
+        assert_eq!(error_code(&v), "invalid_parameter", "{path}");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let (s, v) = get(&c, "/v1/statements/cus_doesnotexist/2026-01", Some(&t)).await;
+    assert_eq!((s, error_code(&v)), (404, "not_found"));
+    assert_eq!(state(&c).await, before);
+    let (s, _) = get(&c, &format!("/v1/statements/{customer}/2026-01"), Some(&t)).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn customer_tokens_are_isolated_and_attempts_audited() {
+    let c = InProcessCollector::start().await;
+    let a = c.add_customer("A").await;
+    let b = c.add_customer("B").await;
+    let (la, ta) = c.issue_license(&a, &["api.convert"]).await;
+    let (lb, tb) = c.issue_license(&b, &["api.convert"]).await;
+    let mut agent_a = c.enroll(&la, &ta).await;
+    let mut agent_b = c.enroll(&lb, &tb).await;
+    let reports = vec![
+        agent_a.next(&[("api.convert", 3)]).1,
+        agent_b.next(&[("api.convert", 5)]).1,
+    ];
+    c.client()
+        .await
+        .submit(pb::SubmitRequest { reports })
+        .await
+        .unwrap();
+
+    let token_a = c.token(&format!("customer:{a}")).await;
+    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    // Own data: visible, and only its own.
+    let (s, v) = get(&c, "/v1/usage?granularity=month", Some(&token_a)).await;
+    assert_eq!(s, 200);
+    let rows = v["rows"].as_array().unwrap();
+    assert!(rows.iter().all(|r| r["customer"] == a.as_str()), "{v}");
+    assert!(!rows.is_empty());
+    let (s, v) = get(&c, "/v1/agents", Some(&token_a)).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["agents"].as_array().unwrap().len(), 1);
+    let (s, v) = get(&c, "/v1/customers", Some(&token_a)).await;
+    assert_eq!((s, v["customers"].as_array().unwrap().len()), (200, 1));
+
+    // Another customer's data: 404, as if it did not exist.
+    for path in [
+        format!("/v1/usage?customer={b}"),
+        format!("/v1/statements/{b}/{month}"),
+        format!("/v1/agents?customer={b}"),
+        format!("/v1/licenses?customer={b}"),
+    ] {
+        let (s, v) = get(&c, &path, Some(&token_a)).await;
+        assert_eq!((s, error_code(&v)), (404, "not_found"), "{path}");
+    }
+    // Staff-only import.
+    let resp = reqwest::Client::new()
+        .post(c.http_url("/v1/reports:import"))
+        .bearer_auth(&token_a)
+        .body(vec![1, 2, 3])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+
+    let audit = c.store().list_audit(200).await.unwrap();
+    let token_a_id = c
+        .store()
+        .list_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.role == format!("customer:{a}"))
+        .unwrap()
+        .id;
+    let denied: Vec<_> = audit
+        .iter()
+        .filter(|e| e.outcome == "404 cross_tenant_denied")
+        .collect();
+    assert_eq!(denied.len(), 4, "{audit:#?}");
+    assert!(denied.iter().all(|e| e.actor == token_a_id));
+    assert!(
+        audit
+            .iter()
+            .all(|e| !e.actor.contains(&token_a) && !e.target.contains(&token_a))
+    );
+
+    // Statement for A: used 3 of unlimited.
+    let (s, v) = get(&c, &format!("/v1/statements/{a}/{month}"), Some(&token_a)).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["lines"][0]["metric"], "api.convert");
+    assert_eq!(v["lines"][0]["used"], 3);
+    assert_eq!(v["lines"][0]["limit"], Value::Null);
+    assert_eq!(v["lines"][0]["overage"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn statements_show_limits_and_overage() {
+    let c = InProcessCollector::start().await;
+    let a = c.add_customer("A").await;
+    let (l, t) = c.issue_license(&a, &["api.convert=10", "api.render"]).await;
+    let mut agent = c.enroll(&l, &t).await;
+    // Windows in the current month (the agent's default cursor may be last month).
+    let now = chrono::Utc::now();
+    let month_start =
+        chrono::DateTime::from_timestamp(tally_collector::calendar::month_of(now.timestamp()), 0)
+            .unwrap();
+    agent.cursor = (now - chrono::Duration::minutes(30)).max(month_start);
+    let reports: Vec<_> = (0..3)
+        .map(|_| agent.next(&[("api.convert", 6), ("api.render", 1)]).1)
+        .collect();
+    c.client()
+        .await
+        .submit(pb::SubmitRequest { reports })
+        .await
+        .unwrap();
+    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    let (s, v) = get(
+        &c,
+        &format!("/v1/statements/{a}/{month}"),
+        Some(&c.admin_token),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let lines = v["lines"].as_array().unwrap();
+    let convert = lines.iter().find(|l| l["metric"] == "api.convert").unwrap();
+    assert_eq!(
+        (
+            convert["used"].as_u64(),
+            convert["limit"].as_u64(),
+            convert["overage"].as_u64()
+        ),
+        (Some(18), Some(10), Some(8))
+    );
+    let render = lines.iter().find(|l| l["metric"] == "api.render").unwrap();
+    assert_eq!(
+        (
+            render["used"].as_u64(),
+            render["limit"].clone(),
+            render["overage"].as_u64()
+        ),
+        (Some(3), Value::Null, Some(0))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_import_counts_once_and_rejects_garbage() {
+    let c = InProcessCollector::start().await;
+    let a = c.add_customer("A").await;
+    let (l, t) = c.issue_license(&a, &["api.convert"]).await;
+    let mut agent = c.enroll(&l, &t).await;
+    let reports: Vec<_> = (0..5)
+        .map(|_| agent.next(&[("api.convert", 2)]).1)
+        .collect();
+    // Two of them also arrive online.
+    c.client()
+        .await
+        .submit(pb::SubmitRequest {
+            reports: reports[..2].to_vec(),
+        })
+        .await
+        .unwrap();
+    let body = tally_proto::bundle::write_reports(&pb::ReportBundle { reports });
+    let post = |body: Vec<u8>, q: &'static str| {
+        let url = c.http_url(&format!("/v1/reports:import{q}"));
+        let token = c.admin_token.clone();
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let resp = post(body.clone(), "").await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["counts"]["accepted"], 3);
+    assert_eq!(v["counts"]["duplicate"], 2);
+    // The receipt bundle form verifies against the collector key.
+    let resp = post(body, "?format=bundle").await;
+    let bytes = resp.bytes().await.unwrap();
+    let receipts = tally_proto::bundle::read_receipts(&bytes).unwrap();
+    assert_eq!(receipts.receipts.len(), 5);
+    for r in &receipts.receipts {
+        tally_proto::receipt::ReceiptBody::verify(r, &c.collector.ingestor.collector_key())
+            .unwrap();
+    }
+    let total: u64 = tally_tests::brute_force_totals(c.store().as_ref())
+        .await
+        .values()
+        .sum();
+    assert_eq!(total, 10);
+    // Garbage, truncated and oversized bodies change nothing.
+    let before = state(&c).await;
+    let resp = post(b"hello".to_vec(), "").await;
+    assert_eq!(resp.status().as_u16(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(error_code(&v), "invalid_bundle");
+    let mut truncated = tally_proto::bundle::write_reports(&pb::ReportBundle {
+        reports: vec![agent.next(&[("api.convert", 1)]).1],
+    });
+    truncated.truncate(truncated.len() - 4);
+    assert_eq!(post(truncated, "").await.status().as_u16(), 400);
+    assert_eq!(state(&c).await, before);
+    // A large bundle (over the default 64 KiB body limit, over one 500-report chunk).
+    let many: Vec<_> = (0..600)
+        .map(|_| agent.next(&[("api.convert", 1)]).1)
+        .collect();
+    let resp = post(
+        tally_proto::bundle::write_reports(&pb::ReportBundle { reports: many }),
+        "",
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 200);
+    let v: Value = resp.json().await.unwrap();
+    // The truncated bundle's report was never stored, so its seq is now a gap, not an error.
+    assert_eq!(v["counts"]["accepted"], 600, "{}", v["counts"]);
+    let before = state(&c).await;
+    let huge = vec![0u8; tally_collector::http::MAX_IMPORT_BODY + 1];
+    assert_eq!(post(huge, "").await.status().as_u16(), 413);
+    assert_eq!(state(&c).await, before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_exposed() {
+    let c = InProcessCollector::start().await;
+    let a = c.add_customer("A").await;
+    let (l, t) = c.issue_license(&a, &["api.convert"]).await;
+    let mut agent = c.enroll(&l, &t).await;
+    let (_, s) = agent.next(&[("api.convert", 1)]);
+    c.client()
+        .await
+        .submit(pb::SubmitRequest {
+            reports: vec![s.clone(), s],
+        })
+        .await
+        .unwrap();
+    let text = reqwest::get(c.http_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("tally_reports_total{outcome=\"accepted\",reason=\"\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tally_reports_total{outcome=\"duplicate\",reason=\"\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("tally_enrollments_total 1"), "{text}");
+}

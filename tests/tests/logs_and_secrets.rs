@@ -1,0 +1,131 @@
+//! No token or enrollment secret ever appears in a log line: a collector process runs at
+//! the most verbose log level while tokens are created, used, misused and revoked, and
+//! agents enroll; its whole stderr is then searched for every secret.
+
+use tally_proto::pb;
+use tally_tests::{CollectorProcess, TestAgent, collector_json, connect};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_never_reach_the_logs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let admin = collector_json(&data, &["init"])["admin_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let customer = collector_json(&data, &["customers", "add", "Acme"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let lic = collector_json(
+        &data,
+        &[
+            "licenses",
+            "issue",
+            "--customer",
+            &customer,
+            "--metric",
+            "api.convert",
+            "--expires",
+            "2099-01-01",
+            "--enrollments",
+            "5",
+        ],
+    );
+    let (license, enrollment) = (
+        lic["license_id"].as_str().unwrap().to_string(),
+        lic["enrollment_token"].as_str().unwrap().to_string(),
+    );
+    let cust_token = collector_json(
+        &data,
+        &[
+            "tokens",
+            "create",
+            "--role",
+            &format!("customer:{customer}"),
+        ],
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let revoked = collector_json(&data, &["tokens", "create", "--role", "billing"]);
+    collector_json(
+        &data,
+        &["tokens", "revoke", revoked["id"].as_str().unwrap()],
+    );
+    let revoked_token = revoked["token"].as_str().unwrap().to_string();
+
+    let proc = CollectorProcess::spawn_with_env(&data, &[("TALLY_LOG", "trace")]);
+    let http = reqwest::Client::new();
+    for (token, path) in [
+        (&admin, "/v1/usage"),
+        (&cust_token, "/v1/usage?customer=cus_other"),
+        (&revoked_token, "/v1/customers"),
+        (&enrollment, "/v1/customers"),
+    ] {
+        let _ = http
+            .get(format!("http://{}{path}", proc.http))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+    }
+    // Enroll one agent properly and fail one with a wrong token.
+    let mut client = connect(proc.grpc).await;
+    let agent = TestAgent::new(&license);
+    let proof = tally_proto::enroll::prove(&agent.key, &license, &enrollment);
+    client
+        .enroll(pb::EnrollRequest {
+            license_id: license.clone(),
+            enrollment_token: enrollment.clone(),
+            agent_key: agent.key_bytes().to_vec(),
+            proof: proof.to_vec(),
+        })
+        .await
+        .unwrap();
+    let other = TestAgent::new(&license);
+    let wrong = format!("{enrollment}x");
+    let proof = tally_proto::enroll::prove(&other.key, &license, &wrong);
+    let err = client
+        .enroll(pb::EnrollRequest {
+            license_id: license.clone(),
+            enrollment_token: wrong.clone(),
+            agent_key: other.key_bytes().to_vec(),
+            proof: proof.to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let log = proc.stderr();
+    assert!(
+        log.contains("Agent enrolled."),
+        "the capture must contain the collector's logs:\n{log}"
+    );
+    assert!(
+        log.len() > 500,
+        "trace logging produced almost nothing:\n{log}"
+    );
+    let agent_secret = hex::encode(agent.key.to_bytes());
+    for secret in [
+        &admin,
+        &cust_token,
+        &revoked_token,
+        &enrollment,
+        &wrong,
+        &agent_secret,
+    ] {
+        assert!(
+            !log.contains(secret.as_str()),
+            "a secret appeared in the logs"
+        );
+    }
+    // Not even a long prefix of one.
+    for secret in [&admin, &enrollment] {
+        assert!(
+            !log.contains(&secret[..20]),
+            "a secret prefix appeared in the logs"
+        );
+    }
+}
