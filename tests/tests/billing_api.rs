@@ -378,3 +378,48 @@ async fn metrics_are_exposed() {
     );
     assert!(text.contains("tally_enrollments_total 1"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_by_status() {
+    let c = InProcessCollector::start().await;
+    let a = c.add_customer("A").await;
+    let (l, t) = c.issue_license(&a, &["api.convert"]).await;
+    let mut fresh = c.enroll(&l, &t).await;
+    let _never_reported = c.enroll(&l, &t).await;
+    let gone = c.enroll(&l, &t).await;
+    let (_, s) = fresh.next(&[("api.convert", 1)]);
+    c.client()
+        .await
+        .submit(pb::SubmitRequest { reports: vec![s] })
+        .await
+        .unwrap();
+    let id_of = |v: &Value, key: [u8; 32]| {
+        v["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["key"] == hex::encode(key))
+            .map(|x| x["agent_id"].as_str().unwrap().to_string())
+    };
+    let (_, all) = get(&c, "/v1/agents", Some(&c.admin_token)).await;
+    assert_eq!(all["agents"].as_array().unwrap().len(), 3);
+    tally_collector::commands::agents_revoke(&c.ctx, &id_of(&all, gone.key_bytes()).unwrap())
+        .await
+        .unwrap();
+    let (_, revoked) = get(&c, "/v1/agents?status=revoked", Some(&c.admin_token)).await;
+    assert_eq!(revoked["agents"].as_array().unwrap().len(), 1);
+    assert!(id_of(&revoked, gone.key_bytes()).is_some());
+    let (_, active) = get(&c, "/v1/agents?status=active", Some(&c.admin_token)).await;
+    assert_eq!(active["agents"].as_array().unwrap().len(), 2);
+    let row = active["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["key"] == hex::encode(fresh.key_bytes()))
+        .unwrap()
+        .clone();
+    assert_eq!(row["last_seq"], 1);
+    assert!(row["last_seen"].is_string());
+    let (_, silent) = get(&c, "/v1/agents?status=silent", Some(&c.admin_token)).await;
+    assert!(silent["agents"].as_array().unwrap().is_empty());
+}
