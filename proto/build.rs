@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "tally/v1/report.proto",
         "tally/v1/license.proto",
         "tally/v1/ingest.proto",
+        "tally/v1/recorder.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -1,0 +1,322 @@
+//! The running agent: license, keys, store, and the two background loops — closing
+//! windows into signed reports, and delivering the outbox with backoff.
+
+use crate::datadir::DataDir;
+use crate::store::{AgentStore, Event, Recorded, StoreError};
+use backon::BackoffBuilder;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tally_proto::license::License;
+use tally_proto::metric::validate_metric_name;
+use tally_proto::pb;
+use tally_proto::receipt::{Outcome, ReceiptBody};
+use tokio::sync::Notify;
+
+/// Largest quantity one event may carry: anything above is certainly a bug in the caller.
+pub const MAX_EVENT_QUANTITY: u64 = 1_000_000_000;
+/// Most events in one record call.
+pub const MAX_EVENTS_PER_CALL: usize = 10_000;
+/// Longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+/// Most reports per `Submit` when a backlog exists.
+pub const DELIVERY_BATCH: u32 = 100;
+
+/// Why an event was not recorded. Nothing of its call is counted.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the agent could not commit the events: {0}")]
+    Storage(String),
+}
+
+impl From<StoreError> for RecordError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid(m) => RecordError::Invalid(m),
+            StoreError::Database(m) => RecordError::Storage(m),
+        }
+    }
+}
+
+/// Delivery counters, kept in memory and shown by `status`.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    /// Submit calls started (each one a connection attempt when the collector is down).
+    pub attempts: AtomicU64,
+    pub failures: AtomicU64,
+    pub delivered: AtomicU64,
+    /// Unix seconds of the last successful Submit, 0 if none.
+    pub last_success: AtomicU64,
+    pub last_attempt_ok: std::sync::atomic::AtomicBool,
+    pub last_error: Mutex<String>,
+}
+
+/// Static configuration of a running agent.
+pub struct AgentConfig {
+    pub dir: DataDir,
+    pub interval_secs: i64,
+    pub collectors: Vec<String>,
+}
+
+pub struct Agent {
+    pub store: AgentStore,
+    pub key: SigningKey,
+    pub license: License,
+    pub collector_key: VerifyingKey,
+    pub interval_secs: i64,
+    pub collectors: Vec<String>,
+    pub stats: DeliveryStats,
+    /// Wakes the delivery loop when new reports are in the outbox.
+    pub outbox_ready: Notify,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{0} is not an initialized agent directory (hint: run 'tally-agent init' first)")]
+    NotInitialized(String),
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+impl Agent {
+    /// Loads an initialized agent directory.
+    pub fn load(cfg: AgentConfig) -> Result<Agent, LoadError> {
+        if !cfg.dir.is_initialized() {
+            return Err(LoadError::NotInitialized(
+                cfg.dir.path().display().to_string(),
+            ));
+        }
+        let corrupt = |e: &dyn std::fmt::Display| LoadError::Corrupt(e.to_string());
+        let store = AgentStore::open(&cfg.dir.db()).map_err(|e| corrupt(&e))?;
+        let key = tally_proto::keys::read(&cfg.dir.key()).map_err(|e| corrupt(&e))?;
+        let ck = store
+            .meta("collector_key")
+            .map_err(|e| corrupt(&e))?
+            .ok_or_else(|| LoadError::Corrupt("no collector key stored".into()))?;
+        let collector_key = tally_proto::signing::verifying_key(&ck).map_err(|e| corrupt(&e))?;
+        let lic = store
+            .meta("license")
+            .map_err(|e| corrupt(&e))?
+            .ok_or_else(|| LoadError::Corrupt("no license stored".into()))?;
+        let signed = <pb::SignedLicense as prost::Message>::decode(lic.as_slice())
+            .map_err(|e| corrupt(&e))?;
+        let (license, _) =
+            License::verify(&signed, Some(&collector_key)).map_err(|e| corrupt(&e))?;
+        let mut collectors = cfg.collectors;
+        if collectors.is_empty() {
+            collectors.push(license.collector_endpoint.clone());
+        }
+        Ok(Agent {
+            store,
+            key,
+            license,
+            collector_key,
+            interval_secs: cfg.interval_secs,
+            collectors,
+            stats: DeliveryStats::default(),
+            outbox_ready: Notify::new(),
+        })
+    }
+
+    /// Validates events against the contract and the license, then counts them durably.
+    /// Either every event of the call is acknowledged or none is counted.
+    pub async fn record(&self, events: Vec<Event>) -> Result<Recorded, RecordError> {
+        if events.is_empty() {
+            return Err(RecordError::Invalid("no events".into()));
+        }
+        if events.len() > MAX_EVENTS_PER_CALL {
+            return Err(RecordError::Invalid(format!(
+                "{} events in one call; the limit is {MAX_EVENTS_PER_CALL}",
+                events.len()
+            )));
+        }
+        for e in &events {
+            validate_event(&self.license, e)?;
+        }
+        let now = chrono::Utc::now().timestamp();
+        Ok(self.store.record(events, now, self.interval_secs).await?)
+    }
+
+    /// Closes finished windows (and with `flush`, the open one) into the outbox.
+    pub async fn close_windows(&self, flush: bool) -> Result<u64, StoreError> {
+        let now = chrono::Utc::now().timestamp();
+        let n = self
+            .store
+            .close_windows(
+                self.key.clone(),
+                self.license.license_id.clone(),
+                now,
+                self.interval_secs,
+                flush,
+            )
+            .await?;
+        if n > 0 {
+            self.outbox_ready.notify_one();
+        }
+        Ok(n)
+    }
+}
+
+/// Checks one event: metric name, licensed, quantity, idempotency key.
+pub fn validate_event(license: &License, e: &Event) -> Result<(), RecordError> {
+    validate_metric_name(&e.metric).map_err(|err| RecordError::Invalid(err.to_string()))?;
+    if license.metric(&e.metric).is_none() {
+        return Err(RecordError::Invalid(format!(
+            "metric {} is not licensed (licensed: {})",
+            e.metric,
+            license
+                .metrics
+                .iter()
+                .map(|m| m.metric.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    if e.quantity == 0 {
+        return Err(RecordError::Invalid(format!(
+            "quantity of {} must be at least 1",
+            e.metric
+        )));
+    }
+    if e.quantity > MAX_EVENT_QUANTITY {
+        return Err(RecordError::Invalid(format!(
+            "quantity {} is absurd (the limit per event is {MAX_EVENT_QUANTITY})",
+            e.quantity
+        )));
+    }
+    if let Some(k) = &e.idempotency_key
+        && (k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY)
+    {
+        return Err(RecordError::Invalid(format!(
+            "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Closes windows just after every boundary (flushes close the open window directly).
+pub async fn window_loop(agent: Arc<Agent>) {
+    loop {
+        if let Err(e) = agent.close_windows(false).await {
+            tracing::error!(error = %e, "Closing a window failed; will retry at the next boundary.");
+        }
+        if let Err(e) = agent.store.prune(chrono::Utc::now().timestamp()).await {
+            tracing::warn!(error = %e, "Pruning idempotency keys failed.");
+        }
+        let now = chrono::Utc::now();
+        let next = crate::windows::next_boundary(now.timestamp(), agent.interval_secs);
+        let ms = (next - now.timestamp()) * 1000 - now.timestamp_subsec_millis() as i64;
+        tokio::time::sleep(Duration::from_millis(ms.max(1) as u64 + 20)).await;
+    }
+}
+
+/// The backoff schedule of DESIGN.md §6: initial 1 s, factor 2, cap 5 min, jitter, no
+/// give-up.
+pub fn backoff() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_factor(2.0)
+        .with_max_delay(Duration::from_secs(300))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Delivers the outbox in sequence order, forever.
+pub async fn delivery_loop(agent: Arc<Agent>) {
+    let mut schedule = backoff();
+    let mut endpoint = 0usize;
+    loop {
+        let pending = match agent.store.pending(DELIVERY_BATCH) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "Reading the outbox failed.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if pending.is_empty() {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), agent.outbox_ready.notified()).await;
+            continue;
+        }
+        let url = &agent.collectors[endpoint % agent.collectors.len()];
+        agent.stats.attempts.fetch_add(1, Ordering::Relaxed);
+        match submit(&agent, url, pending.iter().map(|r| r.signed()).collect()).await {
+            Ok(n) => {
+                schedule = backoff();
+                agent.stats.delivered.fetch_add(n, Ordering::Relaxed);
+                agent
+                    .stats
+                    .last_success
+                    .store(chrono::Utc::now().timestamp() as u64, Ordering::Relaxed);
+                agent.stats.last_attempt_ok.store(true, Ordering::Relaxed);
+            }
+            Err(e) => {
+                agent.stats.failures.fetch_add(1, Ordering::Relaxed);
+                agent.stats.last_attempt_ok.store(false, Ordering::Relaxed);
+                *agent
+                    .stats
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = e.clone();
+                let delay = schedule.next().unwrap_or(Duration::from_secs(300));
+                tracing::warn!(collector = %url, error = %e, retry_in_ms = delay.as_millis() as u64, "Delivery failed; will retry.");
+                endpoint += 1; // fail over to the next collector, if several
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// One Submit call. Transient failures (unreachable, UNAVAILABLE, RESOURCE_EXHAUSTED,
+/// deadline, bad receipts) are errors to retry; every receipt is verified and stored.
+async fn submit(agent: &Agent, url: &str, reports: Vec<pb::SignedReport>) -> Result<u64, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("bad collector URL {url}: {e}"))?
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let mut client = pb::ingest_client::IngestClient::new(channel);
+    let n = reports.len();
+    let digests: Vec<_> = reports
+        .iter()
+        .map(|r| tally_proto::Digest::of(&r.report))
+        .collect();
+    let resp = client
+        .submit(pb::SubmitRequest { reports })
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+    let receipts = resp.into_inner().receipts;
+    if receipts.len() != n {
+        return Err(format!(
+            "collector answered {} receipts for {n} reports",
+            receipts.len()
+        ));
+    }
+    let mut verified = Vec::with_capacity(n);
+    for (r, d) in receipts.into_iter().zip(digests) {
+        let body = ReceiptBody::verify(&r, &agent.collector_key)
+            .map_err(|e| format!("receipt does not verify: {e}"))?;
+        if body.report_digest != d {
+            return Err("a receipt names another report".into());
+        }
+        if matches!(body.outcome, Outcome::Quarantined | Outcome::Refused) {
+            tracing::warn!(digest = %d, outcome = body.outcome.as_str(), reason = %body.reason, "Report not counted by the collector.");
+        }
+        verified.push((body, r));
+    }
+    agent
+        .store
+        .store_receipts(verified)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(n as u64)
+}

@@ -1,0 +1,163 @@
+//! The agent's local HTTP API: `POST /v1/events`, `GET /v1/license`, `POST /v1/flush`,
+//! `GET /v1/status`. Bodies are checked strictly: unknown fields are errors, so a body can
+//! never smuggle anything else in.
+
+use crate::agent::{Agent, RecordError};
+use crate::store::Event;
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Map, Value, json};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// Largest request body.
+pub const MAX_BODY: usize = 1024 * 1024;
+
+pub enum ApiError {
+    BadRequest(String),
+    Unavailable(String),
+    NotFound(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (s, code, m) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "invalid_request", m),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
+        };
+        (s, Json(json!({"error": {"code": code, "message": m}}))).into_response()
+    }
+}
+
+impl From<RecordError> for ApiError {
+    fn from(e: RecordError) -> Self {
+        match e {
+            RecordError::Invalid(m) => ApiError::BadRequest(m),
+            RecordError::Storage(m) => {
+                tracing::error!(error = %m, "Events could not be committed.");
+                ApiError::Unavailable(
+                    "the agent could not commit the events; nothing was counted, retry".into(),
+                )
+            }
+        }
+    }
+}
+
+pub fn app(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/events", post(events))
+        .route("/v1/license", get(license))
+        .route("/v1/flush", post(flush))
+        .route("/v1/status", get(status))
+        .fallback(|uri: axum::http::Uri| async move {
+            ApiError::NotFound(format!("no route for {}", uri.path()))
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(agent)
+}
+
+/// Parses one event object, strictly.
+fn event(v: &Value, at: &str) -> Result<Event, ApiError> {
+    let bad = |m: String| ApiError::BadRequest(format!("{at}: {m}"));
+    let o: &Map<String, Value> = v
+        .as_object()
+        .ok_or_else(|| bad("an event must be a JSON object".into()))?;
+    for k in o.keys() {
+        if !["metric", "quantity", "idempotency_key"].contains(&k.as_str()) {
+            return Err(bad(format!(
+                "unknown field {k:?} (allowed: metric, quantity, idempotency_key)"
+            )));
+        }
+    }
+    let metric = o
+        .get("metric")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("\"metric\" (a string) is required".into()))?;
+    let quantity = match o.get("quantity") {
+        None => 1,
+        Some(q) => q
+            .as_u64()
+            .ok_or_else(|| bad("\"quantity\" must be a positive integer".into()))?,
+    };
+    let idempotency_key = match o.get("idempotency_key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(bad("\"idempotency_key\" must be a string".into())),
+    };
+    Ok(Event {
+        metric: metric.to_string(),
+        quantity,
+        idempotency_key,
+    })
+}
+
+/// Parses `{"metric", …}` or `{"events": [ … ]}`.
+pub fn parse_events(body: &[u8]) -> Result<Vec<Event>, ApiError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
+    let o = v
+        .as_object()
+        .ok_or_else(|| ApiError::BadRequest("body must be a JSON object".into()))?;
+    match o.get("events") {
+        Some(list) => {
+            if o.len() != 1 {
+                return Err(ApiError::BadRequest(
+                    "a batch body has only the field \"events\"".into(),
+                ));
+            }
+            let arr = list
+                .as_array()
+                .ok_or_else(|| ApiError::BadRequest("\"events\" must be an array".into()))?;
+            arr.iter()
+                .enumerate()
+                .map(|(i, e)| event(e, &format!("events[{i}]")))
+                .collect()
+        }
+        None => Ok(vec![event(&v, "event")?]),
+    }
+}
+
+async fn events(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let evs = parse_events(&body)?;
+    let r = agent.record(evs).await?;
+    Ok(Json(
+        json!({"recorded": r.recorded, "duplicates": r.duplicates}),
+    ))
+}
+
+async fn license(State(agent): State<Arc<Agent>>) -> Json<crate::status::LicenseStatus> {
+    Json(crate::status::license_status(&agent, chrono::Utc::now()))
+}
+
+async fn flush(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, ApiError> {
+    let n = agent
+        .close_windows(true)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(Json(json!({"reports": n})))
+}
+
+async fn status(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        crate::commands::status_json(&agent, true)
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?,
+    ))
+}
+
+/// Delivery statistics as JSON.
+pub fn stats_json(agent: &Agent) -> Value {
+    let s = &agent.stats;
+    json!({
+        "attempts": s.attempts.load(Ordering::Relaxed),
+        "failures": s.failures.load(Ordering::Relaxed),
+        "delivered": s.delivered.load(Ordering::Relaxed),
+        "last_success": s.last_success.load(Ordering::Relaxed),
+        "last_error": s.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
+    })
+}

@@ -1,0 +1,13 @@
+//! `tally-agent`: the customer half of Tally. See `ARCHITECTURE.md` for the map.
+
+pub mod agent;
+pub mod client;
+pub mod commands;
+pub mod datadir;
+pub mod grpc;
+pub mod http;
+pub mod server;
+pub mod status;
+pub mod store;
+pub mod windows;
+mod writer;

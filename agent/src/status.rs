@@ -1,0 +1,84 @@
+//! License status for the product: `active | grace | lapsed`, the lease, and credits.
+
+use crate::agent::Agent;
+use chrono::{DateTime, Utc};
+use std::sync::atomic::Ordering;
+use tally_proto::pb;
+use tally_proto::receipt::{Credit, ReceiptBody};
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LicenseStatus {
+    pub license_id: String,
+    pub state: &'static str,
+    pub lease_until: Option<String>,
+    pub credits: Vec<CreditView>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CreditView {
+    pub metric: String,
+    pub limit: Option<u64>,
+    pub used: u64,
+}
+
+/// The lease from the newest stored receipt, or (before any receipt) the one granted at
+/// enrollment: enrollment time + grace, never past `not_after`.
+pub fn lease_and_credits(agent: &Agent) -> (Option<DateTime<Utc>>, Vec<Credit>) {
+    if let Ok(Some(raw)) = agent.store.meta("status_receipt")
+        && let Ok(r) = <pb::Receipt as prost::Message>::decode(raw.as_slice())
+        && let Ok(body) = ReceiptBody::verify(&r, &agent.collector_key)
+    {
+        return (body.lease_until, body.credits);
+    }
+    let initial = agent
+        .store
+        .meta("initial_lease")
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.parse::<i64>().ok())
+        .and_then(|t| DateTime::from_timestamp(t, 0));
+    let credits = agent
+        .license
+        .metrics
+        .iter()
+        .map(|m| Credit {
+            metric: m.metric.clone(),
+            limit: m.limit,
+            used: 0,
+        })
+        .collect();
+    (initial, credits)
+}
+
+/// `lapsed` at or after `lease_until` or past the license's end; `grace` before it while the
+/// last delivery attempt failed; `active` otherwise.
+pub fn license_status(agent: &Agent, now: DateTime<Utc>) -> LicenseStatus {
+    let (lease, credits) = lease_and_credits(agent);
+    let expired =
+        now >= agent.license.not_after + chrono::Duration::seconds(agent.license.grace_secs as i64);
+    let attempted = agent.stats.attempts.load(Ordering::Relaxed) > 0;
+    let state = match lease {
+        Some(l) if now < l && !expired => {
+            if attempted && !agent.stats.last_attempt_ok.load(Ordering::Relaxed) {
+                "grace"
+            } else {
+                "active"
+            }
+        }
+        _ => "lapsed",
+    };
+    LicenseStatus {
+        license_id: agent.license.license_id.clone(),
+        state,
+        lease_until: lease.map(tally_proto::time::rfc3339),
+        credits: credits
+            .into_iter()
+            .map(|c| CreditView {
+                metric: c.metric,
+                limit: c.limit,
+                used: c.used,
+            })
+            .collect(),
+    }
+}

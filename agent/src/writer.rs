@@ -1,0 +1,133 @@
+//! The single SQLite writer with group commit.
+//!
+//! SQLite allows one writer at a time, and with `synchronous=FULL` every commit costs an
+//! fsync. So one dedicated OS thread owns the write connection (rusqlite connections are
+//! `Send` but not `Sync`, and blocking fsyncs must not stall the async runtime). Callers
+//! send it jobs; it takes every job waiting in the queue, runs each inside its own
+//! SAVEPOINT of one shared transaction, commits once, and only then answers each caller.
+//! A job that fails rolls back to its savepoint without disturbing the others in its group.
+
+use crate::store::{StoreError, StoreResult};
+use rusqlite::Connection;
+use std::sync::mpsc;
+use tokio::sync::oneshot;
+
+/// Most jobs that share one transaction.
+const MAX_GROUP: usize = 512;
+
+trait WriteJob: Send {
+    /// Runs the job inside the open transaction; `true` if it succeeded.
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Answers the caller once the transaction's fate is known.
+    fn finish(self: Box<Self>, commit: Result<(), String>);
+}
+
+struct TypedJob<F, R> {
+    f: Option<F>,
+    result: Option<StoreResult<R>>,
+    reply: oneshot::Sender<StoreResult<R>>,
+}
+
+impl<F, R> WriteJob for TypedJob<F, R>
+where
+    F: FnOnce(&Connection) -> StoreResult<R> + Send,
+    R: Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(f) = self.f.take() else { return false };
+        let r = f(conn);
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), String>) {
+        let out = match (self.result, commit) {
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(v)), Ok(())) => Ok(v),
+            (_, Err(e)) => Err(StoreError::Database(e)),
+            (None, Ok(())) => Err(StoreError::Database("write job did not run".into())),
+        };
+        // The caller may have gone away (request cancelled); the data is committed anyway.
+        let _ = self.reply.send(out);
+    }
+}
+
+/// Handle to the writer thread. Dropping every handle stops the thread after it drains.
+pub struct Writer {
+    tx: mpsc::Sender<Box<dyn WriteJob>>,
+}
+
+impl Writer {
+    /// Starts the writer thread that owns `conn`.
+    pub fn start(conn: Connection) -> std::io::Result<Writer> {
+        let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>();
+        std::thread::Builder::new()
+            .name("tally-agent-writer".into())
+            .spawn(move || writer_loop(conn, rx))?;
+        Ok(Writer { tx })
+    }
+
+    /// Runs `f` in the next group transaction and returns its result after the commit is
+    /// durable.
+    pub async fn write<F, R>(&self, f: F) -> StoreResult<R>
+    where
+        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job = Box::new(TypedJob {
+            f: Some(f),
+            result: None,
+            reply,
+        });
+        self.tx
+            .send(job)
+            .map_err(|_| StoreError::Database("the writer thread has stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Database("the writer thread has stopped".into()))?
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn WriteJob>>) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => jobs.push(j),
+                Err(_) => break,
+            }
+        }
+        let commit = run_group(&conn, &mut jobs);
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, jobs = jobs.len(), "Group commit failed; callers were told and will retry.");
+        }
+        for j in jobs {
+            j.finish(commit.clone());
+        }
+    }
+}
+
+fn run_group(conn: &Connection, jobs: &mut [Box<dyn WriteJob>]) -> Result<(), String> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| e.to_string())?;
+    for job in jobs.iter_mut() {
+        let step = (|| -> rusqlite::Result<()> {
+            conn.execute_batch("SAVEPOINT job")?;
+            if job.run(conn) {
+                conn.execute_batch("RELEASE job")
+            } else {
+                conn.execute_batch("ROLLBACK TO job; RELEASE job")
+            }
+        })();
+        if let Err(e) = step {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e.to_string());
+        }
+    }
+    if let Err(e) = conn.execute_batch("COMMIT") {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(e.to_string());
+    }
+    Ok(())
+}
