@@ -386,3 +386,242 @@ impl Drop for CollectorProcess {
         self.kill9();
     }
 }
+
+/// Runs a `tally-agent` command and returns (exit code, stdout, stderr).
+pub fn agent_cmd(data: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(workspace_bin("tally-agent"))
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .env_remove("TALLY_DATA")
+        .env_remove("TALLY_CONFIG")
+        .output()
+        .expect("run tally-agent");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs an agent command with `--json` and parses its one JSON document.
+pub fn agent_json(data: &Path, args: &[&str]) -> Value {
+    let mut a = vec!["--json"];
+    a.extend_from_slice(args);
+    let (code, out, err) = agent_cmd(data, &a);
+    assert_eq!(code, 0, "tally-agent {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not one JSON document ({e}): {out}"))
+}
+
+/// A `tally-agent run` process.
+pub struct AgentProcess {
+    pub child: Child,
+    pub listen: SocketAddr,
+    pub stderr_path: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts `run` with extra args (e.g. `--interval 1s`) and waits for `ports.json`.
+    pub fn spawn(data: &Path, args: &[&str]) -> Self {
+        let ports = data.join("ports.json");
+        let _ = std::fs::remove_file(&ports);
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let stderr_path = data.join(format!("agent-{n}.log"));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = Command::new(workspace_bin("tally-agent"))
+            .arg("--data")
+            .arg(data)
+            .arg("run")
+            .args(args)
+            .env_remove("TALLY_DATA")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn tally-agent run");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(listen) = std::fs::read_to_string(&ports)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|v| v["listen"].as_str().and_then(|s| s.parse().ok()))
+            {
+                return AgentProcess {
+                    child,
+                    listen,
+                    stderr_path,
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "agent exited early ({status}): {}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "agent did not write ports.json in 60 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// `GET /v1/status` of the running agent.
+    pub async fn status(&self) -> Value {
+        reqwest::get(format!("{}/v1/status", self.url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Flushes the open window and waits until the outbox is empty (every report has a
+    /// receipt), up to `secs` seconds.
+    pub async fn drain(&self, secs: u64) -> Value {
+        let http = reqwest::Client::new();
+        http.post(format!("{}/v1/flush", self.url()))
+            .send()
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let s = self.status().await;
+            let pending = s["reports"]["pending"].as_u64().unwrap_or(0);
+            if pending == 0 && s["open_window"].as_array().is_some_and(Vec::is_empty) {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "outbox did not drain: {s}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A collector process and an enrolled agent data directory, ready to run.
+pub struct Deployment {
+    pub tmp: tempfile::TempDir,
+    pub cdata: PathBuf,
+    pub adata: PathBuf,
+    pub collector: CollectorProcess,
+    pub admin: String,
+    pub customer: String,
+    pub license: String,
+    pub license_file: String,
+    pub token: String,
+}
+
+impl Deployment {
+    /// Collector process up, a customer and license for `metrics`, and (unless
+    /// `enroll_via` is `None`) the agent initialized against `enroll_via` (the collector's
+    /// gRPC URL if empty).
+    pub fn new(metrics: &[&str], enroll_via: Option<&str>) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let cdata = tmp.path().join("collector");
+        let adata = tmp.path().join("agent");
+        let admin = collector_json(&cdata, &["init"])["admin_token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let customer = collector_json(&cdata, &["customers", "add", "Acme"])["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let collector = CollectorProcess::spawn(&cdata);
+        let endpoint = format!("http://{}", collector.grpc);
+        let mut args = vec![
+            "licenses",
+            "issue",
+            "--customer",
+            &customer,
+            "--expires",
+            "2099-01-01",
+            "--endpoint",
+            &endpoint,
+        ];
+        for m in metrics {
+            args.push("--metric");
+            args.push(m);
+        }
+        let lic = collector_json(&cdata, &args);
+        let license = lic["license_id"].as_str().unwrap().to_string();
+        let license_file = lic["file"].as_str().unwrap().to_string();
+        let token = lic["enrollment_token"].as_str().unwrap().to_string();
+        let d = Deployment {
+            tmp,
+            cdata,
+            adata,
+            collector,
+            admin,
+            customer,
+            license,
+            license_file,
+            token,
+        };
+        if let Some(via) = enroll_via {
+            let url = if via.is_empty() {
+                endpoint
+            } else {
+                via.to_string()
+            };
+            agent_json(
+                &d.adata,
+                &[
+                    "init",
+                    "--license",
+                    &d.license_file,
+                    "--token",
+                    &d.token,
+                    "--collector",
+                    &url,
+                ],
+            );
+        }
+        d
+    }
+
+    /// Usage totals per metric from the billing API.
+    pub async fn totals(&self) -> std::collections::BTreeMap<String, u64> {
+        let v: Value = reqwest::Client::new()
+            .get(format!(
+                "http://{}/v1/usage?granularity=month",
+                self.collector.http
+            ))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut out = std::collections::BTreeMap::new();
+        for r in v["rows"].as_array().unwrap() {
+            *out.entry(r["metric"].as_str().unwrap().to_string())
+                .or_insert(0) += r["quantity"].as_u64().unwrap();
+        }
+        out
+    }
+}
