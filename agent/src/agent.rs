@@ -134,8 +134,13 @@ impl Agent {
                 events.len()
             )));
         }
-        for e in &events {
-            validate_event(&self.license, e)?;
+        for (i, e) in events.iter().enumerate() {
+            validate_event(&self.license, e).map_err(|err| match err {
+                RecordError::Invalid(m) if events.len() > 1 => {
+                    RecordError::Invalid(format!("events[{i}]: {m}"))
+                }
+                other => other,
+            })?;
         }
         let now = chrono::Utc::now().timestamp();
         Ok(self.store.record(events, now, self.interval_secs).await?)

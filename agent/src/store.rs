@@ -341,7 +341,16 @@ fn close_tx(
     flush: bool,
 ) -> StoreResult<u64> {
     let mut cur = cursor(c, now, interval)?;
-    let limit = if flush { now } else { window_of(now, interval) };
+    let limit = if flush {
+        // A flush within the open window's first second still closes what it counted: the
+        // window then ends one second after `now` (well within the collector's 5 min skew).
+        let counted: bool = c
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM counters WHERE window_start >= ?1)")?
+            .query_row([cur], |r| r.get(0))?;
+        if counted { now.max(cur + 1) } else { now }
+    } else {
+        window_of(now, interval)
+    };
     let mut made = 0;
     while cur < limit {
         let next_ws: Option<i64> = c

@@ -317,6 +317,24 @@ impl CollectorProcess {
     }
 
     pub fn spawn_with_env(data: &Path, env: &[(&str, &str)]) -> Self {
+        Self::spawn_full(
+            data,
+            &[
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ],
+            env,
+        )
+    }
+
+    /// Starts `serve` with explicit listen flags (e.g. to restart on the same ports).
+    pub fn spawn_with_args(data: &Path, args: &[&str]) -> Self {
+        Self::spawn_full(data, args, &[])
+    }
+
+    fn spawn_full(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let ports = data.join("ports.json");
         let _ = std::fs::remove_file(&ports);
         let n = std::time::SystemTime::now()
@@ -328,13 +346,8 @@ impl CollectorProcess {
         let mut cmd = Command::new(workspace_bin("tally-collector"));
         cmd.arg("--data")
             .arg(data)
-            .args([
-                "serve",
-                "--grpc-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
+            .arg("serve")
+            .args(args)
             .env_remove("TALLY_DATA")
             .stdout(Stdio::null())
             .stderr(stderr);

@@ -1,0 +1,237 @@
+//! Delivery under failure: a 30 s collector outage (backlog grows, then drains in sequence
+//! order, with a bounded number of connection attempts: backoff, not a hot loop); the
+//! offline path (export → import → import-receipts) counting once alongside online
+//! delivery; and `reports verify` catching one flipped byte.
+
+use std::time::Duration;
+use tally_tests::{
+    AgentProcess, CollectorProcess, Deployment, agent_cmd, agent_json, collector_json,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn collector_outage_backs_off_then_drains_in_order() {
+    let mut d = Deployment::new(&["api.convert"], Some(""));
+    let grpc = d.collector.grpc.to_string();
+    let http = d.collector.http.to_string();
+    let agent = AgentProcess::spawn(&d.adata, &["--listen", "127.0.0.1:0", "--interval", "1s"]);
+    let post = |q: u64| {
+        let url = agent.url();
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{url}/v1/events"))
+                .json(&serde_json::json!({"metric": "api.convert", "quantity": q}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+        }
+    };
+    post(1).await;
+    agent.drain(30).await;
+
+    // Outage: stop the collector, keep recording for 30 s.
+    d.collector.kill9();
+    let before = agent.status().await["delivery"]["attempts"]
+        .as_u64()
+        .unwrap();
+    let mut expected = 1;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        post(2).await;
+        expected += 2;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let s = agent.status().await;
+    let during = s["delivery"]["attempts"].as_u64().unwrap() - before;
+    let backlog = s["reports"]["pending"].as_u64().unwrap_or(0);
+    println!("attempts during the 30 s outage: {during}; backlog: {backlog}");
+    // The schedule waits at least 1, 2, 4, 8, 16 s between attempts (jitter only adds), so
+    // at most 6 attempts fit in 30 s; one more may have been in flight when it began.
+    assert!(during <= 7, "{during} attempts in 30 s: not backing off");
+    assert!(during >= 2, "{during} attempts: the agent stopped trying");
+    assert!(
+        backlog >= 20,
+        "the backlog should grow during the outage: {s}"
+    );
+    assert!(s["delivery"]["failures"].as_u64().unwrap() >= during - 1);
+    let lic: serde_json::Value = reqwest::get(format!("{}/v1/license", agent.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        lic["state"], "grace",
+        "unreachable collector, lease still valid: {lic}"
+    );
+
+    // Restart the collector on the same addresses: the backlog drains.
+    d.collector = CollectorProcess::spawn_with_args(
+        &d.cdata,
+        &["--grpc-listen", &grpc, "--http-listen", &http],
+    );
+    agent.drain(120).await;
+    assert_eq!(d.totals().await.get("api.convert"), Some(&expected));
+    // In sequence order: the collector never saw a gap.
+    let anomalies: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{http}/v1/anomalies"))
+        .bearer_auth(&d.admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        anomalies["anomalies"].as_array().unwrap().is_empty(),
+        "{anomalies}"
+    );
+    let lic: serde_json::Value = reqwest::get(format!("{}/v1/license", agent.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(lic["state"], "active", "{lic}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn offline_export_import_counts_once_and_receipts_close_the_loop() {
+    // Enrolled online, but run against an unreachable collector: nothing is delivered.
+    let d = Deployment::new(&["api.convert"], Some(""));
+    let mut agent = AgentProcess::spawn(
+        &d.adata,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            "1s",
+            "--collector",
+            "http://127.0.0.1:9",
+        ],
+    );
+    let http = reqwest::Client::new();
+    for i in 0..20u64 {
+        let body = serde_json::json!({"metric": "api.convert", "quantity": i + 1});
+        assert!(
+            http.post(format!("{}/v1/events", agent.url()))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        );
+    }
+    http.post(format!("{}/v1/flush", agent.url()))
+        .send()
+        .await
+        .unwrap();
+    agent.kill9();
+    let expected: u64 = (1..=20).sum();
+
+    let bundle = d.tmp.path().join("reports.bundle");
+    let receipts = d.tmp.path().join("receipts.bundle");
+    let exported = agent_json(&d.adata, &["export", "--out", bundle.to_str().unwrap()]);
+    let n = exported["reports"].as_u64().unwrap();
+    assert!(n >= 1);
+    let imported = collector_json(
+        &d.cdata,
+        &[
+            "import",
+            bundle.to_str().unwrap(),
+            "--receipts-out",
+            receipts.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        imported["counts"]["accepted"].as_u64(),
+        Some(n),
+        "{imported}"
+    );
+    assert_eq!(d.totals().await.get("api.convert"), Some(&expected));
+    // The same file again: all duplicates, still counted once.
+    let again = collector_json(&d.cdata, &["import", bundle.to_str().unwrap()]);
+    assert_eq!(again["counts"]["duplicate"].as_u64(), Some(n), "{again}");
+
+    let stored = agent_json(&d.adata, &["import-receipts", receipts.to_str().unwrap()]);
+    assert_eq!(stored["stored"].as_u64(), Some(n));
+    let status = agent_json(&d.adata, &["status"]);
+    assert_eq!(status["reports"]["delivered"].as_u64(), Some(n), "{status}");
+    assert!(status["reports"]["pending"].is_null(), "{status}");
+
+    // Now online too: everything delivered again over gRPC is a duplicate.
+    let agent = AgentProcess::spawn(&d.adata, &["--listen", "127.0.0.1:0", "--interval", "1s"]);
+    let all = d.tmp.path().join("all.bundle");
+    agent_json(
+        &d.adata,
+        &["export", "--since", "1", "--out", all.to_str().unwrap()],
+    );
+    let mut client = tally_tests::connect(d.collector.grpc).await;
+    let b = tally_proto::bundle::read_reports(&std::fs::read(&all).unwrap()).unwrap();
+    let resp = client
+        .submit(tally_proto::pb::SubmitRequest { reports: b.reports })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.receipts.len() as u64, n);
+    let db = rusqlite::Connection::open(d.adata.join("agent.db")).unwrap();
+    let ck: Vec<u8> = db
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'collector_key'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let ck = tally_proto::signing::verifying_key(&ck).unwrap();
+    for r in &resp.receipts {
+        let body = tally_proto::receipt::ReceiptBody::verify(r, &ck).unwrap();
+        assert_eq!(body.outcome, tally_proto::receipt::Outcome::Duplicate);
+    }
+    agent.drain(30).await;
+    assert_eq!(d.totals().await.get("api.convert"), Some(&expected));
+    let (code, out, err) = agent_cmd(&d.adata, &["reports", "verify"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ok:"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_fails_clearly_after_one_flipped_byte() {
+    let d = Deployment::new(&["api.convert"], Some(""));
+    let mut agent = AgentProcess::spawn(&d.adata, &["--listen", "127.0.0.1:0", "--interval", "1s"]);
+    for q in 1..=3u64 {
+        let body = serde_json::json!({"metric": "api.convert", "quantity": q});
+        reqwest::Client::new()
+            .post(format!("{}/v1/events", agent.url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    agent.drain(30).await;
+    agent.kill9();
+    let (code, out, err) = agent_cmd(&d.adata, &["reports", "verify"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("ok:"));
+    let listed = agent_json(&d.adata, &["reports", "list"]);
+    assert!(listed.as_array().unwrap().len() >= 3);
+    let shown = agent_json(&d.adata, &["reports", "show", "2"]);
+    assert_eq!(shown["seq"], 2);
+    assert!(shown["prev_digest"].is_string());
+
+    // Flip one byte of the stored report seq 2.
+    let db = rusqlite::Connection::open(d.adata.join("agent.db")).unwrap();
+    let mut bytes: Vec<u8> = db
+        .query_row("SELECT bytes FROM reports WHERE seq = 2", [], |r| r.get(0))
+        .unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x01;
+    db.execute("UPDATE reports SET bytes = ?1 WHERE seq = 2", [bytes])
+        .unwrap();
+    drop(db);
+    let (code, _, err) = agent_cmd(&d.adata, &["reports", "verify"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.starts_with("error: report seq 2:"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
