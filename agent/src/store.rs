@@ -490,3 +490,100 @@ fn receipts_tx(c: &Connection, receipts: &[(ReceiptBody, pb::Receipt)]) -> Store
     }
     Ok((stored, unknown))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(n: u64) -> Vec<Event> {
+        vec![Event {
+            metric: "api.convert".into(),
+            quantity: n,
+            idempotency_key: None,
+        }]
+    }
+
+    #[tokio::test]
+    async fn idle_windows_become_heartbeats_and_counted_windows_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AgentStore::open(&dir.path().join("a.db")).unwrap();
+        let key = tally_proto::keys::generate();
+        let t0 = 1_800_000_000 - 1_800_000_000 % 60;
+        store.record(events(3), t0 + 5, 60).await.unwrap();
+        // Five minutes later: window 1 counted, then 4 idle minutes as one heartbeat.
+        assert_eq!(
+            store
+                .close_windows(key.clone(), "lic".into(), t0 + 300 + 1, 60, false)
+                .await
+                .unwrap(),
+            2
+        );
+        let r = store.reports_since(1).unwrap();
+        let a = Report::decode(&r[0].bytes).unwrap();
+        let b = Report::decode(&r[1].bytes).unwrap();
+        assert_eq!(
+            (a.window_start.timestamp(), a.window_end.timestamp()),
+            (t0, t0 + 60)
+        );
+        assert_eq!(
+            a.counters,
+            vec![Counter {
+                metric: "api.convert".into(),
+                quantity: 3
+            }]
+        );
+        assert!(
+            b.counters.is_empty(),
+            "an idle stretch is a heartbeat with no counters"
+        );
+        assert_eq!(
+            (b.window_start.timestamp(), b.window_end.timestamp()),
+            (t0 + 60, t0 + 300)
+        );
+        assert_eq!(b.prev_digest, Some(r[0].digest));
+        // Nothing left open, nothing closed twice.
+        assert_eq!(
+            store
+                .close_windows(key, "lic".into(), t0 + 301, 60, false)
+                .await
+                .unwrap(),
+            0
+        );
+        assert!(store.summary().unwrap().1.is_empty());
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_count_once_within_24h() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AgentStore::open(&dir.path().join("a.db")).unwrap();
+        let e = vec![Event {
+            metric: "m".into(),
+            quantity: 2,
+            idempotency_key: Some("k".into()),
+        }];
+        assert_eq!(
+            store.record(e.clone(), 1000, 60).await.unwrap(),
+            Recorded {
+                recorded: 1,
+                duplicates: 0
+            }
+        );
+        assert_eq!(
+            store.record(e.clone(), 1001, 60).await.unwrap(),
+            Recorded {
+                recorded: 0,
+                duplicates: 1
+            }
+        );
+        assert_eq!(
+            store
+                .record(e, 1000 + IDEMPOTENCY_SECS + 1, 60)
+                .await
+                .unwrap(),
+            Recorded {
+                recorded: 1,
+                duplicates: 0
+            }
+        );
+    }
+}

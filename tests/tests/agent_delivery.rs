@@ -235,3 +235,117 @@ async fn verify_fails_clearly_after_one_flipped_byte() {
     assert!(err.starts_with("error: report seq 2:"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fails_over_between_collectors_and_shows_what_was_not_counted() {
+    let d = Deployment::new(&["api.convert"], Some(""));
+    let real = format!("http://{}", d.collector.grpc);
+    // The first endpoint is dead; the agent must fail over to the second.
+    let agent = AgentProcess::spawn(
+        &d.adata,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--interval",
+            "1s",
+            "--collector",
+            "http://127.0.0.1:9",
+            "--collector",
+            &real,
+        ],
+    );
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/events", agent.url());
+    assert!(
+        http.post(&url)
+            .json(&serde_json::json!({"metric": "api.convert", "quantity": 4}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    let s = agent.drain(60).await;
+    assert_eq!(d.totals().await.get("api.convert"), Some(&4), "{s}");
+    let lic: serde_json::Value = reqwest::get(format!("{}/v1/license", agent.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(lic["state"], "active", "{lic}");
+    assert_eq!(lic["credits"][0]["used"], 4, "{lic}");
+
+    // The vendor revokes the license: the next report is quarantined (final, visible in
+    // status) and the license lapses.
+    collector_json(&d.cdata, &["licenses", "revoke", &d.license]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(
+        http.post(&url)
+            .json(&serde_json::json!({"metric": "api.convert", "quantity": 5}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    let s = agent.drain(60).await;
+    let not_counted = s["not_counted"].as_array().unwrap();
+    assert!(
+        not_counted
+            .iter()
+            .any(|r| r["state"] == "quarantined" && r["reason"] == "license_inactive"),
+        "{s}"
+    );
+    assert_eq!(s["license"]["state"], "lapsed", "{s}");
+    assert_eq!(d.totals().await.get("api.convert"), Some(&4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn offline_enrollment_with_agents_add() {
+    let d = Deployment::new(&["api.convert"], None);
+    let init = agent_json(
+        &d.adata,
+        &["init", "--offline", "--license", &d.license_file],
+    );
+    assert_eq!(init["enrolled"], false);
+    let key = init["agent_key"].as_str().unwrap();
+    // Before the vendor adds the key, reports are refused as unknown_agent …
+    let agent = AgentProcess::spawn(&d.adata, &["--listen", "127.0.0.1:0", "--interval", "1s"]);
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/events", agent.url());
+    assert!(
+        http.post(&url)
+            .json(&serde_json::json!({"metric": "api.convert", "quantity": 2}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    let s = agent.drain(60).await;
+    assert!(
+        s["not_counted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["reason"] == "unknown_agent"),
+        "{s}"
+    );
+    // … after `agents add`, they count.
+    collector_json(
+        &d.cdata,
+        &["agents", "add", "--license", &d.license, "--key", key],
+    );
+    assert!(
+        http.post(&url)
+            .json(&serde_json::json!({"metric": "api.convert", "quantity": 3}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    agent.drain(60).await;
+    assert_eq!(d.totals().await.get("api.convert"), Some(&3));
+}
