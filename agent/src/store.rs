@@ -508,7 +508,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = AgentStore::open(&dir.path().join("a.db")).unwrap();
         let key = tally_proto::keys::generate();
-        let t0 = 1_800_000_000 - 1_800_000_000 % 60;
+        let t0: i64 = 1_800_000_000; // a multiple of 60
         store.record(events(3), t0 + 5, 60).await.unwrap();
         // Five minutes later: window 1 counted, then 4 idle minutes as one heartbeat.
         assert_eq!(
