@@ -302,6 +302,55 @@ pub fn collector_json(data: &Path, args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("not one JSON document ({e}): {out}"))
 }
 
+/// Starts `BIN --data DATA ARGS…` with stderr captured in DATA, and waits until it has
+/// written `DATA/ports.json`. Returns the child, the parsed ports and the log path.
+fn spawn_server(
+    bin: &str,
+    data: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Child, Value, PathBuf) {
+    let ports = data.join("ports.json");
+    let _ = std::fs::remove_file(&ports);
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let stderr_path = data.join(format!("{bin}-{n}.log"));
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let mut cmd = Command::new(workspace_bin(bin));
+    cmd.arg("--data")
+        .arg(data)
+        .args(args)
+        .env_remove("TALLY_DATA")
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {bin}: {e}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(v) = std::fs::read_to_string(&ports)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        {
+            return (child, v, stderr_path);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{bin} exited early ({status}): {}",
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{bin} did not write ports.json in 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// A `tally-collector serve` process on loopback port 0.
 pub struct CollectorProcess {
     pub child: Child,
@@ -335,51 +384,20 @@ impl CollectorProcess {
     }
 
     fn spawn_full(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let ports = data.join("ports.json");
-        let _ = std::fs::remove_file(&ports);
-        let n = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let stderr_path = data.join(format!("collector-{n}.log"));
-        let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut cmd = Command::new(workspace_bin("tally-collector"));
-        cmd.arg("--data")
-            .arg(data)
-            .arg("serve")
-            .args(args)
-            .env_remove("TALLY_DATA")
-            .stdout(Stdio::null())
-            .stderr(stderr);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn tally-collector serve");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&ports)
-                && let Ok(v) = serde_json::from_str::<Value>(&text)
-            {
-                let grpc = v["grpc"].as_str().unwrap().parse().unwrap();
-                let http = v["http"].as_str().unwrap().parse().unwrap();
-                return CollectorProcess {
-                    child,
-                    grpc,
-                    http,
-                    stderr_path,
-                };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "collector exited early ({status}): {}",
-                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
-                );
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "collector did not write ports.json in 60 s"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut all = vec!["serve"];
+        all.extend_from_slice(args);
+        let (child, ports, stderr_path) = spawn_server("tally-collector", data, &all, env);
+        let addr = |k: &str| {
+            ports[k]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .expect("address in ports.json")
+        };
+        CollectorProcess {
+            grpc: addr("grpc"),
+            http: addr("http"),
+            child,
+            stderr_path,
         }
     }
 
@@ -436,48 +454,17 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `run` with extra args (e.g. `--interval 1s`) and waits for `ports.json`.
     pub fn spawn(data: &Path, args: &[&str]) -> Self {
-        let ports = data.join("ports.json");
-        let _ = std::fs::remove_file(&ports);
-        let n = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let stderr_path = data.join(format!("agent-{n}.log"));
-        let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut child = Command::new(workspace_bin("tally-agent"))
-            .arg("--data")
-            .arg(data)
-            .arg("run")
-            .args(args)
-            .env_remove("TALLY_DATA")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn tally-agent run");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            if let Some(listen) = std::fs::read_to_string(&ports)
-                .ok()
-                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-                .and_then(|v| v["listen"].as_str().and_then(|s| s.parse().ok()))
-            {
-                return AgentProcess {
-                    child,
-                    listen,
-                    stderr_path,
-                };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "agent exited early ({status}): {}",
-                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
-                );
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "agent did not write ports.json in 60 s"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        let (child, ports, stderr_path) = spawn_server("tally-agent", data, &all, &[]);
+        let listen = ports["listen"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("listen in ports.json");
+        AgentProcess {
+            child,
+            listen,
+            stderr_path,
         }
     }
 

@@ -275,6 +275,21 @@ async fn fails_over_between_collectors_and_shows_what_was_not_counted() {
         .unwrap();
     assert_eq!(lic["state"], "active", "{lic}");
     assert_eq!(lic["credits"][0]["used"], 4, "{lic}");
+    // The same over gRPC.
+    let mut rec = tally_proto::pb::recorder_client::RecorderClient::connect(agent.url())
+        .await
+        .unwrap();
+    let st = rec
+        .get_license_status(tally_proto::pb::GetLicenseStatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (st.state.as_str(), st.license_id.as_str()),
+        ("active", d.license.as_str())
+    );
+    assert!(st.lease_until.unwrap().seconds > chrono::Utc::now().timestamp());
+    assert_eq!(st.credits[0].used, 4);
 
     // The vendor revokes the license: the next report is quarantined (final, visible in
     // status) and the license lapses.
