@@ -62,8 +62,15 @@ impl BatchingClient {
     }
 }
 
-async fn run(mut client: RecorderClient<Channel>, mut rx: mpsc::Receiver<Pending>) {
+/// RPCs in flight at once: while one batch commits at the agent, the next one fills.
+const IN_FLIGHT: usize = 4;
+
+async fn run(client: RecorderClient<Channel>, mut rx: mpsc::Receiver<Pending>) {
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -71,32 +78,39 @@ async fn run(mut client: RecorderClient<Channel>, mut rx: mpsc::Receiver<Pending
                 Err(_) => break,
             }
         }
-        let events = batch.iter().map(|(e, _)| e.clone()).collect();
-        let result = client.record(pb::RecordRequest { events }).await;
-        let outcome = match result {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == tonic::Code::InvalidArgument => {
-                Err(ClientError::Rejected(s.message().to_string()))
-            }
-            Err(s) => Err(ClientError::Unconfirmed(s.message().to_string())),
-        };
-        // One invalid event rejects its whole batch; retry the others one by one so a bad
-        // event never takes good ones down with it.
-        if matches!(outcome, Err(ClientError::Rejected(_))) && batch.len() > 1 {
-            for (e, done) in batch {
-                let r = client.record(pb::RecordRequest { events: vec![e] }).await;
-                let _ = done.send(match r {
-                    Ok(_) => Ok(()),
-                    Err(s) if s.code() == tonic::Code::InvalidArgument => {
-                        Err(ClientError::Rejected(s.message().to_string()))
-                    }
-                    Err(s) => Err(ClientError::Unconfirmed(s.message().to_string())),
-                });
-            }
-            continue;
+        let client = client.clone();
+        tokio::spawn(async move {
+            send_batch(client, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+fn outcome(
+    r: Result<tonic::Response<pb::RecordResponse>, tonic::Status>,
+) -> Result<(), ClientError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::InvalidArgument => {
+            Err(ClientError::Rejected(s.message().to_string()))
         }
-        for (_, done) in batch {
-            let _ = done.send(outcome.clone());
+        Err(s) => Err(ClientError::Unconfirmed(s.message().to_string())),
+    }
+}
+
+async fn send_batch(mut client: RecorderClient<Channel>, batch: Vec<Pending>) {
+    let events = batch.iter().map(|(e, _)| e.clone()).collect();
+    let result = outcome(client.record(pb::RecordRequest { events }).await);
+    // One invalid event rejects its whole batch; retry the others one by one so a bad
+    // event never takes good ones down with it.
+    if matches!(result, Err(ClientError::Rejected(_))) && batch.len() > 1 {
+        for (e, done) in batch {
+            let r = outcome(client.record(pb::RecordRequest { events: vec![e] }).await);
+            let _ = done.send(r);
         }
+        return;
+    }
+    for (_, done) in batch {
+        let _ = done.send(result.clone());
     }
 }

@@ -266,7 +266,13 @@ pub async fn brute_force_totals(
 /// tests of its own.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    // Test binaries live in target/<profile>/deps, other binaries in target/<profile>.
+    let here = exe.parent().expect("exe dir");
+    let dir = if here.ends_with("deps") {
+        here.parent().expect("target dir")
+    } else {
+        here
+    };
     let p = dir.join(name);
     assert!(
         p.exists(),

@@ -69,26 +69,21 @@ pub(super) fn lease_until(lic: &LicenseState, received: i64) -> Option<Instant> 
     chrono::DateTime::from_timestamp(t, 0)
 }
 
-/// Credits for a license in the calendar month of `received`.
+/// Credits for a license in the calendar month of `received`, as of this transaction.
 pub(super) fn credits(
     conn: &Connection,
+    rollups: &mut RollupCache,
     license_id: &str,
     lic: &LicenseState,
     received: i64,
 ) -> StoreResult<Vec<Credit>> {
     let month = month_of(received);
-    let mut stmt = conn.prepare_cached(
-        "SELECT quantity FROM monthly_usage WHERE license_id = ?1 AND metric = ?2 AND month = ?3",
-    )?;
     let mut out = Vec::with_capacity(lic.metrics.len());
     for (metric, limit) in &lic.metrics {
-        let used: Option<i64> = stmt
-            .query_row(params![license_id, metric, month], |r| r.get(0))
-            .optional()?;
         out.push(Credit {
             metric: metric.clone(),
             limit: *limit,
-            used: used.unwrap_or(0) as u64,
+            used: rollups.monthly(conn, license_id, metric, month)? as u64,
         });
     }
     Ok(out)
@@ -120,54 +115,120 @@ fn main_report(conn: &Connection, agent_id: &str, seq: i64) -> StoreResult<Optio
         .optional()?)
 }
 
-/// Adds `counters` to the hourly and monthly rollups of `license_id`, checked for overflow.
-/// Returns `Err(detail)` (and changes nothing) if any sum would overflow.
-pub(super) fn add_to_rollups(
-    conn: &Connection,
-    license_id: &str,
-    window_start: i64,
-    counters: &[(String, u64)],
-) -> StoreResult<Result<(), String>> {
-    let hour = hour_of(window_start);
-    let month = month_of(window_start);
-    let mut get_h = conn.prepare_cached(
-        "SELECT quantity FROM rollups WHERE license_id = ?1 AND metric = ?2 AND hour = ?3",
-    )?;
-    let mut get_m = conn.prepare_cached(
-        "SELECT quantity FROM monthly_usage WHERE license_id = ?1 AND metric = ?2 AND month = ?3",
-    )?;
-    let mut updates = Vec::with_capacity(counters.len());
-    for (metric, q) in counters {
-        let h: i64 = get_h
-            .query_row(params![license_id, metric, hour], |r| r.get(0))
+type RollupKey = (String, String, i64);
+
+/// The rollup rows one transaction touches, read once and written once at the end
+/// (`flush`), instead of a read and a write per counter per report. Sums are checked in
+/// Rust: SQLite would silently turn an overflowing integer sum into a float.
+#[derive(Default)]
+pub(super) struct RollupCache {
+    hourly: HashMap<RollupKey, i64>,
+    monthly: HashMap<RollupKey, i64>,
+    dirty_hourly: Vec<RollupKey>,
+    dirty_monthly: Vec<RollupKey>,
+}
+
+impl RollupCache {
+    fn load(
+        conn: &Connection,
+        sql: &str,
+        map: &mut HashMap<RollupKey, i64>,
+        key: &RollupKey,
+    ) -> StoreResult<i64> {
+        if let Some(v) = map.get(key) {
+            return Ok(*v);
+        }
+        let v: i64 = conn
+            .prepare_cached(sql)?
+            .query_row(params![key.0, key.1, key.2], |r| r.get(0))
             .optional()?
             .unwrap_or(0);
-        let m: i64 = get_m
-            .query_row(params![license_id, metric, month], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0);
-        let q =
-            i64::try_from(*q).map_err(|_| StoreError::Invalid("quantity out of range".into()))?;
-        let (Some(h2), Some(m2)) = (h.checked_add(q), m.checked_add(q)) else {
-            return Ok(Err(format!(
-                "usage of {metric} would overflow a 64-bit total"
-            )));
-        };
-        updates.push((metric, h2, m2));
+        map.insert(key.clone(), v);
+        Ok(v)
     }
-    let mut put_h = conn.prepare_cached(
-        "INSERT INTO rollups (license_id, metric, hour, quantity) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (license_id, metric, hour) DO UPDATE SET quantity = excluded.quantity",
-    )?;
-    let mut put_m = conn.prepare_cached(
-        "INSERT INTO monthly_usage (license_id, metric, month, quantity) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (license_id, metric, month) DO UPDATE SET quantity = excluded.quantity",
-    )?;
-    for (metric, h2, m2) in updates {
-        put_h.execute(params![license_id, metric, hour, h2])?;
-        put_m.execute(params![license_id, metric, month, m2])?;
+
+    fn hourly(&mut self, conn: &Connection, key: &RollupKey) -> StoreResult<i64> {
+        Self::load(
+            conn,
+            "SELECT quantity FROM rollups WHERE license_id = ?1 AND metric = ?2 AND hour = ?3",
+            &mut self.hourly,
+            key,
+        )
     }
-    Ok(Ok(()))
+
+    /// Usage of `metric` in the month starting at `month`, as of this transaction.
+    pub(super) fn monthly(
+        &mut self,
+        conn: &Connection,
+        license_id: &str,
+        metric: &str,
+        month: i64,
+    ) -> StoreResult<i64> {
+        let key = (license_id.to_string(), metric.to_string(), month);
+        Self::load(
+            conn,
+            "SELECT quantity FROM monthly_usage WHERE license_id = ?1 AND metric = ?2 AND month = ?3",
+            &mut self.monthly,
+            &key,
+        )
+    }
+
+    /// Adds `counters` (attributed to the hour and month of `window_start`). Returns
+    /// `Err(detail)` and changes nothing if any sum would overflow.
+    pub(super) fn add(
+        &mut self,
+        conn: &Connection,
+        license_id: &str,
+        window_start: i64,
+        counters: &[(String, u64)],
+    ) -> StoreResult<Result<(), String>> {
+        let (hour, month) = (hour_of(window_start), month_of(window_start));
+        let mut updates = Vec::with_capacity(counters.len());
+        for (metric, q) in counters {
+            let hk = (license_id.to_string(), metric.clone(), hour);
+            let h = self.hourly(conn, &hk)?;
+            let m = self.monthly(conn, license_id, metric, month)?;
+            let q = i64::try_from(*q)
+                .map_err(|_| StoreError::Invalid("quantity out of range".into()))?;
+            let (Some(h2), Some(m2)) = (h.checked_add(q), m.checked_add(q)) else {
+                return Ok(Err(format!(
+                    "usage of {metric} would overflow a 64-bit total"
+                )));
+            };
+            updates.push((hk, h2, m2));
+        }
+        for (hk, h2, m2) in updates {
+            let mk = (hk.0.clone(), hk.1.clone(), month);
+            self.hourly.insert(hk.clone(), h2);
+            self.monthly.insert(mk.clone(), m2);
+            self.dirty_hourly.push(hk);
+            self.dirty_monthly.push(mk);
+        }
+        Ok(Ok(()))
+    }
+
+    /// Writes every changed row. Must run before the transaction commits.
+    pub(super) fn flush(&mut self, conn: &Connection) -> StoreResult<()> {
+        let mut put_h = conn.prepare_cached(
+            "INSERT INTO rollups (license_id, metric, hour, quantity) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (license_id, metric, hour) DO UPDATE SET quantity = excluded.quantity",
+        )?;
+        self.dirty_hourly.sort();
+        self.dirty_hourly.dedup();
+        for k in self.dirty_hourly.drain(..) {
+            put_h.execute(params![k.0, k.1, k.2, self.hourly[&k]])?;
+        }
+        let mut put_m = conn.prepare_cached(
+            "INSERT INTO monthly_usage (license_id, metric, month, quantity) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (license_id, metric, month) DO UPDATE SET quantity = excluded.quantity",
+        )?;
+        self.dirty_monthly.sort();
+        self.dirty_monthly.dedup();
+        for k in self.dirty_monthly.drain(..) {
+            put_m.execute(params![k.0, k.1, k.2, self.monthly[&k]])?;
+        }
+        Ok(())
+    }
 }
 
 /// Applies the stored-state rules to a batch of authentic reports, in order.
@@ -179,6 +240,7 @@ pub(super) fn ingest_batch(
 ) -> StoreResult<Vec<StoredOutcome>> {
     let now = received_at.timestamp();
     let mut licenses: HashMap<String, LicenseState> = HashMap::new();
+    let mut rollups = RollupCache::default();
     let mut out = Vec::with_capacity(reports.len());
     for r in reports {
         let lid = &r.report.license_id;
@@ -186,20 +248,22 @@ pub(super) fn ingest_batch(
             licenses.insert(lid.clone(), load_license(conn, lid)?);
         }
         let lic = &licenses[lid];
-        let (outcome, reason, detail) = ingest_one(conn, r, lic, now, source)?;
+        let (outcome, reason, detail) = ingest_one(conn, &mut rollups, r, lic, now, source)?;
         out.push(StoredOutcome {
             outcome,
             reason: reason.to_string(),
             detail,
             lease_until: lease_until(lic, now),
-            credits: credits(conn, lid, lic, now)?,
+            credits: credits(conn, &mut rollups, lid, lic, now)?,
         });
     }
+    rollups.flush(conn)?;
     Ok(out)
 }
 
 fn ingest_one(
     conn: &Connection,
+    rollups: &mut RollupCache,
     r: &AuthenticReport,
     lic: &LicenseState,
     now: i64,
@@ -255,7 +319,7 @@ fn ingest_one(
                 .iter()
                 .map(|c| (c.metric.clone(), c.quantity))
                 .collect();
-            match add_to_rollups(conn, &rep.license_id, ws, &counters)? {
+            match rollups.add(conn, &rep.license_id, ws, &counters)? {
                 Ok(()) => ("accepted", "", String::new()),
                 Err(detail) => ("quarantined", "invalid_counters", detail),
             }

@@ -2,7 +2,7 @@
 
 use super::super::*;
 use super::admin::ts;
-use super::ingest::add_to_rollups;
+use super::ingest::RollupCache;
 use crate::calendar::next_month;
 use rusqlite::{Connection, OptionalExtension, params};
 use tally_proto::report::Report;
@@ -203,7 +203,8 @@ pub(super) fn release(conn: &Connection, digest: &Digest, now: i64) -> StoreResu
         .iter()
         .map(|c| (c.metric.clone(), c.quantity))
         .collect();
-    if let Err(detail) = add_to_rollups(
+    let mut rollups = RollupCache::default();
+    if let Err(detail) = rollups.add(
         conn,
         &license_id,
         report.window_start.timestamp(),
@@ -213,6 +214,7 @@ pub(super) fn release(conn: &Connection, digest: &Digest, now: i64) -> StoreResu
             "report {digest} cannot be counted: {detail}"
         )));
     }
+    rollups.flush(conn)?;
     conn.execute(
         "UPDATE reports SET status = 'accepted', resolved_at = ?2 WHERE digest = ?1",
         params![digest.as_bytes().as_slice(), now],
