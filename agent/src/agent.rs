@@ -60,6 +60,7 @@ pub struct AgentConfig {
     pub dir: DataDir,
     pub interval_secs: i64,
     pub collectors: Vec<String>,
+    pub tls: crate::tls::TlsFiles,
 }
 
 pub struct Agent {
@@ -69,6 +70,7 @@ pub struct Agent {
     pub collector_key: VerifyingKey,
     pub interval_secs: i64,
     pub collectors: Vec<String>,
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub stats: DeliveryStats,
     /// Wakes the delivery loop when new reports are in the outbox.
     pub outbox_ready: Notify,
@@ -106,6 +108,7 @@ impl Agent {
             .map_err(|e| corrupt(&e))?;
         let (license, _) =
             License::verify(&signed, Some(&collector_key)).map_err(|e| corrupt(&e))?;
+        let tls = cfg.tls.client_config().map_err(LoadError::Corrupt)?;
         let mut collectors = cfg.collectors;
         if collectors.is_empty() {
             collectors.push(license.collector_endpoint.clone());
@@ -117,6 +120,7 @@ impl Agent {
             collector_key,
             interval_secs: cfg.interval_secs,
             collectors,
+            tls,
             stats: DeliveryStats::default(),
             outbox_ready: Notify::new(),
         })
@@ -281,8 +285,7 @@ pub async fn delivery_loop(agent: Arc<Agent>) {
 /// One Submit call. Transient failures (unreachable, UNAVAILABLE, RESOURCE_EXHAUSTED,
 /// deadline, bad receipts) are errors to retry; every receipt is verified and stored.
 async fn submit(agent: &Agent, url: &str, reports: Vec<pb::SignedReport>) -> Result<u64, String> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| format!("bad collector URL {url}: {e}"))?
+    let endpoint = crate::tls::endpoint(url, agent.tls.as_ref())?
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(60));
     let channel = endpoint

@@ -48,6 +48,7 @@ pub struct InitArgs {
     pub collectors: Vec<String>,
     pub token: Option<String>,
     pub offline: bool,
+    pub tls: crate::tls::TlsFiles,
 }
 
 /// `init`: key (0600), license verified, enrollment (or, `--offline`, the public key to
@@ -96,8 +97,9 @@ pub async fn init(dir: &DataDir, a: InitArgs) -> CmdResult {
         };
         let mut last = String::new();
         let mut resp = None;
+        let tls = a.tls.client_config().map_err(usage)?;
         for url in &collectors {
-            match enroll_at(url, req.clone()).await {
+            match enroll_at(url, req.clone(), tls.as_ref()).await {
                 Ok(r) => {
                     resp = Some(r);
                     break;
@@ -140,6 +142,19 @@ pub async fn init(dir: &DataDir, a: InitArgs) -> CmdResult {
         .set_meta("initial_lease", lease.timestamp().to_string().into_bytes())
         .await
         .map_err(runtime)?;
+    for (k, p) in [
+        ("tls_ca", &a.tls.ca),
+        ("tls_cert", &a.tls.cert),
+        ("tls_key", &a.tls.key),
+    ] {
+        if let Some(p) = p {
+            let abs = std::path::absolute(p).map_err(runtime)?;
+            store
+                .set_meta(k, abs.display().to_string().into_bytes())
+                .await
+                .map_err(runtime)?;
+        }
+    }
     let public = hex::encode(key.verifying_key().to_bytes());
     let text = if a.offline {
         format!(
@@ -158,9 +173,12 @@ pub async fn init(dir: &DataDir, a: InitArgs) -> CmdResult {
     })
 }
 
-async fn enroll_at(url: &str, req: pb::EnrollRequest) -> Result<pb::EnrollResponse, String> {
-    let ch = tonic::transport::Endpoint::from_shared(url.to_string())
-        .map_err(|e| format!("{url}: {e}"))?
+async fn enroll_at(
+    url: &str,
+    req: pb::EnrollRequest,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<pb::EnrollResponse, String> {
+    let ch = crate::tls::endpoint(url, tls)?
         .connect_timeout(std::time::Duration::from_secs(10))
         .connect()
         .await
@@ -170,6 +188,23 @@ async fn enroll_at(url: &str, req: pb::EnrollRequest) -> Result<pb::EnrollRespon
         .await
         .map(|r| r.into_inner())
         .map_err(|s| format!("{url}: {}", s.message()))
+}
+
+/// The TLS files remembered by `init`.
+pub fn stored_tls(store: &AgentStore) -> crate::tls::TlsFiles {
+    let get = |k: &str| {
+        store
+            .meta(k)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .map(std::path::PathBuf::from)
+    };
+    crate::tls::TlsFiles {
+        ca: get("tls_ca"),
+        cert: get("tls_cert"),
+        key: get("tls_key"),
+    }
 }
 
 /// The stored collectors (from `init`).

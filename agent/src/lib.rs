@@ -9,5 +9,6 @@ pub mod http;
 pub mod server;
 pub mod status;
 pub mod store;
+pub mod tls;
 pub mod windows;
 mod writer;

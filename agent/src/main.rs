@@ -43,6 +43,8 @@ enum Command {
         /// Do not contact the collector: print the public key to enroll by hand.
         #[arg(long)]
         offline: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Record, close windows and deliver reports until stopped.
     Run {
@@ -55,6 +57,9 @@ enum Command {
         /// Collector gRPC URL; repeat for failover (default: from init).
         #[arg(long = "collector", value_name = "URL")]
         collectors: Vec<String>,
+        /// TLS files (default: those given to init).
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Record usage through the running agent (for scripts).
     Record {
@@ -82,6 +87,30 @@ enum Command {
     },
     /// Store the receipts from the vendor's `tally-collector import`.
     ImportReceipts { file: PathBuf },
+}
+
+/// TLS towards the collector (`https://` URLs).
+#[derive(clap::Args, Clone, Default)]
+struct TlsArgs {
+    /// The CA that signed the collector's certificate (PEM).
+    #[arg(long, env = "TALLY_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// The agent's certificate, for collectors that require mutual TLS (PEM).
+    #[arg(long, env = "TALLY_CERT", value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The agent certificate's private key (PEM).
+    #[arg(long, env = "TALLY_KEY", value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn files(&self) -> tally_agent::tls::TlsFiles {
+        tally_agent::tls::TlsFiles {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -178,10 +207,20 @@ fn load_agent(
     interval: i64,
     collectors: Vec<String>,
 ) -> Result<Agent, CommandError> {
+    load_agent_tls(dir, interval, collectors, Default::default())
+}
+
+fn load_agent_tls(
+    dir: &DataDir,
+    interval: i64,
+    collectors: Vec<String>,
+    tls: tally_agent::tls::TlsFiles,
+) -> Result<Agent, CommandError> {
     Agent::load(AgentConfig {
         dir: dir.clone(),
         interval_secs: interval,
         collectors,
+        tls,
     })
     .map_err(|e| match e {
         tally_agent::agent::LoadError::NotInitialized(_) => CommandError::Usage(e.to_string()),
@@ -264,6 +303,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             collectors,
             token,
             offline,
+            tls,
         } => {
             let collectors = if collectors.is_empty() {
                 config.collectors.clone().unwrap_or_default()
@@ -277,6 +317,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                     collectors,
                     token,
                     offline,
+                    tls: tls.files(),
                 },
             )
             .await?
@@ -285,6 +326,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             listen,
             interval,
             collectors,
+            tls,
         } => {
             let interval = interval_secs(&interval.unwrap_or(default_interval))?;
             let listen = listen
@@ -305,8 +347,20 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             if collectors.is_empty() {
                 collectors = commands::stored_collectors(&probe.store);
             }
+            let tls = if tls.files().is_empty() {
+                commands::stored_tls(&probe.store)
+            } else {
+                tls.files()
+            };
             drop(probe);
-            let agent = Arc::new(load_agent(&dir, interval, collectors)?);
+            let agent = Arc::new(
+                load_agent_tls(&dir, interval, collectors, tls).map_err(|e| match e {
+                    CommandError::Runtime(m) if m.contains("--ca") || m.contains("--cert") => {
+                        CommandError::Usage(m)
+                    }
+                    other => other,
+                })?,
+            );
             let ports = json!({"listen": addr.to_string()});
             let tmp = dir.root.join("ports.json.tmp");
             std::fs::write(&tmp, ports.to_string())

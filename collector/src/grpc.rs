@@ -104,7 +104,8 @@ impl Ingest for IngestService {
 /// The gRPC router: Ingest, health and reflection.
 pub fn router(
     service: IngestService,
-) -> Result<tonic::transport::server::Router, tonic_reflection::server::Error> {
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> Result<tonic::transport::server::Router, crate::server::ServeError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     // Reporter updates are fire-and-forget; the service starts SERVING.
     let ingest = IngestServer::new(service)
@@ -119,7 +120,11 @@ pub fn router(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    Ok(tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    Ok(builder
         .timeout(std::time::Duration::from_secs(60))
         .add_service(health)
         .add_service(reflection)

@@ -11,4 +11,5 @@ pub mod metrics;
 pub mod roles;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod usage;

@@ -72,6 +72,30 @@ struct ServeArgs {
     /// Billing HTTP API address (port 0 picks a free port).
     #[arg(long, env = "TALLY_HTTP_LISTEN", value_name = "ADDR")]
     http_listen: Option<String>,
+    /// TLS certificate (PEM) for gRPC ingest.
+    #[arg(
+        long,
+        env = "TALLY_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for gRPC ingest.
+    #[arg(
+        long,
+        env = "TALLY_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// Require agents to present a certificate signed by this CA (mutual TLS).
+    #[arg(
+        long,
+        env = "TALLY_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    client_ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -434,17 +458,30 @@ async fn serve(
     } else {
         println!("grpc listening on {g}\nhttp listening on {h}");
     }
-    for (addr, what) in [(g, "gRPC"), (h, "HTTP")] {
-        if !addr.ip().is_loopback() {
+    let tls = match (a.tls_cert, a.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            tally_collector::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: a.client_ca,
+            }
+            .server_config()
+            .map_err(|e| CommandError::Usage(e.to_string()))?,
+        ),
+        _ => None,
+    };
+    for (addr, what, plain) in [(g, "gRPC", tls.is_none()), (h, "HTTP", true)] {
+        if plain && !addr.ip().is_loopback() {
             tracing::warn!(%addr, what, "Listening in plain text on a non-loopback address.");
         }
     }
     let key = tally_proto::keys::read(&ctx.dir.vendor_key())
         .map_err(|e| CommandError::Runtime(e.to_string()))?;
-    let collector = Collector::new(
+    let mut collector = Collector::new(
         ctx.store.clone() as Arc<dyn tally_collector::store::Store>,
         key,
     );
+    collector.grpc_tls = tls;
     tracing::info!(grpc = %g, http = %h, "Collector serving.");
     server::run(collector, grpc, http, shutdown_signal())
         .await

@@ -19,6 +19,8 @@ pub struct Collector {
     pub ingestor: Arc<Ingestor>,
     pub metrics: Arc<Metrics>,
     pub silent_after_secs: i64,
+    /// TLS for gRPC ingest; plain TCP when `None` (loopback development).
+    pub grpc_tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 /// Default: an agent with no report for 3 h is `silent` (agents report hourly by default).
@@ -33,6 +35,7 @@ impl Collector {
             ingestor,
             metrics,
             silent_after_secs: DEFAULT_SILENT_AFTER_SECS,
+            grpc_tls: None,
         }
     }
 
@@ -76,7 +79,7 @@ pub async fn run(
         store: collector.store.clone(),
         metrics: collector.metrics.clone(),
     };
-    let grpc_server = router(service)?
+    let grpc_server = router(service, collector.grpc_tls.clone())?
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), wait(stop_rx.clone()));
     let http_server =
         axum::serve(http, app(collector.app_state())).with_graceful_shutdown(wait(stop_rx));
