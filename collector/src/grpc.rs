@@ -4,7 +4,7 @@
 //! `Store`, and their errors into gRPC statuses with readable messages.
 
 use crate::ids;
-use crate::ingest::Ingestor;
+use crate::ingest::{Ingestor, SubmitError};
 use crate::metrics::Metrics;
 use crate::store::{Source, Store, StoreError};
 use std::sync::Arc;
@@ -96,7 +96,10 @@ impl Ingest for IngestService {
             .ingestor
             .submit(reports, Source::Online)
             .await
-            .map_err(store_status)?;
+            .map_err(|e| match e {
+                SubmitError::Store(e) => store_status(e),
+                SubmitError::Throttled(m) => Status::resource_exhausted(m),
+            })?;
         Ok(Response::new(pb::SubmitResponse { receipts }))
     }
 }

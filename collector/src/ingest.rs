@@ -26,6 +26,18 @@ pub struct Ingestor {
     key: SigningKey,
     metrics: Arc<Metrics>,
     last_refusal_log: AtomicI64,
+    /// Per-agent rate limit for online submissions (`None`: unlimited).
+    pub limiter: Option<crate::ratelimit::AgentRateLimiter>,
+}
+
+/// Why a submission was not processed at all (nothing stored, no receipts).
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// An agent key exceeded its rate; the caller retries later.
+    #[error("agent {0} is sending faster than its rate limit; retry later")]
+    Throttled(String),
 }
 
 /// What one report turned into, before signing.
@@ -58,6 +70,9 @@ impl Ingestor {
             key,
             metrics,
             last_refusal_log: AtomicI64::new(0),
+            limiter: Some(crate::ratelimit::AgentRateLimiter::new(
+                crate::ratelimit::DEFAULT_REPORTS_PER_SEC,
+            )),
         }
     }
 
@@ -71,7 +86,7 @@ impl Ingestor {
         &self,
         reports: Vec<pb::SignedReport>,
         source: Source,
-    ) -> Result<(Vec<pb::Receipt>, Vec<Verdict>), StoreError> {
+    ) -> Result<(Vec<pb::Receipt>, Vec<Verdict>), SubmitError> {
         let received_at = chrono::Utc::now();
         let mut slots: Vec<Slot> = reports.into_iter().map(decode).collect::<Vec<_>>();
 
@@ -110,6 +125,21 @@ impl Ingestor {
         let slots = tokio::task::spawn_blocking(move || verify_all(slots))
             .await
             .map_err(|e| StoreError::Database(format!("verification task failed: {e}")))?;
+
+        // Charge each agent's rate budget for its authentic reports (online only).
+        if let (Source::Online, Some(limiter)) = (source, &self.limiter) {
+            let mut wants: std::collections::HashMap<[u8; 32], usize> = Default::default();
+            for s in &slots {
+                if let Slot::Pending(c) = s {
+                    *wants.entry(c.report.agent_key).or_default() += 1;
+                }
+            }
+            if !wants.is_empty() && !limiter.try_take(&wants) {
+                self.metrics.report("throttled", "");
+                let who = wants.keys().next().map(hex::encode).unwrap_or_default();
+                return Err(SubmitError::Throttled(who[..16].to_string()));
+            }
+        }
 
         // Store the authentic ones in one group transaction.
         let mut authentic = Vec::new();

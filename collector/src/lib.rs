@@ -8,6 +8,7 @@ pub mod http;
 pub mod ids;
 pub mod ingest;
 pub mod metrics;
+pub mod ratelimit;
 pub mod roles;
 pub mod server;
 pub mod store;

@@ -88,6 +88,9 @@ struct ServeArgs {
         requires = "tls_cert"
     )]
     tls_key: Option<PathBuf>,
+    /// Reports per second one agent key may submit online (0: unlimited).
+    #[arg(long, env = "TALLY_AGENT_RATE", value_name = "N", default_value_t = tally_collector::ratelimit::DEFAULT_REPORTS_PER_SEC)]
+    agent_rate: f64,
     /// Require agents to present a certificate signed by this CA (mutual TLS).
     #[arg(
         long,
@@ -477,9 +480,16 @@ async fn serve(
     }
     let key = tally_proto::keys::read(&ctx.dir.vendor_key())
         .map_err(|e| CommandError::Runtime(e.to_string()))?;
-    let mut collector = Collector::new(
+    if !(a.agent_rate >= 0.0 && a.agent_rate.is_finite()) {
+        return Err(CommandError::Usage(
+            "--agent-rate must be a number ≥ 0".into(),
+        ));
+    }
+    let rate = (a.agent_rate > 0.0).then_some(a.agent_rate);
+    let mut collector = Collector::with_agent_rate(
         ctx.store.clone() as Arc<dyn tally_collector::store::Store>,
         key,
+        rate,
     );
     collector.grpc_tls = tls;
     tracing::info!(grpc = %g, http = %h, "Collector serving.");

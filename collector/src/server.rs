@@ -27,9 +27,22 @@ pub struct Collector {
 pub const DEFAULT_SILENT_AFTER_SECS: i64 = 3 * 3600;
 
 impl Collector {
+    /// A collector with the default per-agent rate limit.
     pub fn new(store: Arc<dyn Store>, key: SigningKey) -> Self {
+        Self::with_agent_rate(store, key, Some(crate::ratelimit::DEFAULT_REPORTS_PER_SEC))
+    }
+
+    /// A collector whose online ingest allows `agent_rate` reports/s per agent key
+    /// (`None`: unlimited).
+    pub fn with_agent_rate(
+        store: Arc<dyn Store>,
+        key: SigningKey,
+        agent_rate: Option<f64>,
+    ) -> Self {
         let metrics = Arc::new(Metrics::default());
-        let ingestor = Arc::new(Ingestor::new(store.clone(), key, metrics.clone()));
+        let mut ingestor = Ingestor::new(store.clone(), key, metrics.clone());
+        ingestor.limiter = agent_rate.map(crate::ratelimit::AgentRateLimiter::new);
+        let ingestor = Arc::new(ingestor);
         Collector {
             store,
             ingestor,

@@ -298,7 +298,14 @@ pub async fn import_reports_with(
             .by_ref()
             .take(tally_proto::limits::MAX_REPORTS_PER_SUBMIT)
             .collect();
-        let (r, v) = ingestor.submit(chunk, Source::Import).await?;
+        // Imports are never rate limited, so the only failure is the store's.
+        let (r, v) = ingestor
+            .submit(chunk, Source::Import)
+            .await
+            .map_err(|e| match e {
+                crate::ingest::SubmitError::Store(e) => e,
+                other => crate::store::StoreError::Database(other.to_string()),
+            })?;
         receipts.extend(r);
         verdicts.extend(v);
     }
