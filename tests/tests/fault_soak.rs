@@ -86,7 +86,7 @@ async fn soak_with_random_sigkills() {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(secs) {
         tokio::time::sleep(Duration::from_millis(rng.range(300, 1500))).await;
-        if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(2) {
             agent.kill9();
             agent_kills += 1;
             tokio::time::sleep(Duration::from_millis(rng.range(0, 300))).await;
