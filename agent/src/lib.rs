@@ -6,6 +6,7 @@ pub mod commands;
 pub mod datadir;
 pub mod grpc;
 pub mod http;
+pub mod http_serve;
 pub mod server;
 pub mod status;
 pub mod store;

@@ -127,8 +127,16 @@ pub fn router(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
+    // Limits (DESIGN.md §9): a deadline per call, a cap on concurrent streams per
+    // connection so one client cannot monopolise the server, keepalives that drop dead or
+    // stalled peers, and a bounded header list.
     Ok(builder
         .timeout(std::time::Duration::from_secs(60))
+        .max_concurrent_streams(64)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .http2_max_header_list_size(16 * 1024)
+        .tcp_nodelay(true)
         .add_service(health)
         .add_service(reflection)
         .add_service(ingest))

@@ -94,9 +94,8 @@ pub async fn run(
     };
     let grpc_server = router(service, collector.grpc_tls.clone())?
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), wait(stop_rx.clone()));
-    let http_server =
-        axum::serve(http, app(collector.app_state())).with_graceful_shutdown(wait(stop_rx));
-    let (g, h) = tokio::join!(grpc_server, async { http_server.await });
+    let http_server = crate::http_serve::serve(http, app(collector.app_state()), wait(stop_rx));
+    let (g, h) = tokio::join!(grpc_server, http_server);
     g?;
     h?;
     Ok(())

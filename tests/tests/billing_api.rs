@@ -423,3 +423,27 @@ async fn agents_by_status() {
     let (_, silent) = get(&c, "/v1/agents?status=silent", Some(&c.admin_token)).await;
     assert!(silent["agents"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_clients_are_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = InProcessCollector::start().await;
+    let mut s = tokio::net::TcpStream::connect(c.http).await.unwrap();
+    // Half a request, then silence.
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+    assert!(
+        r.is_ok(),
+        "the server kept a silent half-request open for 30 s"
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.is_empty() || text.contains("408"), "{text}");
+    println!("slow client cut off after {:?}", started.elapsed());
+    // Meanwhile normal clients are served.
+    let (status, _) = get(&c, "/healthz", None).await;
+    assert_eq!(status, 200);
+}
