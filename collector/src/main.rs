@@ -461,19 +461,29 @@ async fn serve(
     } else {
         println!("grpc listening on {g}\nhttp listening on {h}");
     }
-    let tls = match (a.tls_cert, a.tls_key) {
-        (Some(cert), Some(key)) => Some(
-            tally_collector::tls::TlsFiles {
-                cert,
-                key,
-                client_ca: a.client_ca,
-            }
-            .server_config()
-            .map_err(|e| CommandError::Usage(e.to_string()))?,
-        ),
+    let files = match (a.tls_cert, a.tls_key) {
+        (Some(cert), Some(key)) => Some(tally_collector::tls::TlsFiles {
+            cert,
+            key,
+            client_ca: a.client_ca,
+        }),
         _ => None,
     };
-    for (addr, what, plain) in [(g, "gRPC", tls.is_none()), (h, "HTTP", true)] {
+    let tls = match &files {
+        Some(f) => Some(
+            f.server_config()
+                .map_err(|e| CommandError::Usage(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let http_tls = match &files {
+        Some(f) => Some(
+            f.http_acceptor()
+                .map_err(|e| CommandError::Usage(e.to_string()))?,
+        ),
+        None => None,
+    };
+    for (addr, what, plain) in [(g, "gRPC", tls.is_none()), (h, "HTTP", http_tls.is_none())] {
         if plain && !addr.ip().is_loopback() {
             tracing::warn!(%addr, what, "Listening in plain text on a non-loopback address.");
         }
@@ -492,6 +502,7 @@ async fn serve(
         rate,
     );
     collector.grpc_tls = tls;
+    collector.http_tls = http_tls;
     tracing::info!(grpc = %g, http = %h, "Collector serving.");
     server::run(collector, grpc, http, shutdown_signal())
         .await

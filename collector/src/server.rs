@@ -21,6 +21,8 @@ pub struct Collector {
     pub silent_after_secs: i64,
     /// TLS for gRPC ingest; plain TCP when `None` (loopback development).
     pub grpc_tls: Option<tonic::transport::ServerTlsConfig>,
+    /// TLS for the billing API; plain HTTP when `None` (loopback development).
+    pub http_tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Default: an agent with no report for 3 h is `silent` (agents report hourly by default).
@@ -49,6 +51,7 @@ impl Collector {
             metrics,
             silent_after_secs: DEFAULT_SILENT_AFTER_SECS,
             grpc_tls: None,
+            http_tls: None,
         }
     }
 
@@ -94,7 +97,12 @@ pub async fn run(
     };
     let grpc_server = router(service, collector.grpc_tls.clone())?
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), wait(stop_rx.clone()));
-    let http_server = crate::http_serve::serve(http, app(collector.app_state()), wait(stop_rx));
+    let http_server = crate::http_serve::serve_tls(
+        http,
+        app(collector.app_state()),
+        collector.http_tls.clone(),
+        wait(stop_rx),
+    );
     let (g, h) = tokio::join!(grpc_server, http_server);
     g?;
     h?;

@@ -40,3 +40,41 @@ impl TlsFiles {
         Ok(cfg)
     }
 }
+
+/// Why the HTTPS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HttpTlsError(String);
+
+impl TlsFiles {
+    /// A TLS acceptor for the billing API, from the same certificate and key as gRPC.
+    /// Billing clients authenticate with bearer tokens, so no client certificate is asked
+    /// for here. Uses the ring provider explicitly (one provider for the whole build).
+    pub fn http_acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, HttpTlsError> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        use tokio_rustls::rustls;
+        let err = |what: &str, e: &dyn std::fmt::Display| HttpTlsError(format!("{what}: {e}"));
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
+            .map_err(|e| err(&self.cert.display().to_string(), &e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| err(&self.cert.display().to_string(), &e))?;
+        if certs.is_empty() {
+            return Err(HttpTlsError(format!(
+                "{}: no certificate in the file",
+                self.cert.display()
+            )));
+        }
+        let key = PrivateKeyDer::from_pem_file(&self.key)
+            .map_err(|e| err(&self.key.display().to_string(), &e))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| err("TLS versions", &e))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| err("certificate and key", &e))?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg)))
+    }
+}

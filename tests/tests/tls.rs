@@ -142,6 +142,13 @@ async fn private_ca_and_mutual_tls() {
     );
     assert_eq!(code, 1, "{out} {err} {}", collector.stderr());
 
+    // Plain HTTP to the HTTPS billing port gets no answer.
+    let plain = reqwest::Client::new()
+        .get(format!("http://{}/healthz", collector.http))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+
     // 3. Valid certificates: enrollment, recording and delivery flow.
     agent_json(
         &adata,
@@ -168,17 +175,54 @@ async fn private_ca_and_mutual_tls() {
         .unwrap();
     assert!(r.status().is_success());
     agent.drain(60).await;
-    let v: serde_json::Value = reqwest::Client::new()
-        .get(format!(
-            "http://{}/v1/usage?granularity=month",
-            collector.http
-        ))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // The billing API is served over HTTPS with the same certificate.
+    let body = https_get(
+        collector.http,
+        &pki.join("ca1.pem"),
+        "/v1/usage?granularity=month",
+        &admin,
+    )
+    .await;
+    let v: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!(v["rows"][0]["quantity"], 7, "{v}");
+}
+
+/// A minimal HTTPS GET with a private CA (raw tokio-rustls, ring provider), returning the
+/// response body. Plain HTTP to the same port must fail.
+async fn https_get(addr: std::net::SocketAddr, ca: &Path, path: &str, token: &str) -> String {
+    use rustls_pki_types::pem::PemObject;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the billing API");
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
 }
