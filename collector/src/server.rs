@@ -19,6 +19,8 @@ pub struct Collector {
     pub ingestor: Arc<Ingestor>,
     pub metrics: Arc<Metrics>,
     pub silent_after_secs: i64,
+    /// Billing API per-call time limit.
+    pub request_timeout: std::time::Duration,
     /// TLS for gRPC ingest; plain TCP when `None` (loopback development).
     pub grpc_tls: Option<tonic::transport::ServerTlsConfig>,
     /// TLS for the billing API; plain HTTP when `None` (loopback development).
@@ -50,6 +52,7 @@ impl Collector {
             ingestor,
             metrics,
             silent_after_secs: DEFAULT_SILENT_AFTER_SECS,
+            request_timeout: crate::http::DEFAULT_REQUEST_TIMEOUT,
             grpc_tls: None,
             http_tls: None,
         }
@@ -61,6 +64,7 @@ impl Collector {
             ingestor: self.ingestor.clone(),
             metrics: self.metrics.clone(),
             silent_after_secs: self.silent_after_secs,
+            request_timeout: self.request_timeout,
         }
     }
 }

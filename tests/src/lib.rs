@@ -35,13 +35,19 @@ pub struct InProcessCollector {
 
 impl InProcessCollector {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the collector adjusted by `adjust` (e.g. shorter limits for a test).
+    pub async fn start_with(adjust: impl FnOnce(&mut Collector)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = DataDir::new(dir.path().join("data"));
         let init = commands::init(data.clone()).await.expect("init");
         let admin_token = init.json["admin_token"].as_str().unwrap().to_string();
         let ctx = Ctx::open(data.clone()).expect("open");
         let key = tally_proto::keys::read(&data.vendor_key()).unwrap();
-        let collector = Collector::new(ctx.store.clone() as Arc<dyn Store>, key);
+        let mut collector = Collector::new(ctx.store.clone() as Arc<dyn Store>, key);
+        adjust(&mut collector);
         let g = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let h = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (grpc, http) = (g.local_addr().unwrap(), h.local_addr().unwrap());

@@ -447,3 +447,27 @@ async fn slow_clients_are_disconnected() {
     let (status, _) = get(&c, "/healthz", None).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_request_body_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = InProcessCollector::start_with(|col| {
+        col.request_timeout = std::time::Duration::from_secs(1)
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(c.http).await.unwrap();
+    // Headers complete, body promised but never sent.
+    let head = format!(
+        "POST /v1/reports:import HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 1000\r\n\r\nTALLY",
+        c.admin_token
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(20), s.read(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"timeout\""), "{text}");
+}

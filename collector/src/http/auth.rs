@@ -107,3 +107,16 @@ pub async fn count_responses(State(state): State<AppState>, req: Request, next: 
     state.metrics.http_response(resp.status().as_u16());
     resp
 }
+
+/// Ends calls that take longer than `AppState::request_timeout` (a slow body upload, a stuck
+/// query) with a JSON 408, so one client cannot hold a connection's resources forever.
+pub async fn request_timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => (
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            axum::Json(serde_json::json!({"error": {"code": "timeout", "message": "the request took too long"}})),
+        )
+            .into_response(),
+    }
+}

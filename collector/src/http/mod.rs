@@ -31,7 +31,12 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// An agent with no report for this long is listed as `silent`.
     pub silent_after_secs: i64,
+    /// How long one API call (reading its body included) may take.
+    pub request_timeout: std::time::Duration,
 }
+
+/// Default for [`AppState::request_timeout`]: long enough for a 64 MiB import.
+pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub fn app(state: AppState) -> Router {
     let v1 = Router::new()
@@ -61,6 +66,10 @@ pub fn app(state: AppState) -> Router {
         .merge(v1)
         .fallback(handlers::no_route)
         .method_not_allowed_fallback(handlers::no_method)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::request_timeout,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::count_responses,
