@@ -48,16 +48,19 @@ fn main() {
             let bound = verify_bound(&mut rows);
             rt.block_on(ingest(&mut rows, bound));
         }
-        "ingest-scaling" => rt.block_on(ingest_scaling(&mut rows)),
+        "ingest-scaling" => {
+            rt.block_on(ingest_scaling(&mut rows));
+        }
         "record" => rt.block_on(record(&mut rows)),
-        "statement" => rt.block_on(statement(&mut rows)),
+        "statement" => rt.block_on(statement(&mut rows, None)),
         "all" => {
             let bound = verify_bound(&mut rows);
             rt.block_on(async {
                 ingest(&mut rows, bound).await;
-                ingest_scaling(&mut rows).await;
+                // The largest store built for scaling is reused for statements.
+                let big = ingest_scaling(&mut rows).await;
                 record(&mut rows).await;
-                statement(&mut rows).await;
+                statement(&mut rows, big).await;
             });
         }
         other => {
@@ -99,7 +102,9 @@ fn ensure_release_binaries() {
             "warning: tally-bench is not a release build; figures will be meaningless (run: {REPRO} all)"
         );
     }
-    if !dir.join("tally-collector").exists() || !dir.join("tally-agent").exists() {
+    // Always (re)build: `cargo run` of this binary does not rebuild the other crates'
+    // binaries, and a stale collector would be measured silently. A no-op when fresh.
+    {
         let mut cmd =
             std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.args([
@@ -440,12 +445,14 @@ fn bulk_fill(db: &Path, license: &str, agent_key: &[u8; 32], n: u64) {
     c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
 }
 
-async fn ingest_scaling(rows: &mut Vec<Row>) {
+/// Returns the collector with the largest pre-filled store, and its size, for reuse.
+async fn ingest_scaling(rows: &mut Vec<Row>) -> Option<(Bench, u64)> {
     let sizes: Vec<u64> = std::env::var("TALLY_BENCH_SCALING")
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|| vec![0, 1_000_000, 10_000_000]);
     let mut first = None;
+    let mut largest: Option<(Bench, u64)> = None;
     for n in sizes {
         let mut b = collector_with_agents(17).await;
         if n > 0 {
@@ -479,7 +486,11 @@ async fn ingest_scaling(rows: &mut Vec<Row>) {
                 verdict(ratio >= 0.8, "≥ 80 %")
             },
         });
+        if n > 0 && largest.as_ref().is_none_or(|(_, m)| *m < n) {
+            largest = Some((b, n));
+        }
     }
+    largest
 }
 
 async fn record(rows: &mut Vec<Row>) {
@@ -663,20 +674,29 @@ async fn bare_axum() -> String {
     format!("http://{addr}/v1/events")
 }
 
-async fn statement(rows: &mut Vec<Row>) {
-    let n: u64 = std::env::var("TALLY_BENCH_STATEMENT_REPORTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10_000_000);
-    let mut b = collector_with_agents(1).await;
-    b.collector.kill9();
+async fn statement(rows: &mut Vec<Row>, prefilled: Option<(Bench, u64)>) {
     let t = Instant::now();
-    bulk_fill(
-        &b.data.join("collector.db"),
-        &b.license,
-        &b.keys[0].verifying_key().to_bytes(),
-        n,
-    );
+    let (mut b, n) = match prefilled {
+        Some((mut b, n)) => {
+            b.collector.kill9();
+            (b, n)
+        }
+        None => {
+            let n: u64 = std::env::var("TALLY_BENCH_STATEMENT_REPORTS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(10_000_000);
+            let mut b = collector_with_agents(1).await;
+            b.collector.kill9();
+            bulk_fill(
+                &b.data.join("collector.db"),
+                &b.license,
+                &b.keys[0].verifying_key().to_bytes(),
+                n,
+            );
+            (b, n)
+        }
+    };
     // Monthly sums for statements, as ingest would have kept them.
     let c = rusqlite::Connection::open(b.data.join("collector.db")).unwrap();
     let months: Vec<i64> = {
@@ -700,7 +720,8 @@ async fn statement(rows: &mut Vec<Row>) {
             .or_default() += q;
     }
     for (m, q) in &by_month {
-        c.execute("INSERT INTO monthly_usage (license_id, metric, month, quantity) VALUES (?1, 'api.convert', ?2, ?3)", rusqlite::params![b.license, m, q]).unwrap();
+        c.execute("INSERT INTO monthly_usage (license_id, metric, month, quantity) VALUES (?1, 'api.convert', ?2, ?3)
+              ON CONFLICT (license_id, metric, month) DO UPDATE SET quantity = excluded.quantity", rusqlite::params![b.license, m, q]).unwrap();
     }
     drop(c);
     eprintln!("filled {n} reports in {:.0} s", t.elapsed().as_secs_f64());
