@@ -40,13 +40,26 @@ impl InProcessCollector {
 
     /// Starts with the collector adjusted by `adjust` (e.g. shorter limits for a test).
     pub async fn start_with(adjust: impl FnOnce(&mut Collector)) -> Self {
+        Self::start_configured(
+            Some(tally_collector::ratelimit::DEFAULT_REPORTS_PER_SEC),
+            adjust,
+        )
+        .await
+    }
+
+    /// Starts with a per-agent rate limit of `agent_rate` reports/s (`None`: unlimited).
+    pub async fn start_configured(
+        agent_rate: Option<f64>,
+        adjust: impl FnOnce(&mut Collector),
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = DataDir::new(dir.path().join("data"));
         let init = commands::init(data.clone()).await.expect("init");
         let admin_token = init.json["admin_token"].as_str().unwrap().to_string();
         let ctx = Ctx::open(data.clone()).expect("open");
         let key = tally_proto::keys::read(&data.vendor_key()).unwrap();
-        let mut collector = Collector::new(ctx.store.clone() as Arc<dyn Store>, key);
+        let mut collector =
+            Collector::with_agent_rate(ctx.store.clone() as Arc<dyn Store>, key, agent_rate);
         adjust(&mut collector);
         let g = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let h = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -8,12 +8,13 @@ use tally_tests::{InProcessCollector, receipts};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flooding_agent_is_throttled_others_are_not() {
-    let c = InProcessCollector::start().await;
+    // A low limit (200 reports/s, burst 500), so that even a slow machine floods past it.
+    let c = InProcessCollector::start_configured(Some(200.0), |_| {}).await;
     let customer = c.add_customer("Acme").await;
     let (license, token) = c.issue_license(&customer, &["api.convert"]).await;
     let mut flood = c.enroll(&license, &token).await;
     let mut calm = c.enroll(&license, &token).await;
-    let chain: Vec<pb::SignedReport> = (0..8000)
+    let chain: Vec<pb::SignedReport> = (0..3000)
         .map(|_| flood.next(&[("api.convert", 1)]).1)
         .collect();
     let key = c.collector.ingestor.collector_key();
