@@ -16,7 +16,7 @@ use tally_proto::Digest;
 use tally_proto::license::{License, LicensedMetric, armor};
 use tally_proto::metric::validate_metric_name;
 use tally_proto::pb;
-use tally_proto::time::{parse_duration_secs, parse_instant, rfc3339};
+use tally_proto::time::{parse_duration_secs, parse_instant};
 use tally_proto::{bundle, keys, signing};
 
 /// A command failure: bad input (exit 2) or a runtime failure (exit 1).
@@ -565,8 +565,4 @@ pub fn write_ports(dir: &DataDir, value: &Value) -> Result<(), CommandError> {
     std::fs::write(&tmp, serde_json::to_vec(value).unwrap_or_default())
         .and_then(|_| std::fs::rename(&tmp, dir.ports()))
         .map_err(|e| CommandError::Runtime(format!("cannot write {}: {e}", dir.ports().display())))
-}
-
-pub fn now_rfc3339() -> String {
-    rfc3339(chrono::Utc::now())
 }

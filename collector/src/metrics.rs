@@ -46,15 +46,6 @@ impl Metrics {
             .or_default() += 1;
     }
 
-    /// Count of reports with this outcome and reason so far.
-    pub fn report_count(&self, outcome: &str, reason: &str) -> u64 {
-        let m = self.reports.lock().unwrap_or_else(|p| p.into_inner());
-        m.iter()
-            .filter(|((o, r), _)| *o == outcome && r == reason)
-            .map(|(_, n)| *n)
-            .sum()
-    }
-
     pub fn render(&self) -> String {
         let mut out = String::new();
         out.push_str("# HELP tally_reports_total Reports processed, by outcome and reason code.\n");
