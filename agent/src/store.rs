@@ -342,12 +342,16 @@ fn close_tx(
 ) -> StoreResult<u64> {
     let mut cur = cursor(c, now, interval)?;
     let limit = if flush {
-        // A flush within the open window's first second still closes what it counted: the
-        // window then ends one second after `now` (well within the collector's 5 min skew).
-        let counted: bool = c
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM counters WHERE window_start >= ?1)")?
+        // A flush closes everything counted so far: if the newest counted window starts at
+        // `now` (events in its first second), it ends one second later (well within the
+        // collector's 5 min skew).
+        let newest: Option<i64> = c
+            .prepare_cached("SELECT MAX(window_start) FROM counters WHERE window_start >= ?1")?
             .query_row([cur], |r| r.get(0))?;
-        if counted { now.max(cur + 1) } else { now }
+        match newest {
+            Some(ws) => now.max(ws + 1),
+            None => now,
+        }
     } else {
         window_of(now, interval)
     };
@@ -550,6 +554,36 @@ mod tests {
             0
         );
         assert!(store.summary().unwrap().1.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_flush_closes_every_counted_window_even_in_its_first_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AgentStore::open(&dir.path().join("a.db")).unwrap();
+        let key = tally_proto::keys::generate();
+        let t: i64 = 1_800_000_000;
+        store.record(events(4), t, 1).await.unwrap();
+        // The window loop has not run yet; the next event lands in the window starting now.
+        store.record(events(16), t + 1, 1).await.unwrap();
+        assert_eq!(
+            store
+                .close_windows(key, "lic".into(), t + 1, 1, true)
+                .await
+                .unwrap(),
+            2
+        );
+        assert!(
+            store.summary().unwrap().1.is_empty(),
+            "a flush must leave nothing open"
+        );
+        let total: u64 = store
+            .reports_since(1)
+            .unwrap()
+            .iter()
+            .flat_map(|r| Report::decode(&r.bytes).unwrap().counters)
+            .map(|c| c.quantity)
+            .sum();
+        assert_eq!(total, 20);
     }
 
     #[tokio::test]
