@@ -247,12 +247,12 @@ pub fn status_json(agent: &Agent, live: bool) -> Result<Value, CommandError> {
     Ok(v)
 }
 
-/// Decoded fields of a report, exactly those that were signed.
+/// Decoded fields of a report: exactly those that were signed at the top level, and the
+/// delivery state (digest, state, reason, receipt) under `delivery`.
 pub fn report_json(r: &crate::store::StoredReport) -> Result<Value, CommandError> {
     let rep = Report::decode(&r.bytes).map_err(|e| runtime(format!("report {}: {e}", r.seq)))?;
     Ok(json!({
         "seq": rep.seq,
-        "digest": r.digest.to_hex(),
         "license_id": rep.license_id,
         "agent_key": hex::encode(rep.agent_key),
         "prev_digest": rep.prev_digest.map(|d| d.to_hex()),
@@ -261,8 +261,9 @@ pub fn report_json(r: &crate::store::StoredReport) -> Result<Value, CommandError
         "counters": rep.counters.iter().map(|c| json!({"metric": c.metric, "quantity": c.quantity})).collect::<Vec<_>>(),
         "created_at": tally_proto::time::rfc3339(rep.created_at),
         "agent_version": rep.agent_version,
-        "state": r.state,
-        "reason": r.reason,
+        // Not part of the signed report: what happened to it (kept apart, so the top level
+        // is exactly the signed fields, DESIGN.md §6).
+        "delivery": {"digest": r.digest.to_hex(), "state": r.state, "reason": r.reason},
     }))
 }
 
@@ -302,7 +303,7 @@ pub fn reports_show(agent: &Agent, seq: u64) -> CmdResult {
     if let Some(rc) = &r.receipt
         && let Ok(b) = ReceiptBody::verify(rc, &agent.collector_key)
     {
-        j["receipt"] = json!({"outcome": b.outcome.as_str(), "reason": b.reason, "received_at": tally_proto::time::rfc3339(b.received_at)});
+        j["delivery"]["receipt"] = json!({"outcome": b.outcome.as_str(), "reason": b.reason, "received_at": tally_proto::time::rfc3339(b.received_at)});
     }
     let text = serde_json::to_string_pretty(&j).unwrap_or_default() + "\n";
     Ok(Output { json: j, text })

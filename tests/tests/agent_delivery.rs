@@ -219,6 +219,30 @@ async fn verify_fails_clearly_after_one_flipped_byte() {
     let shown = agent_json(&d.adata, &["reports", "show", "2"]);
     assert_eq!(shown["seq"], 2);
     assert!(shown["prev_digest"].is_string());
+    // Exactly the signed fields at the top level; delivery state apart.
+    let mut keys: Vec<&str> = shown
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "agent_key",
+            "agent_version",
+            "counters",
+            "created_at",
+            "delivery",
+            "license_id",
+            "prev_digest",
+            "seq",
+            "window_end",
+            "window_start"
+        ]
+    );
+    assert_eq!(shown["delivery"]["state"], "delivered");
 
     // Flip one byte of the stored report seq 2.
     let db = rusqlite::Connection::open(d.adata.join("agent.db")).unwrap();
