@@ -353,7 +353,11 @@ async fn drive_ingest(
 
 async fn ingest(rows: &mut Vec<Row>, bound: f64) {
     let agents = 32;
-    let per_agent = 600;
+    // ~3 s of ingest here: long enough that one slow fsync does not decide the figure.
+    let per_agent: usize = std::env::var("TALLY_BENCH_INGEST_PER_AGENT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_500);
     let b = collector_with_agents(agents).await;
     let chains = presign(&b.license, &b.keys, per_agent);
     let (rate, lat) = drive_ingest(b.collector.grpc, chains).await;

@@ -89,30 +89,41 @@ pub(super) fn credits(
     Ok(out)
 }
 
+/// A stored report at or next to a new report's sequence number.
 struct Neighbour {
+    seq: i64,
+    fork: bool,
     digest: Digest,
+    status: String,
     prev_digest: Option<Digest>,
     window_start: i64,
     window_end: i64,
 }
 
-fn main_report(conn: &Connection, agent_id: &str, seq: i64) -> StoreResult<Option<Neighbour>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT digest, prev_digest, window_start, window_end FROM reports
-             WHERE agent_id = ?1 AND seq = ?2 AND fork = 0",
-        )?
-        .query_row(params![agent_id, seq], |r| {
-            let d: Vec<u8> = r.get(0)?;
-            let p: Option<Vec<u8>> = r.get(1)?;
+/// Every stored report of `agent_id` with a sequence number in `seq - 1 ..= seq + 1`
+/// (forks included): one range scan of the `(agent_id, seq, digest)` key answers the
+/// duplicate, fork and both chain-neighbour questions.
+fn neighbourhood(conn: &Connection, agent_id: &str, seq: i64) -> StoreResult<Vec<Neighbour>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, fork, digest, status, prev_digest, window_start, window_end FROM reports
+         WHERE agent_id = ?1 AND seq BETWEEN ?2 AND ?3",
+    )?;
+    let rows = stmt
+        .query_map(params![agent_id, seq - 1, seq + 1], |r| {
+            let d: Vec<u8> = r.get(2)?;
+            let p: Option<Vec<u8>> = r.get(4)?;
             Ok(Neighbour {
+                seq: r.get(0)?,
+                fork: r.get::<_, i64>(1)? != 0,
                 digest: Digest::from_slice(&d).unwrap_or(Digest([0; 32])),
+                status: r.get(3)?,
                 prev_digest: p.as_deref().and_then(Digest::from_slice),
-                window_start: r.get(2)?,
-                window_end: r.get(3)?,
+                window_start: r.get(5)?,
+                window_end: r.get(6)?,
             })
-        })
-        .optional()?)
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
 }
 
 type RollupKey = (String, String, i64);
@@ -241,6 +252,7 @@ pub(super) fn ingest_batch(
     let now = received_at.timestamp();
     let mut licenses: HashMap<String, LicenseState> = HashMap::new();
     let mut rollups = RollupCache::default();
+    let mut sequences = SequenceCache::default();
     let mut out = Vec::with_capacity(reports.len());
     for r in reports {
         let lid = &r.report.license_id;
@@ -248,7 +260,8 @@ pub(super) fn ingest_batch(
             licenses.insert(lid.clone(), load_license(conn, lid)?);
         }
         let lic = &licenses[lid];
-        let (outcome, reason, detail) = ingest_one(conn, &mut rollups, r, lic, now, source)?;
+        let (outcome, reason, detail) =
+            ingest_one(conn, &mut rollups, &mut sequences, r, lic, now, source)?;
         out.push(StoredOutcome {
             outcome,
             reason: reason.to_string(),
@@ -258,12 +271,49 @@ pub(super) fn ingest_batch(
         });
     }
     rollups.flush(conn)?;
+    sequences.flush(conn, now)?;
     Ok(out)
+}
+
+/// Each agent's `last_seq`, read once per transaction and written once at its end
+/// (`flush`), like [`RollupCache`].
+#[derive(Default)]
+struct SequenceCache(HashMap<String, i64>);
+
+impl SequenceCache {
+    fn last_seq(&mut self, conn: &Connection, agent_id: &str) -> StoreResult<i64> {
+        if let Some(v) = self.0.get(agent_id) {
+            return Ok(*v);
+        }
+        let v: i64 = conn
+            .prepare_cached("SELECT last_seq FROM agents WHERE id = ?1")?
+            .query_row([agent_id], |r| r.get(0))?;
+        self.0.insert(agent_id.to_string(), v);
+        Ok(v)
+    }
+
+    fn saw(&mut self, agent_id: &str, seq: i64) {
+        if let Some(v) = self.0.get_mut(agent_id) {
+            *v = (*v).max(seq);
+        }
+    }
+
+    /// Writes `last_seq`/`last_seen` of every agent seen. Must run before the commit.
+    fn flush(&mut self, conn: &Connection, now: i64) -> StoreResult<()> {
+        let mut put = conn.prepare_cached(
+            "UPDATE agents SET last_seq = MAX(last_seq, ?2), last_seen = ?3 WHERE id = ?1",
+        )?;
+        for (agent_id, seq) in self.0.drain() {
+            put.execute(params![agent_id, seq, now])?;
+        }
+        Ok(())
+    }
 }
 
 fn ingest_one(
     conn: &Connection,
     rollups: &mut RollupCache,
+    sequences: &mut SequenceCache,
     r: &AuthenticReport,
     lic: &LicenseState,
     now: i64,
@@ -273,17 +323,21 @@ fn ingest_one(
     let seq = rep.seq as i64;
     let ws = rep.window_start.timestamp();
 
+    let near = neighbourhood(conn, &r.agent_id, seq)?;
+    let main_at = |s: i64| near.iter().find(|n| n.seq == s && !n.fork);
+
     // Exactly once: a report already stored (same bytes) is a duplicate, whatever it became.
-    let existing: Option<String> = conn
-        .prepare_cached("SELECT status FROM reports WHERE digest = ?1")?
-        .query_row([r.digest.as_bytes().as_slice()], |row| row.get(0))
-        .optional()?;
-    if let Some(status) = existing {
-        return Ok((Outcome::Duplicate, "", format!("already stored ({status})")));
+    // Its bytes fix its agent and seq, so it can only be in this neighbourhood.
+    if let Some(same) = near.iter().find(|n| n.seq == seq && n.digest == r.digest) {
+        return Ok((
+            Outcome::Duplicate,
+            "",
+            format!("already stored ({})", same.status),
+        ));
     }
 
     // A different report under a taken (agent, seq) is a fork: kept, never counted.
-    if let Some(main) = main_report(conn, &r.agent_id, seq)? {
+    if let Some(main) = main_at(seq) {
         let detail = format!("seq {seq} is already stored with digest {}", main.digest);
         insert_report(
             conn,
@@ -303,13 +357,9 @@ fn ingest_one(
         return Ok((Outcome::Quarantined, "seq_conflict", detail));
     }
 
-    let pred = if seq > 1 {
-        main_report(conn, &r.agent_id, seq - 1)?
-    } else {
-        None
-    };
-    let succ = main_report(conn, &r.agent_id, seq + 1)?;
-    let verdict = quarantine_reason(r, lic, now, source, pred.as_ref(), succ.as_ref());
+    let pred = if seq > 1 { main_at(seq - 1) } else { None };
+    let succ = main_at(seq + 1);
+    let verdict = quarantine_reason(r, lic, now, source, pred, succ);
 
     let (status, reason, detail) = match verdict {
         Some((reason, detail)) => ("quarantined", reason, detail),
@@ -326,7 +376,7 @@ fn ingest_one(
         }
     };
     insert_report(conn, r, now, source, false, status, reason, &detail)?;
-    track_sequence(conn, &r.agent_id, &rep.license_id, seq, now)?;
+    track_sequence(conn, sequences, &r.agent_id, &rep.license_id, seq, now)?;
     let outcome = if status == "accepted" {
         Outcome::Accepted
     } else {
@@ -485,14 +535,13 @@ fn insert_report(
 /// Keeps `last_seq`/`last_seen` and the open gaps of an agent current.
 fn track_sequence(
     conn: &Connection,
+    sequences: &mut SequenceCache,
     agent_id: &str,
     license_id: &str,
     seq: i64,
     now: i64,
 ) -> StoreResult<()> {
-    let last: i64 = conn
-        .prepare_cached("SELECT last_seq FROM agents WHERE id = ?1")?
-        .query_row([agent_id], |r| r.get(0))?;
+    let last = sequences.last_seq(conn, agent_id)?;
     if seq > last + 1 {
         conn.prepare_cached(
             "INSERT INTO anomalies (kind, agent_id, license_id, seq_from, seq_to, detail, opened_at)
@@ -526,9 +575,6 @@ fn track_sequence(
             }
         }
     }
-    conn.prepare_cached(
-        "UPDATE agents SET last_seq = MAX(last_seq, ?2), last_seen = ?3 WHERE id = ?1",
-    )?
-    .execute(params![agent_id, seq, now])?;
+    sequences.saw(agent_id, seq);
     Ok(())
 }

@@ -171,17 +171,55 @@ pub(super) fn quarantine(
     Ok(rows)
 }
 
-fn quarantined_row(conn: &Connection, digest: &Digest) -> StoreResult<(String, String, Vec<u8>)> {
-    conn.prepare_cached("SELECT status, license_id, bytes FROM reports WHERE digest = ?1")?
-        .query_row([digest.as_bytes().as_slice()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+/// A stored report found by digest for review.
+struct ReviewRow {
+    status: String,
+    license_id: String,
+    bytes: Vec<u8>,
+    agent_id: String,
+    seq: i64,
+}
+
+/// Finds a report by digest: first among the reports that are or were under review (the
+/// `reports_reviewed` partial index), then, only to tell "already counted" from "no such
+/// report", among all of them (a table scan: the table is keyed by agent and sequence).
+fn review_row(conn: &Connection, digest: &Digest) -> StoreResult<ReviewRow> {
+    let d = digest.as_bytes().as_slice();
+    let map = |r: &rusqlite::Row<'_>| {
+        Ok(ReviewRow {
+            status: r.get(0)?,
+            license_id: r.get(1)?,
+            bytes: r.get(2)?,
+            agent_id: r.get(3)?,
+            seq: r.get(4)?,
         })
+    };
+    if let Some(row) = conn
+        .prepare_cached(
+            "SELECT status, license_id, bytes, agent_id, seq FROM reports
+             WHERE digest = ?1 AND (status != 'accepted' OR resolved_at IS NOT NULL)",
+        )?
+        .query_row([d], map)
         .optional()?
-        .ok_or_else(|| StoreError::NotFound(format!("no stored report has digest {digest}")))
+    {
+        return Ok(row);
+    }
+    conn.prepare_cached(
+        "SELECT status, license_id, bytes, agent_id, seq FROM reports WHERE digest = ?1",
+    )?
+    .query_row([d], map)
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound(format!("no stored report has digest {digest}")))
 }
 
 pub(super) fn release(conn: &Connection, digest: &Digest, now: i64) -> StoreResult<bool> {
-    let (status, license_id, bytes) = quarantined_row(conn, digest)?;
+    let row = review_row(conn, digest)?;
+    let ReviewRow {
+        status,
+        license_id,
+        bytes,
+        ..
+    } = &row;
     match status.as_str() {
         "accepted" => return Ok(false),
         "discarded" => {
@@ -191,7 +229,7 @@ pub(super) fn release(conn: &Connection, digest: &Digest, now: i64) -> StoreResu
         }
         _ => {}
     }
-    let report = Report::decode(&bytes)
+    let report = Report::decode(bytes)
         .map_err(|e| StoreError::Database(format!("stored report {digest}: {e}")))?;
     report.check_counters().map_err(|e| {
         StoreError::Conflict(format!(
@@ -204,31 +242,30 @@ pub(super) fn release(conn: &Connection, digest: &Digest, now: i64) -> StoreResu
         .map(|c| (c.metric.clone(), c.quantity))
         .collect();
     let mut rollups = RollupCache::default();
-    if let Err(detail) = rollups.add(
-        conn,
-        &license_id,
-        report.window_start.timestamp(),
-        &counters,
-    )? {
+    if let Err(detail) =
+        rollups.add(conn, license_id, report.window_start.timestamp(), &counters)?
+    {
         return Err(StoreError::Conflict(format!(
             "report {digest} cannot be counted: {detail}"
         )));
     }
     rollups.flush(conn)?;
     conn.execute(
-        "UPDATE reports SET status = 'accepted', resolved_at = ?2 WHERE digest = ?1",
-        params![digest.as_bytes().as_slice(), now],
+        "UPDATE reports SET status = 'accepted', resolved_at = ?2
+         WHERE agent_id = ?3 AND seq = ?4 AND digest = ?1",
+        params![digest.as_bytes().as_slice(), now, row.agent_id, row.seq],
     )?;
     Ok(true)
 }
 
 pub(super) fn discard(conn: &Connection, digest: &Digest, now: i64) -> StoreResult<()> {
-    let (status, _, _) = quarantined_row(conn, digest)?;
-    match status.as_str() {
+    let row = review_row(conn, digest)?;
+    match row.status.as_str() {
         "quarantined" => {
             conn.execute(
-                "UPDATE reports SET status = 'discarded', resolved_at = ?2 WHERE digest = ?1",
-                params![digest.as_bytes().as_slice(), now],
+                "UPDATE reports SET status = 'discarded', resolved_at = ?2
+                 WHERE agent_id = ?3 AND seq = ?4 AND digest = ?1",
+                params![digest.as_bytes().as_slice(), now, row.agent_id, row.seq],
             )?;
             Ok(())
         }
