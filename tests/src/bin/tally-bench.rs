@@ -328,16 +328,23 @@ async fn drive_ingest(
         tasks.push(tokio::spawn(async move {
             let mut client = connect(grpc).await;
             let mut lat = Vec::new();
-            for batch in chain.chunks(100) {
+            // The requests are built up front: the load generator shares the machine's
+            // cores with the collector, so it should spend them on nothing else.
+            let mut chain = chain.into_iter();
+            let mut requests = Vec::new();
+            loop {
+                let reports: Vec<_> = chain.by_ref().take(100).collect();
+                if reports.is_empty() {
+                    break;
+                }
+                requests.push(pb::SubmitRequest { reports });
+            }
+            for request in requests {
+                let n = request.reports.len();
                 let s = Instant::now();
-                let resp = client
-                    .submit(pb::SubmitRequest {
-                        reports: batch.to_vec(),
-                    })
-                    .await
-                    .expect("submit");
+                let resp = client.submit(request).await.expect("submit");
                 lat.push(s.elapsed());
-                assert_eq!(resp.into_inner().receipts.len(), batch.len());
+                assert_eq!(resp.into_inner().receipts.len(), n);
             }
             lat
         }));

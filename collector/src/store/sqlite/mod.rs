@@ -53,7 +53,11 @@ pub struct SqliteStore {
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(Duration::from_secs(10))?;
-    // A 64 MiB page cache for the writer: the report indexes (digest, agent+seq) are
+    // The ingest path alone uses ~15 distinct statements; rusqlite's default cache of 16
+    // evicted and re-parsed some on every transaction (seen as sqlite3RunParser in the
+    // writer's profile).
+    conn.set_prepared_statement_cache_capacity(64);
+    // A 64 MiB page cache for the writer: the report table and its (agent, seq) index are
     // probed for every report, and SQLite's 2 MiB default turns a large store into disk
     // reads (see BENCHMARKS.md, ingest-scaling).
     conn.execute_batch(
