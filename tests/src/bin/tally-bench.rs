@@ -358,13 +358,18 @@ async fn drive_ingest(
     (rate, lat)
 }
 
-async fn ingest(rows: &mut Vec<Row>, bound: f64) {
-    let agents = 32;
-    // ~3 s of ingest here: long enough that one slow fsync does not decide the figure.
-    let per_agent: usize = std::env::var("TALLY_BENCH_INGEST_PER_AGENT")
+/// Reports per agent in `ingest` and `ingest-scaling`: ~3 s of ingest here, long enough
+/// that one slow fsync does not decide the figure.
+fn ingest_per_agent() -> usize {
+    std::env::var("TALLY_BENCH_INGEST_PER_AGENT")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1_500);
+        .unwrap_or(1_500)
+}
+
+async fn ingest(rows: &mut Vec<Row>, bound: f64) {
+    let agents = 32;
+    let per_agent = ingest_per_agent();
     let b = collector_with_agents(agents).await;
     let chains = presign(&b.license, &b.keys, per_agent);
     let (rate, lat) = drive_ingest(b.collector.grpc, chains).await;
@@ -457,6 +462,10 @@ fn bulk_fill(db: &Path, license: &str, agent_key: &[u8; 32], n: u64) {
 }
 
 /// Returns the collector with the largest pre-filled store, and its size, for reuse.
+/// Agents submitting in `ingest-scaling` (the same load as `ingest`); one more agent owns
+/// the bulk-filled reports.
+const SCALING_AGENTS: usize = 32;
+
 async fn ingest_scaling(rows: &mut Vec<Row>) -> Option<(Bench, u64)> {
     let sizes: Vec<u64> = std::env::var("TALLY_BENCH_SCALING")
         .ok()
@@ -465,20 +474,20 @@ async fn ingest_scaling(rows: &mut Vec<Row>) -> Option<(Bench, u64)> {
     let mut first = None;
     let mut largest: Option<(Bench, u64)> = None;
     for n in sizes {
-        let mut b = collector_with_agents(17).await;
+        let mut b = collector_with_agents(SCALING_AGENTS + 1).await;
         if n > 0 {
             b.collector.kill9();
             let t = Instant::now();
             bulk_fill(
                 &b.data.join("collector.db"),
                 &b.license,
-                &b.keys[16].verifying_key().to_bytes(),
+                &b.keys[SCALING_AGENTS].verifying_key().to_bytes(),
                 n,
             );
             eprintln!("filled {n} reports in {:.0} s", t.elapsed().as_secs_f64());
             b.collector = CollectorProcess::spawn(&b.data);
         }
-        let chains = presign(&b.license, &b.keys[..16], 1000);
+        let chains = presign(&b.license, &b.keys[..SCALING_AGENTS], ingest_per_agent());
         let (rate, _) = drive_ingest(b.collector.grpc, chains).await;
         let base = *first.get_or_insert(rate);
         let ratio = rate / base;

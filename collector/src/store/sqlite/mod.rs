@@ -39,11 +39,17 @@ impl ReadPool {
 
     fn put(&self, c: Connection) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < 8 {
+        // Enough for every concurrent Submit's key lookup: with 8, a load of 32 agents
+        // closed and reopened connections (schema parse and all) on every call, which the
+        // ingest profile showed as sqlite3BtreeOpen.
+        if idle.len() < MAX_IDLE_READERS {
             idle.push(c);
         }
     }
 }
+
+/// Read connections kept open between reads.
+const MAX_IDLE_READERS: usize = 64;
 
 /// The SQLite implementation of [`Store`].
 pub struct SqliteStore {
