@@ -265,7 +265,8 @@ impl AgentStore {
 
 fn get_i64(c: &Connection, key: &str) -> StoreResult<Option<i64>> {
     let v: Option<Vec<u8>> = c
-        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
         .optional()?;
     Ok(v.and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| s.parse().ok()))

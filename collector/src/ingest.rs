@@ -199,7 +199,7 @@ impl Ingestor {
             }
         }
         let digests: Vec<Digest> = authentic.iter().map(|a| a.digest).collect();
-        let stored = self.store.ingest(authentic, received_at, source).await?;
+        let mut stored = self.store.ingest(authentic, received_at, source).await?;
 
         let mut bodies = Vec::with_capacity(order.len());
         for item in order {
@@ -217,15 +217,15 @@ impl Ingestor {
                     }
                 }
                 Ok(i) => {
-                    let s = &stored[i];
+                    let s = &mut stored[i];
                     ReceiptBody {
                         report_digest: digests[i],
                         outcome: s.outcome,
-                        reason: s.reason.clone(),
-                        detail: s.detail.clone(),
+                        reason: std::mem::take(&mut s.reason),
+                        detail: std::mem::take(&mut s.detail),
                         received_at,
                         lease_until: s.lease_until,
-                        credits: s.credits.clone(),
+                        credits: std::mem::take(&mut s.credits),
                     }
                 }
             };

@@ -236,10 +236,10 @@ pub(super) fn release(conn: &Connection, digest: &Digest, now: i64) -> StoreResu
             "report {digest} has invalid counters ({e}); discard it instead"
         ))
     })?;
-    let counters: Vec<(String, u64)> = report
+    let counters: Vec<(&str, u64)> = report
         .counters
         .iter()
-        .map(|c| (c.metric.clone(), c.quantity))
+        .map(|c| (c.metric.as_str(), c.quantity))
         .collect();
     let mut rollups = RollupCache::default();
     if let Err(detail) =
