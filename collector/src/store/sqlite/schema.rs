@@ -208,7 +208,8 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version as usize, MIGRATIONS.len());
-        let rows: Vec<(Vec<u8>, i64, i64, String, Vec<u8>)> = c
+        type Row = (Vec<u8>, i64, i64, String, Vec<u8>);
+        let rows: Vec<Row> = c
             .prepare("SELECT digest, seq, fork, status, bytes FROM reports ORDER BY agent_id, seq, digest")
             .unwrap()
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
