@@ -10,7 +10,7 @@ use ed25519_dalek::SigningKey;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 /// Everything a running collector shares.
 #[derive(Clone)]
@@ -99,8 +99,13 @@ pub async fn run(
         store: collector.store.clone(),
         metrics: collector.metrics.clone(),
     };
-    let grpc_server = router(service, collector.grpc_tls.clone())?
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), wait(stop_rx.clone()));
+    let grpc_server = router(service, collector.grpc_tls.clone())?.serve_with_incoming_shutdown(
+        // The builder's `tcp_nodelay` does not apply to a listener passed in (tonic
+        // documents this), so it is set here: with Nagle's algorithm on, the last
+        // partial segment of a receipt batch waited for the client's delayed ACK.
+        TcpIncoming::from(grpc).with_nodelay(Some(true)),
+        wait(stop_rx.clone()),
+    );
     let http_server = crate::http_serve::serve_tls(
         http,
         app(collector.app_state()),
