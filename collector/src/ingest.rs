@@ -51,6 +51,44 @@ impl KeyCache {
     }
 }
 
+/// Runs the CPU-heavy steps (verification, receipt signing) on the blocking pool, at most
+/// one per core at a time.
+///
+/// Why: the store's single writer thread is the one serial step of ingest. With every
+/// in-flight Submit verifying or signing on its own blocking thread, the OS shared the
+/// cores fairly among a dozen runnable threads and the writer got a small slice, so
+/// batches queued for it while the CPU was busy with work that could wait (measured under
+/// `tally-bench ingest`: ~70 of ~110 ms per Submit were spent waiting for the store).
+/// Capping the crypto threads at the core count keeps a core's worth of time for the
+/// writer and the async runtime.
+struct CpuGate(Arc<tokio::sync::Semaphore>);
+
+impl CpuGate {
+    fn new() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        CpuGate(Arc::new(tokio::sync::Semaphore::new(cores)))
+    }
+
+    async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, String> {
+        let permit = self
+            .0
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || {
+            let r = f();
+            drop(permit);
+            r
+        })
+        .await
+        .map_err(|e| e.to_string())
+    }
+}
+
 /// Verifies and stores reports, and signs receipts for them.
 pub struct Ingestor {
     store: Arc<dyn Store>,
@@ -58,6 +96,7 @@ pub struct Ingestor {
     /// The same key, expanded for batched receipt signing.
     signer: Arc<BatchSigner>,
     keys: KeyCache,
+    cpu: CpuGate,
     metrics: Arc<Metrics>,
     last_refusal_log: AtomicI64,
     /// Per-agent rate limit for online submissions (`None`: unlimited).
@@ -104,6 +143,7 @@ impl Ingestor {
             signer: Arc::new(BatchSigner::new(&key)),
             key,
             keys: KeyCache::default(),
+            cpu: CpuGate::new(),
             metrics,
             last_refusal_log: AtomicI64::new(0),
             limiter: Some(crate::ratelimit::AgentRateLimiter::new(
@@ -161,7 +201,9 @@ impl Ingestor {
         }
 
         // Verify signatures off the async runtime: this is the CPU-heavy step.
-        let slots = tokio::task::spawn_blocking(move || verify_all(slots))
+        let slots = self
+            .cpu
+            .run(move || verify_all(slots))
             .await
             .map_err(|e| StoreError::Database(format!("verification task failed: {e}")))?;
 
@@ -234,12 +276,14 @@ impl Ingestor {
         }
         // Signing is CPU work too (one signature per report, batched): off the runtime.
         let signer = self.signer.clone();
-        let (receipts, bodies) = tokio::task::spawn_blocking(move || {
-            let receipts = ReceiptBody::sign_all(&bodies, &signer);
-            (receipts, bodies)
-        })
-        .await
-        .map_err(|e| StoreError::Database(format!("signing task failed: {e}")))?;
+        let (receipts, bodies) = self
+            .cpu
+            .run(move || {
+                let receipts = ReceiptBody::sign_all(&bodies, &signer);
+                (receipts, bodies)
+            })
+            .await
+            .map_err(|e| StoreError::Database(format!("signing task failed: {e}")))?;
         let verdicts = bodies
             .into_iter()
             .map(|body| Verdict {
