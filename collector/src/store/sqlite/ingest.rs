@@ -129,8 +129,12 @@ fn neighbourhood(conn: &Connection, agent_id: &str, seq: i64) -> StoreResult<Vec
 /// Sums by license, metric and period start, looked up by `&str` without allocating (the
 /// ingest profile showed a tuple-of-`String` key costing ~10 allocations and 4 SipHash
 /// rounds per counter). `dirty` marks sums this transaction changed.
+/// Hashed with foldhash rather than SipHash: the keys are our own license and metric
+/// names, not attacker-chosen, and these lookups are on every counter's path.
 #[derive(Default)]
-struct Sums(HashMap<String, HashMap<String, HashMap<i64, Sum>>>);
+struct Sums(FastMap<String, FastMap<String, FastMap<i64, Sum>>>);
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 #[derive(Clone, Copy)]
 struct Sum {
