@@ -465,6 +465,10 @@ fn bulk_fill(db: &Path, license: &str, agent_key: &[u8; 32], n: u64) {
     ))
     .unwrap();
     c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+    drop(c);
+    // The filler writes gigabytes with synchronous=OFF; flush them to disk now, or the
+    // kernel's writeback of them would compete with the measured collector's fsyncs.
+    std::fs::File::open(db).unwrap().sync_all().unwrap();
 }
 
 /// Returns the collector with the largest pre-filled store, and its size, for reuse.
@@ -805,7 +809,10 @@ async fn statement(rows: &mut Vec<Row>, prefilled: Option<(Bench, u64)>) {
               ON CONFLICT (license_id, metric, month) DO UPDATE SET quantity = excluded.quantity", rusqlite::params![b.license, m, q]).unwrap();
     }
     drop(c);
-    eprintln!("filled {n} reports in {:.0} s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "statement store ready ({n} reports) in {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
     b.collector = CollectorProcess::spawn(&b.data);
     let http = reqwest::Client::new();
     let month =
