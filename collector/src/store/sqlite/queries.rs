@@ -291,3 +291,109 @@ pub(super) fn stored_reports(conn: &Connection) -> StoreResult<Vec<StoredReport>
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::SqliteStore;
+    use crate::store::{AuthenticReport, NewLicense, Source, Store, StoreError};
+    use chrono::{Duration, Utc};
+    use tally_proto::Digest;
+    use tally_proto::license::{License, LicensedMetric};
+    use tally_proto::report::{Counter, Report};
+
+    /// Release/discard find a report by digest whether or not it was ever under review:
+    /// the `reports_reviewed` index first, then the fallback scan.
+    #[tokio::test]
+    async fn review_by_digest_finds_accepted_quarantined_and_missing_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+        let now = Utc::now();
+        let customer = store.add_customer("c".into(), now).await.unwrap();
+        let license = License {
+            license_id: "lic_t".into(),
+            customer_id: customer.id,
+            metrics: vec![LicensedMetric {
+                metric: "api.convert".into(),
+                limit: None,
+            }],
+            not_before: now - Duration::days(30),
+            not_after: now + Duration::days(30),
+            grace_secs: 0,
+            collector_endpoint: "http://127.0.0.1:1".into(),
+        };
+        let signed = license.sign(&tally_proto::keys::generate());
+        store
+            .issue_license(
+                NewLicense {
+                    license: license.clone(),
+                    signed: prost::Message::encode_to_vec(&signed),
+                    token_hash: [0; 32],
+                    enrollments: 1,
+                    token_expires: now,
+                },
+                now,
+            )
+            .await
+            .unwrap();
+        let key = tally_proto::keys::generate();
+        let agent_id = store
+            .add_agent("lic_t".into(), key.verifying_key().to_bytes(), now)
+            .await
+            .unwrap();
+        let ws = now - Duration::hours(2);
+        let report = |seq: u64, metric: &str| {
+            let r = Report {
+                license_id: "lic_t".into(),
+                agent_key: key.verifying_key().to_bytes(),
+                seq,
+                prev_digest: None,
+                window_start: ws,
+                window_end: ws + Duration::seconds(60),
+                counters: vec![Counter {
+                    metric: metric.into(),
+                    quantity: 3,
+                }],
+                created_at: ws + Duration::seconds(60),
+                agent_version: "t".into(),
+            };
+            let bytes = r.encode();
+            AuthenticReport {
+                digest: Digest::of(&bytes),
+                bytes,
+                signature: vec![0; 64],
+                report: r,
+                agent_id: agent_id.clone(),
+            }
+        };
+        // seq 1 is accepted; a different report for the same seq is a fork, quarantined.
+        let accepted = report(1, "api.convert");
+        let quarantined = report(1, "api.other");
+        let (a, q) = (accepted.digest, quarantined.digest);
+        let out = store
+            .ingest(vec![accepted, quarantined], now, Source::Online)
+            .await
+            .unwrap();
+        assert_eq!(out[0].reason, "");
+        assert_eq!(out[1].reason, "seq_conflict");
+
+        // Accepted from the start: found by the fallback scan, never counted twice.
+        assert!(!store.release(a, now).await.unwrap());
+        assert!(matches!(
+            store.discard(a, now).await,
+            Err(StoreError::Conflict(_))
+        ));
+        // Quarantined: found through the review index; discard works, a second discard is
+        // a no-op, and a discarded report can no longer be released.
+        store.discard(q, now).await.unwrap();
+        store.discard(q, now).await.unwrap();
+        assert!(matches!(
+            store.release(q, now).await,
+            Err(StoreError::Conflict(_))
+        ));
+        // Unknown digest.
+        assert!(matches!(
+            store.release(Digest([9; 32]), now).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+}
