@@ -1,14 +1,25 @@
 //! A batching Rust client for products: concurrent `record` calls are gathered into one
 //! `Record` RPC (one agent transaction), and each call returns only after its event is
 //! committed.
+//!
+//! Callers append to the open batch under a short std `Mutex` (never held across an
+//! `.await`) and wait on the batch's shared outcome; one sender task takes whole batches
+//! and keeps a few RPCs in flight. There is no per-event channel or oneshot: the per-call
+//! cost is a push, an `Arc` clone and one wake-up. Each caller still awaits its own commit,
+//! so the rate is at most (concurrent callers) / (commit latency) — see BENCHMARKS.md.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
 use tally_proto::pb;
 use tally_proto::pb::recorder_client::RecorderClient;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore};
 use tonic::transport::Channel;
 
 /// Most events gathered into one RPC.
 const MAX_BATCH: usize = 10_000;
+
+/// RPCs in flight at once: while one batch commits at the agent, the next one fills.
+const IN_FLIGHT: usize = 4;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
@@ -20,11 +31,74 @@ pub enum ClientError {
     Unconfirmed(String),
 }
 
-type Pending = (pb::Event, oneshot::Sender<Result<(), ClientError>>);
+/// What happened to a batch: one answer for all, or (after a rejection was retried event
+/// by event) one per event.
+enum Answer {
+    All(Result<(), ClientError>),
+    Each(Vec<Result<(), ClientError>>),
+}
+
+#[derive(Default)]
+struct Outcome {
+    answer: OnceLock<Answer>,
+    done: Notify,
+}
+
+impl Outcome {
+    fn settle(&self, answer: Answer) {
+        let _ = self.answer.set(answer);
+        self.done.notify_waiters();
+    }
+
+    fn of(&self, i: usize) -> Option<Result<(), ClientError>> {
+        Some(match self.answer.get()? {
+            Answer::All(r) => r.clone(),
+            Answer::Each(v) => v
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| Err(ClientError::Unconfirmed("no answer".into()))),
+        })
+    }
+}
+
+struct Batch {
+    events: Vec<pb::Event>,
+    outcome: Arc<Outcome>,
+}
+
+impl Drop for Batch {
+    /// A batch dropped unanswered (its RPC task was cancelled, the client stopped) must
+    /// still wake its callers: they are told the events are unconfirmed, and retry.
+    fn drop(&mut self) {
+        if self.outcome.answer.get().is_none() {
+            self.outcome
+                .settle(Answer::All(Err(ClientError::Unconfirmed(
+                    "client stopped".into(),
+                ))));
+        }
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    batches: VecDeque<Batch>,
+    closed: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    ready: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 #[derive(Clone)]
 pub struct BatchingClient {
-    tx: mpsc::Sender<Pending>,
+    shared: Arc<Shared>,
 }
 
 impl BatchingClient {
@@ -35,9 +109,12 @@ impl BatchingClient {
             .connect()
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
-        let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
-        tokio::spawn(run(RecorderClient::new(ch), rx));
-        Ok(BatchingClient { tx })
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            ready: Notify::new(),
+        });
+        tokio::spawn(run(RecorderClient::new(ch), shared.clone()));
+        Ok(BatchingClient { shared })
     }
 
     /// Records one event; returns after the agent committed it.
@@ -47,42 +124,78 @@ impl BatchingClient {
         quantity: u64,
         idempotency_key: Option<&str>,
     ) -> Result<(), ClientError> {
-        let (done, wait) = oneshot::channel();
         let ev = pb::Event {
             metric: metric.to_string(),
             quantity,
             idempotency_key: idempotency_key.unwrap_or_default().to_string(),
         };
-        self.tx
-            .send((ev, done))
-            .await
-            .map_err(|_| ClientError::Unconfirmed("client stopped".into()))?;
-        wait.await
-            .map_err(|_| ClientError::Unconfirmed("client stopped".into()))?
+        let (outcome, index) = {
+            let mut q = self.shared.lock();
+            if q.closed {
+                return Err(ClientError::Unconfirmed("client stopped".into()));
+            }
+            let open = match q.batches.back_mut() {
+                Some(b) if b.events.len() < MAX_BATCH => b,
+                _ => {
+                    q.batches.push_back(Batch {
+                        events: Vec::new(),
+                        outcome: Arc::new(Outcome::default()),
+                    });
+                    match q.batches.back_mut() {
+                        Some(b) => b,
+                        None => return Err(ClientError::Unconfirmed("client stopped".into())),
+                    }
+                }
+            };
+            open.events.push(ev);
+            (open.outcome.clone(), open.events.len() - 1)
+        };
+        self.shared.ready.notify_one();
+        loop {
+            let notified = outcome.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(r) = outcome.of(index) {
+                return r;
+            }
+            notified.await;
+        }
     }
 }
 
-/// RPCs in flight at once: while one batch commits at the agent, the next one fills.
-const IN_FLIGHT: usize = 4;
+/// Closes the queue when the sender task ends, for whatever reason: queued batches are
+/// dropped (answering their callers) and new calls fail at once.
+struct CloseOnDrop(Arc<Shared>);
 
-async fn run(client: RecorderClient<Channel>, mut rx: mpsc::Receiver<Pending>) {
-    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let drained: Vec<Batch> = {
+            let mut q = self.0.lock();
+            q.closed = true;
+            q.batches.drain(..).collect()
         };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
+        drop(drained);
+    }
+}
+
+async fn run(client: RecorderClient<Channel>, shared: Arc<Shared>) {
+    let _close = CloseOnDrop(shared.clone());
+    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+    loop {
+        shared.ready.notified().await;
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let Some(batch) = shared.lock().batches.pop_front() else {
+                break;
+            };
+            let client = client.clone();
+            tokio::spawn(async move {
+                send_batch(client, batch).await;
+                drop(permit);
+            });
         }
-        let client = client.clone();
-        tokio::spawn(async move {
-            send_batch(client, batch).await;
-            drop(permit);
-        });
     }
 }
 
@@ -98,19 +211,29 @@ fn outcome(
     }
 }
 
-async fn send_batch(mut client: RecorderClient<Channel>, batch: Vec<Pending>) {
-    let events = batch.iter().map(|(e, _)| e.clone()).collect();
-    let result = outcome(client.record(pb::RecordRequest { events }).await);
+async fn send_batch(mut client: RecorderClient<Channel>, batch: Batch) {
+    let result = outcome(
+        client
+            .record(pb::RecordRequest {
+                events: batch.events.clone(),
+            })
+            .await,
+    );
     // One invalid event rejects its whole batch; retry the others one by one so a bad
     // event never takes good ones down with it.
-    if matches!(result, Err(ClientError::Rejected(_))) && batch.len() > 1 {
-        for (e, done) in batch {
-            let r = outcome(client.record(pb::RecordRequest { events: vec![e] }).await);
-            let _ = done.send(r);
+    if matches!(result, Err(ClientError::Rejected(_))) && batch.events.len() > 1 {
+        let mut each = Vec::with_capacity(batch.events.len());
+        for e in &batch.events {
+            each.push(outcome(
+                client
+                    .record(pb::RecordRequest {
+                        events: vec![e.clone()],
+                    })
+                    .await,
+            ));
         }
+        batch.outcome.settle(Answer::Each(each));
         return;
     }
-    for (_, done) in batch {
-        let _ = done.send(result.clone());
-    }
+    batch.outcome.settle(Answer::All(result));
 }

@@ -128,3 +128,47 @@ async fn bad_events_are_refused_and_count_nothing() {
     agent.drain(30).await;
     assert_eq!(d.totals().await.get("api.convert"), Some(&1));
 }
+
+/// The batching client gathers concurrent calls into one RPC; an invalid event in a batch
+/// fails only its own caller, and every valid event around it is counted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batching_client_isolates_a_bad_event_from_its_batch() {
+    use tally_agent::client::{BatchingClient, ClientError};
+    let d = Deployment::new(&["api.convert"], Some(""));
+    let agent = AgentProcess::spawn(&d.adata, &["--listen", "127.0.0.1:0", "--interval", "1s"]);
+    let client = BatchingClient::connect(&agent.url()).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..400u64 {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            // Every 50th caller sends an unlicensed metric, the others a valid one.
+            let metric = if i % 50 == 7 {
+                "api.unlicensed"
+            } else {
+                "api.convert"
+            };
+            (i, c.record(metric, 1 + i % 3, None).await)
+        }));
+    }
+    let mut counted = 0u64;
+    let mut rejected = 0;
+    for t in tasks {
+        let (i, r) = t.await.unwrap();
+        if i % 50 == 7 {
+            match r {
+                Err(ClientError::Rejected(m)) => {
+                    assert!(m.contains("not licensed"), "{m}");
+                    rejected += 1;
+                }
+                other => panic!("caller {i}: expected a rejection, got {other:?}"),
+            }
+        } else {
+            r.unwrap_or_else(|e| panic!("caller {i}: {e}"));
+            counted += 1 + i % 3;
+        }
+    }
+    assert_eq!(rejected, 8);
+    agent.drain(30).await;
+    assert_eq!(d.totals().await.get("api.convert"), Some(&counted));
+    assert_eq!(d.totals().await.len(), 1, "nothing else may be counted");
+}

@@ -580,7 +580,7 @@ async fn record(rows: &mut Vec<Row>) {
         .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|| vec![512, 4096]);
     for n_tasks in callers.into_iter().filter(|n| *n > 0) {
-        let per = (409_600 / n_tasks).max(1);
+        let per = (819_200 / n_tasks).max(1);
         let t = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..n_tasks {
