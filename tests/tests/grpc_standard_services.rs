@@ -1,5 +1,6 @@
 //! Standard gRPC tools work against the collector: health checking (`grpc.health.v1`)
 //! reports SERVING for `tally.v1.Ingest`, and server reflection lists the services.
+//! The HTTP/2 limits a client meets are checked here too (concurrent streams).
 
 use tally_tests::InProcessCollector;
 use tonic_health::pb::health_client::HealthClient;
@@ -62,4 +63,64 @@ async fn health_and_reflection() {
         names.contains(&"grpc.health.v1.Health".to_string()),
         "{names:?}"
     );
+}
+
+/// One connection holds at most 64 concurrent streams (DESIGN.md §9 limits): the collector
+/// advertises the cap, a 65th request waits while 64 calls are open, and it proceeds as
+/// soon as one of them ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_connection_holds_at_most_64_streams() {
+    use std::time::Duration;
+    let c = InProcessCollector::start().await;
+    let tcp = tokio::net::TcpStream::connect(c.grpc).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    // Until the server's SETTINGS arrive, HTTP/2 allows unlimited streams; wait for them.
+    let mut send = send.ready().await.unwrap();
+    for _ in 0..250 {
+        if send.current_max_send_streams() != usize::MAX {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        send = send.ready().await.unwrap();
+    }
+    assert_eq!(send.current_max_send_streams(), 64);
+
+    // 64 Submit calls whose request bodies never end: the server holds each one open.
+    let submit = || {
+        http::Request::post(format!("http://{}/tally.v1.Ingest/Submit", c.grpc))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap()
+    };
+    let mut open = Vec::new();
+    for _ in 0..64 {
+        send = send.ready().await.unwrap();
+        open.push(send.send_request(submit(), false).unwrap());
+    }
+    // A 65th, complete call (empty body) is not answered while the 64 are open...
+    send = send.ready().await.unwrap();
+    let (extra, _) = send.send_request(submit(), true).unwrap();
+    let extra = tokio::spawn(extra);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !extra.is_finished(),
+        "a 65th call ran while 64 streams were open"
+    );
+
+    // ...until one of them ends: it is answered, its stream closes, and the 65th runs.
+    let (response, mut body) = open.pop().unwrap();
+    body.send_data(bytes_put::Bytes::new(), true).unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(30), response)
+        .await
+        .expect("the ended call is answered");
+    let answer = tokio::time::timeout(Duration::from_secs(30), extra)
+        .await
+        .expect("the 65th call runs once a stream frees")
+        .unwrap()
+        .expect("the 65th call gets a response");
+    assert_eq!(answer.status(), 200);
 }
