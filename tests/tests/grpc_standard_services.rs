@@ -101,7 +101,10 @@ async fn one_connection_holds_at_most_64_streams() {
         send = send.ready().await.unwrap();
         open.push(send.send_request(submit(), false).unwrap());
     }
-    // A 65th, complete call (empty body) is not answered while the 64 are open...
+    // A 65th, complete call (empty body) is not answered while the 64 are open. (The wait
+    // below cannot make the test fail spuriously: a slow machine only makes an early
+    // answer less likely to be seen; the deterministic checks are the SETTINGS value above
+    // and the answer after a stream frees, below.)
     send = send.ready().await.unwrap();
     let (extra, _) = send.send_request(submit(), true).unwrap();
     let extra = tokio::spawn(extra);

@@ -847,33 +847,28 @@ async fn statement(rows: &mut Vec<Row>, prefilled: Option<(Bench, u64)>) {
             .to_string();
     let mut stmt_lat = Vec::new();
     let mut usage_lat = Vec::new();
+    // One timed, authenticated GET, read to the end.
+    let timed_get = |url: String| {
+        let req = http.get(url).bearer_auth(&b.admin);
+        async move {
+            let s = Instant::now();
+            let r = req.send().await.unwrap();
+            assert!(r.status().is_success());
+            let _ = r.bytes().await;
+            s.elapsed()
+        }
+    };
+    let statement_url = format!(
+        "http://{}/v1/statements/{}/{month}",
+        b.collector.http, b.customer
+    );
+    let usage_url = format!(
+        "http://{}/v1/usage?customer={}&granularity=day",
+        b.collector.http, b.customer
+    );
     for _ in 0..300 {
-        let s = Instant::now();
-        let r = http
-            .get(format!(
-                "http://{}/v1/statements/{}/{month}",
-                b.collector.http, b.customer
-            ))
-            .bearer_auth(&b.admin)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
-        let _ = r.bytes().await;
-        stmt_lat.push(s.elapsed());
-        let s = Instant::now();
-        let r = http
-            .get(format!(
-                "http://{}/v1/usage?customer={}&granularity=day",
-                b.collector.http, b.customer
-            ))
-            .bearer_auth(&b.admin)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
-        let _ = r.bytes().await;
-        usage_lat.push(s.elapsed());
+        stmt_lat.push(timed_get(statement_url.clone()).await);
+        usage_lat.push(timed_get(usage_url.clone()).await);
     }
     stmt_lat.sort();
     usage_lat.sort();
