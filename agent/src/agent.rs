@@ -69,6 +69,8 @@ pub struct Agent {
     pub license: License,
     pub collector_key: VerifyingKey,
     pub interval_secs: i64,
+    /// How time is cut into windows: aligned to the interval, cut at the license's bounds.
+    pub windows: crate::windows::Windows,
     pub collectors: Vec<String>,
     pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub stats: DeliveryStats,
@@ -113,9 +115,11 @@ impl Agent {
         if collectors.is_empty() {
             collectors.push(license.collector_endpoint.clone());
         }
+        let windows = crate::windows::Windows::for_license(cfg.interval_secs, &license);
         Ok(Agent {
             store,
             key,
+            windows,
             license,
             collector_key,
             interval_secs: cfg.interval_secs,
@@ -147,7 +151,7 @@ impl Agent {
             })?;
         }
         let now = chrono::Utc::now().timestamp();
-        Ok(self.store.record(events, now, self.interval_secs).await?)
+        Ok(self.store.record(events, now, self.windows).await?)
     }
 
     /// Closes finished windows (and with `flush`, the open one) into the outbox.
@@ -159,7 +163,7 @@ impl Agent {
                 self.key.clone(),
                 self.license.license_id.clone(),
                 now,
-                self.interval_secs,
+                self.windows,
                 flush,
             )
             .await?;
@@ -207,7 +211,8 @@ pub fn validate_event(license: &License, e: &Event) -> Result<(), RecordError> {
     Ok(())
 }
 
-/// Closes windows just after every boundary (flushes close the open window directly).
+/// Closes windows just after every boundary or license bound (flushes close the open
+/// window directly).
 pub async fn window_loop(agent: Arc<Agent>) {
     loop {
         if let Err(e) = agent.close_windows(false).await {
@@ -217,7 +222,7 @@ pub async fn window_loop(agent: Arc<Agent>) {
             tracing::warn!(error = %e, "Pruning idempotency keys failed.");
         }
         let now = chrono::Utc::now();
-        let next = crate::windows::next_boundary(now.timestamp(), agent.interval_secs);
+        let next = agent.windows.end_of(now.timestamp());
         let ms = (next - now.timestamp()) * 1000 - now.timestamp_subsec_millis() as i64;
         tokio::time::sleep(Duration::from_millis(ms.max(1) as u64 + 20)).await;
     }

@@ -7,6 +7,7 @@ use crate::store::Event;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -20,6 +21,7 @@ pub const MAX_BODY: usize = 1024 * 1024;
 
 pub enum ApiError {
     BadRequest(String),
+    TooLarge(String),
     Unavailable(String),
     NotFound(String),
 }
@@ -28,6 +30,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (s, code, m) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "invalid_request", m),
+            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m),
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, "not_found", m),
         };
@@ -97,9 +100,9 @@ fn event(v: &Value, at: &str) -> Result<Event, ApiError> {
     })
 }
 
-/// Parses `{"metric", …}` or `{"events": [ … ]}`.
+/// Parses `{"metric", …}` or `{"events": [ … ]}`. A repeated key anywhere is malformed.
 pub fn parse_events(body: &[u8]) -> Result<Vec<Event>, ApiError> {
-    let v: Value = serde_json::from_slice(body)
+    let v: Value = tally_runtime::json::parse(body)
         .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
     let o = v
         .as_object()
@@ -123,8 +126,22 @@ pub fn parse_events(body: &[u8]) -> Result<Vec<Event>, ApiError> {
     }
 }
 
-async fn events(State(agent): State<Arc<Agent>>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let evs = parse_events(&body)?;
+/// The body, or the JSON error for one that could not be read (over [`MAX_BODY`]: 413).
+fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(format!("the body is larger than {MAX_BODY} bytes"))
+        } else {
+            ApiError::BadRequest(format!("the body could not be read: {}", rejection.body_text()))
+        }
+    })
+}
+
+async fn events(
+    State(agent): State<Arc<Agent>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let evs = parse_events(&read_body(body)?)?;
     let r = agent.record(evs).await?;
     Ok(Json(
         json!({"recorded": r.recorded, "duplicates": r.duplicates}),

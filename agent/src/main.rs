@@ -236,7 +236,7 @@ fn running_agent(dir: &DataDir) -> Result<String, CommandError> {
             dir.path().display()
         ))
     })?;
-    let v: Value = serde_json::from_str(&text)
+    let v: Value = tally_runtime::json::parse(text.as_bytes())
         .map_err(|e| CommandError::Runtime(format!("{}: {e}", dir.ports().display())))?;
     let listen = v["listen"]
         .as_str()

@@ -6,7 +6,7 @@
 //! counter is never both in a report and still open); nothing is deleted before a signed
 //! receipt says the collector stored the report.
 
-use crate::windows::{MAX_WINDOW, next_boundary, window_of};
+use crate::windows::{MAX_WINDOW, Windows};
 use crate::writer::Writer;
 use ed25519_dalek::SigningKey;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -159,10 +159,10 @@ impl AgentStore {
         &self,
         events: Vec<Event>,
         now: i64,
-        interval: i64,
+        windows: Windows,
     ) -> StoreResult<Recorded> {
         self.writer
-            .write(move |c| record_tx(c, &events, now, interval))
+            .write(move |c| record_tx(c, &events, now, windows))
             .await
     }
 
@@ -173,11 +173,11 @@ impl AgentStore {
         key: SigningKey,
         license_id: String,
         now: i64,
-        interval: i64,
+        windows: Windows,
         flush: bool,
     ) -> StoreResult<u64> {
         self.writer
-            .write(move |c| close_tx(c, &key, &license_id, now, interval, flush))
+            .write(move |c| close_tx(c, &key, &license_id, now, windows, flush))
             .await
     }
 
@@ -279,20 +279,21 @@ fn set_i64(c: &Connection, key: &str, v: i64) -> StoreResult<()> {
 }
 
 /// The start of the open window: events recorded now are counted there.
-fn cursor(c: &Connection, now: i64, interval: i64) -> StoreResult<i64> {
+fn cursor(c: &Connection, now: i64, windows: Windows) -> StoreResult<i64> {
     match get_i64(c, "cursor")? {
         Some(v) => Ok(v),
         None => {
-            let v = window_of(now, interval);
+            // The first window starts no earlier than the license (see `windows`).
+            let v = windows.start_of(now);
             set_i64(c, "cursor", v)?;
             Ok(v)
         }
     }
 }
 
-fn record_tx(c: &Connection, events: &[Event], now: i64, interval: i64) -> StoreResult<Recorded> {
+fn record_tx(c: &Connection, events: &[Event], now: i64, windows: Windows) -> StoreResult<Recorded> {
     // Never count into a window that is already closed (flush, or a clock stepping back).
-    let window = window_of(now, interval).max(cursor(c, now, interval)?);
+    let window = windows.start_of(now).max(cursor(c, now, windows)?);
     let mut sums: BTreeMap<&str, i64> = BTreeMap::new();
     let mut out = Recorded::default();
     let mut seen = c.prepare_cached("SELECT seen_at FROM idempotency WHERE key = ?1")?;
@@ -338,10 +339,10 @@ fn close_tx(
     key: &SigningKey,
     license_id: &str,
     now: i64,
-    interval: i64,
+    windows: Windows,
     flush: bool,
 ) -> StoreResult<u64> {
-    let mut cur = cursor(c, now, interval)?;
+    let mut cur = cursor(c, now, windows)?;
     let limit = if flush {
         // A flush closes everything counted so far: if the newest counted window starts at
         // `now` (events in its first second), it ends one second later (well within the
@@ -354,7 +355,7 @@ fn close_tx(
             None => now,
         }
     } else {
-        window_of(now, interval)
+        windows.start_of(now)
     };
     let mut made = 0;
     while cur < limit {
@@ -362,10 +363,15 @@ fn close_tx(
             .prepare_cached("SELECT MIN(window_start) FROM counters WHERE window_start >= ?1")?
             .query_row([cur], |r| r.get(0))?;
         let end = if next_ws == Some(cur) {
-            next_boundary(cur, interval).min(limit)
+            windows.end_of(cur).min(limit)
         } else {
-            // An idle stretch: one heartbeat up to the next counted window, at most 24 h.
-            next_ws.unwrap_or(limit).min(limit).min(cur + MAX_WINDOW)
+            // An idle stretch: one heartbeat up to the next counted window, at most 24 h,
+            // never across a license bound.
+            next_ws
+                .unwrap_or(limit)
+                .min(limit)
+                .min(cur + MAX_WINDOW)
+                .min(windows.next_cut(cur))
         };
         let counters: Vec<Counter> = c
             .prepare_cached(
@@ -514,11 +520,12 @@ mod tests {
         let store = AgentStore::open(&dir.path().join("a.db")).unwrap();
         let key = tally_proto::keys::generate();
         let t0: i64 = 1_800_000_000; // a multiple of 60
-        store.record(events(3), t0 + 5, 60).await.unwrap();
+        let w60 = Windows::aligned(60);
+        store.record(events(3), t0 + 5, w60).await.unwrap();
         // Five minutes later: window 1 counted, then 4 idle minutes as one heartbeat.
         assert_eq!(
             store
-                .close_windows(key.clone(), "lic".into(), t0 + 300 + 1, 60, false)
+                .close_windows(key.clone(), "lic".into(), t0 + 300 + 1, w60, false)
                 .await
                 .unwrap(),
             2
@@ -549,7 +556,7 @@ mod tests {
         // Nothing left open, nothing closed twice.
         assert_eq!(
             store
-                .close_windows(key, "lic".into(), t0 + 301, 60, false)
+                .close_windows(key, "lic".into(), t0 + 301, w60, false)
                 .await
                 .unwrap(),
             0
@@ -563,12 +570,13 @@ mod tests {
         let store = AgentStore::open(&dir.path().join("a.db")).unwrap();
         let key = tally_proto::keys::generate();
         let t: i64 = 1_800_000_000;
-        store.record(events(4), t, 1).await.unwrap();
+        let w1 = Windows::aligned(1);
+        store.record(events(4), t, w1).await.unwrap();
         // The window loop has not run yet; the next event lands in the window starting now.
-        store.record(events(16), t + 1, 1).await.unwrap();
+        store.record(events(16), t + 1, w1).await.unwrap();
         assert_eq!(
             store
-                .close_windows(key, "lic".into(), t + 1, 1, true)
+                .close_windows(key, "lic".into(), t + 1, w1, true)
                 .await
                 .unwrap(),
             2
@@ -597,14 +605,14 @@ mod tests {
             idempotency_key: Some("k".into()),
         }];
         assert_eq!(
-            store.record(e.clone(), 1000, 60).await.unwrap(),
+            store.record(e.clone(), 1000, Windows::aligned(60)).await.unwrap(),
             Recorded {
                 recorded: 1,
                 duplicates: 0
             }
         );
         assert_eq!(
-            store.record(e.clone(), 1001, 60).await.unwrap(),
+            store.record(e.clone(), 1001, Windows::aligned(60)).await.unwrap(),
             Recorded {
                 recorded: 0,
                 duplicates: 1
@@ -612,7 +620,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .record(e, 1000 + IDEMPOTENCY_SECS + 1, 60)
+                .record(e, 1000 + IDEMPOTENCY_SECS + 1, Windows::aligned(60))
                 .await
                 .unwrap(),
             Recorded {

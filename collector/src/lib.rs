@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod ratelimit;
 pub mod roles;
+pub mod rules;
 pub mod server;
 pub mod store;
 pub mod tls;

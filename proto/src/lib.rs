@@ -13,6 +13,7 @@ pub mod keys;
 pub mod license;
 pub mod limits;
 pub mod metric;
+pub mod reason;
 pub mod receipt;
 pub mod report;
 pub mod signing;

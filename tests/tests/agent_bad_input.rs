@@ -60,6 +60,19 @@ async fn bad_events_are_refused_and_count_nothing() {
         ("{\"metric\": \"api.convert\"".to_string(), "not valid JSON"),
         ("[1, 2, 3]".to_string(), "JSON object"),
         ("\u{0}\u{1}binary".to_string(), "not valid JSON"),
+        // A repeated key is malformed: parsers disagree on which one wins.
+        (
+            r#"{"metric": "api.render", "metric": "api.convert"}"#.to_string(),
+            r#"duplicate key "metric""#,
+        ),
+        (
+            r#"{"events": [{"metric": "api.convert", "quantity": 1, "quantity": 9}]}"#.to_string(),
+            r#"duplicate key "quantity""#,
+        ),
+        (
+            r#"{"events": [], "events": [{"metric": "api.convert"}]}"#.to_string(),
+            r#"duplicate key "events""#,
+        ),
     ];
     for (body, needle) in &cases {
         let r = http
@@ -83,6 +96,12 @@ async fn bad_events_are_refused_and_count_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 413, "oversized bodies are cut off");
+    let v: serde_json::Value = r.json().await.expect("the 413 is a JSON error too");
+    assert_eq!(v["error"]["code"], "too_large", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("larger than"),
+        "{v}"
+    );
 
     // gRPC: the same rules.
     let mut grpc = RecorderClient::connect(agent.url()).await.unwrap();

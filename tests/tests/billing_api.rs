@@ -344,7 +344,10 @@ async fn http_import_counts_once_and_rejects_garbage() {
     assert_eq!(v["counts"]["accepted"], 600, "{}", v["counts"]);
     let before = state(&c).await;
     let huge = vec![0u8; tally_collector::http::MAX_IMPORT_BODY + 1];
-    assert_eq!(post(huge, "").await.status().as_u16(), 413);
+    let resp = post(huge, "").await;
+    assert_eq!(resp.status().as_u16(), 413);
+    let v: Value = resp.json().await.expect("the 413 is a JSON error too");
+    assert_eq!(v["error"]["code"], "too_large", "{v}");
     assert_eq!(state(&c).await, before);
 }
 

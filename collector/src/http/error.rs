@@ -25,6 +25,8 @@ pub enum ApiError {
         message: String,
     },
     Conflict(String),
+    /// The request body is over the endpoint's limit.
+    TooLarge(String),
     Unavailable,
 }
 
@@ -33,6 +35,19 @@ impl ApiError {
         ApiError::BadRequest {
             code: "invalid_parameter",
             message: message.into(),
+        }
+    }
+}
+
+impl From<axum::extract::rejection::BytesRejection> for ApiError {
+    fn from(r: axum::extract::rejection::BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge("the request body is over this endpoint's size limit".into())
+        } else {
+            ApiError::BadRequest {
+                code: "invalid_request",
+                message: format!("the body could not be read: {}", r.body_text()),
+            }
         }
     }
 }
@@ -65,6 +80,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message),
             ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", m),
+            ApiError::TooLarge(m) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", m),
             ApiError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

@@ -248,9 +248,10 @@ pub async fn import(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     RawQuery(raw): RawQuery,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     caller.require_staff()?;
+    let body = body?;
     let p = pairs(raw)?;
     let params = only(&p, &["format"])?;
     let as_bundle = match params.first() {

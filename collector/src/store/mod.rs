@@ -52,21 +52,7 @@ pub struct AgentKeyRecord {
     pub revoked: bool,
 }
 
-/// Where a report came from; old reports are accepted longer by import.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Online,
-    Import,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Online => "online",
-            Source::Import => "import",
-        }
-    }
-}
+pub use crate::rules::Source;
 
 /// A report whose signature verified for an enrolled key on its license.
 #[derive(Debug, Clone)]

@@ -1,37 +1,21 @@
-//! The ingest rules that need stored state (DESIGN.md §7), applied inside the writer's
-//! transaction: duplicate, fork, quarantine reasons, rollups, gaps.
+//! Ingest on SQLite: answers the questions of `crate::rules` (the license's terms, the
+//! stored neighbours, the agent's last seq) and writes what the rules decide — the report
+//! row, its rollups and its anomalies — inside the writer's transaction. Nothing here
+//! decides what is billed.
 //!
 //! Everything here runs in one transaction per group: a report row, its rollup update and
 //! its anomalies commit together or not at all.
 
-use super::super::{AuthenticReport, Source, StoreError, StoreResult, StoredOutcome};
+use super::super::{AuthenticReport, StoreError, StoreResult, StoredOutcome};
 use crate::calendar::{hour_of, month_of};
+use crate::rules::{self, Decision, LicenseTerms, Neighbour, SeqChange, Source};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
 use tally_proto::Digest;
-use tally_proto::limits::MAX_WINDOW_SECS;
 use tally_proto::receipt::{Credit, Outcome};
 use tally_proto::time::Instant;
 
-/// How far in the future a window may end (relative to receipt) before it is clock skew.
-pub const MAX_SKEW_SECS: i64 = 5 * 60;
-/// How old a window may be when it arrives online.
-pub const MAX_AGE_ONLINE_SECS: i64 = 35 * 86_400;
-/// How old a window may be when it arrives by import.
-pub const MAX_AGE_IMPORT_SECS: i64 = 400 * 86_400;
-
-/// What the ingest rules need to know about a license.
-#[derive(Debug, Clone)]
-pub(super) struct LicenseState {
-    pub not_before: i64,
-    pub not_after: i64,
-    pub grace_secs: i64,
-    pub revoked_at: Option<i64>,
-    /// (metric, limit)
-    pub metrics: Vec<(String, Option<u64>)>,
-}
-
-pub(super) fn load_license(conn: &Connection, id: &str) -> StoreResult<LicenseState> {
+pub(super) fn load_license(conn: &Connection, id: &str) -> StoreResult<LicenseTerms> {
     let row = conn
         .prepare_cached(
             "SELECT not_before, not_after, grace_secs, revoked_at FROM licenses WHERE id = ?1",
@@ -50,7 +34,7 @@ pub(super) fn load_license(conn: &Connection, id: &str) -> StoreResult<LicenseSt
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(LicenseState {
+    Ok(LicenseTerms {
         not_before: row.0,
         not_after: row.1,
         grace_secs: row.2,
@@ -59,45 +43,23 @@ pub(super) fn load_license(conn: &Connection, id: &str) -> StoreResult<LicenseSt
     })
 }
 
-/// `lease_until` for a receipt: receipt time + grace, never past `not_after`; the
-/// revocation time for a revoked license.
-pub(super) fn lease_until(lic: &LicenseState, received: i64) -> Option<Instant> {
-    let t = match lic.revoked_at {
-        Some(r) => r.min(received),
-        None => received.saturating_add(lic.grace_secs).min(lic.not_after),
-    };
-    chrono::DateTime::from_timestamp(t, 0)
-}
-
 /// Credits for a license in the calendar month of `received`, as of this transaction.
-pub(super) fn credits(
+fn credits(
     conn: &Connection,
     rollups: &mut RollupCache,
     license_id: &str,
-    lic: &LicenseState,
+    terms: &LicenseTerms,
     received: i64,
 ) -> StoreResult<Vec<Credit>> {
     let month = month_of(received);
-    let mut out = Vec::with_capacity(lic.metrics.len());
-    for (metric, limit) in &lic.metrics {
-        out.push(Credit {
-            metric: metric.clone(),
-            limit: *limit,
-            used: rollups.monthly(conn, license_id, metric, month)? as u64,
-        });
+    let mut used = HashMap::with_capacity(terms.metrics.len());
+    for (metric, _) in &terms.metrics {
+        used.insert(
+            metric.as_str(),
+            rollups.monthly(conn, license_id, metric, month)? as u64,
+        );
     }
-    Ok(out)
-}
-
-/// A stored report at or next to a new report's sequence number.
-struct Neighbour {
-    seq: i64,
-    fork: bool,
-    digest: Digest,
-    status: String,
-    prev_digest: Option<Digest>,
-    window_start: i64,
-    window_end: i64,
+    Ok(rules::credits(terms, |m| used.get(m).copied().unwrap_or(0)))
 }
 
 /// Every stored report of `agent_id` with a sequence number in `seq - 1 ..= seq + 1`
@@ -113,7 +75,7 @@ fn neighbourhood(conn: &Connection, agent_id: &str, seq: i64) -> StoreResult<Vec
             let d: Vec<u8> = r.get(2)?;
             let p: Option<Vec<u8>> = r.get(4)?;
             Ok(Neighbour {
-                seq: r.get(0)?,
+                seq: r.get::<_, i64>(0)? as u64,
                 fork: r.get::<_, i64>(1)? != 0,
                 digest: Digest::from_slice(&d).unwrap_or(Digest([0; 32])),
                 status: r.get(3)?,
@@ -233,7 +195,7 @@ impl RollupCache {
     }
 
     /// Adds `counters` (attributed to the hour and month of `window_start`). Returns
-    /// `Err(detail)` and changes nothing if any sum would overflow.
+    /// `Err(metric)` and changes nothing if any sum would overflow.
     pub(super) fn add(
         &mut self,
         conn: &Connection,
@@ -249,9 +211,7 @@ impl RollupCache {
             let q = i64::try_from(q)
                 .map_err(|_| StoreError::Invalid("quantity out of range".into()))?;
             let (Some(h2), Some(m2)) = (h.checked_add(q), m.checked_add(q)) else {
-                return Ok(Err(format!(
-                    "usage of {metric} would overflow a 64-bit total"
-                )));
+                return Ok(Err(metric.to_string()));
             };
             updates.push((metric, h2, m2));
         }
@@ -295,7 +255,7 @@ pub(super) fn ingest_batch(
     source: Source,
 ) -> StoreResult<Vec<StoredOutcome>> {
     let now = received_at.timestamp();
-    let mut licenses: HashMap<String, LicenseState> = HashMap::new();
+    let mut licenses: HashMap<String, LicenseTerms> = HashMap::new();
     let mut rollups = RollupCache::default();
     let mut sequences = SequenceCache::default();
     let mut out = Vec::with_capacity(reports.len());
@@ -311,7 +271,7 @@ pub(super) fn ingest_batch(
             outcome,
             reason: reason.to_string(),
             detail,
-            lease_until: lease_until(lic, now),
+            lease_until: rules::lease_until(lic, now),
             credits: credits(conn, &mut rollups, lid, lic, now)?,
         });
     }
@@ -360,66 +320,32 @@ fn ingest_one(
     rollups: &mut RollupCache,
     sequences: &mut SequenceCache,
     r: &AuthenticReport,
-    lic: &LicenseState,
+    terms: &LicenseTerms,
     now: i64,
     source: Source,
 ) -> StoreResult<(Outcome, &'static str, String)> {
     let rep = &r.report;
     let seq = rep.seq as i64;
-    let ws = rep.window_start.timestamp();
-
     let near = neighbourhood(conn, &r.agent_id, seq)?;
-    let main_at = |s: i64| near.iter().find(|n| n.seq == s && !n.fork);
-
-    // Exactly once: a report already stored (same bytes) is a duplicate, whatever it became.
-    // Its bytes fix its agent and seq, so it can only be in this neighbourhood.
-    if let Some(same) = near.iter().find(|n| n.seq == seq && n.digest == r.digest) {
-        return Ok((
-            Outcome::Duplicate,
-            "",
-            format!("already stored ({})", same.status),
-        ));
-    }
-
-    // A different report under a taken (agent, seq) is a fork: kept, never counted.
-    if let Some(main) = main_at(seq) {
-        let detail = format!("seq {seq} is already stored with digest {}", main.digest);
-        insert_report(
-            conn,
-            r,
-            now,
-            source,
-            true,
-            "quarantined",
-            "seq_conflict",
-            &detail,
-        )?;
-        conn.prepare_cached(
-            "INSERT INTO anomalies (kind, agent_id, license_id, seq_from, seq_to, digest, detail, opened_at)
-             VALUES ('fork', ?1, ?2, ?3, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![r.agent_id, rep.license_id, seq, r.digest.as_bytes().as_slice(), detail, now])?;
-        return Ok((Outcome::Quarantined, "seq_conflict", detail));
-    }
-
-    let pred = if seq > 1 { main_at(seq - 1) } else { None };
-    let succ = main_at(seq + 1);
-    let verdict = quarantine_reason(r, lic, now, source, pred, succ);
-
-    let (status, reason, detail) = match verdict {
-        Some((reason, detail)) => ("quarantined", reason, detail),
-        None => {
-            let counters: Vec<(&str, u64)> = rep
-                .counters
-                .iter()
-                .map(|c| (c.metric.as_str(), c.quantity))
-                .collect();
-            match rollups.add(conn, &rep.license_id, ws, &counters)? {
-                Ok(()) => ("accepted", "", String::new()),
-                Err(detail) => ("quarantined", "invalid_counters", detail),
+    let (status, reason, detail) =
+        match rules::decide(rep, r.digest, terms, &near, now, source) {
+            Decision::Duplicate { detail } => return Ok((Outcome::Duplicate, "", detail)),
+            Decision::Fork { detail } => {
+                let reason = tally_proto::reason::Reason::SeqConflict.as_str();
+                insert_report(conn, r, now, source, true, "quarantined", reason, &detail)?;
+                conn.prepare_cached(
+                    "INSERT INTO anomalies (kind, agent_id, license_id, seq_from, seq_to, digest, detail, opened_at)
+                     VALUES ('fork', ?1, ?2, ?3, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![r.agent_id, rep.license_id, seq, r.digest.as_bytes().as_slice(), detail, now])?;
+                return Ok((Outcome::Quarantined, reason, detail));
             }
-        }
-    };
+            Decision::Quarantine { reason, detail } => ("quarantined", reason.as_str(), detail),
+            Decision::Count => match count(conn, rollups, &rep.license_id, rep)? {
+                Ok(()) => ("accepted", "", String::new()),
+                Err((reason, detail)) => ("quarantined", reason.as_str(), detail),
+            },
+        };
     insert_report(conn, r, now, source, false, status, reason, &detail)?;
     track_sequence(conn, sequences, &r.agent_id, &rep.license_id, seq, now)?;
     let outcome = if status == "accepted" {
@@ -430,114 +356,23 @@ fn ingest_one(
     Ok((outcome, reason, detail))
 }
 
-/// The first quarantine reason that applies, in the order of DESIGN.md §7.
-fn quarantine_reason(
-    r: &AuthenticReport,
-    lic: &LicenseState,
-    now: i64,
-    source: Source,
-    pred: Option<&Neighbour>,
-    succ: Option<&Neighbour>,
-) -> Option<(&'static str, String)> {
-    let rep = &r.report;
-    let ws = rep.window_start.timestamp();
-    let we = rep.window_end.timestamp();
-    if let Some(rev) = lic.revoked_at
-        && we > rev
-    {
-        return Some((
-            "license_inactive",
-            "the license was revoked before this window ended".into(),
-        ));
-    }
-    if ws < lic.not_before {
-        return Some((
-            "license_inactive",
-            "the window starts before the license's not_before".into(),
-        ));
-    }
-    if we > lic.not_after.saturating_add(lic.grace_secs) {
-        return Some((
-            "license_inactive",
-            "the window ends after the license expired (and its grace)".into(),
-        ));
-    }
-    if let Err(e) = rep.check_counters() {
-        return Some(("invalid_counters", e.0));
-    }
-    if let Some(c) = rep
+/// Adds a report's counters to the rollups of `license_id` (attributed to the hour and
+/// month of its window start). The one counting path: ingest and quarantine release both
+/// come here. A sum that would overflow changes nothing and returns the rules' verdict.
+pub(super) fn count(
+    conn: &Connection,
+    rollups: &mut RollupCache,
+    license_id: &str,
+    rep: &tally_proto::report::Report,
+) -> StoreResult<Result<(), (tally_proto::reason::Reason, String)>> {
+    let counters: Vec<(&str, u64)> = rep
         .counters
         .iter()
-        .find(|c| !lic.metrics.iter().any(|(m, _)| *m == c.metric))
-    {
-        return Some((
-            "metric_not_licensed",
-            format!("metric {} is not in the license", c.metric),
-        ));
-    }
-    if we <= ws {
-        return Some(("bad_window", "window_end is not after window_start".into()));
-    }
-    if we - ws > MAX_WINDOW_SECS {
-        return Some(("bad_window", "window is longer than 24 h".into()));
-    }
-    if we > now + MAX_SKEW_SECS {
-        return Some((
-            "clock_skew",
-            format!("window ends {} s after receipt", we - now),
-        ));
-    }
-    let max_age = match source {
-        Source::Online => MAX_AGE_ONLINE_SECS,
-        Source::Import => MAX_AGE_IMPORT_SECS,
-    };
-    if we < now - max_age {
-        return Some((
-            "too_old",
-            format!(
-                "window ended more than {} days before receipt",
-                max_age / 86_400
-            ),
-        ));
-    }
-    match (rep.seq, rep.prev_digest, pred) {
-        (1, Some(_), _) => {
-            return Some((
-                "chain_mismatch",
-                "seq 1 must have an empty prev_digest".into(),
-            ));
-        }
-        (s, None, _) if s > 1 => return Some(("chain_mismatch", "prev_digest is missing".into())),
-        (_, Some(p), Some(pred)) if p != pred.digest => {
-            return Some((
-                "chain_mismatch",
-                format!(
-                    "prev_digest differs from the stored seq {} ({})",
-                    rep.seq - 1,
-                    pred.digest
-                ),
-            ));
-        }
-        _ => {}
-    }
-    if let Some(s) = succ
-        && s.prev_digest != Some(r.digest)
-    {
-        return Some((
-            "chain_mismatch",
-            format!(
-                "the stored seq {} does not chain to this report",
-                rep.seq + 1
-            ),
-        ));
-    }
-    if pred.is_some_and(|p| p.window_end > ws) || succ.is_some_and(|s| s.window_start < we) {
-        return Some((
-            "window_overlap",
-            "window overlaps a neighbouring report's window".into(),
-        ));
-    }
-    None
+        .map(|c| (c.metric.as_str(), c.quantity))
+        .collect();
+    Ok(rollups
+        .add(conn, license_id, rep.window_start.timestamp(), &counters)?
+        .map_err(|metric| rules::overflow(&metric)))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -577,7 +412,8 @@ fn insert_report(
     Ok(())
 }
 
-/// Keeps `last_seq`/`last_seen` and the open gaps of an agent current.
+/// Keeps `last_seq`/`last_seen` and the open gaps of an agent current, as
+/// [`rules::seq_change`] and [`rules::fill_gap`] say.
 fn track_sequence(
     conn: &Connection,
     sequences: &mut SequenceCache,
@@ -587,36 +423,34 @@ fn track_sequence(
     now: i64,
 ) -> StoreResult<()> {
     let last = sequences.last_seq(conn, agent_id)?;
-    if seq > last + 1 {
+    let open_gap = |from: u64, to: u64| -> StoreResult<()> {
         conn.prepare_cached(
             "INSERT INTO anomalies (kind, agent_id, license_id, seq_from, seq_to, detail, opened_at)
              VALUES ('gap', ?1, ?2, ?3, ?4, 'reports missing', ?5)",
         )?
-        .execute(params![agent_id, license_id, last + 1, seq - 1, now])?;
-    } else if seq <= last {
-        // Fills (part of) an open gap: close it and reopen what is still missing.
-        let gap: Option<(i64, i64, i64)> = conn
-            .prepare_cached(
-                "SELECT id, seq_from, seq_to FROM anomalies
-                 WHERE kind = 'gap' AND closed_at IS NULL AND agent_id = ?1
-                   AND seq_from <= ?2 AND seq_to >= ?2",
-            )?
-            .query_row(params![agent_id, seq], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .optional()?;
-        if let Some((id, from, to)) = gap {
-            conn.prepare_cached("UPDATE anomalies SET closed_at = ?2 WHERE id = ?1")?
-                .execute(params![id, now])?;
-            let mut reopen = conn.prepare_cached(
-                "INSERT INTO anomalies (kind, agent_id, license_id, seq_from, seq_to, detail, opened_at)
-                 VALUES ('gap', ?1, ?2, ?3, ?4, 'reports missing', ?5)",
-            )?;
-            if from < seq {
-                reopen.execute(params![agent_id, license_id, from, seq - 1, now])?;
-            }
-            if seq < to {
-                reopen.execute(params![agent_id, license_id, seq + 1, to, now])?;
+        .execute(params![agent_id, license_id, from as i64, to as i64, now])?;
+        Ok(())
+    };
+    match rules::seq_change(last as u64, seq as u64) {
+        SeqChange::None => {}
+        SeqChange::OpensGap { from, to } => open_gap(from, to)?,
+        SeqChange::MayFill => {
+            let gap: Option<(i64, i64, i64)> = conn
+                .prepare_cached(
+                    "SELECT id, seq_from, seq_to FROM anomalies
+                     WHERE kind = 'gap' AND closed_at IS NULL AND agent_id = ?1
+                       AND seq_from <= ?2 AND seq_to >= ?2",
+                )?
+                .query_row(params![agent_id, seq], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()?;
+            if let Some((id, from, to)) = gap {
+                conn.prepare_cached("UPDATE anomalies SET closed_at = ?2 WHERE id = ?1")?
+                    .execute(params![id, now])?;
+                for (f, t) in rules::fill_gap(from as u64, to as u64, seq as u64) {
+                    open_gap(f, t)?;
+                }
             }
         }
     }

@@ -7,7 +7,6 @@ mod queries;
 mod schema;
 mod writer;
 
-pub use ingest::{MAX_AGE_IMPORT_SECS, MAX_AGE_ONLINE_SECS, MAX_SKEW_SECS};
 
 use super::*;
 use async_trait::async_trait;

@@ -4,6 +4,7 @@ use super::super::*;
 use super::admin::ts;
 use super::ingest::RollupCache;
 use crate::calendar::next_month;
+use crate::rules::{self, Release};
 use rusqlite::{Connection, OptionalExtension, params};
 use tally_proto::report::Report;
 
@@ -220,31 +221,17 @@ pub(super) fn release(conn: &Connection, digest: &Digest, now: i64) -> StoreResu
         bytes,
         ..
     } = &row;
-    match status.as_str() {
-        "accepted" => return Ok(false),
-        "discarded" => {
-            return Err(StoreError::Conflict(format!(
-                "report {digest} was discarded; it cannot be released"
-            )));
-        }
-        _ => {}
-    }
     let report = Report::decode(bytes)
         .map_err(|e| StoreError::Database(format!("stored report {digest}: {e}")))?;
-    report.check_counters().map_err(|e| {
-        StoreError::Conflict(format!(
-            "report {digest} has invalid counters ({e}); discard it instead"
-        ))
-    })?;
-    let counters: Vec<(&str, u64)> = report
-        .counters
-        .iter()
-        .map(|c| (c.metric.as_str(), c.quantity))
-        .collect();
+    match rules::release(status, &report) {
+        Release::AlreadyCounted => return Ok(false),
+        Release::Refuse(why) => {
+            return Err(StoreError::Conflict(format!("report {digest}: {why}")));
+        }
+        Release::Count => {}
+    }
     let mut rollups = RollupCache::default();
-    if let Err(detail) =
-        rollups.add(conn, license_id, report.window_start.timestamp(), &counters)?
-    {
+    if let Err((_, detail)) = super::ingest::count(conn, &mut rollups, license_id, &report)? {
         return Err(StoreError::Conflict(format!(
             "report {digest} cannot be counted: {detail}"
         )));
