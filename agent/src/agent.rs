@@ -228,7 +228,7 @@ pub async fn window_loop(agent: Arc<Agent>) {
     }
 }
 
-/// The backoff schedule of DESIGN.md §6: initial 1 s, factor 2, cap 5 min, jitter, no
+/// The delivery backoff schedule (docs/protocol.md §6.6): initial 1 s, factor 2, cap 5 min, jitter, no
 /// give-up.
 pub fn backoff() -> impl Iterator<Item = Duration> {
     backon::ExponentialBuilder::default()

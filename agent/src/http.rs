@@ -132,7 +132,10 @@ fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(format!("the body is larger than {MAX_BODY} bytes"))
         } else {
-            ApiError::BadRequest(format!("the body could not be read: {}", rejection.body_text()))
+            ApiError::BadRequest(format!(
+                "the body could not be read: {}",
+                rejection.body_text()
+            ))
         }
     })
 }

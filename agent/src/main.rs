@@ -1,12 +1,15 @@
 //! `tally-agent`: a thin clap front-end over the `tally_agent` library.
 
 use clap::{Parser, Subcommand};
+use reqwest::Method;
 use serde_json::{Value, json};
 use std::path::PathBuf;
-use std::sync::Arc;
-use tally_agent::agent::{Agent, AgentConfig};
 use tally_agent::commands::{self, CommandError, InitArgs, Output};
 use tally_agent::datadir::DataDir;
+use tally_agent::running::RunningAgent;
+
+const GET: Method = Method::GET;
+const POST: Method = Method::POST;
 
 #[derive(Parser)]
 #[command(
@@ -132,65 +135,11 @@ struct ConfigFile {
     collectors: Option<Vec<String>>,
 }
 
-fn parse_cli() -> Cli {
-    match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            let rendered = e.render().to_string();
-            let first = rendered
-                .lines()
-                .next()
-                .unwrap_or("error: invalid arguments");
-            eprintln!("{first} (hint: see 'tally-agent --help')");
-            std::process::exit(2);
-        }
-    }
-}
-
 fn main() {
-    let cli = parse_cli();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    let cli: Cli = tally_runtime::cli::parse("tally-agent");
+    tally_runtime::cli::init_logging();
     let json_out = cli.json;
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    match rt.block_on(dispatch(cli)) {
-        Ok(Some(out)) => {
-            if json_out {
-                println!("{}", out.json);
-            } else {
-                print!("{}", out.text);
-            }
-        }
-        Ok(None) => {}
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(e.exit_code());
-        }
-    }
-}
-
-fn load_config(path: Option<&PathBuf>) -> Result<ConfigFile, CommandError> {
-    let Some(path) = path else {
-        return Ok(ConfigFile::default());
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        CommandError::Usage(format!("cannot read config file {}: {e}", path.display()))
-    })?;
-    toml::from_str(&text).map_err(|e| {
-        CommandError::Usage(format!("config file {}: {}", path.display(), e.message()))
-    })
+    tally_runtime::cli::run_main(json_out, dispatch(cli))
 }
 
 fn interval_secs(s: &str) -> Result<i64, CommandError> {
@@ -202,95 +151,13 @@ fn interval_secs(s: &str) -> Result<i64, CommandError> {
     Ok(secs as i64)
 }
 
-fn load_agent(
-    dir: &DataDir,
-    interval: i64,
-    collectors: Vec<String>,
-) -> Result<Agent, CommandError> {
-    load_agent_tls(dir, interval, collectors, Default::default())
-}
-
-fn load_agent_tls(
-    dir: &DataDir,
-    interval: i64,
-    collectors: Vec<String>,
-    tls: tally_agent::tls::TlsFiles,
-) -> Result<Agent, CommandError> {
-    Agent::load(AgentConfig {
-        dir: dir.clone(),
-        interval_secs: interval,
-        collectors,
-        tls,
-    })
-    .map_err(|e| match e {
-        tally_agent::agent::LoadError::NotInitialized(_) => CommandError::Usage(e.to_string()),
-        other => CommandError::Runtime(other.to_string()),
-    })
-}
-
-/// The running agent's base URL, from ports.json.
-fn running_agent(dir: &DataDir) -> Result<String, CommandError> {
-    let text = std::fs::read_to_string(dir.ports()).map_err(|_| {
-        CommandError::Runtime(format!(
-            "no running agent found for {} (hint: start 'tally-agent run')",
-            dir.path().display()
-        ))
-    })?;
-    let v: Value = tally_runtime::json::parse(text.as_bytes())
-        .map_err(|e| CommandError::Runtime(format!("{}: {e}", dir.ports().display())))?;
-    let listen = v["listen"]
-        .as_str()
-        .ok_or_else(|| CommandError::Runtime("ports.json has no \"listen\"".into()))?;
-    Ok(format!("http://{listen}"))
-}
-
-async fn call_agent(
-    dir: &DataDir,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Value, CommandError> {
-    let base = running_agent(dir)?;
-    let mut req = reqwest::Client::new().request(method, format!("{base}{path}"));
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.map_err(|e| {
-        CommandError::Runtime(format!(
-            "the agent at {base} does not answer: {e} (hint: is 'tally-agent run' running?)"
-        ))
-    })?;
-    let status = resp.status();
-    let v: Value = resp
-        .json()
-        .await
-        .map_err(|e| CommandError::Runtime(e.to_string()))?;
-    if status.is_client_error() {
-        return Err(CommandError::Usage(
-            v["error"]["message"]
-                .as_str()
-                .unwrap_or("rejected")
-                .to_string(),
-        ));
-    }
-    if !status.is_success() {
-        return Err(CommandError::Runtime(
-            v["error"]["message"]
-                .as_str()
-                .unwrap_or("failed")
-                .to_string(),
-        ));
-    }
-    Ok(v)
-}
-
-fn out(json: Value) -> Output {
-    let text = serde_json::to_string_pretty(&json).unwrap_or_default() + "\n";
-    Output { json, text }
+/// Opens the agent directory for a command that reads it (the interval does not matter).
+fn open(dir: &DataDir) -> Result<tally_agent::agent::Agent, CommandError> {
+    commands::load(dir, 3600, Vec::new(), Default::default())
 }
 
 async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
-    let config = load_config(cli.config.as_ref())?;
+    let config: ConfigFile = tally_runtime::cli::load_config(cli.config.as_deref())?;
     let dir = DataDir::new(
         cli.data
             .or(config.data.clone())
@@ -328,56 +195,20 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             collectors,
             tls,
         } => {
-            let interval = interval_secs(&interval.unwrap_or(default_interval))?;
-            let listen = listen
-                .or(config.listen)
-                .unwrap_or_else(|| "127.0.0.1:7071".into());
-            let listener = tokio::net::TcpListener::bind(&listen)
-                .await
-                .map_err(|e| CommandError::Usage(format!("--listen {listen}: cannot bind: {e}")))?;
-            let addr = listener
-                .local_addr()
-                .map_err(|e| CommandError::Runtime(e.to_string()))?;
-            let probe = load_agent(&dir, interval, Vec::new())?;
-            let mut collectors = if collectors.is_empty() {
-                config.collectors.unwrap_or_default()
-            } else {
-                collectors
+            let options = commands::RunOptions {
+                listen: listen
+                    .or(config.listen)
+                    .unwrap_or_else(|| "127.0.0.1:7071".into()),
+                interval_secs: interval_secs(&interval.unwrap_or(default_interval))?,
+                collectors: if collectors.is_empty() {
+                    config.collectors.unwrap_or_default()
+                } else {
+                    collectors
+                },
+                tls: tls.files(),
+                json: cli.json,
             };
-            if collectors.is_empty() {
-                collectors = commands::stored_collectors(&probe.store);
-            }
-            let tls = if tls.files().is_empty() {
-                commands::stored_tls(&probe.store)
-            } else {
-                tls.files()
-            };
-            drop(probe);
-            let agent = Arc::new(
-                load_agent_tls(&dir, interval, collectors, tls).map_err(|e| match e {
-                    CommandError::Runtime(m) if m.contains("--ca") || m.contains("--cert") => {
-                        CommandError::Usage(m)
-                    }
-                    other => other,
-                })?,
-            );
-            let ports = json!({"listen": addr.to_string()});
-            let tmp = dir.root.join("ports.json.tmp");
-            std::fs::write(&tmp, ports.to_string())
-                .and_then(|_| std::fs::rename(&tmp, dir.ports()))
-                .map_err(|e| CommandError::Runtime(e.to_string()))?;
-            if cli.json {
-                println!("{ports}");
-            } else {
-                println!("listening on {addr}");
-            }
-            if !addr.ip().is_loopback() {
-                tracing::warn!(%addr, "Recording API listens on a non-loopback address in plain text.");
-            }
-            tracing::info!(%addr, interval, collectors = ?agent.collectors, "Agent running.");
-            tally_agent::server::run(agent, listener, shutdown_signal())
-                .await
-                .map_err(|e| CommandError::Runtime(e.to_string()))?;
+            commands::run(&dir, options).await?;
             return Ok(None);
         }
         Command::Record {
@@ -389,52 +220,43 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             if let Some(k) = idempotency_key {
                 body["idempotency_key"] = json!(k);
             }
-            out(call_agent(&dir, reqwest::Method::POST, "/v1/events", Some(body)).await?)
+            Output::json_only(running(&dir)?.call(POST, "/v1/events", Some(body)).await?)
         }
-        Command::Flush => out(call_agent(&dir, reqwest::Method::POST, "/v1/flush", None).await?),
-        Command::Status => match call_agent(&dir, reqwest::Method::GET, "/v1/status", None).await {
-            Ok(v) => out(v),
-            Err(_) => out(commands::status_json(
-                &load_agent(&dir, 3600, Vec::new())?,
-                false,
-            )?),
+        Command::Flush => Output::json_only(running(&dir)?.call(POST, "/v1/flush", None).await?),
+        // Status and license work from the database alone when no agent is running.
+        Command::Status => match live(&dir, "/v1/status").await {
+            Some(v) => Output::json_only(v),
+            None => Output::json_only(commands::status_json(&open(&dir)?, false)?),
         },
         Command::License => {
-            let agent = load_agent(&dir, 3600, Vec::new())?;
-            match call_agent(&dir, reqwest::Method::GET, "/v1/license", None).await {
-                Ok(v) => out(v),
-                Err(_) => out(serde_json::to_value(tally_agent::status::license_status(
-                    &agent,
-                    chrono::Utc::now(),
-                ))
-                .unwrap_or_default()),
+            let agent = open(&dir)?;
+            match live(&dir, "/v1/license").await {
+                Some(v) => Output::json_only(v),
+                None => commands::license_json(&agent),
             }
         }
         Command::Reports(r) => {
-            let agent = load_agent(&dir, 3600, Vec::new())?;
+            let agent = open(&dir)?;
             match r {
                 ReportsCmd::List => commands::reports_list(&agent)?,
                 ReportsCmd::Show { seq } => commands::reports_show(&agent, seq)?,
                 ReportsCmd::Verify => commands::reports_verify(&agent)?,
             }
         }
-        Command::Export { out: file, since } => {
-            commands::export(&load_agent(&dir, 3600, Vec::new())?, &file, since)?
-        }
-        Command::ImportReceipts { file } => {
-            commands::import_receipts(&load_agent(&dir, 3600, Vec::new())?, &file).await?
-        }
+        Command::Export { out: file, since } => commands::export(&open(&dir)?, &file, since)?,
+        Command::ImportReceipts { file } => commands::import_receipts(&open(&dir)?, &file).await?,
     }))
 }
 
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term => {} }
+fn running(dir: &DataDir) -> Result<RunningAgent, CommandError> {
+    RunningAgent::find(dir)
+}
+
+/// The running agent's answer to a GET, if one is running and answers.
+async fn live(dir: &DataDir, path: &str) -> Option<Value> {
+    RunningAgent::find(dir)
+        .ok()?
+        .call(GET, path, None)
+        .await
+        .ok()
 }

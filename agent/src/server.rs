@@ -20,7 +20,7 @@ pub async fn run(
         agent: agent.clone(),
     });
     let app = crate::http::app(agent.clone()).route_service("/tally.v1.Recorder/{*rest}", recorder);
-    let r = crate::http_serve::serve(listener, app, shutdown).await;
+    let r = tally_runtime::http_serve::serve(listener, app, shutdown).await;
     windows.abort();
     delivery.abort();
     r

@@ -7,7 +7,6 @@
 //! receipt says the collector stored the report.
 
 use crate::windows::{MAX_WINDOW, Windows};
-use crate::writer::Writer;
 use ed25519_dalek::SigningKey;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::BTreeMap;
@@ -17,6 +16,7 @@ use tally_proto::Digest;
 use tally_proto::pb;
 use tally_proto::receipt::{Outcome, ReceiptBody};
 use tally_proto::report::{Counter, Report};
+use tally_runtime::sqlite_writer::{WriteFailed, Writer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -24,6 +24,12 @@ pub enum StoreError {
     Invalid(String),
     #[error("database error: {0}")]
     Database(String),
+}
+
+impl From<WriteFailed> for StoreError {
+    fn from(e: WriteFailed) -> Self {
+        StoreError::Database(e.0)
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -120,7 +126,8 @@ impl AgentStore {
         let conn = Connection::open(path)?;
         configure(&conn)?;
         conn.execute_batch(SCHEMA)?;
-        let writer = Writer::start(conn).map_err(|e| StoreError::Database(e.to_string()))?;
+        let writer = Writer::start(conn, "tally-agent-writer")
+            .map_err(|e| StoreError::Database(e.to_string()))?;
         Ok(AgentStore {
             writer,
             path: path.to_path_buf(),
@@ -291,7 +298,12 @@ fn cursor(c: &Connection, now: i64, windows: Windows) -> StoreResult<i64> {
     }
 }
 
-fn record_tx(c: &Connection, events: &[Event], now: i64, windows: Windows) -> StoreResult<Recorded> {
+fn record_tx(
+    c: &Connection,
+    events: &[Event],
+    now: i64,
+    windows: Windows,
+) -> StoreResult<Recorded> {
     // Never count into a window that is already closed (flush, or a clock stepping back).
     let window = windows.start_of(now).max(cursor(c, now, windows)?);
     let mut sums: BTreeMap<&str, i64> = BTreeMap::new();
@@ -605,14 +617,20 @@ mod tests {
             idempotency_key: Some("k".into()),
         }];
         assert_eq!(
-            store.record(e.clone(), 1000, Windows::aligned(60)).await.unwrap(),
+            store
+                .record(e.clone(), 1000, Windows::aligned(60))
+                .await
+                .unwrap(),
             Recorded {
                 recorded: 1,
                 duplicates: 0
             }
         );
         assert_eq!(
-            store.record(e.clone(), 1001, Windows::aligned(60)).await.unwrap(),
+            store
+                .record(e.clone(), 1001, Windows::aligned(60))
+                .await
+                .unwrap(),
             Recorded {
                 recorded: 0,
                 duplicates: 1

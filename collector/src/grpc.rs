@@ -119,15 +119,20 @@ pub fn router(
             .set_serving::<IngestServer<IngestService>>()
             .await;
     });
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions: v1, and v1alpha for the many tools that speak only it
+    // (Postman, Python's grpcio-reflection, older grpcurl).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
-    // Limits (DESIGN.md §9): a deadline per call, a cap on concurrent streams per
+    // Limits against misbehaving clients: a deadline per call, a cap on concurrent streams per
     // connection so one client cannot monopolise the server, keepalives that drop dead or
     // stalled peers, and a bounded header list.
     Ok(builder
@@ -138,6 +143,7 @@ pub fn router(
         .http2_max_header_list_size(16 * 1024)
         .tcp_nodelay(true)
         .add_service(health)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(ingest))
 }

@@ -1,7 +1,7 @@
 //! The ingest pipeline shared by gRPC `Submit`, `tally-collector import` and
 //! `POST /v1/reports:import`: decode → look up the key → verify → store → sign receipts.
 //!
-//! The rule (DESIGN.md §7): authentic reports are always stored; inauthentic ones never
+//! The rule (docs/protocol.md §6): authentic reports are always stored; inauthentic ones never
 //! are. Refusals happen here, before the store is touched (only a metric and a rate-limited
 //! log line record them); everything that needs stored state happens in the store's
 //! transaction.

@@ -5,7 +5,6 @@ pub mod commands;
 pub mod datadir;
 pub mod grpc;
 pub mod http;
-pub mod http_serve;
 pub mod ids;
 pub mod ingest;
 pub mod metrics;

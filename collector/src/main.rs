@@ -1,12 +1,9 @@
 //! `tally-collector`: a thin clap front-end over the `tally_collector` library.
 
 use clap::{Args, Parser, Subcommand};
-use serde_json::json;
 use std::path::PathBuf;
-use std::sync::Arc;
 use tally_collector::commands::{self, CommandError, Ctx, IssueArgs, Output};
 use tally_collector::datadir::DataDir;
-use tally_collector::server::{self, Collector};
 use tally_collector::store::AgentFilter;
 
 #[derive(Parser)]
@@ -22,6 +19,9 @@ struct Cli {
     /// Configuration file (TOML); flags and TALLY_* variables take precedence.
     #[arg(long, global = true, env = "TALLY_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The store: nothing for the SQLite file in --data, or postgres://user:pass@host:port/db.
+    #[arg(long, global = true, env = "TALLY_DATABASE_URL", value_name = "URL")]
+    database: Option<String>,
     /// Print exactly one JSON document on stdout.
     #[arg(long, global = true)]
     json: bool,
@@ -232,95 +232,64 @@ enum AuditCmd {
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     data: Option<PathBuf>,
+    database: Option<String>,
     grpc_listen: Option<String>,
     http_listen: Option<String>,
 }
 
-fn load_config(path: Option<&PathBuf>) -> Result<ConfigFile, CommandError> {
-    let Some(path) = path else {
-        return Ok(ConfigFile::default());
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        CommandError::Usage(format!("cannot read config file {}: {e}", path.display()))
-    })?;
-    toml::from_str(&text).map_err(|e| {
-        CommandError::Usage(format!("config file {}: {}", path.display(), e.message()))
-    })
-}
-
-/// Parses the command line; errors become one `error:` line (exit 2), help and version
-/// print as usual.
-fn parse_cli() -> Cli {
-    match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            let rendered = e.render().to_string();
-            let first = rendered
-                .lines()
-                .next()
-                .unwrap_or("error: invalid arguments");
-            eprintln!("{first} (hint: see 'tally-collector --help')");
-            std::process::exit(2);
-        }
-    }
-}
-
 fn main() {
-    let cli = parse_cli();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    let cli: Cli = tally_runtime::cli::parse("tally-collector");
+    tally_runtime::cli::init_logging();
     let json_out = cli.json;
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    match rt.block_on(dispatch(cli)) {
-        Ok(Some(out)) => {
-            if json_out {
-                println!("{}", out.json);
-            } else {
-                print!("{}", out.text);
-            }
-        }
-        Ok(None) => {}
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(e.exit_code());
-        }
-    }
+    tally_runtime::cli::run_main(json_out, dispatch(cli))
 }
 
 async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
-    let config = load_config(cli.config.as_ref())?;
+    let config: ConfigFile = tally_runtime::cli::load_config(cli.config.as_deref())?;
     let data = cli
         .data
         .or(config.data.clone())
         .unwrap_or_else(|| PathBuf::from("./tally-data"));
     let dir = DataDir::new(data);
+    let database = cli.database.or(config.database.clone());
+    let database = database.as_deref();
+    let open = |dir: DataDir| Ctx::open(dir, database);
     let out = match cli.command {
-        Command::Init => commands::init(dir).await?,
+        Command::Init => commands::init(dir, database).await?,
         Command::Serve(a) => {
-            serve(Ctx::open(dir)?, a, config, cli.json).await?;
+            let tls = match (a.tls_cert, a.tls_key) {
+                (Some(cert), Some(key)) => Some(tally_collector::tls::TlsFiles {
+                    cert,
+                    key,
+                    client_ca: a.client_ca,
+                }),
+                _ => None,
+            };
+            let options = commands::ServeOptions {
+                grpc_listen: a
+                    .grpc_listen
+                    .or(config.grpc_listen)
+                    .unwrap_or_else(|| "127.0.0.1:7443".into()),
+                http_listen: a
+                    .http_listen
+                    .or(config.http_listen)
+                    .unwrap_or_else(|| "127.0.0.1:8080".into()),
+                tls,
+                agent_rate: a.agent_rate,
+                json: cli.json,
+            };
+            commands::serve(open(dir)?, options).await?;
             return Ok(None);
         }
         Command::Customers(c) => {
-            let ctx = Ctx::open(dir)?;
+            let ctx = open(dir)?;
             match c {
                 CustomersCmd::Add { name } => commands::customers_add(&ctx, &name).await?,
                 CustomersCmd::List => commands::customers_list(&ctx).await?,
             }
         }
         Command::Licenses(c) => {
-            let ctx = Ctx::open(dir)?;
+            let ctx = open(dir)?;
             match c {
                 LicensesCmd::Issue {
                     customer,
@@ -354,7 +323,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             }
         }
         Command::Agents(c) => {
-            let ctx = Ctx::open(dir)?;
+            let ctx = open(dir)?;
             match c {
                 AgentsCmd::Add { license, key } => {
                     commands::agents_add(&ctx, &license, &key).await?
@@ -379,7 +348,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             }
         }
         Command::Tokens(c) => {
-            let ctx = Ctx::open(dir)?;
+            let ctx = open(dir)?;
             match c {
                 TokensCmd::Create { role, name } => {
                     commands::tokens_create(&ctx, &role, name).await?
@@ -389,7 +358,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             }
         }
         Command::Usage(a) => {
-            let ctx = Ctx::open(dir)?;
+            let ctx = open(dir)?;
             let pairs: Vec<(String, String)> = [
                 ("customer", a.customer),
                 ("license", a.license),
@@ -405,11 +374,11 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             commands::usage(&ctx, pairs, cli.json).await?
         }
         Command::Import { file, receipts_out } => {
-            let ctx = Ctx::open(dir)?;
+            let ctx = open(dir)?;
             commands::import(&ctx, &file, receipts_out.as_deref()).await?
         }
         Command::Quarantine(c) => {
-            let ctx = Ctx::open(dir)?;
+            let ctx = open(dir)?;
             match c {
                 QuarantineCmd::List => commands::quarantine_list(&ctx).await?,
                 QuarantineCmd::Release { digest } => {
@@ -421,110 +390,8 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             }
         }
         Command::Audit(AuditCmd::List { limit }) => {
-            commands::audit_list(&Ctx::open(dir)?, limit).await?
+            commands::audit_list(&open(dir)?, limit).await?
         }
     };
     Ok(Some(out))
-}
-
-async fn serve(
-    ctx: Ctx,
-    a: ServeArgs,
-    config: ConfigFile,
-    json_out: bool,
-) -> Result<(), CommandError> {
-    let grpc_addr = a
-        .grpc_listen
-        .or(config.grpc_listen)
-        .unwrap_or_else(|| "127.0.0.1:7443".into());
-    let http_addr = a
-        .http_listen
-        .or(config.http_listen)
-        .unwrap_or_else(|| "127.0.0.1:8080".into());
-    let bind = |addr: String, flag: &'static str| async move {
-        tokio::net::TcpListener::bind(&addr)
-            .await
-            .map_err(|e| CommandError::Usage(format!("--{flag} {addr}: cannot bind: {e}")))
-    };
-    let grpc = bind(grpc_addr, "grpc-listen").await?;
-    let http = bind(http_addr, "http-listen").await?;
-    let (g, h) = (
-        grpc.local_addr()
-            .map_err(|e| CommandError::Runtime(e.to_string()))?,
-        http.local_addr()
-            .map_err(|e| CommandError::Runtime(e.to_string()))?,
-    );
-    let ports = json!({"grpc": commands::addr_string(g), "http": commands::addr_string(h)});
-    commands::write_ports(&ctx.dir, &ports)?;
-    if json_out {
-        println!("{ports}");
-    } else {
-        println!("grpc listening on {g}\nhttp listening on {h}");
-    }
-    let files = match (a.tls_cert, a.tls_key) {
-        (Some(cert), Some(key)) => Some(tally_collector::tls::TlsFiles {
-            cert,
-            key,
-            client_ca: a.client_ca,
-        }),
-        _ => None,
-    };
-    let tls = match &files {
-        Some(f) => Some(
-            f.server_config()
-                .map_err(|e| CommandError::Usage(e.to_string()))?,
-        ),
-        None => None,
-    };
-    let http_tls = match &files {
-        Some(f) => Some(
-            f.http_acceptor()
-                .map_err(|e| CommandError::Usage(e.to_string()))?,
-        ),
-        None => None,
-    };
-    for (addr, what, plain) in [(g, "gRPC", tls.is_none()), (h, "HTTP", http_tls.is_none())] {
-        if plain && !addr.ip().is_loopback() {
-            tracing::warn!(%addr, what, "Listening in plain text on a non-loopback address.");
-        }
-    }
-    let key = tally_proto::keys::read(&ctx.dir.vendor_key())
-        .map_err(|e| CommandError::Runtime(e.to_string()))?;
-    if !(a.agent_rate >= 0.0 && a.agent_rate.is_finite()) {
-        return Err(CommandError::Usage(
-            "--agent-rate must be a number ≥ 0".into(),
-        ));
-    }
-    let rate = (a.agent_rate > 0.0).then_some(a.agent_rate);
-    let mut collector = Collector::with_agent_rate(
-        ctx.store.clone() as Arc<dyn tally_collector::store::Store>,
-        key,
-        rate,
-    );
-    collector.grpc_tls = tls;
-    collector.http_tls = http_tls;
-    tracing::info!(grpc = %g, http = %h, "Collector serving.");
-    server::run(collector, grpc, http, shutdown_signal())
-        .await
-        .map_err(|e| CommandError::Runtime(e.to_string()))?;
-    tracing::info!("Collector stopped.");
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }

@@ -135,7 +135,11 @@ pub fn overflow(metric: &str) -> (Reason, String) {
 /// `[not_before, not_after + grace]` and end no later than a revocation. A window that
 /// straddles a bound is outside: the collector cannot tell which part of its usage
 /// happened when. (The agent cuts its windows at these bounds, so its own never straddle.)
-pub fn license_inactive(terms: &LicenseTerms, window_start: i64, window_end: i64) -> Option<String> {
+pub fn license_inactive(
+    terms: &LicenseTerms,
+    window_start: i64,
+    window_end: i64,
+) -> Option<String> {
     if let Some(rev) = terms.revoked_at
         && window_end > rev
     {
@@ -255,7 +259,9 @@ fn chain_mismatch(
 pub fn lease_until(terms: &LicenseTerms, received: i64) -> Option<Instant> {
     let t = match terms.revoked_at {
         Some(r) => r.min(received),
-        None => received.saturating_add(terms.grace_secs).min(terms.not_after),
+        None => received
+            .saturating_add(terms.grace_secs)
+            .min(terms.not_after),
     };
     chrono::DateTime::from_timestamp(t, 0)
 }
@@ -292,9 +298,7 @@ pub fn release(status: &str, report: &Report) -> Release {
         "accepted" => Release::AlreadyCounted,
         "discarded" => Release::Refuse("it was discarded; it cannot be released".into()),
         _ => match report.check_counters() {
-            Err(e) => Release::Refuse(format!(
-                "it has invalid counters ({e}); discard it instead"
-            )),
+            Err(e) => Release::Refuse(format!("it has invalid counters ({e}); discard it instead")),
             Ok(()) => Release::Count,
         },
     }
@@ -352,7 +356,10 @@ mod tests {
             not_after: NOW + 100 * 86_400,
             grace_secs: 7 * 86_400,
             revoked_at: None,
-            metrics: vec![("api.convert".into(), Some(1000)), ("api.render".into(), None)],
+            metrics: vec![
+                ("api.convert".into(), Some(1000)),
+                ("api.render".into(), None),
+            ],
         }
     }
 
@@ -563,14 +570,14 @@ mod tests {
         };
         // (terms, window start, window end, inactive?)
         let table: &[(&LicenseTerms, i64, i64, bool)] = &[
-            (&t, 10_000, 13_600, false),   // starts exactly at not_before
-            (&t, 9_999, 13_600, true),     // straddles not_before by a second
-            (&t, 7_200, 10_800, true),     // the aligned hour around not_before
-            (&t, 3_600, 7_200, true),      // wholly before the license
-            (&t, 47_400, 51_000, false),   // ends exactly at not_after + grace
-            (&t, 48_000, 51_001, true),    // straddles not_after + grace
-            (&t, 50_500, 51_000, false),   // in the grace period
-            (&t, 51_000, 54_600, true),    // wholly after not_after + grace
+            (&t, 10_000, 13_600, false),       // starts exactly at not_before
+            (&t, 9_999, 13_600, true),         // straddles not_before by a second
+            (&t, 7_200, 10_800, true),         // the aligned hour around not_before
+            (&t, 3_600, 7_200, true),          // wholly before the license
+            (&t, 47_400, 51_000, false),       // ends exactly at not_after + grace
+            (&t, 48_000, 51_001, true),        // straddles not_after + grace
+            (&t, 50_500, 51_000, false),       // in the grace period
+            (&t, 51_000, 54_600, true),        // wholly after not_after + grace
             (&revoked, 26_400, 30_000, false), // ends at the revocation
             (&revoked, 27_000, 30_001, true),  // straddles the revocation
         ];
@@ -649,7 +656,9 @@ mod tests {
         assert_eq!(release("quarantined", &ok), Release::Count);
         assert_eq!(release("accepted", &ok), Release::AlreadyCounted);
         assert!(matches!(release("discarded", &ok), Release::Refuse(_)));
-        assert!(matches!(release("quarantined", &bad), Release::Refuse(m) if m.contains("discard it instead")));
+        assert!(
+            matches!(release("quarantined", &bad), Release::Refuse(m) if m.contains("discard it instead"))
+        );
     }
 
     #[test]

@@ -106,7 +106,7 @@ pub async fn run(
         TcpIncoming::from(grpc).with_nodelay(Some(true)),
         wait(stop_rx.clone()),
     );
-    let http_server = crate::http_serve::serve_tls(
+    let http_server = tally_runtime::http_serve::serve_tls(
         http,
         app(collector.app_state()),
         collector.http_tls.clone(),

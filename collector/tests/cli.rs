@@ -1,4 +1,4 @@
-//! The `tally-collector` binary's command-line contract (DESIGN.md §8): `--json` documents
+//! The `tally-collector` binary's command-line contract (README, "The two commands" and after): `--json` documents
 //! with fixed field names, exit codes, one-line errors, config precedence, and bad
 //! arguments that change no state.
 

@@ -1,7 +1,7 @@
 //! Ed25519 signing of many messages with one key, byte-for-byte the signatures
 //! `ed25519_dalek::SigningKey::sign` makes, at about a third of the cost.
 //!
-//! Why it exists: the collector signs one receipt per report (DESIGN.md §4), and the
+//! Why it exists: the collector signs one receipt per report (docs/protocol.md §2.3), and the
 //! profile of the ingest benchmark showed receipt signing costing more CPU than the
 //! (batched) verification of the reports. Most of a single signature's cost is not the
 //! base-point multiplication `R = r·B` but turning `R` into bytes, which needs one field

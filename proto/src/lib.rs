@@ -1,4 +1,4 @@
-//! `tally-proto`: the wire contract of Tally (DESIGN.md §4).
+//! `tally-proto`: the wire contract of Tally (docs/protocol.md).
 //!
 //! This is the only crate that knows the wire format. Everything that crosses a process
 //! boundary — reports, receipts, licenses, enrollment proofs, offline bundles — is encoded,

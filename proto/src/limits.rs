@@ -1,4 +1,4 @@
-//! Limits of the wire contract (DESIGN.md §4). Both sides enforce the same numbers.
+//! Limits of the wire contract (docs/protocol.md §5). Both sides enforce the same numbers.
 
 /// Largest encoded `UsageReport`, in bytes.
 pub const MAX_REPORT_BYTES: usize = 64 * 1024;

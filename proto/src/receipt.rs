@@ -60,7 +60,7 @@ pub struct Credit {
 pub struct ReceiptBody {
     pub report_digest: Digest,
     pub outcome: Outcome,
-    /// Reason code (DESIGN.md §7); empty for accepted and duplicate reports.
+    /// Reason code (docs/protocol.md §6.4); empty for accepted and duplicate reports.
     pub reason: String,
     pub detail: String,
     pub received_at: Instant,

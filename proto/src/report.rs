@@ -16,7 +16,7 @@ pub struct Counter {
     pub quantity: u64,
 }
 
-/// A usage report, decoded. Exactly the fields of DESIGN.md §4, nothing else.
+/// A usage report, decoded. Exactly the fields of docs/protocol.md §2.1, nothing else.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     pub license_id: String,

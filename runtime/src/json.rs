@@ -104,10 +104,7 @@ mod tests {
     #[test]
     fn repeated_keys_are_refused_at_any_depth_and_named() {
         let e = parse(br#"{"metric": "api.render", "metric": "api.convert"}"#).unwrap_err();
-        assert!(
-            e.message().starts_with(r#"duplicate key "metric""#),
-            "{e}"
-        );
+        assert!(e.message().starts_with(r#"duplicate key "metric""#), "{e}");
         let e = parse(br#"{"events": [{"quantity": 1, "quantity": 2}]}"#).unwrap_err();
         assert!(e.message().contains(r#"duplicate key "quantity""#), "{e}");
         assert!(parse(br#"{"a": {"b": 1}, "c": {"b": 2}}"#).is_ok());
@@ -115,7 +112,8 @@ mod tests {
 
     #[test]
     fn values_match_serde_json() {
-        let text = br#"{"a": [1, -2, 3.5, "x", null, true, {"b": {}}], "big": 18446744073709551615}"#;
+        let text =
+            br#"{"a": [1, -2, 3.5, "x", null, true, {"b": {}}], "big": 18446744073709551615}"#;
         let strict = parse(text).unwrap();
         let plain: Value = serde_json::from_slice(text).unwrap();
         assert_eq!(strict, plain);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tally_collector::commands::{self, Ctx, IssueArgs};
 use tally_collector::datadir::DataDir;
 use tally_collector::server::{self, Collector};
-use tally_collector::store::Store;
+use tally_collector::store::Inspect;
 use tally_collector::store::sqlite::SqliteStore;
 use tally_proto::Digest;
 use tally_proto::pb;
@@ -29,6 +29,8 @@ pub struct InProcessCollector {
     pub http: SocketAddr,
     pub admin_token: String,
     pub collector: Collector,
+    /// The same store as `ctx.store`, as its concrete type (for inspection).
+    sqlite: Arc<SqliteStore>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -54,12 +56,12 @@ impl InProcessCollector {
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = DataDir::new(dir.path().join("data"));
-        let init = commands::init(data.clone()).await.expect("init");
+        let init = commands::init(data.clone(), None).await.expect("init");
         let admin_token = init.json["admin_token"].as_str().unwrap().to_string();
-        let ctx = Ctx::open(data.clone()).expect("open");
+        let sqlite = Arc::new(SqliteStore::open(&data.db()).expect("open"));
+        let ctx = Ctx::with_store(data.clone(), sqlite.clone());
         let key = tally_proto::keys::read(&data.vendor_key()).unwrap();
-        let mut collector =
-            Collector::with_agent_rate(ctx.store.clone() as Arc<dyn Store>, key, agent_rate);
+        let mut collector = Collector::with_agent_rate(ctx.store.clone(), key, agent_rate);
         adjust(&mut collector);
         let g = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let h = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -80,13 +82,14 @@ impl InProcessCollector {
             http,
             admin_token,
             collector,
+            sqlite,
             shutdown: Some(tx),
             task: Some(task),
         }
     }
 
     pub fn store(&self) -> Arc<SqliteStore> {
-        self.ctx.store.clone()
+        self.sqlite.clone()
     }
 
     /// A new gRPC connection (each call opens its own HTTP/2 connection).
@@ -263,7 +266,7 @@ pub fn receipts(
 /// Sum of counters over the stored reports whose status is `accepted`, decoded from the
 /// raw stored bytes: the brute-force truth usage queries are compared against.
 pub async fn brute_force_totals(
-    store: &dyn Store,
+    store: &dyn Inspect,
 ) -> std::collections::BTreeMap<(String, String), u64> {
     let mut totals = std::collections::BTreeMap::new();
     for r in store.stored_reports().await.unwrap() {
@@ -335,6 +338,20 @@ fn spawn_server(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (Child, Value, PathBuf) {
+    spawn_server_limited(bin, data, args, env, None)
+}
+
+/// Like [`spawn_server`]; with `file_limit`, the process may not write any file past that
+/// many bytes (`RLIMIT_FSIZE`, set by `sh`'s `ulimit -f` in 512-byte blocks, which the
+/// kernel enforces with `EFBIG`; `SIGXFSZ` is ignored so the write fails instead of the
+/// process being killed). Needs no privileges.
+fn spawn_server_limited(
+    bin: &str,
+    data: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    file_limit: Option<u64>,
+) -> (Child, Value, PathBuf) {
     let ports = data.join("ports.json");
     let _ = std::fs::remove_file(&ports);
     let n = std::time::SystemTime::now()
@@ -343,7 +360,19 @@ fn spawn_server(
         .as_nanos();
     let stderr_path = data.join(format!("{bin}-{n}.log"));
     let stderr = std::fs::File::create(&stderr_path).unwrap();
-    let mut cmd = Command::new(workspace_bin(bin));
+    let mut cmd = match file_limit {
+        None => Command::new(workspace_bin(bin)),
+        Some(bytes) => {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(format!(
+                    "ulimit -f {} && trap '' XFSZ && exec \"$0\" \"$@\"",
+                    bytes.div_ceil(512)
+                ))
+                .arg(workspace_bin(bin));
+            c
+        }
+    };
     cmd.arg("--data")
         .arg(data)
         .args(args)
@@ -479,9 +508,16 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `run` with extra args (e.g. `--interval 1s`) and waits for `ports.json`.
     pub fn spawn(data: &Path, args: &[&str]) -> Self {
+        Self::spawn_limited(data, args, None)
+    }
+
+    /// Like [`AgentProcess::spawn`], with every file the agent writes limited to
+    /// `file_limit` bytes (see `spawn_server_limited`).
+    pub fn spawn_limited(data: &Path, args: &[&str], file_limit: Option<u64>) -> Self {
         let mut all = vec!["run"];
         all.extend_from_slice(args);
-        let (child, ports, stderr_path) = spawn_server("tally-agent", data, &all, &[]);
+        let (child, ports, stderr_path) =
+            spawn_server_limited("tally-agent", data, &all, &[], file_limit);
         let listen = ports["listen"]
             .as_str()
             .and_then(|s| s.parse().ok())

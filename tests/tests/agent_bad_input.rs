@@ -99,7 +99,10 @@ async fn bad_events_are_refused_and_count_nothing() {
     let v: serde_json::Value = r.json().await.expect("the 413 is a JSON error too");
     assert_eq!(v["error"]["code"], "too_large", "{v}");
     assert!(
-        v["error"]["message"].as_str().unwrap().contains("larger than"),
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("larger than"),
         "{v}"
     );
 

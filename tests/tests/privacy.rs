@@ -1,4 +1,4 @@
-//! Usage only (DESIGN.md §2.1): the `UsageReport` descriptor has exactly the contract's
+//! Usage only: the `UsageReport` descriptor has exactly the contract's
 //! fields, and a product processing a document with a random canary string never makes
 //! the canary leave the agent — checked on every byte through a recording TCP proxy between
 //! agent and collector and in the collector's raw report store.

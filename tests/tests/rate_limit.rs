@@ -70,7 +70,7 @@ async fn a_flooding_agent_is_throttled_others_are_not() {
     );
     assert!(throttled > 0, "the flood was never throttled");
     // Throttled calls stored nothing: the store holds exactly what was accepted.
+    use tally_collector::store::Inspect;
     let stored = c.store().stored_reports().await.unwrap().len() as u64;
-    use tally_collector::store::Store;
     assert_eq!(stored, accepted + 20);
 }

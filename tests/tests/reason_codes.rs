@@ -1,11 +1,11 @@
-//! Every reason code of DESIGN.md §7, each from a real offending report submitted over
+//! Every reason code (docs/protocol.md §6.4), each from a real offending report submitted over
 //! real gRPC to a collector with a real SQLite store. REFUSED stores nothing; QUARANTINED
 //! stores but counts nothing, and `quarantine release` then counts it exactly once.
 
 use chrono::{Duration, Utc};
 use prost::Message;
 use tally_collector::commands;
-use tally_collector::store::{AgentFilter, Source, Store, UsageFilter};
+use tally_collector::store::{AgentFilter, Inspect, Source, Store, UsageFilter};
 use tally_proto::Digest;
 use tally_proto::pb;
 use tally_proto::receipt::{Outcome, ReceiptBody};

@@ -10,6 +10,9 @@
 
 pub mod sqlite;
 
+use crate::datadir::DataDir;
+use std::sync::Arc;
+
 use crate::roles::Role;
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -36,13 +39,38 @@ pub enum StoreError {
     Database(String),
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Database(e.to_string())
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Opens the store a `--database` value names: none (or `sqlite:`) is the SQLite file in
+/// the data directory; `postgres://…` names the PostgreSQL store, which this build does not
+/// have yet. `create`: make the SQLite file if it is missing (`init` only; elsewhere a
+/// missing file is an error, never a silently empty store).
+pub fn open(dir: &DataDir, database: Option<&str>, create: bool) -> StoreResult<Arc<dyn Store>> {
+    match database.map(str::trim).filter(|d| !d.is_empty()) {
+        None | Some("sqlite:") => {
+            if !create && !dir.db().exists() {
+                return Err(StoreError::Invalid(format!(
+                    "{} has no database (hint: run 'tally-collector --data {} init' first)",
+                    dir.path().display(),
+                    dir.path().display()
+                )));
+            }
+            Ok(Arc::new(sqlite::SqliteStore::open(&dir.db())?))
+        }
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Err(StoreError::Invalid(
+                "--database: the PostgreSQL store is not built yet in this version; omit \
+                 --database to use the SQLite file in --data"
+                    .into(),
+            ))
+        }
+        Some(_) => Err(StoreError::Invalid(
+            "--database: expected a postgres://user:pass@host:port/db URL, or nothing for \
+             the SQLite file in --data"
+                .into(),
+        )),
     }
 }
-
-pub type StoreResult<T> = Result<T, StoreError>;
 
 /// An enrolled agent key, as the ingest path needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,6 +326,12 @@ pub trait Store: Send + Sync + 'static {
     async fn release(&self, digest: Digest, now: Instant) -> StoreResult<bool>;
     /// Marks a quarantined report discarded (kept, never counted).
     async fn discard(&self, digest: Digest, now: Instant) -> StoreResult<()>;
-    /// Every stored report with its status (for audits and brute-force checks).
+}
+
+/// Reads for tests and offline audits that the serving path never needs: kept out of
+/// [`Store`] so production code cannot lean on a full scan.
+#[async_trait]
+pub trait Inspect: Send + Sync + 'static {
+    /// Every stored report with its status (for brute-force checks).
     async fn stored_reports(&self) -> StoreResult<Vec<StoredReport>>;
 }

@@ -1,4 +1,4 @@
-//! `tally-bench`: Tally's own benchmark (DESIGN.md §10). Every figure is compared with a
+//! `tally-bench`: Tally's own benchmark (BENCHMARKS.md). Every figure is compared with a
 //! bound measured in the same run on the same machine.
 //!
 //! ```text

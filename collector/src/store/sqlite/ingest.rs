@@ -327,25 +327,24 @@ fn ingest_one(
     let rep = &r.report;
     let seq = rep.seq as i64;
     let near = neighbourhood(conn, &r.agent_id, seq)?;
-    let (status, reason, detail) =
-        match rules::decide(rep, r.digest, terms, &near, now, source) {
-            Decision::Duplicate { detail } => return Ok((Outcome::Duplicate, "", detail)),
-            Decision::Fork { detail } => {
-                let reason = tally_proto::reason::Reason::SeqConflict.as_str();
-                insert_report(conn, r, now, source, true, "quarantined", reason, &detail)?;
-                conn.prepare_cached(
+    let (status, reason, detail) = match rules::decide(rep, r.digest, terms, &near, now, source) {
+        Decision::Duplicate { detail } => return Ok((Outcome::Duplicate, "", detail)),
+        Decision::Fork { detail } => {
+            let reason = tally_proto::reason::Reason::SeqConflict.as_str();
+            insert_report(conn, r, now, source, true, "quarantined", reason, &detail)?;
+            conn.prepare_cached(
                     "INSERT INTO anomalies (kind, agent_id, license_id, seq_from, seq_to, digest, detail, opened_at)
                      VALUES ('fork', ?1, ?2, ?3, ?3, ?4, ?5, ?6)",
                 )?
                 .execute(params![r.agent_id, rep.license_id, seq, r.digest.as_bytes().as_slice(), detail, now])?;
-                return Ok((Outcome::Quarantined, reason, detail));
-            }
-            Decision::Quarantine { reason, detail } => ("quarantined", reason.as_str(), detail),
-            Decision::Count => match count(conn, rollups, &rep.license_id, rep)? {
-                Ok(()) => ("accepted", "", String::new()),
-                Err((reason, detail)) => ("quarantined", reason.as_str(), detail),
-            },
-        };
+            return Ok((Outcome::Quarantined, reason, detail));
+        }
+        Decision::Quarantine { reason, detail } => ("quarantined", reason.as_str(), detail),
+        Decision::Count => match count(conn, rollups, &rep.license_id, rep)? {
+            Ok(()) => ("accepted", "", String::new()),
+            Err((reason, detail)) => ("quarantined", reason.as_str(), detail),
+        },
+    };
     insert_report(conn, r, now, source, false, status, reason, &detail)?;
     track_sequence(conn, sequences, &r.agent_id, &rep.license_id, seq, now)?;
     let outcome = if status == "accepted" {

@@ -1,12 +1,10 @@
 //! The SQLite store: embedded, WAL, `synchronous=FULL`, one writer thread with group commit
-//! (see `writer`), and a small pool of read connections used from `spawn_blocking`.
+//! (`tally_runtime::sqlite_writer`), and a small pool of read connections used from `spawn_blocking`.
 
 mod admin;
 mod ingest;
 mod queries;
 mod schema;
-mod writer;
-
 
 use super::*;
 use async_trait::async_trait;
@@ -14,7 +12,19 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use writer::Writer;
+use tally_runtime::sqlite_writer::{WriteFailed, Writer};
+
+impl From<WriteFailed> for StoreError {
+    fn from(e: WriteFailed) -> Self {
+        StoreError::Database(e.0)
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
 
 /// Pool of read-only connections. A std `Mutex` is right here: it is held only to push or
 /// pop a connection, never across an `.await` or a query.
@@ -80,7 +90,7 @@ impl SqliteStore {
         let mut conn = Connection::open(path)?;
         configure(&conn)?;
         schema::migrate(&mut conn)?;
-        let writer = Writer::start(conn)
+        let writer = Writer::start(conn, "tally-sqlite-writer")
             .map_err(|e| StoreError::Database(format!("cannot start the writer thread: {e}")))?;
         Ok(SqliteStore {
             writer,
@@ -311,7 +321,10 @@ impl Store for SqliteStore {
             .write(move |c| queries::discard(c, &digest, secs(now)))
             .await
     }
+}
 
+#[async_trait]
+impl Inspect for SqliteStore {
     async fn stored_reports(&self) -> StoreResult<Vec<StoredReport>> {
         self.read(queries::stored_reports).await
     }

@@ -6,8 +6,16 @@
 //! send it jobs; it takes every job waiting in the queue, runs each inside its own
 //! SAVEPOINT of one shared transaction, commits once, and only then answers each caller.
 //! A job that fails rolls back to its savepoint without disturbing the others in its group.
+//!
+//! The writer is generic over its callers' error type `E`: a job returns `Result<R, E>`,
+//! and a failed commit or a stopped thread reaches the caller as `E::from(WriteFailed)`.
 
-use crate::store::{StoreError, StoreResult};
+/// The group's transaction could not commit, or the writer thread has stopped. Nothing of
+/// the job is durable.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct WriteFailed(pub String);
+
 use rusqlite::Connection;
 use std::sync::mpsc;
 use tokio::sync::oneshot;
@@ -22,16 +30,17 @@ trait WriteJob: Send {
     fn finish(self: Box<Self>, commit: Result<(), String>);
 }
 
-struct TypedJob<F, R> {
+struct TypedJob<F, R, E> {
     f: Option<F>,
-    result: Option<StoreResult<R>>,
-    reply: oneshot::Sender<StoreResult<R>>,
+    result: Option<Result<R, E>>,
+    reply: oneshot::Sender<Result<R, E>>,
 }
 
-impl<F, R> WriteJob for TypedJob<F, R>
+impl<F, R, E> WriteJob for TypedJob<F, R, E>
 where
-    F: FnOnce(&Connection) -> StoreResult<R> + Send,
+    F: FnOnce(&Connection) -> Result<R, E> + Send,
     R: Send,
+    E: From<WriteFailed> + Send,
 {
     fn run(&mut self, conn: &Connection) -> bool {
         let Some(f) = self.f.take() else { return false };
@@ -45,8 +54,8 @@ where
         let out = match (self.result, commit) {
             (Some(Err(e)), _) => Err(e),
             (Some(Ok(v)), Ok(())) => Ok(v),
-            (_, Err(e)) => Err(StoreError::Database(e)),
-            (None, Ok(())) => Err(StoreError::Database("write job did not run".into())),
+            (_, Err(e)) => Err(WriteFailed(e).into()),
+            (None, Ok(())) => Err(WriteFailed("write job did not run".into()).into()),
         };
         // The caller may have gone away (request cancelled); the data is committed anyway.
         let _ = self.reply.send(out);
@@ -59,21 +68,22 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer thread that owns `conn`.
-    pub fn start(conn: Connection) -> std::io::Result<Writer> {
+    /// Starts the writer thread (named `name`) that owns `conn`.
+    pub fn start(conn: Connection, name: &str) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<Box<dyn WriteJob>>();
         std::thread::Builder::new()
-            .name("tally-agent-writer".into())
+            .name(name.into())
             .spawn(move || writer_loop(conn, rx))?;
         Ok(Writer { tx })
     }
 
     /// Runs `f` in the next group transaction and returns its result after the commit is
     /// durable.
-    pub async fn write<F, R>(&self, f: F) -> StoreResult<R>
+    pub async fn write<F, R, E>(&self, f: F) -> Result<R, E>
     where
-        F: FnOnce(&Connection) -> StoreResult<R> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, E> + Send + 'static,
         R: Send + 'static,
+        E: From<WriteFailed> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         let job = Box::new(TypedJob {
@@ -81,11 +91,9 @@ impl Writer {
             result: None,
             reply,
         });
-        self.tx
-            .send(job)
-            .map_err(|_| StoreError::Database("the writer thread has stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Database("the writer thread has stopped".into()))?
+        let stopped = || E::from(WriteFailed("the writer thread has stopped".into()));
+        self.tx.send(job).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 }
 

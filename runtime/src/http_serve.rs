@@ -1,4 +1,4 @@
-//! Serving an axum router with the connection limits DESIGN.md §9 asks for: a client that
+//! Serving an axum router with connection limits for untrusted clients: a client that
 //! does not finish sending its request headers within `HEADER_TIMEOUT` is disconnected
 //! (slowloris), keepalive-idle connections are closed, and shutdown drains open
 //! connections gracefully. (`axum::serve` does not expose these settings.)
@@ -18,6 +18,17 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    serve_tls(listener, app, None, shutdown).await
+}
+
+/// Like [`serve`], over TLS when `tls` is given (the handshake must also finish within
+/// `HEADER_TIMEOUT`).
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -46,11 +57,25 @@ pub async fn serve(
                 };
                 let _ = stream.set_nodelay(true);
                 let service = TowerToHyperService::new(app.clone());
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                match &tls {
+                    None => {
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                        let conn = graceful.watch(conn);
+                        tokio::spawn(async move {
+                            let _ = conn.await;
+                        });
+                    }
+                    Some(acceptor) => {
+                        let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
+                        tokio::spawn(async move {
+                            let Ok(Ok(stream)) = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await else {
+                                return; // failed or stalled handshake
+                            };
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                            let _ = watcher.watch(conn).await;
+                        });
+                    }
+                }
             }
             _ = &mut shutdown => break,
         }

@@ -6,10 +6,12 @@ use crate::datadir::DataDir;
 use crate::ids::{self, hash_secret, is_valid_id};
 use crate::roles::Role;
 use crate::server::{self, Collector};
-use crate::store::sqlite::SqliteStore;
 use crate::store::{AgentFilter, AuditEntry, NewLicense, Store, StoreError};
+
+mod serve;
 use crate::usage::{self, Format};
 use serde_json::{Value, json};
+pub use serve::{ServeOptions, serve};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tally_proto::Digest;
@@ -19,23 +21,7 @@ use tally_proto::pb;
 use tally_proto::time::{parse_duration_secs, parse_instant};
 use tally_proto::{bundle, keys, signing};
 
-/// A command failure: bad input (exit 2) or a runtime failure (exit 1).
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    #[error("{0}")]
-    Usage(String),
-    #[error("{0}")]
-    Runtime(String),
-}
-
-impl CommandError {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            CommandError::Usage(_) => 2,
-            CommandError::Runtime(_) => 1,
-        }
-    }
-}
+pub use tally_runtime::cli::{CmdResult, CommandError, Output};
 
 impl From<StoreError> for CommandError {
     fn from(e: StoreError) -> Self {
@@ -50,47 +36,33 @@ fn usage_err(m: impl Into<String>) -> CommandError {
     CommandError::Usage(m.into())
 }
 
-pub type CmdResult = Result<Output, CommandError>;
-
-/// What a command prints: `json` with `--json`, `text` otherwise.
-pub struct Output {
-    pub json: Value,
-    pub text: String,
-}
-
-impl Output {
-    fn new(json: Value, text: impl Into<String>) -> Self {
-        Output {
-            json,
-            text: text.into(),
-        }
-    }
-}
-
-/// An opened data directory.
+/// An opened data directory and the store it uses.
 pub struct Ctx {
     pub dir: DataDir,
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<dyn Store>,
 }
 
 impl Ctx {
-    /// Opens an initialized data directory.
-    pub fn open(dir: DataDir) -> Result<Ctx, CommandError> {
-        if !dir.is_initialized() {
+    /// Opens an initialized data directory and its store (`database`: see
+    /// [`crate::store::open`]).
+    pub fn open(dir: DataDir, database: Option<&str>) -> Result<Ctx, CommandError> {
+        if !dir.vendor_key().exists() {
             return Err(usage_err(format!(
                 "{} is not an initialized data directory (hint: run 'tally-collector --data {} init' first)",
                 dir.path().display(),
                 dir.path().display()
             )));
         }
-        let store = SqliteStore::open(&dir.db())?;
-        Ok(Ctx {
-            dir,
-            store: Arc::new(store),
-        })
+        let store = crate::store::open(&dir, database, false)?;
+        Ok(Ctx { dir, store })
     }
 
-    fn vendor_key(&self) -> Result<ed25519_dalek::SigningKey, CommandError> {
+    /// A context over an already opened store (tests and embedders).
+    pub fn with_store(dir: DataDir, store: Arc<dyn Store>) -> Ctx {
+        Ctx { dir, store }
+    }
+
+    pub fn vendor_key(&self) -> Result<ed25519_dalek::SigningKey, CommandError> {
         keys::read(&self.dir.vendor_key()).map_err(|e| CommandError::Runtime(e.to_string()))
     }
 
@@ -109,7 +81,7 @@ impl Ctx {
 }
 
 /// `init`: data directory, database, vendor key and a first admin token (printed once).
-pub async fn init(dir: DataDir) -> CmdResult {
+pub async fn init(dir: DataDir, database: Option<&str>) -> CmdResult {
     if dir.vendor_key().exists() {
         return Err(usage_err(format!(
             "{} is already initialized",
@@ -121,7 +93,7 @@ pub async fn init(dir: DataDir) -> CmdResult {
     })?;
     let key = keys::generate();
     keys::write_new(&dir.vendor_key(), &key).map_err(|e| CommandError::Runtime(e.to_string()))?;
-    let store = SqliteStore::open(&dir.db())?;
+    let store = crate::store::open(&dir, database, true)?;
     let token = ids::new_secret("tally");
     let id = ids::new_id("tok");
     let now = chrono::Utc::now();
@@ -134,10 +106,7 @@ pub async fn init(dir: DataDir) -> CmdResult {
             now,
         )
         .await?;
-    let ctx = Ctx {
-        dir,
-        store: Arc::new(store),
-    };
+    let ctx = Ctx { dir, store };
     ctx.audit("init", &id, "ok").await?;
     let collector_key = hex::encode(key.verifying_key().to_bytes());
     Ok(Output::new(
@@ -552,17 +521,4 @@ pub async fn audit_list(ctx: &Ctx, limit: u32) -> CmdResult {
         })
         .collect::<String>();
     Ok(Output::new(json!(rows), text))
-}
-
-/// Formats a bound address the way ports.json and the startup line show it.
-pub fn addr_string(a: std::net::SocketAddr) -> String {
-    a.to_string()
-}
-
-/// Writes `ports.json` atomically (write + rename), so a watcher never reads half a file.
-pub fn write_ports(dir: &DataDir, value: &Value) -> Result<(), CommandError> {
-    let tmp = dir.root.join("ports.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(value).unwrap_or_default())
-        .and_then(|_| std::fs::rename(&tmp, dir.ports()))
-        .map_err(|e| CommandError::Runtime(format!("cannot write {}: {e}", dir.ports().display())))
 }

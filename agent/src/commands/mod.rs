@@ -1,0 +1,134 @@
+//! The agent's operator commands: `init`, `run`, `status`, `license`, `reports
+//! list|show|verify`, `export`, `import-receipts`, and `record`/`flush` against a running
+//! agent. `main.rs` parses arguments; these functions do the work and return what to print.
+
+use crate::agent::Agent;
+use crate::store::AgentStore;
+use serde_json::{Value, json};
+use std::path::Path;
+use tally_proto::bundle;
+use tally_proto::pb;
+use tally_proto::receipt::ReceiptBody;
+pub use tally_runtime::cli::{CmdResult, CommandError, Output};
+use tally_runtime::cli::{runtime, usage};
+
+mod init;
+mod reports;
+mod run;
+
+pub use init::{InitArgs, init};
+pub use reports::{report_json, reports_list, reports_show, reports_verify};
+pub use run::{RunOptions, load, run};
+
+/// The TLS files remembered by `init`.
+pub fn stored_tls(store: &AgentStore) -> crate::tls::TlsFiles {
+    let get = |k: &str| {
+        store
+            .meta(k)
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .map(std::path::PathBuf::from)
+    };
+    crate::tls::TlsFiles {
+        ca: get("tls_ca"),
+        cert: get("tls_cert"),
+        key: get("tls_key"),
+    }
+}
+
+/// The stored collectors (from `init`).
+pub fn stored_collectors(store: &AgentStore) -> Vec<String> {
+    store
+        .meta("collectors")
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
+        .map(|s| {
+            s.split(',')
+                .filter(|x| !x.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The license status (`active`/`grace`/`lapsed`, lease, credits) as JSON, from the
+/// database alone.
+pub fn license_json(agent: &Agent) -> Output {
+    Output::json_only(
+        serde_json::to_value(crate::status::license_status(agent, chrono::Utc::now()))
+            .unwrap_or_default(),
+    )
+}
+
+/// Status as JSON: delivery states, open counters, license status, and (when `live`) the
+/// running agent's delivery statistics.
+pub fn status_json(agent: &Agent, live: bool) -> Result<Value, CommandError> {
+    let (states, open) = agent.store.summary().map_err(runtime)?;
+    let not_counted: Vec<Value> = agent
+        .store
+        .reports_since(1)
+        .map_err(runtime)?
+        .into_iter()
+        .filter(|r| r.state == "quarantined" || r.state == "refused")
+        .map(|r| json!({"seq": r.seq, "state": r.state, "reason": r.reason, "detail": r.detail}))
+        .collect();
+    let mut v = json!({
+        "license": crate::status::license_status(agent, chrono::Utc::now()),
+        "reports": states,
+        "open_window": open.into_iter().map(|(m, q)| json!({"metric": m, "quantity": q})).collect::<Vec<_>>(),
+        "not_counted": not_counted,
+    });
+    if live {
+        v["delivery"] = crate::http::stats_json(agent);
+    }
+    Ok(v)
+}
+
+/// `export`: undelivered reports (or all from `--since`), as a report bundle.
+pub fn export(agent: &Agent, out: &Path, since: Option<u64>) -> CmdResult {
+    let rows = match since {
+        Some(s) => agent.store.reports_since(s).map_err(runtime)?,
+        None => agent
+            .store
+            .reports_since(1)
+            .map_err(runtime)?
+            .into_iter()
+            .filter(|r| r.state == "pending")
+            .collect(),
+    };
+    let b = pb::ReportBundle {
+        reports: rows.iter().map(|r| r.signed()).collect(),
+    };
+    std::fs::write(out, bundle::write_reports(&b))
+        .map_err(|e| runtime(format!("cannot write {}: {e}", out.display())))?;
+    Ok(Output {
+        json: json!({"file": out.display().to_string(), "reports": rows.len()}),
+        text: format!("exported {} reports to {}\n", rows.len(), out.display()),
+    })
+}
+
+/// `import-receipts`: verifies and stores receipts from the collector's import.
+pub async fn import_receipts(agent: &Agent, file: &Path) -> CmdResult {
+    let bytes =
+        std::fs::read(file).map_err(|e| usage(format!("cannot read {}: {e}", file.display())))?;
+    let b = bundle::read_receipts(&bytes).map_err(|e| usage(format!("{}: {e}", file.display())))?;
+    let mut verified = Vec::new();
+    for (i, r) in b.receipts.into_iter().enumerate() {
+        let body = ReceiptBody::verify(&r, &agent.collector_key)
+            .map_err(|e| usage(format!("receipt {i}: {e}")))?;
+        verified.push((body, r));
+    }
+    let (stored, unknown) = agent
+        .store
+        .store_receipts(verified)
+        .await
+        .map_err(runtime)?;
+    Ok(Output {
+        json: json!({"stored": stored, "unknown": unknown}),
+        text: format!(
+            "stored {stored} receipts ({unknown} for reports this agent does not have)\n"
+        ),
+    })
+}

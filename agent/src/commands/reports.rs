@@ -1,0 +1,121 @@
+//! `reports list|show|verify`: every report the agent sent, decoded, and the offline check
+//! of the whole history (chain, signatures, receipts).
+
+use super::{CmdResult, CommandError, Output, runtime, usage};
+use crate::agent::Agent;
+use serde_json::{Value, json};
+use tally_proto::Digest;
+use tally_proto::receipt::ReceiptBody;
+use tally_proto::report::Report;
+
+/// Decoded fields of a report: exactly those that were signed at the top level, and the
+/// delivery state (digest, state, reason, receipt) under `delivery`.
+pub fn report_json(r: &crate::store::StoredReport) -> Result<Value, CommandError> {
+    let rep = Report::decode(&r.bytes).map_err(|e| runtime(format!("report {}: {e}", r.seq)))?;
+    Ok(json!({
+        "seq": rep.seq,
+        "license_id": rep.license_id,
+        "agent_key": hex::encode(rep.agent_key),
+        "prev_digest": rep.prev_digest.map(|d| d.to_hex()),
+        "window_start": tally_proto::time::rfc3339(rep.window_start),
+        "window_end": tally_proto::time::rfc3339(rep.window_end),
+        "counters": rep.counters.iter().map(|c| json!({"metric": c.metric, "quantity": c.quantity})).collect::<Vec<_>>(),
+        "created_at": tally_proto::time::rfc3339(rep.created_at),
+        "agent_version": rep.agent_version,
+        // Not part of the signed report: what happened to it (kept apart, so the top level
+        // is exactly the signed fields).
+        "delivery": {"digest": r.digest.to_hex(), "state": r.state, "reason": r.reason},
+    }))
+}
+
+pub fn reports_list(agent: &Agent) -> CmdResult {
+    let rows = agent.store.reports_since(1).map_err(runtime)?;
+    let mut text = String::new();
+    let mut arr = Vec::new();
+    for r in &rows {
+        let j = report_json(r)?;
+        text.push_str(&format!(
+            "{}\t{}\t{} – {}\t{} counters\t{}\n",
+            r.seq,
+            r.state,
+            j["window_start"].as_str().unwrap_or(""),
+            j["window_end"].as_str().unwrap_or(""),
+            j["counters"].as_array().map_or(0, Vec::len),
+            r.digest
+        ));
+        arr.push(json!({"seq": r.seq, "digest": r.digest.to_hex(), "state": r.state, "reason": r.reason}));
+    }
+    Ok(Output {
+        json: Value::Array(arr),
+        text,
+    })
+}
+
+pub fn reports_show(agent: &Agent, seq: u64) -> CmdResult {
+    let r = agent
+        .store
+        .reports_since(seq)
+        .map_err(runtime)?
+        .into_iter()
+        .next()
+        .filter(|r| r.seq == seq)
+        .ok_or_else(|| usage(format!("no report with seq {seq}")))?;
+    let mut j = report_json(&r)?;
+    if let Some(rc) = &r.receipt
+        && let Ok(b) = ReceiptBody::verify(rc, &agent.collector_key)
+    {
+        j["delivery"]["receipt"] = json!({"outcome": b.outcome.as_str(), "reason": b.reason, "received_at": tally_proto::time::rfc3339(b.received_at)});
+    }
+    let text = serde_json::to_string_pretty(&j).unwrap_or_default() + "\n";
+    Ok(Output { json: j, text })
+}
+
+/// Verifies the whole history offline: every signature, the chain of digests and
+/// sequence numbers, and every receipt against the collector key.
+pub fn reports_verify(agent: &Agent) -> CmdResult {
+    let rows = agent.store.reports_since(1).map_err(runtime)?;
+    let key = agent.key.verifying_key();
+    let mut prev: Option<Digest> = None;
+    let mut receipts = 0;
+    for (i, r) in rows.iter().enumerate() {
+        let fail = |m: String| runtime(format!("report seq {}: {m}", r.seq));
+        if r.seq != i as u64 + 1 {
+            return Err(fail(format!("sequence gap: expected seq {}", i + 1)));
+        }
+        if Digest::of(&r.bytes) != r.digest {
+            return Err(fail(
+                "stored bytes do not match their digest (the report was altered)".into(),
+            ));
+        }
+        tally_proto::signing::verify(
+            &key,
+            tally_proto::signing::Domain::UsageReport,
+            &r.bytes,
+            &r.signature,
+        )
+        .map_err(|e| fail(format!("signature: {e}")))?;
+        let rep = Report::decode(&r.bytes).map_err(|e| fail(e.to_string()))?;
+        if rep.seq != r.seq || rep.prev_digest != prev {
+            return Err(fail(
+                "the chain is broken (seq or prev_digest does not match the previous report)"
+                    .into(),
+            ));
+        }
+        if let Some(rc) = &r.receipt {
+            let b = ReceiptBody::verify(rc, &agent.collector_key)
+                .map_err(|e| fail(format!("receipt: {e}")))?;
+            if b.report_digest != r.digest {
+                return Err(fail("the receipt is for another report".into()));
+            }
+            receipts += 1;
+        }
+        prev = Some(r.digest);
+    }
+    Ok(Output {
+        json: json!({"ok": true, "reports": rows.len(), "receipts": receipts}),
+        text: format!(
+            "ok: {} reports, chain and signatures intact, {receipts} receipts verified\n",
+            rows.len()
+        ),
+    })
+}

@@ -1,0 +1,83 @@
+//! `run`: bind the recording port, announce it (stdout and `ports.json`), load the agent
+//! with the collectors and TLS files chosen (flags, else what `init` stored) and serve
+//! until a shutdown signal. `load` opens an agent directory for the other commands.
+
+use super::{CommandError, stored_collectors, stored_tls};
+use crate::agent::{Agent, AgentConfig, LoadError};
+use crate::datadir::DataDir;
+use crate::tls::TlsFiles;
+use serde_json::json;
+use std::sync::Arc;
+
+/// `run`'s settings, already merged from flags, environment and config file.
+pub struct RunOptions {
+    pub listen: String,
+    pub interval_secs: i64,
+    /// Empty: the collectors `init` stored.
+    pub collectors: Vec<String>,
+    /// Empty: the TLS files `init` stored.
+    pub tls: TlsFiles,
+    /// Print the address as one JSON document.
+    pub json: bool,
+}
+
+/// Opens an initialized agent directory (for commands that read it; the interval only
+/// matters to `run`).
+pub fn load(
+    dir: &DataDir,
+    interval_secs: i64,
+    collectors: Vec<String>,
+    tls: TlsFiles,
+) -> Result<Agent, CommandError> {
+    Agent::load(AgentConfig {
+        dir: dir.clone(),
+        interval_secs,
+        collectors,
+        tls,
+    })
+    .map_err(|e| match e {
+        LoadError::NotInitialized(_) => CommandError::Usage(e.to_string()),
+        LoadError::Corrupt(m) if m.contains("--ca") || m.contains("--cert") => {
+            CommandError::Usage(m)
+        }
+        other => CommandError::Runtime(other.to_string()),
+    })
+}
+
+pub async fn run(dir: &DataDir, o: RunOptions) -> Result<(), CommandError> {
+    let listener = tokio::net::TcpListener::bind(&o.listen)
+        .await
+        .map_err(|e| CommandError::Usage(format!("--listen {}: cannot bind: {e}", o.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CommandError::Runtime(e.to_string()))?;
+    // What `init` stored fills in what the command line left out.
+    let stored = load(dir, o.interval_secs, Vec::new(), TlsFiles::default())?;
+    let collectors = if o.collectors.is_empty() {
+        stored_collectors(&stored.store)
+    } else {
+        o.collectors
+    };
+    let tls = if o.tls.is_empty() {
+        stored_tls(&stored.store)
+    } else {
+        o.tls
+    };
+    drop(stored);
+    let agent = Arc::new(load(dir, o.interval_secs, collectors, tls)?);
+    let ports = json!({"listen": addr.to_string()});
+    tally_runtime::ports::write(dir.path(), &ports)
+        .map_err(|e| CommandError::Runtime(format!("cannot write ports.json: {e}")))?;
+    if o.json {
+        println!("{ports}");
+    } else {
+        println!("listening on {addr}");
+    }
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "Recording API listens on a non-loopback address in plain text.");
+    }
+    tracing::info!(%addr, interval = o.interval_secs, collectors = ?agent.collectors, "Agent running.");
+    crate::server::run(agent, listener, tally_runtime::shutdown::signal())
+        .await
+        .map_err(|e| CommandError::Runtime(e.to_string()))
+}

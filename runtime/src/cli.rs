@@ -1,0 +1,167 @@
+//! The command-line contract both binaries keep: exit codes (0 success, 1 runtime failure,
+//! 2 bad usage or input), one `error: …` line on stderr, `--json` printing exactly one JSON
+//! document on stdout, logs on stderr, and TOML config files read strictly.
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use std::future::Future;
+use std::path::Path;
+
+/// Why a command failed; decides the exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Bad usage or bad input (exit 2). Nothing was changed.
+    #[error("{0}")]
+    Usage(String),
+    /// The command was valid but failed while running (exit 1).
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl CommandError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CommandError::Usage(_) => 2,
+            CommandError::Runtime(_) => 1,
+        }
+    }
+}
+
+/// Shorthand for [`CommandError::Usage`].
+pub fn usage(m: impl Into<String>) -> CommandError {
+    CommandError::Usage(m.into())
+}
+
+/// Shorthand for [`CommandError::Runtime`].
+pub fn runtime(m: impl std::fmt::Display) -> CommandError {
+    CommandError::Runtime(m.to_string())
+}
+
+/// What a command prints: `json` with `--json`, `text` otherwise.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub json: Value,
+    pub text: String,
+}
+
+impl Output {
+    pub fn new(json: Value, text: impl Into<String>) -> Output {
+        Output {
+            json,
+            text: text.into(),
+        }
+    }
+
+    /// The JSON document, pretty-printed, as the text too.
+    pub fn json_only(json: Value) -> Output {
+        let text = serde_json::to_string_pretty(&json).unwrap_or_default() + "\n";
+        Output { json, text }
+    }
+}
+
+pub type CmdResult = Result<Output, CommandError>;
+
+/// Parses the command line; a parse error becomes one `error:` line and exit 2, help and
+/// version print as usual.
+pub fn parse<C: clap::Parser>(bin: &str) -> C {
+    match C::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .next()
+                .unwrap_or("error: invalid arguments");
+            eprintln!("{first} (hint: see '{bin} --help')");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `TALLY_LOG` (default `info`).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+}
+
+/// Runs a command on a new tokio runtime, prints its output (`--json`: the one JSON
+/// document) and exits with the contract's code. `Ok(None)`: the command printed what it
+/// had to (a server).
+pub fn run_main<F>(json_out: bool, command: F) -> !
+where
+    F: Future<Output = Result<Option<Output>, CommandError>>,
+{
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    match rt.block_on(command) {
+        Ok(Some(out)) => {
+            if json_out {
+                println!("{}", out.json);
+            } else {
+                print!("{}", out.text);
+            }
+            std::process::exit(0)
+        }
+        Ok(None) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(e.exit_code());
+        }
+    }
+}
+
+/// Reads a TOML config file strictly (the type should `deny_unknown_fields`; TOML itself
+/// refuses repeated keys). No path: the defaults.
+pub fn load_config<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, CommandError> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| usage(format!("cannot read config file {}: {e}", path.display())))?;
+    toml::from_str(&text)
+        .map_err(|e| usage(format!("config file {}: {}", path.display(), e.message())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Default, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Conf {
+        data: Option<String>,
+    }
+
+    #[test]
+    fn config_files_are_read_strictly() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "data = \"x\"\n").unwrap();
+        assert_eq!(
+            load_config::<Conf>(Some(&p)).unwrap().data.as_deref(),
+            Some("x")
+        );
+        std::fs::write(&p, "data = \"x\"\ndata = \"y\"\n").unwrap();
+        let e = load_config::<Conf>(Some(&p)).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e}");
+        std::fs::write(&p, "datta = \"x\"\n").unwrap();
+        assert!(
+            load_config::<Conf>(Some(&p))
+                .unwrap_err()
+                .to_string()
+                .contains("datta")
+        );
+        assert!(load_config::<Conf>(None).unwrap().data.is_none());
+    }
+}
