@@ -1,7 +1,7 @@
 //! The running agent: license, keys, store, and the two background loops — closing
 //! windows into signed reports, and delivering the outbox with backoff.
 
-use crate::datadir::DataDir;
+use crate::datadir::{AgentFiles, DataDir};
 use crate::store::{AgentStore, Event, Recorded, StoreError};
 use backon::BackoffBuilder;
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -37,7 +37,7 @@ impl From<StoreError> for RecordError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Invalid(m) => RecordError::Invalid(m),
-            StoreError::Database(m) => RecordError::Storage(m),
+            other => RecordError::Storage(other.to_string()),
         }
     }
 }

@@ -1,29 +1,26 @@
-//! The agent's data directory: database, agent key (0600), ports.json.
+//! The agent's files in its data directory: database and agent key (0600) (and, from the
+//! shared part, ports.json).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-#[derive(Debug, Clone)]
-pub struct DataDir {
-    pub root: PathBuf,
+pub use tally_runtime::datadir::DataDir;
+
+/// Names of the agent's files; `use` it wherever they are needed.
+pub trait AgentFiles {
+    fn db(&self) -> PathBuf;
+    fn key(&self) -> PathBuf;
+    /// Both the key and the database exist (`init` has run).
+    fn is_initialized(&self) -> bool;
 }
 
-impl DataDir {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        DataDir { root: root.into() }
-    }
-    pub fn db(&self) -> PathBuf {
+impl AgentFiles for DataDir {
+    fn db(&self) -> PathBuf {
         self.root.join("agent.db")
     }
-    pub fn key(&self) -> PathBuf {
+    fn key(&self) -> PathBuf {
         self.root.join("agent.key")
     }
-    pub fn ports(&self) -> PathBuf {
-        self.root.join("ports.json")
-    }
-    pub fn is_initialized(&self) -> bool {
+    fn is_initialized(&self) -> bool {
         self.key().exists() && self.db().exists()
-    }
-    pub fn path(&self) -> &Path {
-        &self.root
     }
 }

@@ -18,15 +18,8 @@ const POST: Method = Method::POST;
     about = "Tally agent: counts usage durably and delivers signed, usage-only reports"
 )]
 struct Cli {
-    /// Data directory.
-    #[arg(long, global = true, env = "TALLY_DATA", value_name = "DIR")]
-    data: Option<PathBuf>,
-    /// Configuration file (TOML); flags and TALLY_* variables take precedence.
-    #[arg(long, global = true, env = "TALLY_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Print exactly one JSON document on stdout.
-    #[arg(long, global = true)]
-    json: bool,
+    #[command(flatten)]
+    common: tally_runtime::cli::CommonArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -138,7 +131,7 @@ struct ConfigFile {
 fn main() {
     let cli: Cli = tally_runtime::cli::parse("tally-agent");
     tally_runtime::cli::init_logging();
-    let json_out = cli.json;
+    let json_out = cli.common.json;
     tally_runtime::cli::run_main(json_out, dispatch(cli))
 }
 
@@ -157,12 +150,8 @@ fn open(dir: &DataDir) -> Result<tally_agent::agent::Agent, CommandError> {
 }
 
 async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
-    let config: ConfigFile = tally_runtime::cli::load_config(cli.config.as_deref())?;
-    let dir = DataDir::new(
-        cli.data
-            .or(config.data.clone())
-            .unwrap_or_else(|| PathBuf::from("./tally-data")),
-    );
+    let config: ConfigFile = tally_runtime::cli::load_config(cli.common.config.as_deref())?;
+    let dir = DataDir::resolve(cli.common.data, config.data.clone());
     let default_interval = config.interval.clone().unwrap_or_else(|| "1h".into());
     Ok(Some(match cli.command {
         Command::Init {
@@ -206,7 +195,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                     collectors
                 },
                 tls: tls.files(),
-                json: cli.json,
+                json: cli.common.json,
             };
             commands::run(&dir, options).await?;
             return Ok(None);

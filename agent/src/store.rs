@@ -24,18 +24,11 @@ pub enum StoreError {
     Invalid(String),
     #[error("database error: {0}")]
     Database(String),
-}
-
-impl From<WriteFailed> for StoreError {
-    fn from(e: WriteFailed) -> Self {
-        StoreError::Database(e.0)
-    }
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Database(e.to_string())
-    }
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The group commit failed or the writer stopped; nothing of the write is durable.
+    #[error("database error: {0}")]
+    Write(#[from] WriteFailed),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -1,33 +1,28 @@
-//! The collector's data directory: database, vendor key, issued license files, ports.json.
+//! The collector's files in its data directory: database, vendor key, issued license files
+//! (and, from the shared part, ports.json).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-#[derive(Debug, Clone)]
-pub struct DataDir {
-    pub root: PathBuf,
+pub use tally_runtime::datadir::DataDir;
+
+/// Names of the collector's files; `use` it wherever they are needed.
+pub trait CollectorFiles {
+    /// The SQLite store (when no `--database` names another).
+    fn db(&self) -> PathBuf;
+    /// The vendor signing key: signs licenses and receipts. Mode 0600.
+    fn vendor_key(&self) -> PathBuf;
+    /// Issued license files.
+    fn licenses(&self) -> PathBuf;
 }
 
-impl DataDir {
-    pub fn new(root: impl Into<PathBuf>) -> Self {
-        DataDir { root: root.into() }
-    }
-    pub fn db(&self) -> PathBuf {
+impl CollectorFiles for DataDir {
+    fn db(&self) -> PathBuf {
         self.root.join("collector.db")
     }
-    /// The vendor signing key: signs licenses and receipts. Mode 0600.
-    pub fn vendor_key(&self) -> PathBuf {
+    fn vendor_key(&self) -> PathBuf {
         self.root.join("vendor.key")
     }
-    pub fn licenses(&self) -> PathBuf {
+    fn licenses(&self) -> PathBuf {
         self.root.join("licenses")
-    }
-    pub fn ports(&self) -> PathBuf {
-        self.root.join("ports.json")
-    }
-    pub fn is_initialized(&self) -> bool {
-        self.vendor_key().exists() && self.db().exists()
-    }
-    pub fn path(&self) -> &Path {
-        &self.root
     }
 }

@@ -13,18 +13,11 @@ use tally_collector::store::AgentFilter;
     about = "Tally collector: verified, exactly-once usage ingest and billing queries"
 )]
 struct Cli {
-    /// Data directory.
-    #[arg(long, global = true, env = "TALLY_DATA", value_name = "DIR")]
-    data: Option<PathBuf>,
-    /// Configuration file (TOML); flags and TALLY_* variables take precedence.
-    #[arg(long, global = true, env = "TALLY_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    common: tally_runtime::cli::CommonArgs,
     /// The store: nothing for the SQLite file in --data, or postgres://user:pass@host:port/db.
     #[arg(long, global = true, env = "TALLY_DATABASE_URL", value_name = "URL")]
     database: Option<String>,
-    /// Print exactly one JSON document on stdout.
-    #[arg(long, global = true)]
-    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -240,17 +233,13 @@ struct ConfigFile {
 fn main() {
     let cli: Cli = tally_runtime::cli::parse("tally-collector");
     tally_runtime::cli::init_logging();
-    let json_out = cli.json;
+    let json_out = cli.common.json;
     tally_runtime::cli::run_main(json_out, dispatch(cli))
 }
 
 async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
-    let config: ConfigFile = tally_runtime::cli::load_config(cli.config.as_deref())?;
-    let data = cli
-        .data
-        .or(config.data.clone())
-        .unwrap_or_else(|| PathBuf::from("./tally-data"));
-    let dir = DataDir::new(data);
+    let config: ConfigFile = tally_runtime::cli::load_config(cli.common.config.as_deref())?;
+    let dir = DataDir::resolve(cli.common.data, config.data.clone());
     let database = cli.database.or(config.database.clone());
     let database = database.as_deref();
     let open = |dir: DataDir| Ctx::open(dir, database);
@@ -276,7 +265,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                     .unwrap_or_else(|| "127.0.0.1:8080".into()),
                 tls,
                 agent_rate: a.agent_rate,
-                json: cli.json,
+                json: cli.common.json,
             };
             commands::serve(open(dir)?, options).await?;
             return Ok(None);
@@ -371,7 +360,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
             .collect();
-            commands::usage(&ctx, pairs, cli.json).await?
+            commands::usage(&ctx, pairs, cli.common.json).await?
         }
         Command::Import { file, receipts_out } => {
             let ctx = open(dir)?;

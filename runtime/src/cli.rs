@@ -7,6 +7,20 @@ use serde_json::Value;
 use std::future::Future;
 use std::path::Path;
 
+/// The options every command of both binaries takes (flatten into the top-level parser).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct CommonArgs {
+    /// Data directory.
+    #[arg(long, global = true, env = "TALLY_DATA", value_name = "DIR")]
+    pub data: Option<std::path::PathBuf>,
+    /// Configuration file (TOML); flags and TALLY_* variables take precedence.
+    #[arg(long, global = true, env = "TALLY_CONFIG", value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Print exactly one JSON document on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
 /// Why a command failed; decides the exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {

@@ -4,6 +4,7 @@
 //! must never depend on `tally-proto`, the agent or the collector.
 
 pub mod cli;
+pub mod datadir;
 pub mod http_serve;
 pub mod json;
 pub mod ports;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use tally_collector::commands::{self, Ctx, IssueArgs};
-use tally_collector::datadir::DataDir;
+use tally_collector::datadir::{CollectorFiles, DataDir};
 use tally_collector::server::{self, Collector};
 use tally_collector::store::Inspect;
 use tally_collector::store::sqlite::SqliteStore;

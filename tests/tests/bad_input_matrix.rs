@@ -4,6 +4,7 @@
 //! but wrong reports (quarantine) are stored but change no rollup.
 
 use chrono::{Duration, Utc};
+use tally_collector::datadir::CollectorFiles;
 use tally_collector::store::{Store, UsageFilter};
 use tally_proto::pb;
 use tally_proto::receipt::{Outcome, ReceiptBody};
@@ -463,67 +464,96 @@ async fn bad_input_matrix() {
 
     // ---- billing HTTP ---------------------------------------------------------------
     let http = reqwest::Client::new();
-    for (name, path, token, status) in [
-        ("http: missing token", "/v1/usage".to_string(), None, 401u16),
+    let admin = Some(c.admin_token.as_str());
+    // (name, path, token, status, error code, a phrase the message must contain)
+    for (name, path, token, status, code, needle) in [
+        (
+            "http: missing token",
+            "/v1/usage".to_string(),
+            None,
+            401u16,
+            "unauthorized",
+            "missing 'Authorization: Bearer <token>' header",
+        ),
         (
             "http: invalid token",
             "/v1/usage".to_string(),
             Some("tally_forged"),
             401,
+            "unauthorized",
+            "unknown token",
         ),
         (
             "http: revoked token",
             "/v1/usage".to_string(),
             Some(revoked_token.as_str()),
             401,
+            "unauthorized",
+            "this token has been revoked",
         ),
         (
             "http: cross-tenant usage",
             format!("/v1/usage?customer={b}"),
             Some(customer_token.as_str()),
             404,
+            "not_found",
+            &format!("customer {b} not found"),
         ),
         (
             "http: cross-tenant statement",
             format!("/v1/statements/{b}/2026-01"),
             Some(customer_token.as_str()),
             404,
+            "not_found",
+            &format!("customer {b} not found"),
         ),
         (
             "http: SQL metacharacters",
             "/v1/usage?license=lic%27%3B%20DROP%20TABLE%20reports%3B--".to_string(),
-            Some(c.admin_token.as_str()),
+            admin,
             400,
+            "invalid_parameter",
+            "license",
         ),
         (
             "http: path traversal",
             "/v1/statements/..%2F..%2Fetc/2026-01".to_string(),
-            Some(c.admin_token.as_str()),
+            admin,
             400,
+            "invalid_parameter",
+            "customer",
         ),
         (
             "http: invalid UTF-8 in query",
             "/v1/usage?metric=%C3%28".to_string(),
-            Some(c.admin_token.as_str()),
+            admin,
             400,
+            "invalid_parameter",
+            "UTF-8",
         ),
         (
             "http: bad granularity",
             "/v1/usage?granularity=fortnight".to_string(),
-            Some(c.admin_token.as_str()),
+            admin,
             400,
+            "invalid_parameter",
+            "granularity",
         ),
         (
             "http: unknown parameter",
             "/v1/usage?cusotmer=x".to_string(),
-            Some(c.admin_token.as_str()),
+            admin,
             400,
+            "invalid_parameter",
+            "cusotmer",
         ),
         (
             "http: unknown route",
             "/v1/secrets".to_string(),
-            Some(c.admin_token.as_str()),
+            admin,
             404,
+            "not_found",
+            "no route for GET /v1/secrets",
         ),
     ] {
         let mut req = http.get(c.http_url(&path));
@@ -533,7 +563,11 @@ async fn bad_input_matrix() {
         let resp = req.send().await.unwrap();
         let got = resp.status().as_u16();
         let v: serde_json::Value = resp.json().await.unwrap_or_default();
-        let ok = got == status && v["error"]["code"].is_string();
+        let ok = got == status
+            && v["error"]["code"] == code
+            && v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(needle));
         m.record(
             name,
             ok && snapshot(&c).await == before,
@@ -547,10 +581,17 @@ async fn bad_input_matrix() {
         .send()
         .await
         .unwrap();
+    let status = resp.status().as_u16();
+    let v: serde_json::Value = resp.json().await.unwrap_or_default();
     m.record(
         "http: import garbage",
-        resp.status().as_u16() == 400 && snapshot(&c).await == before,
-        resp.status().to_string(),
+        status == 400
+            && v["error"]["code"] == "invalid_bundle"
+            && v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not a report bundle"))
+            && snapshot(&c).await == before,
+        format!("{status} {v}"),
     );
 
     // ---- license files ---------------------------------------------------------------
@@ -566,33 +607,50 @@ async fn bad_input_matrix() {
         .verifying_key()
         .to_bytes()
         .to_vec();
-    for (name, r) in [
+    let vendor = c.collector.ingestor.collector_key();
+    // (name, the error, the exact message it must have)
+    for (name, r, want) in [
         (
             "license: tampered body",
             tally_proto::license::License::verify(&tampered, None)
                 .err()
                 .map(|e| e.to_string()),
+            "license signature: signature does not verify".to_string(),
         ),
         (
-            "license: foreign vendor key",
+            "license: re-signed by a foreign key, checked against the vendor's",
+            tally_proto::license::License::verify(&foreign, Some(&vendor))
+                .err()
+                .map(|e| e.to_string()),
+            format!(
+                "license is signed by {}, expected the vendor key {}",
+                hex::encode(&foreign.vendor_key),
+                hex::encode(vendor.to_bytes())
+            ),
+        ),
+        (
+            "license: foreign vendor key, body signed by another",
             tally_proto::license::License::verify(&foreign, None)
                 .err()
                 .map(|e| e.to_string()),
+            "license signature: signature does not verify".to_string(),
         ),
         (
             "license: no armor",
             tally_proto::license::parse_armored(b"just text")
                 .err()
                 .map(|e| e.to_string()),
+            "license file has no '-----BEGIN TALLY LICENSE-----' line".to_string(),
         ),
         (
             "license: invalid UTF-8 armor",
             tally_proto::license::parse_armored(&[0xff, 0xfe, 0x00])
                 .err()
                 .map(|e| e.to_string()),
+            "license file has no '-----BEGIN TALLY LICENSE-----' line".to_string(),
         ),
     ] {
-        m.record(name, r.is_some(), format!("{r:?}"));
+        m.record(name, r.as_deref() == Some(want.as_str()), format!("{r:?}"));
     }
 
     let failed: Vec<&str> = m

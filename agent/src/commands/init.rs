@@ -2,7 +2,7 @@
 //! `--offline`, the public key to enroll by hand).
 
 use super::{CmdResult, Output, runtime, usage};
-use crate::datadir::DataDir;
+use crate::datadir::{AgentFiles, DataDir};
 use crate::store::AgentStore;
 use serde_json::json;
 use tally_proto::license::{License, parse_armored};

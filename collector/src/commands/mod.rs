@@ -2,7 +2,7 @@
 //! functions validate them, act through the `Store`, write the audit log and return what
 //! to print (one JSON document for `--json`, or text).
 
-use crate::datadir::DataDir;
+use crate::datadir::{CollectorFiles, DataDir};
 use crate::ids::{self, hash_secret, is_valid_id};
 use crate::roles::Role;
 use crate::server::{self, Collector};

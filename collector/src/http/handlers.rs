@@ -61,7 +61,7 @@ pub async fn healthz() -> Json<Value> {
 }
 
 pub async fn readyz(State(st): State<AppState>) -> Response {
-    match st.store.list_customers(Some(String::new())).await {
+    match st.store.ping().await {
         Ok(_) => Json(json!({"status": "ready"})).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "Readiness check failed.");

@@ -8,9 +8,11 @@
 //! Invariant: a report is counted only inside the transaction that stores it (or that
 //! releases it from quarantine), and rollups change only in those transactions.
 
+pub mod conformance;
+pub mod fixture;
 pub mod sqlite;
 
-use crate::datadir::DataDir;
+use crate::datadir::{CollectorFiles, DataDir};
 use std::sync::Arc;
 
 use crate::roles::Role;
@@ -253,6 +255,9 @@ pub struct StoredReport {
 /// The storage interface of the collector. See the module docs for its invariants.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Succeeds when the store can answer queries now (for `/readyz`).
+    async fn ping(&self) -> StoreResult<()>;
+
     // --- ingest -----------------------------------------------------------------------
     /// Looks up enrolled keys.
     async fn agents_by_keys(

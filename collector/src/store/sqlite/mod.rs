@@ -127,6 +127,14 @@ fn secs(t: Instant) -> i64 {
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|c| {
+            c.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn agents_by_keys(
         &self,
         keys: Vec<[u8; 32]>,

@@ -282,11 +282,10 @@ pub(super) fn stored_reports(conn: &Connection) -> StoreResult<Vec<StoredReport>
 #[cfg(test)]
 mod tests {
     use super::super::SqliteStore;
-    use crate::store::{AuthenticReport, NewLicense, Source, Store, StoreError};
+    use crate::store::fixture::{Fixture, Seed};
+    use crate::store::{Source, Store, StoreError};
     use chrono::{Duration, Utc};
     use tally_proto::Digest;
-    use tally_proto::license::{License, LicensedMetric};
-    use tally_proto::report::{Counter, Report};
 
     /// Release/discard find a report by digest whether or not it was ever under review:
     /// the `reports_reviewed` index first, then the fallback scan.
@@ -295,63 +294,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("c.db")).unwrap();
         let now = Utc::now();
-        let customer = store.add_customer("c".into(), now).await.unwrap();
-        let license = License {
-            license_id: "lic_t".into(),
-            customer_id: customer.id,
-            metrics: vec![LicensedMetric {
-                metric: "api.convert".into(),
-                limit: None,
-            }],
-            not_before: now - Duration::days(30),
-            not_after: now + Duration::days(30),
-            grace_secs: 0,
-            collector_endpoint: "http://127.0.0.1:1".into(),
-        };
-        let signed = license.sign(&tally_proto::keys::generate());
-        store
-            .issue_license(
-                NewLicense {
-                    license: license.clone(),
-                    signed: prost::Message::encode_to_vec(&signed),
-                    token_hash: [0; 32],
-                    enrollments: 1,
-                    token_expires: now,
-                },
+        let f = Fixture::seed(
+            &store,
+            Seed {
+                name: "c",
+                license_id: "lic_t",
+                metrics: &[("api.convert", None)],
                 now,
-            )
-            .await
-            .unwrap();
-        let key = tally_proto::keys::generate();
-        let agent_id = store
-            .add_agent("lic_t".into(), key.verifying_key().to_bytes(), now)
-            .await
-            .unwrap();
+            },
+        )
+        .await
+        .unwrap();
         let ws = now - Duration::hours(2);
-        let report = |seq: u64, metric: &str| {
-            let r = Report {
-                license_id: "lic_t".into(),
-                agent_key: key.verifying_key().to_bytes(),
-                seq,
-                prev_digest: None,
-                window_start: ws,
-                window_end: ws + Duration::seconds(60),
-                counters: vec![Counter {
-                    metric: metric.into(),
-                    quantity: 3,
-                }],
-                created_at: ws + Duration::seconds(60),
-                agent_version: "t".into(),
-            };
-            let bytes = r.encode();
-            AuthenticReport {
-                digest: Digest::of(&bytes),
-                bytes,
-                signature: vec![0; 64],
-                report: r,
-                agent_id: agent_id.clone(),
-            }
-        };
+        let report = |seq: u64, metric: &str| f.report(seq, None, ws, 60, &[(metric, 3)]);
         // seq 1 is accepted; a different report for the same seq is a fork, quarantined.
         let accepted = report(1, "api.convert");
         let quarantined = report(1, "api.other");

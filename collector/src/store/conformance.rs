@@ -1,0 +1,519 @@
+//! The store conformance suite: every observable behaviour a `Store` must have, written once
+//! against `dyn Store` and run against every implementation
+//! (`collector/tests/store_conformance.rs` expands [`conformance_tests!`] per store).
+//!
+//! Each check gets a fresh, empty store and returns `Err(what went wrong)` instead of
+//! panicking, so the suite's own test can run a check against a deliberately broken store
+//! and see it fail.
+
+use super::fixture::{Fixture, Seed};
+use super::{AuditEntry, AuthenticReport, Inspect, Source, Store, UsageFilter};
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tally_proto::Digest;
+use tally_proto::receipt::Outcome;
+use tally_proto::report::Report;
+
+/// A store under test and its inspection side (the same store).
+#[derive(Clone)]
+pub struct Subject {
+    pub store: Arc<dyn Store>,
+    pub inspect: Arc<dyn Inspect>,
+}
+
+pub type CheckResult = Result<(), String>;
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
+}
+
+fn db(e: impl std::fmt::Display) -> String {
+    format!("store error: {e}")
+}
+
+/// "Now" for a check, on a whole hour, with windows placed in the hours before it.
+fn now() -> DateTime<Utc> {
+    Utc::now()
+        .duration_trunc(Duration::hours(1))
+        .unwrap_or_else(|_| Utc::now())
+}
+
+async fn seed(s: &Subject, name: &str, metrics: &[(&str, Option<u64>)]) -> Result<Fixture, String> {
+    Fixture::seed(
+        s.store.as_ref(),
+        Seed {
+            name,
+            license_id: &format!("lic_{name}"),
+            metrics,
+            now: now(),
+        },
+    )
+    .await
+    .map_err(db)
+}
+
+/// Usage per (license, metric) as the store's rollups answer it.
+async fn rollup_totals(
+    s: &Subject,
+    filter: UsageFilter,
+) -> Result<BTreeMap<(String, String), u64>, String> {
+    let mut out = BTreeMap::new();
+    for row in s.store.hourly_usage(filter).await.map_err(db)? {
+        let e = out.entry((row.license_id, row.metric)).or_insert(0u64);
+        *e = e.checked_add(row.quantity).ok_or("rollup sum overflows")?;
+    }
+    Ok(out)
+}
+
+/// The same, by brute force over every stored report whose status is `accepted`.
+async fn brute_totals(s: &Subject) -> Result<BTreeMap<(String, String), u64>, String> {
+    let mut out = BTreeMap::new();
+    for r in s.inspect.stored_reports().await.map_err(db)? {
+        if r.status != "accepted" {
+            continue;
+        }
+        let rep = Report::decode(&r.bytes).map_err(|e| format!("stored bytes: {e}"))?;
+        for c in rep.counters {
+            *out.entry((rep.license_id.clone(), c.metric)).or_insert(0) += c.quantity;
+        }
+    }
+    Ok(out)
+}
+
+fn sum_of(reports: &[AuthenticReport]) -> BTreeMap<(String, String), u64> {
+    let mut out = BTreeMap::new();
+    for r in reports {
+        for c in &r.report.counters {
+            *out.entry((r.report.license_id.clone(), c.metric.clone()))
+                .or_insert(0) += c.quantity;
+        }
+    }
+    out
+}
+
+/// A fresh store starts empty: migrations from nothing leave every list empty.
+pub async fn migrations_from_an_empty_database(s: Subject) -> CheckResult {
+    ensure!(
+        s.store.list_customers(None).await.map_err(db)?.is_empty(),
+        "customers in a new store"
+    );
+    ensure!(
+        s.store.list_licenses(None).await.map_err(db)?.is_empty(),
+        "licenses in a new store"
+    );
+    ensure!(
+        s.store
+            .hourly_usage(UsageFilter::default())
+            .await
+            .map_err(db)?
+            .is_empty(),
+        "usage in a new store"
+    );
+    ensure!(
+        s.store.anomalies(None).await.map_err(db)?.is_empty(),
+        "anomalies in a new store"
+    );
+    ensure!(
+        s.inspect.stored_reports().await.map_err(db)?.is_empty(),
+        "reports in a new store"
+    );
+    Ok(())
+}
+
+/// The same reports submitted by four concurrent callers: each counted exactly once, every
+/// other copy `DUPLICATE`, rollups equal to one submission.
+pub async fn exactly_once_under_concurrent_duplicates(s: Subject) -> CheckResult {
+    let mut f = seed(&s, "dup", &[("api.convert", None), ("api.render", None)]).await?;
+    let start = now() - Duration::hours(60);
+    let reports: Vec<AuthenticReport> = (0..60)
+        .map(|i| {
+            f.next(
+                start + Duration::hours(i),
+                3600,
+                &[("api.convert", 1 + i as u64 % 5), ("api.render", 2)],
+            )
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (store, reports) = (s.store.clone(), reports.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for chunk in reports.chunks(10) {
+                let got = store
+                    .ingest(chunk.to_vec(), Utc::now(), Source::Online)
+                    .await;
+                out.push(got.map(|o| chunk.iter().map(|r| r.digest).zip(o).collect::<Vec<_>>()));
+            }
+            out
+        }));
+    }
+    let mut accepted: BTreeMap<Digest, u32> = BTreeMap::new();
+    let mut duplicates: BTreeMap<Digest, u32> = BTreeMap::new();
+    for t in tasks {
+        for chunk in t.await.map_err(|e| format!("task: {e}"))? {
+            for (d, o) in chunk.map_err(db)? {
+                match o.outcome {
+                    Outcome::Accepted => *accepted.entry(d).or_default() += 1,
+                    Outcome::Duplicate => *duplicates.entry(d).or_default() += 1,
+                    other => return Err(format!("{d}: {other:?} {} {}", o.reason, o.detail)),
+                }
+            }
+        }
+    }
+    for r in &reports {
+        let (a, d) = (
+            accepted.get(&r.digest).copied().unwrap_or(0),
+            duplicates.get(&r.digest).copied().unwrap_or(0),
+        );
+        ensure!(
+            a == 1 && d == 3,
+            "seq {}: {a} accepted, {d} duplicates (want 1 and 3)",
+            r.report.seq
+        );
+    }
+    let want = sum_of(&reports);
+    let rollups = rollup_totals(&s, UsageFilter::default()).await?;
+    ensure!(
+        rollups == want,
+        "rollups {rollups:?} != one submission {want:?}"
+    );
+    let brute = brute_totals(&s).await?;
+    ensure!(
+        brute == want,
+        "stored reports {brute:?} != one submission {want:?}"
+    );
+    Ok(())
+}
+
+/// A different report under a taken seq is a fork: stored, quarantined `seq_conflict`,
+/// listed as an anomaly, never counted.
+pub async fn forks_are_kept_and_never_counted(s: Subject) -> CheckResult {
+    let mut f = seed(&s, "fork", &[("api.convert", None)]).await?;
+    let ws = now() - Duration::hours(3);
+    let first = f.next(ws, 3600, &[("api.convert", 5)]);
+    let clone = f.report(1, None, ws, 3600, &[("api.convert", 500)]);
+    let out = s
+        .store
+        .ingest(vec![first.clone()], Utc::now(), Source::Online)
+        .await
+        .map_err(db)?;
+    ensure!(out[0].outcome == Outcome::Accepted, "first: {:?}", out[0]);
+    let out = s
+        .store
+        .ingest(vec![clone.clone()], Utc::now(), Source::Online)
+        .await
+        .map_err(db)?;
+    ensure!(
+        out[0].outcome == Outcome::Quarantined && out[0].reason == "seq_conflict",
+        "fork: {:?}",
+        out[0]
+    );
+    let anomalies = s.store.anomalies(None).await.map_err(db)?;
+    ensure!(
+        anomalies
+            .iter()
+            .any(|a| a.kind == "fork" && a.agent_id == f.agent_id && a.seq_from == 1),
+        "no fork anomaly: {anomalies:?}"
+    );
+    ensure!(
+        s.inspect.stored_reports().await.map_err(db)?.len() == 2,
+        "the fork must be stored"
+    );
+    let totals = rollup_totals(&s, UsageFilter::default()).await?;
+    ensure!(
+        totals == sum_of(&[first]),
+        "the fork was counted: {totals:?}"
+    );
+    Ok(())
+}
+
+/// A sequence jump opens a gap; the missing reports close it, piece by piece.
+pub async fn gaps_open_and_close(s: Subject) -> CheckResult {
+    let mut f = seed(&s, "gap", &[("api.convert", None)]).await?;
+    let start = now() - Duration::hours(10);
+    let r: Vec<AuthenticReport> = (0..4)
+        .map(|i| f.next(start + Duration::hours(i), 3600, &[("api.convert", 1)]))
+        .collect();
+    let open_gaps = |list: Vec<super::AnomalyRecord>| -> Vec<(u64, u64)> {
+        let mut g: Vec<_> = list
+            .into_iter()
+            .filter(|a| a.kind == "gap" && a.closed_at.is_none())
+            .map(|a| (a.seq_from, a.seq_to))
+            .collect();
+        g.sort();
+        g
+    };
+    for (batch, want) in [
+        (vec![r[0].clone(), r[3].clone()], vec![(2, 3)]),
+        (vec![r[2].clone()], vec![(2, 2)]),
+        (vec![r[1].clone()], vec![]),
+    ] {
+        let out = s
+            .store
+            .ingest(batch, Utc::now(), Source::Online)
+            .await
+            .map_err(db)?;
+        ensure!(
+            out.iter().all(|o| o.outcome == Outcome::Accepted),
+            "not accepted: {out:?}"
+        );
+        let gaps = open_gaps(s.store.anomalies(None).await.map_err(db)?);
+        ensure!(gaps == want, "open gaps {gaps:?}, want {want:?}");
+    }
+    Ok(())
+}
+
+/// A quarantined report released twice is counted once.
+pub async fn quarantine_release_counts_once(s: Subject) -> CheckResult {
+    let mut f = seed(&s, "rel", &[("api.convert", None)]).await?;
+    let ws = now() - Duration::hours(2);
+    let r = f.next(ws, 3600, &[("api.unlicensed", 7)]);
+    let out = s
+        .store
+        .ingest(vec![r.clone()], Utc::now(), Source::Online)
+        .await
+        .map_err(db)?;
+    ensure!(
+        out[0].outcome == Outcome::Quarantined && out[0].reason == "metric_not_licensed",
+        "{:?}",
+        out[0]
+    );
+    ensure!(
+        rollup_totals(&s, UsageFilter::default()).await?.is_empty(),
+        "counted while quarantined"
+    );
+    ensure!(
+        s.store.release(r.digest, Utc::now()).await.map_err(db)?,
+        "first release must count"
+    );
+    ensure!(
+        !s.store.release(r.digest, Utc::now()).await.map_err(db)?,
+        "second release must not"
+    );
+    let totals = rollup_totals(&s, UsageFilter::default()).await?;
+    ensure!(totals == sum_of(&[r]), "after two releases: {totals:?}");
+    ensure!(
+        s.store.quarantine(None).await.map_err(db)?.is_empty(),
+        "still listed in quarantine"
+    );
+    ensure!(
+        brute_totals(&s).await? == totals,
+        "rollups differ from the stored reports"
+    );
+    Ok(())
+}
+
+/// Rollups equal a brute-force sum over the stored reports, for many agents, licenses,
+/// metrics and hours; a customer-month statement equals the same sum.
+pub async fn rollups_equal_a_brute_force_sum(s: Subject) -> CheckResult {
+    let metrics = [
+        ("api.convert", Some(1000)),
+        ("api.render", None),
+        ("pages.out", None),
+    ];
+    let a = seed(&s, "sum_a", &metrics).await?;
+    let b = seed(&s, "sum_b", &metrics).await?;
+    let mut agents = vec![a, b];
+    agents.push(
+        agents[0]
+            .enroll_new_agent(s.store.as_ref(), now())
+            .await
+            .map_err(db)?,
+    );
+    let start = now() - Duration::hours(100);
+    let mut all = Vec::new();
+    for i in 0..90i64 {
+        let agent = &mut agents[(i % 3) as usize];
+        let q = (i as u64 * 7919) % 23 + 1;
+        let counters: Vec<(&str, u64)> = metrics
+            .iter()
+            .take(1 + (i % 3) as usize)
+            .map(|(m, _)| (*m, q))
+            .collect();
+        // Each agent's windows follow each other; several agents share an hour.
+        all.push(agent.next(start + Duration::minutes(i * 61), 600, &counters));
+    }
+    for chunk in all.chunks(17) {
+        let out = s
+            .store
+            .ingest(chunk.to_vec(), Utc::now(), Source::Online)
+            .await
+            .map_err(db)?;
+        ensure!(
+            out.iter().all(|o| o.outcome == Outcome::Accepted),
+            "{out:?}"
+        );
+    }
+    let want = sum_of(&all);
+    let rollups = rollup_totals(&s, UsageFilter::default()).await?;
+    ensure!(rollups == want, "rollups {rollups:?} != sum {want:?}");
+    ensure!(
+        brute_totals(&s).await? == want,
+        "stored reports differ from the sum"
+    );
+    // The statement of customer A for each month touched equals A's sum for that month.
+    for month in all
+        .iter()
+        .map(|r| crate::calendar::month_of(r.report.window_start.timestamp()))
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        let lines = s
+            .store
+            .statement(agents[0].customer_id.clone(), month)
+            .await
+            .map_err(db)?;
+        let mut want_month: BTreeMap<String, u64> = BTreeMap::new();
+        for r in all.iter().filter(|r| {
+            r.report.license_id == agents[0].license_id
+                && crate::calendar::month_of(r.report.window_start.timestamp()) == month
+        }) {
+            for c in &r.report.counters {
+                *want_month.entry(c.metric.clone()).or_default() += c.quantity;
+            }
+        }
+        let got: BTreeMap<String, u64> = lines
+            .iter()
+            .filter(|l| l.used > 0)
+            .map(|l| (l.metric.clone(), l.used))
+            .collect();
+        ensure!(got == want_month, "statement {got:?} != {want_month:?}");
+    }
+    Ok(())
+}
+
+/// Every customer filter returns that customer's rows and no one else's.
+pub async fn tenant_filters(s: Subject) -> CheckResult {
+    let mut a = seed(&s, "ten_a", &[("api.convert", None)]).await?;
+    let mut b = seed(&s, "ten_b", &[("api.convert", None)]).await?;
+    let ws = now() - Duration::hours(5);
+    let ra = a.next(ws, 3600, &[("api.convert", 3)]);
+    let rb = b.next(ws, 3600, &[("api.convert", 4)]);
+    // Each gets a gap (seq 3 without 2) and a quarantined report.
+    a.seq = 3;
+    b.seq = 3;
+    let ga = a.next(ws + Duration::hours(2), 3600, &[("api.unlicensed", 1)]);
+    let gb = b.next(ws + Duration::hours(2), 3600, &[("api.unlicensed", 1)]);
+    s.store
+        .ingest(vec![ra, rb, ga, gb], Utc::now(), Source::Online)
+        .await
+        .map_err(db)?;
+    for (who, other) in [(&a, &b), (&b, &a)] {
+        let filter = UsageFilter {
+            customer: Some(who.customer_id.clone()),
+            ..UsageFilter::default()
+        };
+        let usage = s.store.hourly_usage(filter).await.map_err(db)?;
+        ensure!(
+            !usage.is_empty() && usage.iter().all(|u| u.customer_id == who.customer_id),
+            "usage of {}: {usage:?}",
+            who.customer_id
+        );
+        let anomalies = s
+            .store
+            .anomalies(Some(who.customer_id.clone()))
+            .await
+            .map_err(db)?;
+        ensure!(
+            !anomalies.is_empty() && anomalies.iter().all(|x| x.customer_id == who.customer_id),
+            "anomalies of {}: {anomalies:?}",
+            who.customer_id
+        );
+        let q = s
+            .store
+            .quarantine(Some(who.customer_id.clone()))
+            .await
+            .map_err(db)?;
+        ensure!(
+            q.len() == 1 && q[0].customer_id == who.customer_id,
+            "quarantine of {}: {q:?}",
+            who.customer_id
+        );
+        let customers = s
+            .store
+            .list_customers(Some(who.customer_id.clone()))
+            .await
+            .map_err(db)?;
+        ensure!(
+            customers.len() == 1 && customers[0].id != other.customer_id,
+            "customers: {customers:?}"
+        );
+        let licenses = s
+            .store
+            .list_licenses(Some(who.customer_id.clone()))
+            .await
+            .map_err(db)?;
+        ensure!(
+            licenses.len() == 1 && licenses[0].license_id == who.license_id,
+            "licenses: {licenses:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Audit entries are kept, newest first, with the actor as given (a token id, never a
+/// secret).
+pub async fn audit_entries(s: Subject) -> CheckResult {
+    for i in 0..3 {
+        s.store
+            .audit(AuditEntry {
+                at: String::new(),
+                actor: format!("tok_{i}"),
+                action: "GET /v1/usage".into(),
+                target: format!("t{i}"),
+                outcome: "200".into(),
+            })
+            .await
+            .map_err(db)?;
+    }
+    let list = s.store.list_audit(10).await.map_err(db)?;
+    let actors: Vec<&str> = list.iter().map(|e| e.actor.as_str()).collect();
+    ensure!(
+        actors == ["tok_2", "tok_1", "tok_0"],
+        "audit order: {actors:?}"
+    );
+    ensure!(
+        list.iter()
+            .all(|e| e.action == "GET /v1/usage" && e.outcome == "200"),
+        "{list:?}"
+    );
+    ensure!(
+        s.store.list_audit(2).await.map_err(db)?.len() == 2,
+        "limit not applied"
+    );
+    Ok(())
+}
+
+/// Expands to one `#[tokio::test]` per conformance check, each on a fresh store from
+/// `$fresh` (an async expression yielding a [`Subject`]).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($fresh:expr) => {
+        $crate::conformance_tests!(@each $fresh;
+            migrations_from_an_empty_database,
+            exactly_once_under_concurrent_duplicates,
+            forks_are_kept_and_never_counted,
+            gaps_open_and_close,
+            quarantine_release_counts_once,
+            rollups_equal_a_brute_force_sum,
+            tenant_filters,
+            audit_entries
+        );
+    };
+    (@each $fresh:expr; $($check:ident),+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let subject = $fresh;
+                if let Err(e) = $crate::store::conformance::$check(subject).await {
+                    panic!("{}: {e}", stringify!($check));
+                }
+            }
+        )+
+    };
+}

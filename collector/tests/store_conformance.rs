@@ -1,0 +1,178 @@
+//! The store conformance suite (`tally_collector::store::conformance`) against the SQLite
+//! store, each check on a fresh database file; and the suite's own test: a deliberately
+//! broken store that counts a resent report twice must fail it.
+
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tally_collector::roles::Role;
+use tally_collector::store::conformance::{self, Subject};
+use tally_collector::store::sqlite::SqliteStore;
+use tally_collector::store::*;
+use tally_proto::Digest;
+use tally_proto::receipt::Outcome;
+use tally_proto::time::Instant;
+
+/// A fresh SQLite store in its own temporary directory (kept alive with the store).
+fn fresh_sqlite() -> Subject {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SqliteStore::open(&dir.path().join("collector.db")).expect("open"));
+    // The directory must outlive the test; leaking one small temp dir per test is fine.
+    std::mem::forget(dir);
+    Subject {
+        store: store.clone(),
+        inspect: store,
+    }
+}
+
+mod sqlite {
+    tally_collector::conformance_tests!(super::fresh_sqlite());
+}
+
+/// A store that answers a resent report `DUPLICATE` but counts it again (it stores a copy
+/// under a sequence number nobody uses): exactly the bug the suite exists to catch.
+struct CountsDuplicatesTwice(Arc<SqliteStore>);
+
+#[async_trait]
+impl Store for CountsDuplicatesTwice {
+    async fn ingest(
+        &self,
+        reports: Vec<AuthenticReport>,
+        received_at: Instant,
+        source: Source,
+    ) -> StoreResult<Vec<StoredOutcome>> {
+        let out = self.0.ingest(reports.clone(), received_at, source).await?;
+        for (r, o) in reports.iter().zip(&out) {
+            if o.outcome == Outcome::Duplicate {
+                // Far from any other seq (so no chain or overlap rule sees a neighbour),
+                // with a predecessor digest, under another digest: counted as new.
+                let mut copy = r.clone();
+                copy.report.seq = 1_000_000 + 10 * copy.report.seq;
+                copy.report.prev_digest.get_or_insert(Digest([1; 32]));
+                copy.digest.0[0] ^= 0xff;
+                self.0.ingest(vec![copy], received_at, source).await?;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.0.ping().await
+    }
+    async fn agents_by_keys(
+        &self,
+        keys: Vec<[u8; 32]>,
+    ) -> StoreResult<HashMap<[u8; 32], AgentKeyRecord>> {
+        self.0.agents_by_keys(keys).await
+    }
+    async fn enroll(
+        &self,
+        license_id: String,
+        token_hash: [u8; 32],
+        agent_key: [u8; 32],
+        now: Instant,
+    ) -> StoreResult<(String, Vec<u8>)> {
+        self.0.enroll(license_id, token_hash, agent_key, now).await
+    }
+    async fn add_customer(&self, name: String, now: Instant) -> StoreResult<CustomerRecord> {
+        self.0.add_customer(name, now).await
+    }
+    async fn list_customers(&self, only: Option<String>) -> StoreResult<Vec<CustomerRecord>> {
+        self.0.list_customers(only).await
+    }
+    async fn customer_exists(&self, id: String) -> StoreResult<bool> {
+        self.0.customer_exists(id).await
+    }
+    async fn issue_license(&self, new: NewLicense, now: Instant) -> StoreResult<()> {
+        self.0.issue_license(new, now).await
+    }
+    async fn list_licenses(&self, customer: Option<String>) -> StoreResult<Vec<LicenseRecord>> {
+        self.0.list_licenses(customer).await
+    }
+    async fn revoke_license(&self, id: String, now: Instant) -> StoreResult<()> {
+        self.0.revoke_license(id, now).await
+    }
+    async fn add_agent(
+        &self,
+        license_id: String,
+        key: [u8; 32],
+        now: Instant,
+    ) -> StoreResult<String> {
+        self.0.add_agent(license_id, key, now).await
+    }
+    async fn list_agents(
+        &self,
+        filter: AgentFilter,
+        now: Instant,
+    ) -> StoreResult<Vec<AgentRecord>> {
+        self.0.list_agents(filter, now).await
+    }
+    async fn revoke_agent(&self, id: String, now: Instant) -> StoreResult<()> {
+        self.0.revoke_agent(id, now).await
+    }
+    async fn create_token(
+        &self,
+        id: String,
+        hash: [u8; 32],
+        role: Role,
+        name: String,
+        now: Instant,
+    ) -> StoreResult<()> {
+        self.0.create_token(id, hash, role, name, now).await
+    }
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenListing>> {
+        self.0.list_tokens().await
+    }
+    async fn revoke_token(&self, id: String, now: Instant) -> StoreResult<()> {
+        self.0.revoke_token(id, now).await
+    }
+    async fn token_by_hash(&self, hash: [u8; 32]) -> StoreResult<Option<TokenRecord>> {
+        self.0.token_by_hash(hash).await
+    }
+    async fn audit(&self, entry: AuditEntry) -> StoreResult<()> {
+        self.0.audit(entry).await
+    }
+    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditEntry>> {
+        self.0.list_audit(limit).await
+    }
+    async fn hourly_usage(&self, filter: UsageFilter) -> StoreResult<Vec<HourlyUsage>> {
+        self.0.hourly_usage(filter).await
+    }
+    async fn statement(
+        &self,
+        customer: String,
+        month_start: i64,
+    ) -> StoreResult<Vec<StatementLine>> {
+        self.0.statement(customer, month_start).await
+    }
+    async fn anomalies(&self, customer: Option<String>) -> StoreResult<Vec<AnomalyRecord>> {
+        self.0.anomalies(customer).await
+    }
+    async fn quarantine(&self, customer: Option<String>) -> StoreResult<Vec<QuarantineRecord>> {
+        self.0.quarantine(customer).await
+    }
+    async fn release(&self, digest: Digest, now: Instant) -> StoreResult<bool> {
+        self.0.release(digest, now).await
+    }
+    async fn discard(&self, digest: Digest, now: Instant) -> StoreResult<()> {
+        self.0.discard(digest, now).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suite_fails_a_store_that_counts_a_duplicate_twice() {
+    let honest = fresh_sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let inner = Arc::new(SqliteStore::open(&dir.path().join("broken.db")).unwrap());
+    let broken = Subject {
+        store: Arc::new(CountsDuplicatesTwice(inner.clone())),
+        inspect: inner,
+    };
+    conformance::exactly_once_under_concurrent_duplicates(honest)
+        .await
+        .expect("the real store passes");
+    let err = conformance::exactly_once_under_concurrent_duplicates(broken)
+        .await
+        .expect_err("the broken store must fail the exactly-once check");
+    assert!(err.contains("rollups"), "{err}");
+}
