@@ -85,15 +85,10 @@ impl Recorder for RecorderService {
         _: Request<pb::GetLicenseStatusRequest>,
     ) -> Result<Response<pb::LicenseStatus>, Status> {
         let s = crate::status::license_status(&self.agent, chrono::Utc::now());
-        let lease = s
-            .lease_until
-            .as_deref()
-            .and_then(|t| tally_proto::time::parse_instant(t).ok())
-            .map(tally_proto::time::to_timestamp);
         Ok(Response::new(pb::LicenseStatus {
             license_id: s.license_id,
-            state: s.state.to_string(),
-            lease_until: lease,
+            state: s.state.as_str().to_string(),
+            lease_until: s.lease_until.map(tally_proto::time::to_timestamp),
             credits: s
                 .credits
                 .into_iter()

@@ -151,8 +151,8 @@ async fn events(
     ))
 }
 
-async fn license(State(agent): State<Arc<Agent>>) -> Json<crate::status::LicenseStatus> {
-    Json(crate::status::license_status(&agent, chrono::Utc::now()))
+async fn license(State(agent): State<Arc<Agent>>) -> Json<Value> {
+    Json(crate::status::license_status(&agent, chrono::Utc::now()).to_json())
 }
 
 async fn flush(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, ApiError> {

@@ -6,19 +6,48 @@ use std::sync::atomic::Ordering;
 use tally_proto::pb;
 use tally_proto::receipt::{Credit, ReceiptBody};
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct LicenseStatus {
-    pub license_id: String,
-    pub state: &'static str,
-    pub lease_until: Option<String>,
-    pub credits: Vec<CreditView>,
+/// Whether the product may rely on its license now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LicenseState {
+    /// Before `lease_until`, and the last delivery attempt succeeded.
+    Active,
+    /// Before `lease_until`, but the collector is unreachable.
+    Grace,
+    /// At or after `lease_until`, or the license expired or was revoked.
+    Lapsed,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct CreditView {
-    pub metric: String,
-    pub limit: Option<u64>,
-    pub used: u64,
+impl LicenseState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LicenseState::Active => "active",
+            LicenseState::Grace => "grace",
+            LicenseState::Lapsed => "lapsed",
+        }
+    }
+}
+
+/// The license status, typed; each surface (HTTP JSON, gRPC, CLI) renders it itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LicenseStatus {
+    pub license_id: String,
+    pub state: LicenseState,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub credits: Vec<Credit>,
+}
+
+impl LicenseStatus {
+    /// The JSON of `GET /v1/license` and `tally-agent license`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "license_id": self.license_id,
+            "state": self.state.as_str(),
+            "lease_until": self.lease_until.map(tally_proto::time::rfc3339),
+            "credits": self.credits.iter().map(|c| serde_json::json!({
+                "metric": c.metric, "limit": c.limit, "used": c.used,
+            })).collect::<Vec<_>>(),
+        })
+    }
 }
 
 /// The lease from the newest stored receipt, or (before any receipt) the one granted at
@@ -61,24 +90,17 @@ pub fn license_status(agent: &Agent, now: DateTime<Utc>) -> LicenseStatus {
     let state = match lease {
         Some(l) if now < l && !expired => {
             if attempted && !agent.stats.last_attempt_ok.load(Ordering::Relaxed) {
-                "grace"
+                LicenseState::Grace
             } else {
-                "active"
+                LicenseState::Active
             }
         }
-        _ => "lapsed",
+        _ => LicenseState::Lapsed,
     };
     LicenseStatus {
         license_id: agent.license.license_id.clone(),
         state,
-        lease_until: lease.map(tally_proto::time::rfc3339),
-        credits: credits
-            .into_iter()
-            .map(|c| CreditView {
-                metric: c.metric,
-                limit: c.limit,
-                used: c.used,
-            })
-            .collect(),
+        lease_until: lease,
+        credits,
     }
 }

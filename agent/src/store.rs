@@ -78,6 +78,55 @@ pub struct Recorded {
     pub duplicates: u64,
 }
 
+/// Where a report stands with the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// In the outbox, no receipt yet.
+    Pending,
+    /// Receipted `ACCEPTED` or `DUPLICATE`: counted once by the collector.
+    Delivered,
+    /// Receipted `QUARANTINED` (final; kept for review, not counted).
+    Quarantined,
+    /// Receipted `REFUSED` (final; not stored by the collector).
+    Refused,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Quarantined => "quarantined",
+            DeliveryState::Refused => "refused",
+        }
+    }
+
+    /// The state a receipt with `outcome` leaves its report in.
+    pub fn after(outcome: Outcome) -> DeliveryState {
+        match outcome {
+            Outcome::Accepted | Outcome::Duplicate => DeliveryState::Delivered,
+            Outcome::Quarantined => DeliveryState::Quarantined,
+            Outcome::Refused => DeliveryState::Refused,
+        }
+    }
+
+    fn parse(s: &str) -> Option<DeliveryState> {
+        [
+            DeliveryState::Pending,
+            DeliveryState::Delivered,
+            DeliveryState::Quarantined,
+            DeliveryState::Refused,
+        ]
+        .into_iter()
+        .find(|d| d.as_str() == s)
+    }
+
+    /// Receipted, but not counted by the collector.
+    pub fn not_counted(self) -> bool {
+        matches!(self, DeliveryState::Quarantined | DeliveryState::Refused)
+    }
+}
+
 /// A stored report with its delivery state.
 #[derive(Debug, Clone)]
 pub struct StoredReport {
@@ -85,7 +134,8 @@ pub struct StoredReport {
     pub digest: Digest,
     pub bytes: Vec<u8>,
     pub signature: Vec<u8>,
-    pub state: String,
+    pub state: DeliveryState,
+    /// The receipt's reason code (see `tally_proto::reason::Reason`), empty if none.
     pub reason: String,
     pub detail: String,
     pub receipt: Option<pb::Receipt>,
@@ -206,7 +256,16 @@ impl AgentStore {
                     digest: Digest::from_slice(&d).unwrap_or(Digest([0; 32])),
                     bytes: r.get(2)?,
                     signature: r.get(3)?,
-                    state: r.get(4)?,
+                    state: {
+                        let s: String = r.get(4)?;
+                        DeliveryState::parse(&s).ok_or_else(|| {
+                            rusqlite::Error::FromSqlConversionFailure(
+                                4,
+                                rusqlite::types::Type::Text,
+                                format!("unknown delivery state {s:?}").into(),
+                            )
+                        })?
+                    },
                     reason: r.get(5)?,
                     detail: r.get(6)?,
                     receipt: body
@@ -459,11 +518,7 @@ fn receipts_tx(c: &Connection, receipts: &[(ReceiptBody, pb::Receipt)]) -> Store
     let (mut stored, mut unknown) = (0, 0);
     let mut newest: Option<&ReceiptBody> = None;
     for (body, raw) in receipts {
-        let state = match body.outcome {
-            Outcome::Accepted | Outcome::Duplicate => "delivered",
-            Outcome::Quarantined => "quarantined",
-            Outcome::Refused => "refused",
-        };
+        let state = DeliveryState::after(body.outcome).as_str();
         let n = c
             .prepare_cached(
                 "UPDATE reports SET state = ?2, reason = ?3, detail = ?4, receipt_body = ?5, receipt_signature = ?6,

@@ -53,7 +53,7 @@ fn bench(c: &mut Criterion) {
                 let out = rt
                     .block_on(store.ingest(batch, Utc::now(), Source::Online))
                     .unwrap();
-                assert!(out.iter().all(|o| o.reason.is_empty()), "{:?}", out[0]);
+                assert!(out.iter().all(|o| o.reason.is_none()), "{:?}", out[0]);
             },
             criterion::BatchSize::SmallInput,
         )

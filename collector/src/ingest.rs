@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use tally_proto::Digest;
 use tally_proto::batch_signer::BatchSigner;
 use tally_proto::pb;
+use tally_proto::reason::Reason;
 use tally_proto::receipt::{Outcome, ReceiptBody};
 use tally_proto::report::{Report, ReportError};
 use tally_proto::signing::{self, Domain};
@@ -123,7 +124,7 @@ pub struct Verdict {
 }
 
 enum Slot {
-    Refused(Digest, &'static str, String),
+    Refused(Digest, Reason, String),
     Pending(Box<Candidate>),
 }
 
@@ -181,10 +182,15 @@ impl Ingestor {
         for slot in slots.iter_mut() {
             let Slot::Pending(c) = slot else { continue };
             let refusal = match agents.get(&c.report.agent_key) {
-                None => Some(("unknown_agent", "the agent key is not enrolled".to_string())),
-                Some(a) if a.revoked => Some(("agent_revoked", "the agent key was revoked".into())),
+                None => Some((
+                    Reason::UnknownAgent,
+                    "the agent key is not enrolled".to_string(),
+                )),
+                Some(a) if a.revoked => {
+                    Some((Reason::AgentRevoked, "the agent key was revoked".into()))
+                }
                 Some(a) if a.license_id != c.report.license_id => Some((
-                    "license_mismatch",
+                    Reason::LicenseMismatch,
                     format!(
                         "the agent key is enrolled for another license than {}",
                         c.report.license_id
@@ -247,11 +253,11 @@ impl Ingestor {
         for item in order {
             let body = match item {
                 Err((digest, reason, detail)) => {
-                    self.log_refusal(&digest, reason, &detail);
+                    self.log_refusal(&digest, reason.as_str(), &detail);
                     ReceiptBody {
                         report_digest: digest,
                         outcome: Outcome::Refused,
-                        reason: reason.to_string(),
+                        reason: reason.as_str().to_string(),
                         detail,
                         received_at,
                         lease_until: None,
@@ -263,7 +269,7 @@ impl Ingestor {
                     ReceiptBody {
                         report_digest: digests[i],
                         outcome: s.outcome,
-                        reason: std::mem::take(&mut s.reason),
+                        reason: s.reason.map(Reason::as_str).unwrap_or_default().to_string(),
                         detail: std::mem::take(&mut s.detail),
                         received_at,
                         lease_until: s.lease_until,
@@ -296,6 +302,35 @@ impl Ingestor {
         Ok((receipts, verdicts))
     }
 
+    /// Imports an offline bundle's reports (CLI `import` and `POST /v1/reports:import`):
+    /// the online path in chunks of one Submit, with import's longer `too_old` limit and no
+    /// rate limit, so a report may travel both ways and still count once.
+    pub async fn import(
+        &self,
+        reports: Vec<pb::SignedReport>,
+    ) -> Result<(Vec<pb::Receipt>, Vec<Verdict>), StoreError> {
+        let mut receipts = Vec::with_capacity(reports.len());
+        let mut verdicts = Vec::with_capacity(reports.len());
+        let mut it = reports.into_iter().peekable();
+        while it.peek().is_some() {
+            let chunk: Vec<_> = it
+                .by_ref()
+                .take(tally_proto::limits::MAX_REPORTS_PER_SUBMIT)
+                .collect();
+            // Imports are never rate limited, so the only failure is the store's.
+            let (r, v) = self
+                .submit(chunk, Source::Import)
+                .await
+                .map_err(|e| match e {
+                    SubmitError::Store(e) => e,
+                    other => StoreError::Database(other.to_string()),
+                })?;
+            receipts.extend(r);
+            verdicts.extend(v);
+        }
+        Ok((receipts, verdicts))
+    }
+
     /// At most one refusal log line per second: a flood of garbage cannot flood the logs.
     fn log_refusal(&self, digest: &Digest, reason: &str, detail: &str) {
         let now = chrono::Utc::now().timestamp();
@@ -315,13 +350,13 @@ fn decode(s: pb::SignedReport, keys: &KeyCache) -> Slot {
     let digest = Digest::of(&s.report);
     let report = match Report::decode(&s.report) {
         Ok(r) => r,
-        Err(ReportError::TooLarge(d)) => return Slot::Refused(digest, "too_large", d),
-        Err(ReportError::Malformed(d)) => return Slot::Refused(digest, "malformed", d),
+        Err(ReportError::TooLarge(d)) => return Slot::Refused(digest, Reason::TooLarge, d),
+        Err(ReportError::Malformed(d)) => return Slot::Refused(digest, Reason::Malformed, d),
     };
     if s.signature.len() != 64 {
         return Slot::Refused(
             digest,
-            "malformed",
+            Reason::Malformed,
             format!("signature must be 64 bytes, got {}", s.signature.len()),
         );
     }
@@ -330,7 +365,7 @@ fn decode(s: pb::SignedReport, keys: &KeyCache) -> Slot {
         None => {
             return Slot::Refused(
                 digest,
-                "malformed",
+                Reason::Malformed,
                 "agent_key is not a valid ed25519 key".into(),
             );
         }
@@ -372,7 +407,7 @@ fn verify_all(mut slots: Vec<Slot>) -> Vec<Slot> {
             {
                 slots[*i] = Slot::Refused(
                     c.digest,
-                    "bad_signature",
+                    Reason::BadSignature,
                     "the signature does not verify for the agent key".into(),
                 );
             }

@@ -56,10 +56,7 @@ pub fn stored_collectors(store: &AgentStore) -> Vec<String> {
 /// The license status (`active`/`grace`/`lapsed`, lease, credits) as JSON, from the
 /// database alone.
 pub fn license_json(agent: &Agent) -> Output {
-    Output::json_only(
-        serde_json::to_value(crate::status::license_status(agent, chrono::Utc::now()))
-            .unwrap_or_default(),
-    )
+    Output::json_only(crate::status::license_status(agent, chrono::Utc::now()).to_json())
 }
 
 /// Status as JSON: delivery states, open counters, license status, and (when `live`) the
@@ -71,11 +68,11 @@ pub fn status_json(agent: &Agent, live: bool) -> Result<Value, CommandError> {
         .reports_since(1)
         .map_err(runtime)?
         .into_iter()
-        .filter(|r| r.state == "quarantined" || r.state == "refused")
-        .map(|r| json!({"seq": r.seq, "state": r.state, "reason": r.reason, "detail": r.detail}))
+        .filter(|r| r.state.not_counted())
+        .map(|r| json!({"seq": r.seq, "state": r.state.as_str(), "reason": r.reason, "detail": r.detail}))
         .collect();
     let mut v = json!({
-        "license": crate::status::license_status(agent, chrono::Utc::now()),
+        "license": crate::status::license_status(agent, chrono::Utc::now()).to_json(),
         "reports": states,
         "open_window": open.into_iter().map(|(m, q)| json!({"metric": m, "quantity": q})).collect::<Vec<_>>(),
         "not_counted": not_counted,
@@ -95,7 +92,7 @@ pub fn export(agent: &Agent, out: &Path, since: Option<u64>) -> CmdResult {
             .reports_since(1)
             .map_err(runtime)?
             .into_iter()
-            .filter(|r| r.state == "pending")
+            .filter(|r| r.state == crate::store::DeliveryState::Pending)
             .collect(),
     };
     let b = pb::ReportBundle {

@@ -24,7 +24,7 @@ pub fn report_json(r: &crate::store::StoredReport) -> Result<Value, CommandError
         "agent_version": rep.agent_version,
         // Not part of the signed report: what happened to it (kept apart, so the top level
         // is exactly the signed fields).
-        "delivery": {"digest": r.digest.to_hex(), "state": r.state, "reason": r.reason},
+        "delivery": {"digest": r.digest.to_hex(), "state": r.state.as_str(), "reason": r.reason},
     }))
 }
 
@@ -37,13 +37,13 @@ pub fn reports_list(agent: &Agent) -> CmdResult {
         text.push_str(&format!(
             "{}\t{}\t{} – {}\t{} counters\t{}\n",
             r.seq,
-            r.state,
+            r.state.as_str(),
             j["window_start"].as_str().unwrap_or(""),
             j["window_end"].as_str().unwrap_or(""),
             j["counters"].as_array().map_or(0, Vec::len),
             r.digest
         ));
-        arr.push(json!({"seq": r.seq, "digest": r.digest.to_hex(), "state": r.state, "reason": r.reason}));
+        arr.push(json!({"seq": r.seq, "digest": r.digest.to_hex(), "state": r.state.as_str(), "reason": r.reason}));
     }
     Ok(Output {
         json: Value::Array(arr),

@@ -434,35 +434,28 @@ pub async fn import(ctx: &Ctx, file: &Path, receipts_out: Option<&Path>) -> CmdR
     let b =
         bundle::read_reports(&bytes).map_err(|e| usage_err(format!("{}: {e}", file.display())))?;
     let collector = Collector::new(ctx.store.clone(), ctx.vendor_key()?);
-    let (receipts, verdicts) = crate::http::import_reports_with(&collector.ingestor, b.reports)
+    let (receipts, verdicts) = collector
+        .ingestor
+        .import(b.reports)
         .await
         .map_err(|e| CommandError::Runtime(e.to_string()))?;
     if let Some(out) = receipts_out {
         std::fs::write(out, bundle::write_receipts(&pb::ReceiptBundle { receipts }))
             .map_err(|e| CommandError::Runtime(format!("cannot write {}: {e}", out.display())))?;
     }
-    let mut counts = std::collections::BTreeMap::<&str, u64>::new();
-    for v in &verdicts {
-        *counts.entry(v.outcome.as_str()).or_default() += 1;
-    }
+    let summary = crate::views::import_summary(&verdicts);
+    let counts = summary["counts"].as_object().cloned().unwrap_or_default();
     ctx.audit(
         "import",
         &file.display().to_string(),
-        &format!("{counts:?}"),
+        &serde_json::to_string(&counts).unwrap_or_default(),
     )
     .await?;
-    let items: Vec<Value> = verdicts
-        .iter()
-        .map(|v| json!({"digest": v.digest.to_hex(), "outcome": v.outcome.as_str(), "reason": v.reason, "detail": v.detail}))
-        .collect();
     let text = counts
         .iter()
         .map(|(k, v)| format!("{k}: {v}\n"))
         .collect::<String>();
-    Ok(Output::new(
-        json!({"counts": counts, "receipts": items}),
-        text,
-    ))
+    Ok(Output::new(summary, text))
 }
 
 pub async fn quarantine_list(ctx: &Ctx) -> CmdResult {

@@ -3,7 +3,7 @@
 
 use super::{AppState, Caller, error::ApiError};
 use crate::ids::is_valid_id;
-use crate::store::{AgentFilter, Source};
+use crate::store::AgentFilter;
 use crate::usage::{self, Format};
 use axum::Json;
 use axum::body::Bytes;
@@ -263,52 +263,10 @@ pub async fn import(
         code: "invalid_bundle",
         message: e.to_string(),
     })?;
-    let (receipts, verdicts) = import_reports(&st, b.reports).await?;
+    let (receipts, verdicts) = st.ingestor.import(b.reports).await?;
     if as_bundle {
         let bytes = bundle::write_receipts(&pb::ReceiptBundle { receipts });
         return Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response());
     }
-    let mut counts = std::collections::BTreeMap::<&str, u64>::new();
-    let items: Vec<Value> = verdicts
-        .iter()
-        .map(|v| {
-            *counts.entry(v.outcome.as_str()).or_default() += 1;
-            json!({"digest": v.digest.to_hex(), "outcome": v.outcome.as_str(), "reason": v.reason, "detail": v.detail})
-        })
-        .collect();
-    Ok(Json(json!({"counts": counts, "receipts": items})).into_response())
-}
-
-pub async fn import_reports(
-    st: &AppState,
-    reports: Vec<pb::SignedReport>,
-) -> Result<(Vec<pb::Receipt>, Vec<crate::ingest::Verdict>), ApiError> {
-    Ok(import_reports_with(&st.ingestor, reports).await?)
-}
-
-/// Imports through `ingestor`, in chunks of the online batch size.
-pub async fn import_reports_with(
-    ingestor: &crate::ingest::Ingestor,
-    reports: Vec<pb::SignedReport>,
-) -> Result<(Vec<pb::Receipt>, Vec<crate::ingest::Verdict>), crate::store::StoreError> {
-    let mut receipts = Vec::with_capacity(reports.len());
-    let mut verdicts = Vec::with_capacity(reports.len());
-    let mut it = reports.into_iter().peekable();
-    while it.peek().is_some() {
-        let chunk: Vec<_> = it
-            .by_ref()
-            .take(tally_proto::limits::MAX_REPORTS_PER_SUBMIT)
-            .collect();
-        // Imports are never rate limited, so the only failure is the store's.
-        let (r, v) = ingestor
-            .submit(chunk, Source::Import)
-            .await
-            .map_err(|e| match e {
-                crate::ingest::SubmitError::Store(e) => e,
-                other => crate::store::StoreError::Database(other.to_string()),
-            })?;
-        receipts.extend(r);
-        verdicts.extend(v);
-    }
-    Ok((receipts, verdicts))
+    Ok(Json(crate::views::import_summary(&verdicts)).into_response())
 }

@@ -11,7 +11,7 @@ mod handlers;
 
 pub use auth::Caller;
 pub use error::ApiError;
-pub use handlers::{import_reports_with, parse_month};
+pub use handlers::parse_month;
 
 use crate::ingest::Ingestor;
 use crate::metrics::Metrics;

@@ -12,6 +12,7 @@ use chrono::{DateTime, Duration, DurationRound, Utc};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tally_proto::Digest;
+use tally_proto::reason::Reason;
 use tally_proto::receipt::Outcome;
 use tally_proto::report::Report;
 
@@ -161,7 +162,7 @@ pub async fn exactly_once_under_concurrent_duplicates(s: Subject) -> CheckResult
                 match o.outcome {
                     Outcome::Accepted => *accepted.entry(d).or_default() += 1,
                     Outcome::Duplicate => *duplicates.entry(d).or_default() += 1,
-                    other => return Err(format!("{d}: {other:?} {} {}", o.reason, o.detail)),
+                    other => return Err(format!("{d}: {other:?} {:?} {}", o.reason, o.detail)),
                 }
             }
         }
@@ -210,7 +211,7 @@ pub async fn forks_are_kept_and_never_counted(s: Subject) -> CheckResult {
         .await
         .map_err(db)?;
     ensure!(
-        out[0].outcome == Outcome::Quarantined && out[0].reason == "seq_conflict",
+        out[0].outcome == Outcome::Quarantined && out[0].reason == Some(Reason::SeqConflict),
         "fork: {:?}",
         out[0]
     );
@@ -280,7 +281,7 @@ pub async fn quarantine_release_counts_once(s: Subject) -> CheckResult {
         .await
         .map_err(db)?;
     ensure!(
-        out[0].outcome == Outcome::Quarantined && out[0].reason == "metric_not_licensed",
+        out[0].outcome == Outcome::Quarantined && out[0].reason == Some(Reason::MetricNotLicensed),
         "{:?}",
         out[0]
     );

@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 use tally_proto::Digest;
 use tally_proto::license::License;
+use tally_proto::reason::Reason;
 use tally_proto::receipt::{Credit, Outcome};
 use tally_proto::report::Report;
 use tally_proto::time::Instant;
@@ -98,7 +99,8 @@ pub struct AuthenticReport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredOutcome {
     pub outcome: Outcome,
-    pub reason: String,
+    /// Why it was quarantined; `None` for accepted and duplicate reports.
+    pub reason: Option<Reason>,
     pub detail: String,
     pub lease_until: Option<Instant>,
     pub credits: Vec<Credit>,

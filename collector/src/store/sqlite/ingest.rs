@@ -12,6 +12,7 @@ use crate::rules::{self, Decision, LicenseTerms, Neighbour, SeqChange, Source};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
 use tally_proto::Digest;
+use tally_proto::reason::Reason;
 use tally_proto::receipt::{Credit, Outcome};
 use tally_proto::time::Instant;
 
@@ -269,7 +270,7 @@ pub(super) fn ingest_batch(
             ingest_one(conn, &mut rollups, &mut sequences, r, lic, now, source)?;
         out.push(StoredOutcome {
             outcome,
-            reason: reason.to_string(),
+            reason,
             detail,
             lease_until: rules::lease_until(lic, now),
             credits: credits(conn, &mut rollups, lid, lic, now)?,
@@ -323,29 +324,30 @@ fn ingest_one(
     terms: &LicenseTerms,
     now: i64,
     source: Source,
-) -> StoreResult<(Outcome, &'static str, String)> {
+) -> StoreResult<(Outcome, Option<Reason>, String)> {
     let rep = &r.report;
     let seq = rep.seq as i64;
     let near = neighbourhood(conn, &r.agent_id, seq)?;
     let (status, reason, detail) = match rules::decide(rep, r.digest, terms, &near, now, source) {
-        Decision::Duplicate { detail } => return Ok((Outcome::Duplicate, "", detail)),
+        Decision::Duplicate { detail } => return Ok((Outcome::Duplicate, None, detail)),
         Decision::Fork { detail } => {
-            let reason = tally_proto::reason::Reason::SeqConflict.as_str();
-            insert_report(conn, r, now, source, true, "quarantined", reason, &detail)?;
+            let code = Reason::SeqConflict.as_str();
+            insert_report(conn, r, now, source, true, "quarantined", code, &detail)?;
             conn.prepare_cached(
                     "INSERT INTO anomalies (kind, agent_id, license_id, seq_from, seq_to, digest, detail, opened_at)
                      VALUES ('fork', ?1, ?2, ?3, ?3, ?4, ?5, ?6)",
                 )?
                 .execute(params![r.agent_id, rep.license_id, seq, r.digest.as_bytes().as_slice(), detail, now])?;
-            return Ok((Outcome::Quarantined, reason, detail));
+            return Ok((Outcome::Quarantined, Some(Reason::SeqConflict), detail));
         }
-        Decision::Quarantine { reason, detail } => ("quarantined", reason.as_str(), detail),
+        Decision::Quarantine { reason, detail } => ("quarantined", Some(reason), detail),
         Decision::Count => match count(conn, rollups, &rep.license_id, rep)? {
-            Ok(()) => ("accepted", "", String::new()),
-            Err((reason, detail)) => ("quarantined", reason.as_str(), detail),
+            Ok(()) => ("accepted", None, String::new()),
+            Err((reason, detail)) => ("quarantined", Some(reason), detail),
         },
     };
-    insert_report(conn, r, now, source, false, status, reason, &detail)?;
+    let code = reason.map(Reason::as_str).unwrap_or_default();
+    insert_report(conn, r, now, source, false, status, code, &detail)?;
     track_sequence(conn, sequences, &r.agent_id, &rep.license_id, seq, now)?;
     let outcome = if status == "accepted" {
         Outcome::Accepted
@@ -363,7 +365,7 @@ pub(super) fn count(
     rollups: &mut RollupCache,
     license_id: &str,
     rep: &tally_proto::report::Report,
-) -> StoreResult<Result<(), (tally_proto::reason::Reason, String)>> {
+) -> StoreResult<Result<(), (Reason, String)>> {
     let counters: Vec<(&str, u64)> = rep
         .counters
         .iter()

@@ -315,8 +315,11 @@ mod tests {
             .ingest(vec![accepted, quarantined], now, Source::Online)
             .await
             .unwrap();
-        assert_eq!(out[0].reason, "");
-        assert_eq!(out[1].reason, "seq_conflict");
+        assert_eq!(out[0].reason, None);
+        assert_eq!(
+            out[1].reason,
+            Some(tally_proto::reason::Reason::SeqConflict)
+        );
 
         // Accepted from the start: found by the fallback scan, never counted twice.
         assert!(!store.release(a, now).await.unwrap());
