@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 /// Largest request body.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -165,19 +164,7 @@ async fn flush(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, ApiError>
 
 async fn status(State(agent): State<Arc<Agent>>) -> Result<Json<Value>, ApiError> {
     Ok(Json(
-        crate::commands::status_json(&agent, true)
+        crate::status::status_json(&agent, true)
             .map_err(|e| ApiError::Unavailable(e.to_string()))?,
     ))
-}
-
-/// Delivery statistics as JSON.
-pub fn stats_json(agent: &Agent) -> Value {
-    let s = &agent.stats;
-    json!({
-        "attempts": s.attempts.load(Ordering::Relaxed),
-        "failures": s.failures.load(Ordering::Relaxed),
-        "delivered": s.delivered.load(Ordering::Relaxed),
-        "last_success": s.last_success.load(Ordering::Relaxed),
-        "last_error": s.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
-    })
 }

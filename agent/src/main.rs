@@ -215,7 +215,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
         // Status and license work from the database alone when no agent is running.
         Command::Status => match live(&dir, "/v1/status").await {
             Some(v) => Output::json_only(v),
-            None => Output::json_only(commands::status_json(&open(&dir)?, false)?),
+            None => commands::status(&open(&dir)?)?,
         },
         Command::License => {
             let agent = open(&dir)?;

@@ -104,3 +104,43 @@ pub fn license_status(agent: &Agent, now: DateTime<Utc>) -> LicenseStatus {
         credits,
     }
 }
+
+/// Delivery statistics of the running agent as JSON.
+pub fn stats_json(agent: &Agent) -> serde_json::Value {
+    let s = &agent.stats;
+    serde_json::json!({
+        "attempts": s.attempts.load(Ordering::Relaxed),
+        "failures": s.failures.load(Ordering::Relaxed),
+        "delivered": s.delivered.load(Ordering::Relaxed),
+        "last_success": s.last_success.load(Ordering::Relaxed),
+        "last_error": s.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
+    })
+}
+
+/// `status` as JSON: reports per delivery state, the open window's counters, the reports
+/// the collector did not count (and why), the license status, and (when `live`, from the
+/// running agent) its delivery statistics.
+pub fn status_json(agent: &Agent, live: bool) -> Result<serde_json::Value, StatusError> {
+    use serde_json::json;
+    let (states, open) = agent.store.summary()?;
+    let not_counted: Vec<serde_json::Value> = agent
+        .store
+        .reports_since(1)?
+        .into_iter()
+        .filter(|r| r.state.not_counted())
+        .map(|r| json!({"seq": r.seq, "state": r.state.as_str(), "reason": r.reason, "detail": r.detail}))
+        .collect();
+    let mut v = json!({
+        "license": license_status(agent, chrono::Utc::now()).to_json(),
+        "reports": states,
+        "open_window": open.into_iter().map(|(m, q)| json!({"metric": m, "quantity": q})).collect::<Vec<_>>(),
+        "not_counted": not_counted,
+    });
+    if live {
+        v["delivery"] = stats_json(agent);
+    }
+    Ok(v)
+}
+
+/// The agent's database could not be read for `status`.
+pub type StatusError = crate::store::StoreError;

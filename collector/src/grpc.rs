@@ -104,11 +104,20 @@ impl Ingest for IngestService {
     }
 }
 
+/// Why the gRPC router could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("gRPC TLS: {0}")]
+    Tls(#[from] tonic::transport::Error),
+    #[error("gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
 /// The gRPC router: Ingest, health and reflection.
 pub fn router(
     service: IngestService,
     tls: Option<tonic::transport::ServerTlsConfig>,
-) -> Result<tonic::transport::server::Router, crate::server::ServeError> {
+) -> Result<tonic::transport::server::Router, RouterError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
     // Reporter updates are fire-and-forget; the service starts SERVING.
     let ingest = IngestServer::new(service)

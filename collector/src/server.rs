@@ -73,8 +73,8 @@ impl Collector {
 pub enum ServeError {
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
-    #[error("gRPC reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("{0}")]
+    Router(#[from] crate::grpc::RouterError),
     #[error("HTTP server: {0}")]
     Http(#[from] std::io::Error),
 }

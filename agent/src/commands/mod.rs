@@ -4,7 +4,7 @@
 
 use crate::agent::Agent;
 use crate::store::AgentStore;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::path::Path;
 use tally_proto::bundle;
 use tally_proto::pb;
@@ -59,28 +59,11 @@ pub fn license_json(agent: &Agent) -> Output {
     Output::json_only(crate::status::license_status(agent, chrono::Utc::now()).to_json())
 }
 
-/// Status as JSON: delivery states, open counters, license status, and (when `live`) the
-/// running agent's delivery statistics.
-pub fn status_json(agent: &Agent, live: bool) -> Result<Value, CommandError> {
-    let (states, open) = agent.store.summary().map_err(runtime)?;
-    let not_counted: Vec<Value> = agent
-        .store
-        .reports_since(1)
-        .map_err(runtime)?
-        .into_iter()
-        .filter(|r| r.state.not_counted())
-        .map(|r| json!({"seq": r.seq, "state": r.state.as_str(), "reason": r.reason, "detail": r.detail}))
-        .collect();
-    let mut v = json!({
-        "license": crate::status::license_status(agent, chrono::Utc::now()).to_json(),
-        "reports": states,
-        "open_window": open.into_iter().map(|(m, q)| json!({"metric": m, "quantity": q})).collect::<Vec<_>>(),
-        "not_counted": not_counted,
-    });
-    if live {
-        v["delivery"] = crate::http::stats_json(agent);
-    }
-    Ok(v)
+/// `status` from the database alone (no agent running, so no delivery statistics).
+pub fn status(agent: &Agent) -> CmdResult {
+    Ok(Output::json_only(
+        crate::status::status_json(agent, false).map_err(runtime)?,
+    ))
 }
 
 /// `export`: undelivered reports (or all from `--since`), as a report bundle.
