@@ -321,18 +321,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                     license,
                     customer,
                     status,
-                } => {
-                    commands::agents_list(
-                        &ctx,
-                        AgentFilter {
-                            customer,
-                            license,
-                            status,
-                            silent_after_secs: 0,
-                        },
-                    )
-                    .await?
-                }
+                } => commands::agents_list(&ctx, AgentFilter { customer, license }, status).await?,
                 AgentsCmd::Revoke { id } => commands::agents_revoke(&ctx, &id).await?,
             }
         }

@@ -342,6 +342,75 @@ pub fn fill_gap(from: u64, to: u64, seq: u64) -> Vec<(u64, u64)> {
     rest
 }
 
+/// Where an enrolled agent stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentStatus {
+    Active,
+    /// No report for longer than the silence threshold (it may be down or cut off).
+    Silent,
+    Revoked,
+}
+
+impl AgentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Active => "active",
+            AgentStatus::Silent => "silent",
+            AgentStatus::Revoked => "revoked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AgentStatus> {
+        [
+            AgentStatus::Active,
+            AgentStatus::Silent,
+            AgentStatus::Revoked,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == s)
+    }
+}
+
+/// `revoked` if revoked; `silent` when nothing arrived (or, before its first report, since
+/// enrollment) for more than `silent_after_secs`; else `active`.
+pub fn agent_status(
+    revoked: bool,
+    last_seen: Option<i64>,
+    enrolled_at: i64,
+    now: i64,
+    silent_after_secs: i64,
+) -> AgentStatus {
+    if revoked {
+        AgentStatus::Revoked
+    } else if now.saturating_sub(last_seen.unwrap_or(enrolled_at)) > silent_after_secs {
+        AgentStatus::Silent
+    } else {
+        AgentStatus::Active
+    }
+}
+
+/// Where a license stands at `now`: `revoked`, `pending` (before `not_before`), `active`,
+/// `grace` (after `not_after`, usage still counted) or `expired`.
+pub fn license_status(
+    not_before: i64,
+    not_after: i64,
+    grace_secs: i64,
+    revoked: bool,
+    now: i64,
+) -> &'static str {
+    if revoked {
+        "revoked"
+    } else if now < not_before {
+        "pending"
+    } else if now >= not_after.saturating_add(grace_secs) {
+        "expired"
+    } else if now >= not_after {
+        "grace"
+    } else {
+        "active"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -659,6 +728,32 @@ mod tests {
         assert!(
             matches!(release("quarantined", &bad), Release::Refuse(m) if m.contains("discard it instead"))
         );
+    }
+
+    #[test]
+    fn agent_and_license_status_tables() {
+        // (revoked, last_seen, enrolled_at, now, threshold) -> status
+        let agents = [
+            (true, Some(100), 0, 101, 10, AgentStatus::Revoked),
+            (false, Some(100), 0, 110, 10, AgentStatus::Active),
+            (false, Some(100), 0, 111, 10, AgentStatus::Silent),
+            (false, None, 100, 105, 10, AgentStatus::Active),
+            (false, None, 100, 200, 10, AgentStatus::Silent),
+        ];
+        for (revoked, seen, enrolled, now, after, want) in agents {
+            assert_eq!(agent_status(revoked, seen, enrolled, now, after), want);
+        }
+        // (not_before, not_after, grace, revoked, now) -> status
+        let licenses = [
+            (10, 20, 5, false, 9, "pending"),
+            (10, 20, 5, false, 10, "active"),
+            (10, 20, 5, false, 20, "grace"),
+            (10, 20, 5, false, 25, "expired"),
+            (10, 20, 5, true, 15, "revoked"),
+        ];
+        for (nb, na, g, revoked, now, want) in licenses {
+            assert_eq!(license_status(nb, na, g, revoked, now), want);
+        }
     }
 
     #[test]

@@ -100,12 +100,8 @@ impl Store for CountsDuplicatesTwice {
     ) -> StoreResult<String> {
         self.0.add_agent(license_id, key, now).await
     }
-    async fn list_agents(
-        &self,
-        filter: AgentFilter,
-        now: Instant,
-    ) -> StoreResult<Vec<AgentRecord>> {
-        self.0.list_agents(filter, now).await
+    async fn list_agents(&self, filter: AgentFilter) -> StoreResult<Vec<AgentRecord>> {
+        self.0.list_agents(filter).await
     }
     async fn revoke_agent(&self, id: String, now: Instant) -> StoreResult<()> {
         self.0.revoke_agent(id, now).await

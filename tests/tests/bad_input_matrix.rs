@@ -72,11 +72,11 @@ async fn bad_input_matrix() {
     let revoked = c.enroll(&lic_a, &tok_a).await;
     let rid = c
         .store()
-        .list_agents(Default::default(), Utc::now())
+        .list_agents(Default::default())
         .await
         .unwrap()
         .into_iter()
-        .find(|x| x.key == hex::encode(revoked.key_bytes()))
+        .find(|x| x.key == revoked.key_bytes())
         .unwrap()
         .agent_id;
     tally_collector::commands::agents_revoke(&c.ctx, &rid)

@@ -105,7 +105,7 @@ async fn assert_quarantined_then_released(
     assert!(
         listed
             .iter()
-            .any(|q| q.digest == digest.to_hex() && q.reason == reason)
+            .any(|q| q.digest == digest && q.reason == reason)
     );
 
     let out = commands::quarantine_release(&f.c.ctx, &digest.to_hex())
@@ -236,12 +236,12 @@ async fn agent_revoked() {
     let mut f = fixture().await;
     let agents =
         f.c.store()
-            .list_agents(AgentFilter::default(), Utc::now())
+            .list_agents(AgentFilter::default())
             .await
             .unwrap();
     let id = agents
         .iter()
-        .find(|a| a.key == hex::encode(f.agent.key_bytes()))
+        .find(|a| a.key == f.agent.key_bytes())
         .unwrap()
         .agent_id
         .clone();
@@ -418,9 +418,11 @@ async fn seq_conflict_is_a_fork() {
     assert_outcome(&one(&f.c, s1).await, Outcome::Accepted, "");
     assert_quarantined_then_released(&f, s2.clone(), "seq_conflict", 50).await;
     let anomalies = f.c.store().anomalies(None).await.unwrap();
-    assert!(anomalies.iter().any(|a| a.kind == "fork"
-        && a.seq_from == 1
-        && a.digest == Some(Digest::of(&s2.report).to_hex())));
+    assert!(
+        anomalies.iter().any(|a| a.kind == "fork"
+            && a.seq_from == 1
+            && a.digest == Some(Digest::of(&s2.report)))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

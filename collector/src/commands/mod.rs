@@ -9,7 +9,9 @@ use crate::server::{self, Collector};
 use crate::store::{AgentFilter, AuditEntry, NewLicense, Store, StoreError};
 
 mod serve;
+use crate::rules::AgentStatus;
 use crate::usage::{self, Format};
+use crate::views;
 use serde_json::{Value, json};
 pub use serve::{ServeOptions, serve};
 use std::path::{Path, PathBuf};
@@ -26,7 +28,9 @@ pub use tally_runtime::cli::{CmdResult, CommandError, Output};
 impl From<StoreError> for CommandError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Database(m) => CommandError::Runtime(format!("database: {m}")),
+            StoreError::Database(m) | StoreError::Unavailable(m) => {
+                CommandError::Runtime(format!("database: {m}"))
+            }
             other => CommandError::Usage(other.to_string()),
         }
     }
@@ -69,7 +73,7 @@ impl Ctx {
     async fn audit(&self, action: &str, target: &str, outcome: &str) -> Result<(), CommandError> {
         self.store
             .audit(AuditEntry {
-                at: String::new(),
+                at: chrono::Utc::now(),
                 actor: "cli".into(),
                 action: action.into(),
                 target: target.into(),
@@ -142,7 +146,7 @@ pub async fn customers_list(ctx: &Ctx) -> CmdResult {
         .iter()
         .map(|c| format!("{}\t{}\n", c.id, c.name))
         .collect::<String>();
-    Ok(Output::new(json!(rows), text))
+    Ok(Output::new(views::list(&rows, views::customer), text))
 }
 
 /// Parameters of `licenses issue`, as given on the command line.
@@ -264,16 +268,23 @@ pub async fn licenses_issue(ctx: &Ctx, a: IssueArgs) -> CmdResult {
 
 pub async fn licenses_list(ctx: &Ctx, customer: Option<String>) -> CmdResult {
     let rows = ctx.store.list_licenses(customer).await?;
-    let text = rows
-        .iter()
+    let now = chrono::Utc::now();
+    let json = views::list(&rows, |l| views::license(l, now));
+    let text = json
+        .as_array()
+        .into_iter()
+        .flatten()
         .map(|l| {
             format!(
                 "{}\t{}\t{}\texpires {}\n",
-                l.license_id, l.customer_id, l.status, l.not_after
+                text_of(&l["license_id"]),
+                text_of(&l["customer_id"]),
+                text_of(&l["status"]),
+                text_of(&l["not_after"])
             )
         })
         .collect::<String>();
-    Ok(Output::new(json!(rows), text))
+    Ok(Output::new(json, text))
 }
 
 pub async fn licenses_revoke(ctx: &Ctx, id: &str) -> CmdResult {
@@ -312,31 +323,45 @@ pub async fn agents_add(ctx: &Ctx, license: &str, key_hex: &str) -> CmdResult {
     Ok(Output::new(json!({"agent_id": id}), format!("{id}\n")))
 }
 
-pub async fn agents_list(ctx: &Ctx, mut filter: AgentFilter) -> CmdResult {
-    if let Some(s) = &filter.status
-        && !["active", "silent", "revoked"].contains(&s.as_str())
-    {
-        return Err(usage_err("--status must be active, silent or revoked"));
-    }
-    filter.silent_after_secs = server::DEFAULT_SILENT_AFTER_SECS;
-    let rows = ctx.store.list_agents(filter, chrono::Utc::now()).await?;
+pub async fn agents_list(ctx: &Ctx, filter: AgentFilter, status: Option<String>) -> CmdResult {
+    let only = match status.as_deref() {
+        None => None,
+        Some(s) => Some(
+            AgentStatus::parse(s)
+                .ok_or_else(|| usage_err("--status must be active, silent or revoked"))?,
+        ),
+    };
+    let rows = ctx.store.list_agents(filter).await?;
+    let rows = views::agents_with_status(
+        rows,
+        chrono::Utc::now(),
+        server::DEFAULT_SILENT_AFTER_SECS,
+        only,
+    );
+    // The CLI's documented fields: agent_id, key, license_id, status, last_seq, last_seen.
     let json_rows: Vec<Value> = rows
         .iter()
-        .map(|a| {
-            json!({"agent_id": a.agent_id, "key": a.key, "license_id": a.license_id, "status": a.status,
-                   "last_seq": a.last_seq, "last_seen": a.last_seen})
+        .map(|(a, s)| {
+            let mut v = views::agent(a, *s);
+            if let Some(o) = v.as_object_mut() {
+                o.remove("customer_id");
+            }
+            v
         })
         .collect();
     let text = rows
         .iter()
-        .map(|a| {
+        .map(|(a, s)| {
             format!(
                 "{}\t{}\t{}\tlast_seq {}\n",
-                a.agent_id, a.license_id, a.status, a.last_seq
+                a.agent_id,
+                a.license_id,
+                s.as_str(),
+                a.last_seq
             )
         })
         .collect::<String>();
-    Ok(Output::new(json!(json_rows), text))
+    Ok(Output::new(Value::Array(json_rows), text))
 }
 
 pub async fn agents_revoke(ctx: &Ctx, id: &str) -> CmdResult {
@@ -392,7 +417,7 @@ pub async fn tokens_list(ctx: &Ctx) -> CmdResult {
             )
         })
         .collect::<String>();
-    Ok(Output::new(json!(rows), text))
+    Ok(Output::new(views::list(&rows, views::token), text))
 }
 
 pub async fn tokens_revoke(ctx: &Ctx, id: &str) -> CmdResult {
@@ -469,7 +494,7 @@ pub async fn quarantine_list(ctx: &Ctx) -> CmdResult {
             )
         })
         .collect::<String>();
-    Ok(Output::new(json!(rows), text))
+    Ok(Output::new(views::list(&rows, views::quarantined), text))
 }
 
 fn parse_digest(s: &str) -> Result<Digest, CommandError> {
@@ -509,9 +534,18 @@ pub async fn audit_list(ctx: &Ctx, limit: u32) -> CmdResult {
         .map(|e| {
             format!(
                 "{}\t{}\t{}\t{}\t{}\n",
-                e.at, e.actor, e.action, e.target, e.outcome
+                tally_proto::time::rfc3339(e.at),
+                e.actor,
+                e.action,
+                e.target,
+                e.outcome
             )
         })
         .collect::<String>();
-    Ok(Output::new(json!(rows), text))
+    Ok(Output::new(views::list(&rows, views::audit), text))
+}
+
+/// A JSON string's text (for table output built from a view).
+fn text_of(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
 }

@@ -89,7 +89,7 @@ pub async fn auth_and_audit(
         outcome.push_str(" cross_tenant_denied");
     }
     let entry = AuditEntry {
-        at: String::new(),
+        at: chrono::Utc::now(),
         actor,
         action,
         target,

@@ -3,8 +3,10 @@
 
 use super::{AppState, Caller, error::ApiError};
 use crate::ids::is_valid_id;
+use crate::rules::AgentStatus;
 use crate::store::AgentFilter;
 use crate::usage::{self, Format};
+use crate::views;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, RawQuery, State, rejection::PathRejection};
@@ -176,7 +178,9 @@ pub async fn customers(
     let p = pairs(raw)?;
     only(&p, &[])?;
     let rows = st.store.list_customers(caller.scope(None)?).await?;
-    Ok(Json(json!({"customers": rows})))
+    Ok(Json(
+        json!({"customers": views::list(&rows, views::customer)}),
+    ))
 }
 
 pub async fn licenses(
@@ -187,8 +191,10 @@ pub async fn licenses(
     let p = pairs(raw)?;
     let params = only(&p, &["customer"])?;
     let scope = caller.scope(id_param(&params, "customer")?)?;
+    let rows = st.store.list_licenses(scope).await?;
+    let now = chrono::Utc::now();
     Ok(Json(
-        json!({"licenses": st.store.list_licenses(scope).await?}),
+        json!({"licenses": views::list(&rows, |l| views::license(l, now))}),
     ))
 }
 
@@ -199,24 +205,25 @@ pub async fn agents(
 ) -> Result<Json<Value>, ApiError> {
     let p = pairs(raw)?;
     let params = only(&p, &["customer", "license", "status"])?;
-    let status = match params.iter().find(|(k, _)| *k == "status") {
+    let only = match params.iter().find(|(k, _)| *k == "status") {
         None => None,
-        Some((_, s @ ("active" | "silent" | "revoked"))) => Some(s.to_string()),
-        Some(_) => {
-            return Err(ApiError::bad_param(
-                "status: must be active, silent or revoked",
-            ));
-        }
+        Some((_, s)) => Some(
+            AgentStatus::parse(s)
+                .ok_or_else(|| ApiError::bad_param("status: must be active, silent or revoked"))?,
+        ),
     };
     let filter = AgentFilter {
         customer: caller.scope(id_param(&params, "customer")?)?,
         license: id_param(&params, "license")?.map(str::to_string),
-        status,
-        silent_after_secs: st.silent_after_secs,
     };
-    Ok(Json(
-        json!({"agents": st.store.list_agents(filter, chrono::Utc::now()).await?}),
-    ))
+    let rows = views::agents_with_status(
+        st.store.list_agents(filter).await?,
+        chrono::Utc::now(),
+        st.silent_after_secs,
+        only,
+    );
+    let agents: Vec<Value> = rows.iter().map(|(a, s)| views::agent(a, *s)).collect();
+    Ok(Json(json!({ "agents": agents })))
 }
 
 pub async fn anomalies(
@@ -227,7 +234,10 @@ pub async fn anomalies(
     let p = pairs(raw)?;
     let params = only(&p, &["customer"])?;
     let scope = caller.scope(id_param(&params, "customer")?)?;
-    Ok(Json(json!({"anomalies": st.store.anomalies(scope).await?})))
+    let rows = st.store.anomalies(scope).await?;
+    Ok(Json(
+        json!({"anomalies": views::list(&rows, views::anomaly)}),
+    ))
 }
 
 pub async fn quarantine(
@@ -238,7 +248,10 @@ pub async fn quarantine(
     let p = pairs(raw)?;
     let params = only(&p, &["customer"])?;
     let scope = caller.scope(id_param(&params, "customer")?)?;
-    Ok(Json(json!({"reports": st.store.quarantine(scope).await?})))
+    let rows = st.store.quarantine(scope).await?;
+    Ok(Json(
+        json!({"reports": views::list(&rows, views::quarantined)}),
+    ))
 }
 
 /// `POST /v1/reports:import`: a report bundle (as written by `tally-agent export`) in the

@@ -463,7 +463,7 @@ pub async fn audit_entries(s: Subject) -> CheckResult {
     for i in 0..3 {
         s.store
             .audit(AuditEntry {
-                at: String::new(),
+                at: Utc::now(),
                 actor: format!("tok_{i}"),
                 action: "GET /v1/usage".into(),
                 target: format!("t{i}"),

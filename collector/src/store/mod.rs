@@ -37,6 +37,10 @@ pub enum StoreError {
     /// The request is not valid.
     #[error("{0}")]
     Invalid(String),
+    /// The database cannot answer right now (busy, connection lost); the same call may
+    /// succeed if retried. Nothing was written.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// The database failed; details are logged, not shown to clients.
     #[error("database error: {0}")]
     Database(String),
@@ -106,25 +110,26 @@ pub struct StoredOutcome {
     pub credits: Vec<Credit>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CustomerRecord {
     pub id: String,
     pub name: String,
-    pub created_at: String,
+    pub created_at: Instant,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+/// A license as stored. Its status (`active`, `grace`, …) is `rules::license_status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LicenseRecord {
     pub license_id: String,
     pub customer_id: String,
     pub metrics: Vec<LicenseMetricRecord>,
-    pub not_before: String,
-    pub not_after: String,
-    pub grace: String,
-    pub status: String,
+    pub not_before: Instant,
+    pub not_after: Instant,
+    pub grace_secs: u64,
+    pub revoked_at: Option<Instant>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LicenseMetricRecord {
     pub metric: String,
     pub limit: Option<u64>,
@@ -140,15 +145,18 @@ pub struct NewLicense {
     pub token_expires: Instant,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+/// An enrolled agent as stored. Its status (`active`, `silent`, `revoked`) is
+/// `rules::agent_status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentRecord {
     pub agent_id: String,
-    pub key: String,
+    pub key: [u8; 32],
     pub license_id: String,
     pub customer_id: String,
-    pub status: String,
+    pub enrolled_at: Instant,
+    pub revoked_at: Option<Instant>,
     pub last_seq: u64,
-    pub last_seen: Option<String>,
+    pub last_seen: Option<Instant>,
 }
 
 /// Agent list filter.
@@ -156,10 +164,6 @@ pub struct AgentRecord {
 pub struct AgentFilter {
     pub customer: Option<String>,
     pub license: Option<String>,
-    /// `active`, `silent` or `revoked`.
-    pub status: Option<String>,
-    /// An agent with no report for this long is `silent`.
-    pub silent_after_secs: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -170,19 +174,20 @@ pub struct TokenRecord {
     pub revoked: bool,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenListing {
     pub id: String,
+    /// The role as stored (`admin`, `billing`, `customer:<id>`).
     pub role: String,
     pub name: String,
-    pub created_at: String,
+    pub created_at: Instant,
     pub revoked: bool,
 }
 
 /// One line of the audit log. `actor` is a token id or `cli`, never a secret.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
-    pub at: String,
+    pub at: Instant,
     pub actor: String,
     pub action: String,
     pub target: String,
@@ -218,7 +223,9 @@ pub struct StatementLine {
     pub limit: Option<u64>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+/// An anomaly: an open or closed `gap`, a `fork`, or a quarantined report (kind = its
+/// reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnomalyRecord {
     pub kind: String,
     pub agent_id: String,
@@ -226,24 +233,24 @@ pub struct AnomalyRecord {
     pub customer_id: String,
     pub seq_from: u64,
     pub seq_to: u64,
-    pub digest: Option<String>,
+    pub digest: Option<Digest>,
     pub detail: String,
-    pub opened_at: String,
-    pub closed_at: Option<String>,
+    pub opened_at: Instant,
+    pub closed_at: Option<Instant>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuarantineRecord {
-    pub digest: String,
+    pub digest: Digest,
     pub agent_id: String,
     pub license_id: String,
     pub customer_id: String,
     pub seq: u64,
     pub reason: String,
     pub detail: String,
-    pub received_at: String,
-    pub window_start: String,
-    pub window_end: String,
+    pub received_at: Instant,
+    pub window_start: Instant,
+    pub window_end: Instant,
 }
 
 /// A stored report, raw (for audits and tests that re-check totals by brute force).
@@ -299,8 +306,7 @@ pub trait Store: Send + Sync + 'static {
         key: [u8; 32],
         now: Instant,
     ) -> StoreResult<String>;
-    async fn list_agents(&self, filter: AgentFilter, now: Instant)
-    -> StoreResult<Vec<AgentRecord>>;
+    async fn list_agents(&self, filter: AgentFilter) -> StoreResult<Vec<AgentRecord>>;
     async fn revoke_agent(&self, id: String, now: Instant) -> StoreResult<()>;
     async fn create_token(
         &self,

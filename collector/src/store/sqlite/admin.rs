@@ -4,12 +4,11 @@ use super::super::*;
 use crate::ids;
 use crate::roles::Role;
 use rusqlite::{Connection, OptionalExtension, params};
-use tally_proto::time::{format_duration_secs, rfc3339};
+use tally_proto::time::Instant;
 
-pub(super) fn ts(t: i64) -> String {
-    chrono::DateTime::from_timestamp(t, 0)
-        .map(rfc3339)
-        .unwrap_or_default()
+/// A stored Unix time as an instant (times are written by this store, so always in range).
+pub(super) fn ts(t: i64) -> Instant {
+    chrono::DateTime::from_timestamp(t, 0).unwrap_or_default()
 }
 
 pub(super) fn add_customer(conn: &Connection, name: &str, now: i64) -> StoreResult<CustomerRecord> {
@@ -93,7 +92,6 @@ pub(super) fn issue_license(conn: &Connection, new: &NewLicense, now: i64) -> St
 pub(super) fn list_licenses(
     conn: &Connection,
     customer: Option<&str>,
-    now: i64,
 ) -> StoreResult<Vec<LicenseRecord>> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, customer_id, not_before, not_after, grace_secs, revoked_at FROM licenses
@@ -124,29 +122,14 @@ pub(super) fn list_licenses(
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
-        let status = if revoked.is_some() {
-            "revoked"
-        } else if now < nb {
-            "pending"
-        } else if now >= na.saturating_add(grace) {
-            "expired"
-        } else if now >= na {
-            "grace"
-        } else {
-            "active"
-        };
         out.push(LicenseRecord {
             license_id: id,
             customer_id: cust,
             metrics: ms,
             not_before: ts(nb),
             not_after: ts(na),
-            grace: if grace <= 0 {
-                "0s".into()
-            } else {
-                format_duration_secs(grace as u64)
-            },
-            status: status.into(),
+            grace_secs: grace.max(0) as u64,
+            revoked_at: revoked.map(ts),
         });
     }
     Ok(out)
@@ -305,11 +288,7 @@ pub(super) fn enroll(
     Ok((id, signed))
 }
 
-pub(super) fn list_agents(
-    conn: &Connection,
-    f: &AgentFilter,
-    now: i64,
-) -> StoreResult<Vec<AgentRecord>> {
+pub(super) fn list_agents(conn: &Connection, f: &AgentFilter) -> StoreResult<Vec<AgentRecord>> {
     let mut stmt = conn.prepare_cached(
         "SELECT a.id, a.key, a.license_id, l.customer_id, a.revoked_at, a.last_seq, a.last_seen, a.enrolled_at
          FROM agents a JOIN licenses l ON l.id = a.license_id
@@ -319,32 +298,19 @@ pub(super) fn list_agents(
     let rows = stmt
         .query_map(params![f.customer, f.license], |r| {
             let key: Vec<u8> = r.get(1)?;
-            let revoked: Option<i64> = r.get(4)?;
-            let last_seen: Option<i64> = r.get(6)?;
-            let enrolled: i64 = r.get(7)?;
-            let seen = last_seen.unwrap_or(enrolled);
-            let status = if revoked.is_some() {
-                "revoked"
-            } else if now - seen > f.silent_after_secs {
-                "silent"
-            } else {
-                "active"
-            };
             Ok(AgentRecord {
                 agent_id: r.get(0)?,
-                key: hex::encode(key),
+                key: key.try_into().unwrap_or([0; 32]),
                 license_id: r.get(2)?,
                 customer_id: r.get(3)?,
-                status: status.into(),
+                revoked_at: r.get::<_, Option<i64>>(4)?.map(ts),
                 last_seq: r.get::<_, i64>(5)? as u64,
-                last_seen: last_seen.map(ts),
+                last_seen: r.get::<_, Option<i64>>(6)?.map(ts),
+                enrolled_at: ts(r.get(7)?),
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows
-        .into_iter()
-        .filter(|a| f.status.as_ref().is_none_or(|s| *s == a.status))
-        .collect())
+    Ok(rows)
 }
 
 pub(super) fn revoke_agent(conn: &Connection, id: &str, now: i64) -> StoreResult<()> {
@@ -453,11 +419,17 @@ pub(super) fn token_by_hash(
     }))
 }
 
-pub(super) fn audit(conn: &Connection, e: &AuditEntry, now: i64) -> StoreResult<()> {
+pub(super) fn audit(conn: &Connection, e: &AuditEntry) -> StoreResult<()> {
     conn.prepare_cached(
         "INSERT INTO audit (at, actor, action, target, outcome) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![now, e.actor, e.action, e.target, e.outcome])?;
+    .execute(params![
+        e.at.timestamp(),
+        e.actor,
+        e.action,
+        e.target,
+        e.outcome
+    ])?;
     Ok(())
 }
 

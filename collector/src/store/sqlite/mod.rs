@@ -22,7 +22,14 @@ impl From<WriteFailed> for StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Database(e.to_string())
+        // Busy or locked past the busy timeout: another writer holds the file; a retry can
+        // succeed, so callers answer "unavailable, retry" rather than "failed".
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreError::Unavailable(e.to_string())
+            }
+            _ => StoreError::Database(e.to_string()),
+        }
     }
 }
 
@@ -220,8 +227,7 @@ impl Store for SqliteStore {
     }
 
     async fn list_licenses(&self, customer: Option<String>) -> StoreResult<Vec<LicenseRecord>> {
-        let now = chrono::Utc::now().timestamp();
-        self.read(move |c| admin::list_licenses(c, customer.as_deref(), now))
+        self.read(move |c| admin::list_licenses(c, customer.as_deref()))
             .await
     }
 
@@ -242,13 +248,8 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn list_agents(
-        &self,
-        filter: AgentFilter,
-        now: Instant,
-    ) -> StoreResult<Vec<AgentRecord>> {
-        self.read(move |c| admin::list_agents(c, &filter, secs(now)))
-            .await
+    async fn list_agents(&self, filter: AgentFilter) -> StoreResult<Vec<AgentRecord>> {
+        self.read(move |c| admin::list_agents(c, &filter)).await
     }
 
     async fn revoke_agent(&self, id: String, now: Instant) -> StoreResult<()> {
@@ -285,10 +286,7 @@ impl Store for SqliteStore {
     }
 
     async fn audit(&self, entry: AuditEntry) -> StoreResult<()> {
-        let now = chrono::Utc::now().timestamp();
-        self.writer
-            .write(move |c| admin::audit(c, &entry, now))
-            .await
+        self.writer.write(move |c| admin::audit(c, &entry)).await
     }
 
     async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditEntry>> {

@@ -132,7 +132,7 @@ pub(super) fn anomalies(
                 customer_id: r.get(3)?,
                 seq_from: r.get::<_, i64>(4)? as u64,
                 seq_to: r.get::<_, i64>(5)? as u64,
-                digest: digest.map(hex::encode),
+                digest: digest.as_deref().and_then(Digest::from_slice),
                 detail: r.get(7)?,
                 opened_at: ts(r.get(8)?),
                 closed_at: r.get::<_, Option<i64>>(9)?.map(ts),
@@ -156,7 +156,7 @@ pub(super) fn quarantine(
     let rows = stmt
         .query_map([customer], |r| {
             Ok(QuarantineRecord {
-                digest: hex::encode(r.get::<_, Vec<u8>>(0)?),
+                digest: Digest::from_slice(&r.get::<_, Vec<u8>>(0)?).unwrap_or(Digest([0; 32])),
                 agent_id: r.get(1)?,
                 license_id: r.get(2)?,
                 customer_id: r.get(3)?,
