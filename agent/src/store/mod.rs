@@ -7,7 +7,14 @@
 //! receipt says the collector stored the report.
 
 use crate::windows::{MAX_WINDOW, Windows};
+
+mod close;
+mod receipts;
+mod record;
+use close::close_tx;
 use ed25519_dalek::SigningKey;
+use receipts::receipts_tx;
+use record::record_tx;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -322,7 +329,7 @@ impl AgentStore {
     }
 }
 
-fn get_i64(c: &Connection, key: &str) -> StoreResult<Option<i64>> {
+pub(super) fn get_i64(c: &Connection, key: &str) -> StoreResult<Option<i64>> {
     let v: Option<Vec<u8>> = c
         .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
         .query_row([key], |r| r.get(0))
@@ -331,14 +338,14 @@ fn get_i64(c: &Connection, key: &str) -> StoreResult<Option<i64>> {
         .and_then(|s| s.parse().ok()))
 }
 
-fn set_i64(c: &Connection, key: &str, v: i64) -> StoreResult<()> {
+pub(super) fn set_i64(c: &Connection, key: &str, v: i64) -> StoreResult<()> {
     c.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
         .execute(params![key, v.to_string().into_bytes()])?;
     Ok(())
 }
 
 /// The start of the open window: events recorded now are counted there.
-fn cursor(c: &Connection, now: i64, windows: Windows) -> StoreResult<i64> {
+pub(super) fn cursor(c: &Connection, now: i64, windows: Windows) -> StoreResult<i64> {
     match get_i64(c, "cursor")? {
         Some(v) => Ok(v),
         None => {
@@ -348,218 +355,6 @@ fn cursor(c: &Connection, now: i64, windows: Windows) -> StoreResult<i64> {
             Ok(v)
         }
     }
-}
-
-fn record_tx(
-    c: &Connection,
-    events: &[Event],
-    now: i64,
-    windows: Windows,
-) -> StoreResult<Recorded> {
-    // Never count into a window that is already closed (flush, or a clock stepping back).
-    let window = windows.start_of(now).max(cursor(c, now, windows)?);
-    let mut sums: BTreeMap<&str, i64> = BTreeMap::new();
-    let mut out = Recorded::default();
-    let mut seen = c.prepare_cached("SELECT seen_at FROM idempotency WHERE key = ?1")?;
-    let mut remember =
-        c.prepare_cached("INSERT OR REPLACE INTO idempotency (key, seen_at) VALUES (?1, ?2)")?;
-    for e in events {
-        if let Some(k) = &e.idempotency_key {
-            let at: Option<i64> = seen.query_row([k], |r| r.get(0)).optional()?;
-            if at.is_some_and(|t| t > now - IDEMPOTENCY_SECS) {
-                out.duplicates += 1;
-                continue;
-            }
-            remember.execute(params![k, now])?;
-        }
-        let q = i64::try_from(e.quantity)
-            .map_err(|_| StoreError::Invalid("quantity out of range".into()))?;
-        let s = sums.entry(&e.metric).or_default();
-        *s = s
-            .checked_add(q)
-            .ok_or_else(|| StoreError::Invalid("quantities overflow".into()))?;
-        out.recorded += 1;
-    }
-    let mut get =
-        c.prepare_cached("SELECT quantity FROM counters WHERE window_start = ?1 AND metric = ?2")?;
-    let mut put = c.prepare_cached(
-        "INSERT OR REPLACE INTO counters (window_start, metric, quantity) VALUES (?1, ?2, ?3)",
-    )?;
-    for (m, q) in sums {
-        let cur: i64 = get
-            .query_row(params![window, m], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0);
-        let new = cur.checked_add(q).ok_or_else(|| {
-            StoreError::Invalid(format!("the open window's count of {m} would overflow"))
-        })?;
-        put.execute(params![window, m, new])?;
-    }
-    Ok(out)
-}
-
-fn close_tx(
-    c: &Connection,
-    key: &SigningKey,
-    license_id: &str,
-    now: i64,
-    windows: Windows,
-    flush: bool,
-) -> StoreResult<u64> {
-    let mut cur = cursor(c, now, windows)?;
-    let limit = if flush {
-        // A flush closes everything counted so far: if the newest counted window starts at
-        // `now` (events in its first second), it ends one second later (well within the
-        // collector's 5 min skew).
-        let newest: Option<i64> = c
-            .prepare_cached("SELECT MAX(window_start) FROM counters WHERE window_start >= ?1")?
-            .query_row([cur], |r| r.get(0))?;
-        match newest {
-            Some(ws) => now.max(ws + 1),
-            None => now,
-        }
-    } else {
-        windows.start_of(now)
-    };
-    let mut made = 0;
-    while cur < limit {
-        let next_ws: Option<i64> = c
-            .prepare_cached("SELECT MIN(window_start) FROM counters WHERE window_start >= ?1")?
-            .query_row([cur], |r| r.get(0))?;
-        let end = if next_ws == Some(cur) {
-            windows.end_of(cur).min(limit)
-        } else {
-            // An idle stretch: one heartbeat up to the next counted window, at most 24 h,
-            // never across a license bound.
-            next_ws
-                .unwrap_or(limit)
-                .min(limit)
-                .min(cur + MAX_WINDOW)
-                .min(windows.next_cut(cur))
-        };
-        let counters: Vec<Counter> = c
-            .prepare_cached(
-                "SELECT metric, quantity FROM counters WHERE window_start = ?1 ORDER BY metric",
-            )?
-            .query_map([cur], |r| {
-                Ok(Counter {
-                    metric: r.get(0)?,
-                    quantity: r.get::<_, i64>(1)? as u64,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        c.prepare_cached("DELETE FROM counters WHERE window_start = ?1")?
-            .execute([cur])?;
-        make_report(c, key, license_id, cur, end, counters, now)?;
-        made += 1;
-        cur = end;
-    }
-    // Any counters left below the cursor (impossible by construction) would be lost; check.
-    let stale: i64 = c.query_row(
-        "SELECT COUNT(*) FROM counters WHERE window_start < ?1",
-        [cur],
-        |r| r.get(0),
-    )?;
-    if stale > 0 {
-        return Err(StoreError::Database(
-            "counters below the window cursor".into(),
-        ));
-    }
-    set_i64(c, "cursor", cur)?;
-    Ok(made)
-}
-
-fn make_report(
-    c: &Connection,
-    key: &SigningKey,
-    license_id: &str,
-    start: i64,
-    end: i64,
-    counters: Vec<Counter>,
-    now: i64,
-) -> StoreResult<()> {
-    let last: Option<(i64, Vec<u8>)> = c
-        .prepare_cached("SELECT seq, digest FROM reports ORDER BY seq DESC LIMIT 1")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let ts = |t: i64| {
-        chrono::DateTime::from_timestamp(t, 0)
-            .ok_or_else(|| StoreError::Invalid("time out of range".into()))
-    };
-    let report = Report {
-        license_id: license_id.to_string(),
-        agent_key: key.verifying_key().to_bytes(),
-        seq: last.as_ref().map_or(1, |(s, _)| *s as u64 + 1),
-        prev_digest: last.as_ref().and_then(|(_, d)| Digest::from_slice(d)),
-        window_start: ts(start)?,
-        window_end: ts(end)?,
-        counters,
-        created_at: ts(now.max(end))?,
-        agent_version: concat!("tally-agent/", env!("CARGO_PKG_VERSION")).to_string(),
-    };
-    let signed = report.sign(key);
-    c.prepare_cached(
-        "INSERT INTO reports (seq, digest, bytes, signature, window_start, window_end, created_at, state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
-    )?
-    .execute(params![
-        report.seq as i64,
-        Digest::of(&signed.report).as_bytes().as_slice(),
-        signed.report,
-        signed.signature,
-        start,
-        end,
-        now
-    ])?;
-    Ok(())
-}
-
-fn receipts_tx(c: &Connection, receipts: &[(ReceiptBody, pb::Receipt)]) -> StoreResult<(u64, u64)> {
-    let (mut stored, mut unknown) = (0, 0);
-    let mut newest: Option<&ReceiptBody> = None;
-    for (body, raw) in receipts {
-        let state = DeliveryState::after(body.outcome).as_str();
-        let n = c
-            .prepare_cached(
-                "UPDATE reports SET state = ?2, reason = ?3, detail = ?4, receipt_body = ?5, receipt_signature = ?6,
-                        delivered_at = ?7
-                 WHERE digest = ?1",
-            )?
-            .execute(params![
-                body.report_digest.as_bytes().as_slice(),
-                state,
-                body.reason,
-                body.detail,
-                raw.body,
-                raw.signature,
-                body.received_at.timestamp()
-            ])?;
-        if n == 0 {
-            unknown += 1;
-            continue;
-        }
-        stored += 1;
-        if body.lease_until.is_some() && newest.is_none_or(|b| b.received_at <= body.received_at) {
-            newest = Some(body);
-        }
-    }
-    if let Some(b) = newest {
-        // Keep the newest receipt (by collector time) for the license status.
-        let prev = get_i64(c, "status_received_at")?.unwrap_or(i64::MIN);
-        if b.received_at.timestamp() >= prev {
-            let raw = receipts
-                .iter()
-                .find(|(x, _)| std::ptr::eq(x, b))
-                .map(|(_, r)| r)
-                .ok_or_else(|| StoreError::Database("receipt vanished".into()))?;
-            c.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('status_receipt', ?1)",
-                [prost::Message::encode_to_vec(raw)],
-            )?;
-            set_i64(c, "status_received_at", b.received_at.timestamp())?;
-        }
-    }
-    Ok((stored, unknown))
 }
 
 #[cfg(test)]

@@ -1,0 +1,162 @@
+//! `licenses issue | list | revoke`: signed license files and their enrollment tokens.
+
+use super::{CmdResult, CommandError, Ctx, Output, check_id, text_of, usage_err};
+use crate::datadir::CollectorFiles;
+use crate::ids::{self, hash_secret, is_valid_id};
+use crate::store::NewLicense;
+use crate::views;
+use serde_json::json;
+use std::path::PathBuf;
+use tally_proto::license::{License, LicensedMetric, armor};
+use tally_proto::metric::validate_metric_name;
+use tally_proto::time::{parse_duration_secs, parse_instant};
+
+/// Parameters of `licenses issue`, as given on the command line.
+pub struct IssueArgs {
+    pub customer: String,
+    pub metrics: Vec<String>,
+    pub expires: String,
+    pub not_before: Option<String>,
+    pub grace: String,
+    pub enrollments: u32,
+    pub token_ttl: String,
+    pub endpoint: String,
+    pub out: Option<PathBuf>,
+}
+
+/// Parses `metric[=LIMIT]`.
+pub fn parse_metric_arg(s: &str) -> Result<LicensedMetric, CommandError> {
+    let (name, limit) = match s.split_once('=') {
+        None => (s, None),
+        Some((n, l)) => {
+            let l: u64 = l
+                .parse()
+                .ok()
+                .filter(|l| *l >= 1 && *l <= i64::MAX as u64)
+                .ok_or_else(|| {
+                    usage_err(format!(
+                        "--metric {s}: the limit must be a positive integer"
+                    ))
+                })?;
+            (n, Some(l))
+        }
+    };
+    validate_metric_name(name).map_err(|e| usage_err(format!("--metric: {e}")))?;
+    Ok(LicensedMetric {
+        metric: name.to_string(),
+        limit,
+    })
+}
+
+pub async fn licenses_issue(ctx: &Ctx, a: IssueArgs) -> CmdResult {
+    if !is_valid_id(&a.customer) {
+        return Err(usage_err("--customer: not a valid customer id"));
+    }
+    if a.metrics.is_empty() {
+        return Err(usage_err("give at least one --metric NAME[=LIMIT]"));
+    }
+    let metrics = a
+        .metrics
+        .iter()
+        .map(|m| parse_metric_arg(m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let now = chrono::Utc::now();
+    let not_after = parse_instant(&a.expires).map_err(|e| usage_err(format!("--expires: {e}")))?;
+    let not_before = match &a.not_before {
+        Some(s) => parse_instant(s).map_err(|e| usage_err(format!("--not-before: {e}")))?,
+        None => now,
+    };
+    let grace_secs = if a.grace == "0" {
+        0
+    } else {
+        parse_duration_secs(&a.grace).map_err(|e| usage_err(format!("--grace: {e}")))?
+    };
+    let ttl =
+        parse_duration_secs(&a.token_ttl).map_err(|e| usage_err(format!("--token-ttl: {e}")))?;
+    if a.enrollments == 0 {
+        return Err(usage_err("--enrollments must be at least 1"));
+    }
+    if !(a.endpoint.starts_with("http://") || a.endpoint.starts_with("https://")) {
+        return Err(usage_err("--endpoint must be an http:// or https:// URL"));
+    }
+    let license = License {
+        license_id: ids::new_id("lic"),
+        customer_id: a.customer.clone(),
+        metrics,
+        not_before,
+        not_after,
+        grace_secs,
+        collector_endpoint: a.endpoint.clone(),
+    };
+    license.validate().map_err(|e| usage_err(e.to_string()))?;
+    if not_after <= now {
+        return Err(usage_err("--expires is in the past"));
+    }
+    let signed = license.sign(&ctx.vendor_key()?);
+    let token = ids::new_secret("enr");
+    let out = a.out.unwrap_or_else(|| {
+        ctx.dir
+            .licenses()
+            .join(format!("{}.license", license.license_id))
+    });
+    if out.exists() {
+        return Err(usage_err(format!("{} already exists", out.display())));
+    }
+    ctx.store
+        .issue_license(
+            NewLicense {
+                license: license.clone(),
+                signed: prost::Message::encode_to_vec(&signed),
+                token_hash: hash_secret(&token),
+                enrollments: a.enrollments,
+                token_expires: now + chrono::Duration::seconds(ttl as i64),
+            },
+            now,
+        )
+        .await?;
+    std::fs::write(&out, armor(&signed))
+        .map_err(|e| CommandError::Runtime(format!("cannot write {}: {e}", out.display())))?;
+    ctx.audit("licenses issue", &license.license_id, "ok")
+        .await?;
+    Ok(Output::new(
+        json!({"license_id": license.license_id, "file": out.display().to_string(), "enrollment_token": token}),
+        format!(
+            "license {}\nfile: {}\nenrollment token (shown once): {token}\n",
+            license.license_id,
+            out.display()
+        ),
+    ))
+}
+
+pub async fn licenses_list(ctx: &Ctx, customer: Option<String>) -> CmdResult {
+    let rows = ctx.store.list_licenses(customer).await?;
+    let now = chrono::Utc::now();
+    let json = views::list(&rows, |l| views::license(l, now));
+    let text = json
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            format!(
+                "{}\t{}\t{}\texpires {}\n",
+                text_of(&l["license_id"]),
+                text_of(&l["customer_id"]),
+                text_of(&l["status"]),
+                text_of(&l["not_after"])
+            )
+        })
+        .collect::<String>();
+    Ok(Output::new(json, text))
+}
+
+pub async fn licenses_revoke(ctx: &Ctx, id: &str) -> CmdResult {
+    check_id("license", id)?;
+    ctx.store
+        .revoke_license(id.to_string(), chrono::Utc::now())
+        .await?;
+    ctx.audit("licenses revoke", id, "ok").await?;
+    Ok(Output::new(
+        json!({"license_id": id, "status": "revoked"}),
+        format!("revoked {id}\n"),
+    ))
+}
