@@ -92,6 +92,17 @@ impl Report {
         let m = pb::UsageReport::decode(bytes)
             .map_err(|e| ReportError::Malformed(format!("report does not decode: {e}")))?;
         let bad = |s: &str| Err(ReportError::Malformed(s.to_string()));
+        // Usage only: prost skips fields it does not know, so a signed report could carry
+        // anything in an extra field and be stored with it. Every byte must belong to a
+        // known field: the decoded message re-encodes to exactly as many bytes (a canonical
+        // encoder, as every protobuf library's default is, always passes; nothing is
+        // re-encoded to be *verified* — the signature covers the bytes received).
+        if m.encoded_len() != bytes.len() {
+            return bad(
+                "the report has bytes outside the fields of UsageReport (unknown fields or a \
+                 non-canonical encoding); only usage may be reported",
+            );
+        }
         if m.counters.len() > MAX_COUNTERS {
             return Err(ReportError::TooLarge(format!(
                 "{} counters, the limit is {MAX_COUNTERS}",
@@ -206,6 +217,31 @@ mod tests {
     fn round_trips() {
         let r = sample();
         assert_eq!(Report::decode(&r.encode()).unwrap(), r);
+    }
+
+    #[test]
+    fn bytes_outside_the_known_fields_are_malformed() {
+        let r = sample();
+        // An unknown field (15, a string) appended, and one in the middle of a counter.
+        let mut extra = r.encode();
+        extra.extend_from_slice(&[(15 << 3) | 2, 3, b'd', b'o', b'c']);
+        assert!(matches!(
+            Report::decode(&extra),
+            Err(ReportError::Malformed(m)) if m.contains("outside the fields")
+        ));
+        let mut counter = pb::Counter {
+            metric: "api.convert".into(),
+            quantity: 3,
+        }
+        .encode_to_vec();
+        counter.extend_from_slice(&[(9 << 3), 1]); // field 9, varint 1
+        let mut m = r.to_pb();
+        m.counters.clear();
+        let mut bytes = m.encode_to_vec();
+        bytes.push((7 << 3) | 2); // field 7: counters
+        bytes.push(counter.len() as u8);
+        bytes.extend_from_slice(&counter);
+        assert!(Report::decode(&bytes).is_err());
     }
 
     #[test]

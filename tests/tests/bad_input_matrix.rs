@@ -302,6 +302,29 @@ async fn bad_input_matrix() {
         Effect::Nothing,
     ));
 
+    // A correctly signed report that carries one more field than `UsageReport` has (field
+    // 15, a string): an encoder could smuggle a document through it, so it is not a report.
+    let mut smuggled = agent.draft(&[("api.convert", 1)]).encode();
+    let document = b"CONFIDENTIAL: the customer's contract text";
+    smuggled.extend_from_slice(&[(15 << 3) | 2, document.len() as u8]);
+    smuggled.extend_from_slice(document);
+    let sig = tally_proto::signing::sign(
+        &agent.key,
+        tally_proto::signing::Domain::UsageReport,
+        &smuggled,
+    )
+    .to_vec();
+    grpc_cases.push((
+        "grpc: an unknown field carrying a document",
+        pb::SignedReport {
+            report: smuggled,
+            signature: sig,
+        },
+        Outcome::Refused,
+        "malformed",
+        Effect::Nothing,
+    ));
+
     for (name, report, outcome, reason, effect) in grpc_cases {
         let before = snapshot(&c).await;
         let resp = client
