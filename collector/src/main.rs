@@ -55,6 +55,27 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// A consistent copy of the live SQLite database (`--out FILE`), or check one
+    /// (`backup verify FILE`).
+    Backup(BackupArgs),
+    /// Restore a backup into a data directory that has no database yet.
+    Restore { file: PathBuf },
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BackupArgs {
+    #[command(subcommand)]
+    command: Option<BackupCmd>,
+    /// Where to write the backup; it must not exist.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum BackupCmd {
+    /// Check a backup file's integrity and print the totals it holds.
+    Verify { file: PathBuf },
 }
 
 #[derive(Args)]
@@ -367,6 +388,19 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                 }
             }
         }
+        Command::Backup(BackupArgs {
+            command: Some(BackupCmd::Verify { file }),
+            ..
+        }) => commands::backup_verify(file).await?,
+        Command::Backup(BackupArgs { out: Some(out), .. }) => {
+            commands::backup(&dir, database, out).await?
+        }
+        Command::Backup(BackupArgs { out: None, .. }) => {
+            return Err(CommandError::Usage(
+                "backup needs --out FILE (or 'backup verify FILE')".into(),
+            ));
+        }
+        Command::Restore { file } => commands::restore(&dir, database, file).await?,
         Command::Audit(AuditCmd::List { limit }) => {
             commands::audit_list(&open(dir)?, limit).await?
         }

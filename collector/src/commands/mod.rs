@@ -8,12 +8,14 @@ use crate::roles::Role;
 use crate::store::{AuditEntry, Store, StoreError};
 
 mod agents;
+mod backup;
 mod licenses;
 mod review;
 mod serve;
 mod tokens;
 use crate::views;
 pub use agents::{agents_add, agents_list, agents_revoke};
+pub use backup::{backup, backup_verify, restore};
 pub use licenses::{IssueArgs, licenses_issue, licenses_list, licenses_revoke, parse_metric_arg};
 pub use review::{
     audit_list, import, quarantine_discard, quarantine_list, quarantine_release, usage,

@@ -157,6 +157,9 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// The newest schema version this build writes.
+pub const VERSION: usize = MIGRATIONS.len();
+
 /// Brings the database up to the newest schema version.
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     migrate_to(conn, MIGRATIONS.len())

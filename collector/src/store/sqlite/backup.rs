@@ -1,0 +1,147 @@
+//! Backups of the SQLite store: a consistent online copy while `serve` keeps ingesting
+//! (SQLite's online backup API, all pages in one step under one read transaction, so the
+//! copy is the database as of one commit), an offline check of a backup file, and a
+//! restore into a data directory that has no database yet.
+//!
+//! A backup holds the database only. The vendor key is not in it: keys are backed up apart
+//! from the data (see docs/operations.md), so a stolen backup cannot sign licenses.
+
+use super::schema;
+use crate::store::{StoreError, StoreResult};
+use rusqlite::{Connection, OpenFlags};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+/// What a backup file holds, as `backup verify` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupTotals {
+    pub schema_version: u32,
+    pub customers: u64,
+    pub licenses: u64,
+    pub agents: u64,
+    /// Stored reports per status (`accepted`, `quarantined`, `discarded`).
+    pub reports: BTreeMap<String, u64>,
+    /// Counted usage per metric, all licenses and months.
+    pub usage: BTreeMap<String, u64>,
+}
+
+fn invalid(m: impl Into<String>) -> StoreError {
+    StoreError::Invalid(m.into())
+}
+
+/// Copies the live database at `db` to `out` (which must not exist). Safe while another
+/// process writes: WAL readers do not block the writer, and the copy is one snapshot.
+pub fn backup(db: &Path, out: &Path) -> StoreResult<BackupTotals> {
+    if out.exists() {
+        return Err(invalid(format!(
+            "{} already exists; a backup never overwrites a file",
+            out.display()
+        )));
+    }
+    let src = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    src.busy_timeout(Duration::from_secs(10))?;
+    let tmp = out.with_extension("partial");
+    let _ = std::fs::remove_file(&tmp);
+    {
+        let mut dst = Connection::open(&tmp)?;
+        let b = rusqlite::backup::Backup::new(&src, &mut dst)?;
+        // -1: every page in one step, under one read transaction: a consistent snapshot.
+        b.step(-1)?;
+    }
+    // The copy is complete and closed; make it durable, then give it its name.
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| StoreError::Database(format!("syncing the backup: {e}")))?;
+    std::fs::rename(&tmp, out)
+        .map_err(|e| StoreError::Database(format!("naming the backup: {e}")))?;
+    verify(out)
+}
+
+/// Checks a backup file: a SQLite database that passes `integrity_check`, with a Tally
+/// schema this build knows, and returns the totals it holds. Never changes the file.
+pub fn verify(file: &Path) -> StoreResult<BackupTotals> {
+    if !file.is_file() {
+        return Err(invalid(format!("{} is not a file", file.display())));
+    }
+    let not_backup = |e: rusqlite::Error| {
+        invalid(format!(
+            "{} is not a Tally collector backup: {e}",
+            file.display()
+        ))
+    };
+    let conn =
+        Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(not_backup)?;
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(not_backup)?;
+    if check != "ok" {
+        return Err(invalid(format!(
+            "{} is damaged: integrity check says {check}",
+            file.display()
+        )));
+    }
+    let version: u32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(not_backup)?;
+    if version == 0 || version as usize > schema::VERSION {
+        return Err(invalid(format!(
+            "{} has schema version {version}; this build knows versions 1 to {}",
+            file.display(),
+            schema::VERSION
+        )));
+    }
+    let count = |sql: &str| -> StoreResult<u64> {
+        Ok(conn
+            .query_row(sql, [], |r| r.get::<_, i64>(0))
+            .map_err(not_backup)? as u64)
+    };
+    let pairs = |sql: &str| -> StoreResult<BTreeMap<String, u64>> {
+        let mut st = conn.prepare(sql).map_err(not_backup)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })
+            .map_err(not_backup)?
+            .collect::<Result<_, _>>()
+            .map_err(not_backup)?;
+        Ok(rows)
+    };
+    Ok(BackupTotals {
+        schema_version: version,
+        customers: count("SELECT COUNT(*) FROM customers")?,
+        licenses: count("SELECT COUNT(*) FROM licenses")?,
+        agents: count("SELECT COUNT(*) FROM agents")?,
+        reports: pairs("SELECT status, COUNT(*) FROM reports GROUP BY status ORDER BY status")?,
+        // Summed in SQL over at most one row per (license, metric, month): each row was
+        // checked against 64-bit overflow when it was written; a total over all licenses
+        // could still exceed it, and SQLite would then answer with a float, which the
+        // integer read below refuses rather than rounds.
+        usage: pairs(
+            "SELECT metric, SUM(quantity) FROM monthly_usage GROUP BY metric ORDER BY metric",
+        )?,
+    })
+}
+
+/// Restores `file` as the database at `db`, which must not exist yet (an empty data
+/// directory, or one holding only the vendor key). The file is verified first.
+pub fn restore(file: &Path, db: &Path) -> StoreResult<BackupTotals> {
+    let totals = verify(file)?;
+    if db.exists() {
+        return Err(invalid(format!(
+            "{} already has a database; restore only into a data directory without one",
+            db.parent().unwrap_or(db).display()
+        )));
+    }
+    let src = Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let tmp = db.with_extension("restoring");
+    let _ = std::fs::remove_file(&tmp);
+    {
+        let mut dst = Connection::open(&tmp)?;
+        rusqlite::backup::Backup::new(&src, &mut dst)?.step(-1)?;
+        dst.execute_batch("PRAGMA journal_mode = WAL;")?;
+    }
+    std::fs::rename(&tmp, db)
+        .map_err(|e| StoreError::Database(format!("naming the restored database: {e}")))?;
+    Ok(totals)
+}
