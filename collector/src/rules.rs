@@ -70,6 +70,8 @@ pub struct Neighbour {
     pub digest: Digest,
     /// `accepted`, `quarantined` or `discarded` (shown in a duplicate's detail).
     pub status: String,
+    /// Why it was quarantined (kept after a discard), if it is not counted.
+    pub reason: Option<Reason>,
     pub prev_digest: Option<Digest>,
     pub window_start: i64,
     pub window_end: i64,
@@ -78,8 +80,13 @@ pub struct Neighbour {
 /// What to do with an authentic report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// The same bytes are already stored: answer `DUPLICATE`, write nothing.
-    Duplicate { detail: String },
+    /// The same bytes are already stored: answer `DUPLICATE`, write nothing. `not_counted`
+    /// is the stored copy's reason when it is not counted (quarantined or discarded), so an
+    /// agent whose first receipt was lost still learns that its report was not billed.
+    Duplicate {
+        detail: String,
+        not_counted: Option<Reason>,
+    },
     /// A different report under a taken (agent, seq): store it as a fork, quarantined
     /// (`seq_conflict`), and open a `fork` anomaly. Never counted unless released.
     Fork { detail: String },
@@ -106,6 +113,11 @@ pub fn decide(
     if let Some(same) = near.iter().find(|n| n.seq == seq && n.digest == digest) {
         return Decision::Duplicate {
             detail: format!("already stored ({})", same.status),
+            not_counted: if same.status == "accepted" {
+                None
+            } else {
+                same.reason
+            },
         };
     }
     let main_at = |s: u64| near.iter().find(|n| n.seq == s && !n.fork);
@@ -464,6 +476,7 @@ mod tests {
             fork: false,
             digest: pred_digest(),
             status: "accepted".into(),
+            reason: None,
             prev_digest: None,
             window_start: NOW - 2 * H,
             window_end: NOW - H,
@@ -672,6 +685,38 @@ mod tests {
         c.report.seq = 1;
         c.report.prev_digest = None;
         assert_eq!(c.decide(), Decision::Count);
+    }
+
+    #[test]
+    fn a_duplicate_of_an_uncounted_report_says_why_it_was_not_counted() {
+        let r = report();
+        let digest = digest_of(&r);
+        let stored = |status: &str, reason: Option<Reason>| Neighbour {
+            seq: 2,
+            digest,
+            status: status.into(),
+            reason,
+            ..pred()
+        };
+        let dup = |n: Neighbour| decide(&r, digest, &terms(), &[pred(), n], NOW, Source::Online);
+        for (status, reason, want) in [
+            ("accepted", None, None),
+            // Released from quarantine: counted now, whatever its old reason.
+            ("accepted", Some(Reason::ClockSkew), None),
+            (
+                "quarantined",
+                Some(Reason::ClockSkew),
+                Some(Reason::ClockSkew),
+            ),
+            ("discarded", Some(Reason::TooOld), Some(Reason::TooOld)),
+        ] {
+            match dup(stored(status, reason)) {
+                Decision::Duplicate { not_counted, .. } => {
+                    assert_eq!(not_counted, want, "{status}")
+                }
+                d => panic!("{d:?}"),
+            }
+        }
     }
 
     #[test]

@@ -108,9 +108,12 @@ impl DeliveryState {
         }
     }
 
-    /// The state a receipt with `outcome` leaves its report in.
-    pub fn after(outcome: Outcome) -> DeliveryState {
+    /// The state a receipt with `outcome` and `reason` leaves its report in. A `DUPLICATE`
+    /// with a reason is a resend of a report the collector stored but does not count (its
+    /// first receipt was lost): not counted, like the quarantine it names.
+    pub fn after(outcome: Outcome, reason: &str) -> DeliveryState {
         match outcome {
+            Outcome::Duplicate if !reason.is_empty() => DeliveryState::Quarantined,
             Outcome::Accepted | Outcome::Duplicate => DeliveryState::Delivered,
             Outcome::Quarantined => DeliveryState::Quarantined,
             Outcome::Refused => DeliveryState::Refused,
@@ -448,6 +451,22 @@ mod tests {
             .map(|c| c.quantity)
             .sum();
         assert_eq!(total, 20);
+    }
+
+    #[test]
+    fn a_duplicate_naming_a_reason_is_not_counted() {
+        use DeliveryState::*;
+        assert_eq!(DeliveryState::after(Outcome::Accepted, ""), Delivered);
+        assert_eq!(DeliveryState::after(Outcome::Duplicate, ""), Delivered);
+        assert_eq!(
+            DeliveryState::after(Outcome::Duplicate, "clock_skew"),
+            Quarantined
+        );
+        assert_eq!(
+            DeliveryState::after(Outcome::Quarantined, "clock_skew"),
+            Quarantined
+        );
+        assert_eq!(DeliveryState::after(Outcome::Refused, "malformed"), Refused);
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ pub(super) fn receipts_tx(
     let (mut stored, mut unknown) = (0, 0);
     let mut newest: Option<&ReceiptBody> = None;
     for (body, raw) in receipts {
-        let state = DeliveryState::after(body.outcome).as_str();
+        let state = DeliveryState::after(body.outcome, &body.reason).as_str();
         let n = c
             .prepare_cached(
                 "UPDATE reports SET state = ?2, reason = ?3, detail = ?4, receipt_body = ?5, receipt_signature = ?6,

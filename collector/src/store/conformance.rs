@@ -289,6 +289,18 @@ pub async fn quarantine_release_counts_once(s: Subject) -> CheckResult {
         rollup_totals(&s, UsageFilter::default()).await?.is_empty(),
         "counted while quarantined"
     );
+    // A resend (its first receipt lost) is a duplicate that still says why it is not counted.
+    let again = s
+        .store
+        .ingest(vec![r.clone()], Utc::now(), Source::Online)
+        .await
+        .map_err(db)?;
+    ensure!(
+        again[0].outcome == Outcome::Duplicate
+            && again[0].reason == Some(Reason::MetricNotLicensed),
+        "resent while quarantined: {:?}",
+        again[0]
+    );
     ensure!(
         s.store.release(r.digest, Utc::now()).await.map_err(db)?,
         "first release must count"
@@ -298,7 +310,20 @@ pub async fn quarantine_release_counts_once(s: Subject) -> CheckResult {
         "second release must not"
     );
     let totals = rollup_totals(&s, UsageFilter::default()).await?;
-    ensure!(totals == sum_of(&[r]), "after two releases: {totals:?}");
+    ensure!(
+        totals == sum_of(std::slice::from_ref(&r)),
+        "after two releases: {totals:?}"
+    );
+    let again = s
+        .store
+        .ingest(vec![r], Utc::now(), Source::Online)
+        .await
+        .map_err(db)?;
+    ensure!(
+        again[0].outcome == Outcome::Duplicate && again[0].reason.is_none(),
+        "resent after release: {:?}",
+        again[0]
+    );
     ensure!(
         s.store.quarantine(None).await.map_err(db)?.is_empty(),
         "still listed in quarantine"

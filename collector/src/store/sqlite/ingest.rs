@@ -68,7 +68,7 @@ fn credits(
 /// duplicate, fork and both chain-neighbour questions.
 fn neighbourhood(conn: &Connection, agent_id: &str, seq: i64) -> StoreResult<Vec<Neighbour>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, fork, digest, status, prev_digest, window_start, window_end FROM reports
+        "SELECT seq, fork, digest, status, prev_digest, window_start, window_end, reason FROM reports
          WHERE agent_id = ?1 AND seq BETWEEN ?2 AND ?3",
     )?;
     let rows = stmt
@@ -80,6 +80,7 @@ fn neighbourhood(conn: &Connection, agent_id: &str, seq: i64) -> StoreResult<Vec
                 fork: r.get::<_, i64>(1)? != 0,
                 digest: Digest::from_slice(&d).unwrap_or(Digest([0; 32])),
                 status: r.get(3)?,
+                reason: r.get::<_, String>(7)?.parse().ok(),
                 prev_digest: p.as_deref().and_then(Digest::from_slice),
                 window_start: r.get(5)?,
                 window_end: r.get(6)?,
@@ -329,7 +330,10 @@ fn ingest_one(
     let seq = rep.seq as i64;
     let near = neighbourhood(conn, &r.agent_id, seq)?;
     let (status, reason, detail) = match rules::decide(rep, r.digest, terms, &near, now, source) {
-        Decision::Duplicate { detail } => return Ok((Outcome::Duplicate, None, detail)),
+        Decision::Duplicate {
+            detail,
+            not_counted,
+        } => return Ok((Outcome::Duplicate, not_counted, detail)),
         Decision::Fork { detail } => {
             let code = Reason::SeqConflict.as_str();
             insert_report(conn, r, now, source, true, "quarantined", code, &detail)?;
