@@ -7,6 +7,7 @@ pub mod grpc;
 pub mod http;
 pub mod ids;
 pub mod ingest;
+pub mod lifecycle;
 pub mod metrics;
 pub mod ratelimit;
 pub mod roles;

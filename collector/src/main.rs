@@ -117,8 +117,20 @@ struct ServeArgs {
 
 #[derive(Subcommand)]
 enum CustomersCmd {
-    Add { name: String },
+    Add {
+        name: String,
+    },
     List,
+    /// Revoke the customer's licenses, agents and tokens now; purge all its data later.
+    Cancel {
+        id: String,
+        /// How long to keep the data before purging it (default 30d).
+        #[arg(long, value_name = "DURATION")]
+        purge_after: Option<String>,
+        /// Purge now instead.
+        #[arg(long)]
+        now: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -296,6 +308,11 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             match c {
                 CustomersCmd::Add { name } => commands::customers_add(&ctx, &name).await?,
                 CustomersCmd::List => commands::customers_list(&ctx).await?,
+                CustomersCmd::Cancel {
+                    id,
+                    purge_after,
+                    now,
+                } => commands::customers_cancel(&ctx, &id, purge_after.as_deref(), now).await?,
             }
         }
         Command::Licenses(c) => {

@@ -106,13 +106,14 @@ pub async fn run(
         TcpIncoming::from(grpc).with_nodelay(Some(true)),
         wait(stop_rx.clone()),
     );
+    let lifecycle = crate::lifecycle::purge_loop(collector.store.clone(), wait(stop_rx.clone()));
     let http_server = tally_runtime::http_serve::serve_tls(
         http,
         app(collector.app_state()),
         collector.http_tls.clone(),
         wait(stop_rx),
     );
-    let (g, h) = tokio::join!(grpc_server, http_server);
+    let (g, h, ()) = tokio::join!(grpc_server, http_server, lifecycle);
     g?;
     h?;
     Ok(())

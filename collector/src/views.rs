@@ -36,7 +36,12 @@ fn time(t: Instant) -> String {
 }
 
 pub fn customer(c: &CustomerRecord) -> Value {
-    json!({"id": c.id, "name": c.name, "created_at": time(c.created_at)})
+    json!({
+        "id": c.id,
+        "name": c.name,
+        "created_at": time(c.created_at),
+        "cancelled_at": c.cancelled_at.map(time),
+    })
 }
 
 /// A license with its status at `now`.

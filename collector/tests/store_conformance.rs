@@ -153,6 +153,17 @@ impl Store for CountsDuplicatesTwice {
     async fn discard(&self, digest: Digest, now: Instant) -> StoreResult<()> {
         self.0.discard(digest, now).await
     }
+    async fn cancel_customer(
+        &self,
+        id: String,
+        now: Instant,
+        purge_at: Instant,
+    ) -> StoreResult<Cancellation> {
+        self.0.cancel_customer(id, now, purge_at).await
+    }
+    async fn purge_due(&self, now: Instant) -> StoreResult<Vec<Purge>> {
+        self.0.purge_due(now).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ use crate::store::{AuditEntry, Store, StoreError};
 
 mod agents;
 mod backup;
+mod cancel;
 mod licenses;
 mod review;
 mod serve;
@@ -16,6 +17,7 @@ mod tokens;
 use crate::views;
 pub use agents::{agents_add, agents_list, agents_revoke};
 pub use backup::{backup, backup_verify, restore};
+pub use cancel::customers_cancel;
 pub use licenses::{IssueArgs, licenses_issue, licenses_list, licenses_revoke, parse_metric_arg};
 pub use review::{
     audit_list, import, quarantine_discard, quarantine_list, quarantine_release, usage,

@@ -515,6 +515,130 @@ pub async fn audit_entries(s: Subject) -> CheckResult {
     Ok(())
 }
 
+/// Cancelling revokes the customer's licenses, agents and tokens at once and keeps its data
+/// until the purge is due; the purge removes all of it and nothing of anyone else.
+pub async fn cancellation_purges_one_customer_only(s: Subject) -> CheckResult {
+    let mut a = seed(&s, "can_a", &[("api.convert", None)]).await?;
+    let mut b = seed(&s, "can_b", &[("api.convert", None)]).await?;
+    let ws = now() - Duration::hours(6);
+    let mut reports = Vec::new();
+    for i in 0..4 {
+        reports.push(a.next(ws + Duration::hours(i), 3600, &[("api.convert", 3)]));
+        reports.push(b.next(ws + Duration::hours(i), 3600, &[("api.convert", 5)]));
+    }
+    s.store
+        .ingest(reports, Utc::now(), Source::Online)
+        .await
+        .map_err(db)?;
+    s.store
+        .create_token(
+            "tok_can_a".into(),
+            [42; 32],
+            crate::roles::Role::Customer(a.customer_id.clone()),
+            "portal".into(),
+            Utc::now(),
+        )
+        .await
+        .map_err(db)?;
+    let only = |c: &Fixture| UsageFilter {
+        customer: Some(c.customer_id.clone()),
+        ..UsageFilter::default()
+    };
+    let b_before = rollup_totals(&s, only(&b)).await?;
+    let t0 = Utc::now();
+    let c = s
+        .store
+        .cancel_customer(a.customer_id.clone(), t0, t0 + Duration::days(30))
+        .await
+        .map_err(db)?;
+    ensure!(
+        (c.licenses, c.agents, c.tokens) == (1, 1, 1),
+        "revoked {c:?}, want one license, agent and token"
+    );
+    ensure!(
+        s.store
+            .cancel_customer(a.customer_id.clone(), t0, t0)
+            .await
+            .is_err(),
+        "a second cancel must be refused"
+    );
+    let keys = s
+        .store
+        .agents_by_keys(vec![a.key.verifying_key().to_bytes()])
+        .await
+        .map_err(db)?;
+    ensure!(
+        keys.values().all(|k| k.revoked) && keys.len() == 1,
+        "the agent must be revoked at once: {keys:?}"
+    );
+    ensure!(
+        s.store
+            .token_by_hash([42; 32])
+            .await
+            .map_err(db)?
+            .is_some_and(|t| t.revoked),
+        "the customer's token must be revoked at once"
+    );
+    // Not due yet: the data stays.
+    ensure!(
+        s.store.purge_due(t0).await.map_err(db)?.is_empty(),
+        "purged too early"
+    );
+    ensure!(
+        !rollup_totals(&s, only(&a)).await?.is_empty(),
+        "data gone before the purge"
+    );
+    let purged = s
+        .store
+        .purge_due(t0 + Duration::days(31))
+        .await
+        .map_err(db)?;
+    ensure!(
+        purged.len() == 1 && purged[0].customer_id == a.customer_id && purged[0].reports == 4,
+        "purge: {purged:?}"
+    );
+    ensure!(
+        s.store
+            .purge_due(t0 + Duration::days(32))
+            .await
+            .map_err(db)?
+            .is_empty(),
+        "purged twice"
+    );
+    ensure!(
+        rollup_totals(&s, only(&a)).await?.is_empty(),
+        "rollups left"
+    );
+    ensure!(
+        rollup_totals(&s, only(&b)).await? == b_before,
+        "another customer's usage changed"
+    );
+    ensure!(
+        s.store
+            .list_customers(None)
+            .await
+            .map_err(db)?
+            .iter()
+            .all(|x| x.id != a.customer_id),
+        "the customer is still listed"
+    );
+    let left = s.inspect.stored_reports().await.map_err(db)?;
+    ensure!(left.len() == 4, "{} reports left, want b's 4", left.len());
+    ensure!(
+        s.store
+            .list_licenses(Some(a.customer_id.clone()))
+            .await
+            .map_err(db)?
+            .is_empty(),
+        "licenses left"
+    );
+    ensure!(
+        s.store.token_by_hash([42; 32]).await.map_err(db)?.is_none(),
+        "token left"
+    );
+    Ok(())
+}
+
 /// Expands to one `#[tokio::test]` per conformance check, each on a fresh store from
 /// `$fresh` (an async expression yielding a [`Subject`]).
 #[macro_export]
@@ -528,7 +652,8 @@ macro_rules! conformance_tests {
             quarantine_release_counts_once,
             rollups_equal_a_brute_force_sum,
             tenant_filters,
-            audit_entries
+            audit_entries,
+            cancellation_purges_one_customer_only
         );
     };
     (@each $fresh:expr; $($check:ident),+) => {

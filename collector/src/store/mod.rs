@@ -115,6 +115,8 @@ pub struct CustomerRecord {
     pub id: String,
     pub name: String,
     pub created_at: Instant,
+    /// Set by `customers cancel`; the customer is purged later.
+    pub cancelled_at: Option<Instant>,
 }
 
 /// A license as stored. Its status (`active`, `grace`, …) is `rules::license_status`.
@@ -339,6 +341,43 @@ pub trait Store: Send + Sync + 'static {
     async fn release(&self, digest: Digest, now: Instant) -> StoreResult<bool>;
     /// Marks a quarantined report discarded (kept, never counted).
     async fn discard(&self, digest: Digest, now: Instant) -> StoreResult<()>;
+
+    // --- lifecycle --------------------------------------------------------------------
+    /// Cancels a customer in one transaction: revokes its licenses (and their enrollment
+    /// tokens), its agents and its customer-scoped API tokens, and schedules the purge of
+    /// everything it has at `purge_at`. A second cancel is a `Conflict`.
+    async fn cancel_customer(
+        &self,
+        id: String,
+        now: Instant,
+        purge_at: Instant,
+    ) -> StoreResult<Cancellation>;
+    /// Purges every cancelled customer whose purge time is at or before `now`: its
+    /// reports, rollups, monthly sums, anomalies, agents, licenses, tokens and the customer
+    /// itself, each customer in its own transaction. Returns what each purge removed.
+    async fn purge_due(&self, now: Instant) -> StoreResult<Vec<Purge>>;
+}
+
+/// What cancelling a customer revoked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cancellation {
+    pub licenses: u64,
+    pub agents: u64,
+    pub tokens: u64,
+    /// When everything of the customer will be purged.
+    pub purge_at: Option<Instant>,
+}
+
+/// What purging one cancelled customer removed (kept only in the audit log).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Purge {
+    pub customer_id: String,
+    pub reports: u64,
+    pub rollup_rows: u64,
+    pub anomalies: u64,
+    pub agents: u64,
+    pub licenses: u64,
+    pub tokens: u64,
 }
 
 /// Reads for tests and offline audits that the serving path never needs: kept out of

@@ -21,6 +21,7 @@ pub(super) fn add_customer(conn: &Connection, name: &str, now: i64) -> StoreResu
         id,
         name: name.to_string(),
         created_at: ts(now),
+        cancelled_at: None,
     })
 }
 
@@ -29,7 +30,7 @@ pub(super) fn list_customers(
     only: Option<&str>,
 ) -> StoreResult<Vec<CustomerRecord>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, name, created_at FROM customers WHERE ?1 IS NULL OR id = ?1 ORDER BY created_at, id",
+        "SELECT id, name, created_at, cancelled_at FROM customers WHERE ?1 IS NULL OR id = ?1 ORDER BY created_at, id",
     )?;
     let rows = stmt
         .query_map([only], |r| {
@@ -37,6 +38,7 @@ pub(super) fn list_customers(
                 id: r.get(0)?,
                 name: r.get(1)?,
                 created_at: ts(r.get(2)?),
+                cancelled_at: r.get::<_, Option<i64>>(3)?.map(ts),
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;

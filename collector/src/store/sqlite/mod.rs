@@ -4,6 +4,7 @@
 mod admin;
 pub mod backup;
 mod ingest;
+mod lifecycle;
 mod queries;
 mod schema;
 
@@ -327,6 +328,35 @@ impl Store for SqliteStore {
         self.writer
             .write(move |c| queries::discard(c, &digest, secs(now)))
             .await
+    }
+
+    async fn cancel_customer(
+        &self,
+        id: String,
+        now: Instant,
+        purge_at: Instant,
+    ) -> StoreResult<Cancellation> {
+        self.writer
+            .write(move |c| lifecycle::cancel_customer(c, &id, secs(now), secs(purge_at)))
+            .await
+    }
+
+    async fn purge_due(&self, now: Instant) -> StoreResult<Vec<Purge>> {
+        let now = secs(now);
+        let ids = self.read(move |c| lifecycle::purge_due_ids(c, now)).await?;
+        let mut out = Vec::new();
+        for id in ids {
+            // One transaction per customer: a large purge does not hold up ingest for the
+            // whole set, and a failure leaves the others done.
+            if let Some(p) = self
+                .writer
+                .write(move |c| lifecycle::purge_one(c, &id, now))
+                .await?
+            {
+                out.push(p);
+            }
+        }
+        Ok(out)
     }
 }
 

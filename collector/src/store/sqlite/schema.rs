@@ -155,6 +155,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX reports_reviewed ON reports(digest)
         WHERE status != 'accepted' OR resolved_at IS NOT NULL;
     "#,
+    // 3: cancelled customers, purged when their time comes.
+    r#"
+    ALTER TABLE customers ADD COLUMN cancelled_at INTEGER;
+    ALTER TABLE customers ADD COLUMN purge_at INTEGER;
+    CREATE INDEX customers_purge_due ON customers(purge_at) WHERE purge_at IS NOT NULL;
+    "#,
 ];
 
 /// The newest schema version this build writes.

@@ -1,0 +1,50 @@
+//! The data lifecycle the collector runs by itself: purging cancelled customers when their
+//! time comes (and, later, retention). Each purge leaves one audit entry with its counts.
+
+use crate::store::{AuditEntry, Purge, Store, StoreResult};
+use std::time::Duration;
+use tally_proto::time::Instant;
+
+/// How often `serve` looks for purges that are due.
+pub const PURGE_CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// Purges every cancelled customer due at `now`, each recorded in the audit log (actor
+/// `actor`: `cli` or `lifecycle`) with what it removed.
+pub async fn purge_due(store: &dyn Store, now: Instant, actor: &str) -> StoreResult<Vec<Purge>> {
+    let purged = store.purge_due(now).await?;
+    for p in &purged {
+        store
+            .audit(AuditEntry {
+                at: now,
+                actor: actor.into(),
+                action: "customers purge".into(),
+                target: p.customer_id.clone(),
+                outcome: format!(
+                    "reports={} rollup_rows={} anomalies={} agents={} licenses={} tokens={}",
+                    p.reports, p.rollup_rows, p.anomalies, p.agents, p.licenses, p.tokens
+                ),
+            })
+            .await?;
+        tracing::info!(customer = %p.customer_id, reports = p.reports, "Purged a cancelled customer.");
+    }
+    Ok(purged)
+}
+
+/// Runs [`purge_due`] every [`PURGE_CHECK_EVERY`] until `stop` resolves.
+pub async fn purge_loop(
+    store: std::sync::Arc<dyn Store>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut stop = std::pin::pin!(stop);
+    let mut tick = tokio::time::interval(PURGE_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = purge_due(store.as_ref(), chrono::Utc::now(), "lifecycle").await {
+                    tracing::error!(error = %e, "Purging cancelled customers failed; will retry.");
+                }
+            }
+            _ = &mut stop => break,
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! `customers cancel` on a real collector process: the customer's agents, licenses and
+//! tokens stop working at once; with `--now` everything of it is purged and only audit
+//! entries with counts remain; another customer's totals are unchanged, before and after.
+
+use serde_json::Value;
+use tally_proto::pb;
+use tally_proto::receipt::Outcome;
+use tally_tests::{CollectorProcess, Deployment, TestAgent, collector_cmd, collector_json};
+
+struct Tenant {
+    customer: String,
+    agent: TestAgent,
+    token: String,
+}
+
+fn tenant(d: &Deployment, name: &str) -> Tenant {
+    let customer = collector_json(&d.cdata, &["customers", "add", name])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let nb = tally_proto::time::rfc3339(chrono::Utc::now() - chrono::Duration::days(30));
+    let lic = collector_json(
+        &d.cdata,
+        &[
+            "licenses",
+            "issue",
+            "--customer",
+            &customer,
+            "--metric",
+            "api.convert",
+            "--expires",
+            "2099-01-01",
+            "--not-before",
+            &nb,
+        ],
+    );
+    let agent = TestAgent::new(lic["license_id"].as_str().unwrap());
+    collector_json(
+        &d.cdata,
+        &[
+            "agents",
+            "add",
+            "--license",
+            lic["license_id"].as_str().unwrap(),
+            "--key",
+            &hex::encode(agent.key_bytes()),
+        ],
+    );
+    let role = format!("customer:{customer}");
+    let token = collector_json(&d.cdata, &["tokens", "create", "--role", &role])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    Tenant {
+        customer,
+        agent,
+        token,
+    }
+}
+
+async fn submit(d: &Deployment, t: &mut Tenant, n: u64, q: u64) -> Vec<(Outcome, String)> {
+    let c = &d.collector;
+    let key = tally_proto::keys::read(&d.cdata.join("vendor.key"))
+        .unwrap()
+        .verifying_key();
+    let reports = (0..n)
+        .map(|_| t.agent.next(&[("api.convert", q)]).1)
+        .collect();
+    let resp = tally_tests::connect(c.grpc)
+        .await
+        .submit(pb::SubmitRequest { reports })
+        .await
+        .unwrap()
+        .into_inner();
+    tally_tests::receipts(resp, &key)
+        .into_iter()
+        .map(|b| (b.outcome, b.reason))
+        .collect()
+}
+
+/// (status, total usage) of a customer as its own token sees it.
+async fn usage(c: &CollectorProcess, token: &str) -> (u16, u64) {
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/v1/usage?granularity=month", c.http))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap_or_default();
+    let total = v["rows"]
+        .as_array()
+        .map(|rows| rows.iter().map(|x| x["quantity"].as_u64().unwrap()).sum())
+        .unwrap_or(0);
+    (status, total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_now_revokes_and_purges_one_customer_only() {
+    let d = Deployment::new(&["api.convert"], None);
+    let mut a = tenant(&d, "Cancelled Corp");
+    let mut b = tenant(&d, "Staying Corp");
+    let c = &d.collector;
+    assert!(
+        submit(&d, &mut a, 10, 3)
+            .await
+            .iter()
+            .all(|(o, _)| *o == Outcome::Accepted)
+    );
+    assert!(
+        submit(&d, &mut b, 10, 5)
+            .await
+            .iter()
+            .all(|(o, _)| *o == Outcome::Accepted)
+    );
+    assert_eq!(usage(c, &a.token).await, (200, 30));
+    assert_eq!(usage(c, &b.token).await, (200, 50));
+
+    let out = collector_json(&d.cdata, &["customers", "cancel", &a.customer, "--now"]);
+    assert_eq!(out["revoked"]["licenses"], 1, "{out}");
+    assert_eq!(out["revoked"]["agents"], 1, "{out}");
+    assert_eq!(out["revoked"]["tokens"], 1, "{out}");
+    assert_eq!(out["purged"]["reports"], 10, "{out}");
+
+    // The other customer: unchanged, and still working.
+    assert_eq!(usage(c, &b.token).await, (200, 50));
+    assert!(
+        submit(&d, &mut b, 2, 5)
+            .await
+            .iter()
+            .all(|(o, _)| *o == Outcome::Accepted)
+    );
+    assert_eq!(usage(c, &b.token).await, (200, 60));
+    // The cancelled one: its token no longer works, its agent is unknown, it is not listed.
+    assert_eq!(usage(c, &a.token).await.0, 401);
+    let refused = submit(&d, &mut a, 1, 3).await;
+    assert_eq!(
+        refused,
+        vec![(Outcome::Refused, "unknown_agent".to_string())]
+    );
+    let customers = collector_json(&d.cdata, &["customers", "list"]);
+    assert!(
+        customers
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["id"] != a.customer.as_str()),
+        "{customers}"
+    );
+    // Only the audit entries remain, with the counts.
+    let audit = collector_json(&d.cdata, &["audit", "list"]);
+    let purge = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "customers purge" && e["target"] == a.customer.as_str())
+        .unwrap_or_else(|| panic!("no purge entry: {audit}"));
+    assert!(
+        purge["outcome"].as_str().unwrap().contains("reports=10"),
+        "{purge}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_later_revokes_at_once_and_keeps_the_data_until_the_purge() {
+    let d = Deployment::new(&["api.convert"], None);
+    let mut a = tenant(&d, "Leaving Corp");
+    let c = &d.collector;
+    submit(&d, &mut a, 4, 2).await;
+    let out = collector_json(
+        &d.cdata,
+        &["customers", "cancel", &a.customer, "--purge-after", "30d"],
+    );
+    assert!(out["purged"].is_null(), "{out}");
+    // Revoked at once: the agent is refused, nothing more is counted.
+    assert_eq!(
+        submit(&d, &mut a, 1, 2).await,
+        vec![(Outcome::Refused, "agent_revoked".to_string())]
+    );
+    // Kept until the purge: the vendor still sees the usage and the cancellation.
+    let admin_usage = usage(c, &d.admin).await;
+    assert_eq!(admin_usage, (200, 8));
+    let customers = collector_json(&d.cdata, &["customers", "list"]);
+    let row = customers
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == a.customer.as_str())
+        .unwrap();
+    assert!(row["cancelled_at"].is_string(), "{row}");
+    // Bad input changes nothing.
+    for (args, needle) in [
+        (
+            vec!["customers", "cancel", a.customer.as_str()],
+            "already cancelled",
+        ),
+        (vec!["customers", "cancel", "cus_nope"], "not found"),
+        (
+            vec![
+                "customers",
+                "cancel",
+                a.customer.as_str(),
+                "--now",
+                "--purge-after",
+                "1d",
+            ],
+            "exclude each other",
+        ),
+        (
+            vec![
+                "customers",
+                "cancel",
+                a.customer.as_str(),
+                "--purge-after",
+                "soon",
+            ],
+            "--purge-after",
+        ),
+    ] {
+        let (code, _, err) = collector_cmd(&d.cdata, &args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(needle),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(usage(c, &d.admin).await, (200, 8));
+}
