@@ -1,15 +1,9 @@
 //! `tally-agent`: a thin clap front-end over the `tally_agent` library.
 
 use clap::{Parser, Subcommand};
-use reqwest::Method;
-use serde_json::{Value, json};
 use std::path::PathBuf;
 use tally_agent::commands::{self, CommandError, InitArgs, Output};
 use tally_agent::datadir::DataDir;
-use tally_agent::running::RunningAgent;
-
-const GET: Method = Method::GET;
-const POST: Method = Method::POST;
 
 #[derive(Parser)]
 #[command(
@@ -135,15 +129,6 @@ fn main() {
     tally_runtime::cli::run_main(json_out, dispatch(cli))
 }
 
-fn interval_secs(s: &str) -> Result<i64, CommandError> {
-    let secs = tally_proto::time::parse_duration_secs(s)
-        .map_err(|e| CommandError::Usage(format!("--interval: {e}")))?;
-    if secs as i64 > tally_proto::limits::MAX_WINDOW_SECS {
-        return Err(CommandError::Usage("--interval: at most 24h".into()));
-    }
-    Ok(secs as i64)
-}
-
 /// Opens the agent directory for a command that reads it (the interval does not matter).
 fn open(dir: &DataDir) -> Result<tally_agent::agent::Agent, CommandError> {
     commands::load(dir, 3600, Vec::new(), Default::default())
@@ -188,7 +173,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                 listen: listen
                     .or(config.listen)
                     .unwrap_or_else(|| "127.0.0.1:7071".into()),
-                interval_secs: interval_secs(&interval.unwrap_or(default_interval))?,
+                interval_secs: commands::interval_secs(&interval.unwrap_or(default_interval))?,
                 collectors: if collectors.is_empty() {
                     config.collectors.unwrap_or_default()
                 } else {
@@ -204,26 +189,11 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             metric,
             quantity,
             idempotency_key,
-        } => {
-            let mut body = json!({"metric": metric, "quantity": quantity});
-            if let Some(k) = idempotency_key {
-                body["idempotency_key"] = json!(k);
-            }
-            Output::json_only(running(&dir)?.call(POST, "/v1/events", Some(body)).await?)
-        }
-        Command::Flush => Output::json_only(running(&dir)?.call(POST, "/v1/flush", None).await?),
+        } => commands::record(&dir, &metric, quantity, idempotency_key).await?,
+        Command::Flush => commands::flush(&dir).await?,
         // Status and license work from the database alone when no agent is running.
-        Command::Status => match live(&dir, "/v1/status").await {
-            Some(v) => Output::json_only(v),
-            None => commands::status(&open(&dir)?)?,
-        },
-        Command::License => {
-            let agent = open(&dir)?;
-            match live(&dir, "/v1/license").await {
-                Some(v) => Output::json_only(v),
-                None => commands::license_json(&agent),
-            }
-        }
+        Command::Status => commands::status(&dir).await?,
+        Command::License => commands::license(&dir).await?,
         Command::Reports(r) => {
             let agent = open(&dir)?;
             match r {
@@ -235,17 +205,4 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
         Command::Export { out: file, since } => commands::export(&open(&dir)?, &file, since)?,
         Command::ImportReceipts { file } => commands::import_receipts(&open(&dir)?, &file).await?,
     }))
-}
-
-fn running(dir: &DataDir) -> Result<RunningAgent, CommandError> {
-    RunningAgent::find(dir)
-}
-
-/// The running agent's answer to a GET, if one is running and answers.
-async fn live(dir: &DataDir, path: &str) -> Option<Value> {
-    RunningAgent::find(dir)
-        .ok()?
-        .call(GET, path, None)
-        .await
-        .ok()
 }

@@ -2,6 +2,7 @@
 //! time comes (and, later, retention). Each purge leaves one audit entry with its counts.
 
 use crate::store::{AuditEntry, Purge, Store, StoreResult};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tally_proto::time::Instant;
 
@@ -9,10 +10,26 @@ use tally_proto::time::Instant;
 pub const PURGE_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 /// Purges every cancelled customer due at `now`, each recorded in the audit log (actor
-/// `actor`: `cli` or `lifecycle`) with what it removed.
-pub async fn purge_due(store: &dyn Store, now: Instant, actor: &str) -> StoreResult<Vec<Purge>> {
+/// `actor`: `cli` or `lifecycle`) with what it removed. The license files `licenses issue`
+/// wrote into `licenses_dir` go too (files written elsewhere with `--out` are the
+/// operator's). The purge itself is atomic per customer; its audit entry is the next write
+/// (a crash between the two loses the entry, never half a purge).
+pub async fn purge_due(
+    store: &dyn Store,
+    now: Instant,
+    actor: &str,
+    licenses_dir: Option<&Path>,
+) -> StoreResult<Vec<Purge>> {
     let purged = store.purge_due(now).await?;
     for p in &purged {
+        let mut files = 0;
+        if let Some(dir) = licenses_dir {
+            for id in &p.license_ids {
+                if std::fs::remove_file(dir.join(format!("{id}.license"))).is_ok() {
+                    files += 1;
+                }
+            }
+        }
         store
             .audit(AuditEntry {
                 at: now,
@@ -20,7 +37,7 @@ pub async fn purge_due(store: &dyn Store, now: Instant, actor: &str) -> StoreRes
                 action: "customers purge".into(),
                 target: p.customer_id.clone(),
                 outcome: format!(
-                    "reports={} rollup_rows={} anomalies={} agents={} licenses={} tokens={}",
+                    "reports={} rollup_rows={} anomalies={} agents={} licenses={} tokens={} license_files={files}",
                     p.reports, p.rollup_rows, p.anomalies, p.agents, p.licenses, p.tokens
                 ),
             })
@@ -33,6 +50,7 @@ pub async fn purge_due(store: &dyn Store, now: Instant, actor: &str) -> StoreRes
 /// Runs [`purge_due`] every [`PURGE_CHECK_EVERY`] until `stop` resolves.
 pub async fn purge_loop(
     store: std::sync::Arc<dyn Store>,
+    licenses_dir: Option<PathBuf>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let mut stop = std::pin::pin!(stop);
@@ -40,7 +58,7 @@ pub async fn purge_loop(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if let Err(e) = purge_due(store.as_ref(), chrono::Utc::now(), "lifecycle").await {
+                if let Err(e) = purge_due(store.as_ref(), chrono::Utc::now(), "lifecycle", licenses_dir.as_deref()).await {
                     tracing::error!(error = %e, "Purging cancelled customers failed; will retry.");
                 }
             }

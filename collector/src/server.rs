@@ -25,6 +25,8 @@ pub struct Collector {
     pub grpc_tls: Option<tonic::transport::ServerTlsConfig>,
     /// TLS for the billing API; plain HTTP when `None` (loopback development).
     pub http_tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Where `licenses issue` writes license files (purges remove a customer's), if known.
+    pub licenses_dir: Option<std::path::PathBuf>,
 }
 
 /// Default: an agent with no report for 3 h is `silent` (agents report hourly by default).
@@ -55,6 +57,7 @@ impl Collector {
             request_timeout: crate::http::DEFAULT_REQUEST_TIMEOUT,
             grpc_tls: None,
             http_tls: None,
+            licenses_dir: None,
         }
     }
 
@@ -106,7 +109,11 @@ pub async fn run(
         TcpIncoming::from(grpc).with_nodelay(Some(true)),
         wait(stop_rx.clone()),
     );
-    let lifecycle = crate::lifecycle::purge_loop(collector.store.clone(), wait(stop_rx.clone()));
+    let lifecycle = crate::lifecycle::purge_loop(
+        collector.store.clone(),
+        collector.licenses_dir.clone(),
+        wait(stop_rx.clone()),
+    );
     let http_server = tally_runtime::http_serve::serve_tls(
         http,
         app(collector.app_state()),

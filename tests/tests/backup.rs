@@ -250,4 +250,13 @@ async fn bad_backup_and_restore_input_is_refused_and_changes_nothing() {
     );
     assert!(!dir.join("fresh").join("collector.db").exists());
     assert!(!dir.join("pg.db").exists());
+    // `init` with a store this build does not have writes nothing at all.
+    let fresh_init = dir.join("fresh-init");
+    let (code, _, err) = collector_cmd(
+        &fresh_init,
+        &["--database", "postgres://tally:secret@db.example/tally", "init"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not built yet") && !err.contains("secret"), "{err}");
+    assert!(!fresh_init.exists(), "init left files behind");
 }

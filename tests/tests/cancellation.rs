@@ -9,6 +9,7 @@ use tally_tests::{CollectorProcess, Deployment, TestAgent, collector_cmd, collec
 
 struct Tenant {
     customer: String,
+    license: String,
     agent: TestAgent,
     token: String,
 }
@@ -53,6 +54,7 @@ fn tenant(d: &Deployment, name: &str) -> Tenant {
         .to_string();
     Tenant {
         customer,
+        license: lic["license_id"].as_str().unwrap().to_string(),
         agent,
         token,
     }
@@ -121,6 +123,17 @@ async fn cancel_now_revokes_and_purges_one_customer_only() {
     assert_eq!(out["revoked"]["agents"], 1, "{out}");
     assert_eq!(out["revoked"]["tokens"], 1, "{out}");
     assert_eq!(out["purged"]["reports"], 10, "{out}");
+    // Its license file went with it; the other customer's stays.
+    let file = |t: &Tenant| {
+        d.cdata
+            .join("licenses")
+            .join(format!("{}.license", t.license))
+    };
+    assert!(
+        !file(&a).exists(),
+        "the purged customer's license file is left"
+    );
+    assert!(file(&b).exists());
 
     // The other customer: unchanged, and still working.
     assert_eq!(usage(c, &b.token).await, (200, 50));

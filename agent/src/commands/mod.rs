@@ -13,12 +13,14 @@ pub use tally_runtime::cli::{CmdResult, CommandError, Output};
 use tally_runtime::cli::{runtime, usage};
 
 mod init;
+mod live;
 mod reports;
 mod run;
 
 pub use init::{InitArgs, init};
+pub use live::{flush, license, record, status};
 pub use reports::{report_json, reports_list, reports_show, reports_verify};
-pub use run::{RunOptions, load, run};
+pub use run::{RunOptions, interval_secs, load, run};
 
 /// The TLS files remembered by `init`.
 pub fn stored_tls(store: &AgentStore) -> crate::tls::TlsFiles {
@@ -51,19 +53,6 @@ pub fn stored_collectors(store: &AgentStore) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The license status (`active`/`grace`/`lapsed`, lease, credits) as JSON, from the
-/// database alone.
-pub fn license_json(agent: &Agent) -> Output {
-    Output::json_only(crate::status::license_status(agent, chrono::Utc::now()).to_json())
-}
-
-/// `status` from the database alone (no agent running, so no delivery statistics).
-pub fn status(agent: &Agent) -> CmdResult {
-    Ok(Output::json_only(
-        crate::status::status_json(agent, false).map_err(runtime)?,
-    ))
 }
 
 /// `export`: undelivered reports (or all from `--since`), as a report bundle.

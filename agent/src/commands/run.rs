@@ -21,6 +21,16 @@ pub struct RunOptions {
     pub json: bool,
 }
 
+/// Parses `--interval` (`1s` … `24h`): a window is at most 24 h.
+pub fn interval_secs(s: &str) -> Result<i64, CommandError> {
+    let secs = tally_proto::time::parse_duration_secs(s)
+        .map_err(|e| CommandError::Usage(format!("--interval: {e}")))?;
+    if secs as i64 > tally_proto::limits::MAX_WINDOW_SECS {
+        return Err(CommandError::Usage("--interval: at most 24h".into()));
+    }
+    Ok(secs as i64)
+}
+
 /// Opens an initialized agent directory (for commands that read it; the interval only
 /// matters to `run`).
 pub fn load(

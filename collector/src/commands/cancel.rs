@@ -3,6 +3,7 @@
 //! purges before returning). Only audit entries with counts remain.
 
 use super::{CmdResult, CommandError, Ctx, Output, check_id, usage_err};
+use crate::datadir::CollectorFiles;
 use serde_json::json;
 use tally_proto::time::parse_duration_secs;
 
@@ -37,7 +38,7 @@ pub async fn customers_cancel(
     );
     ctx.audit("customers cancel", id, &summary).await?;
     let purged = if now_flag {
-        crate::lifecycle::purge_due(ctx.store.as_ref(), now, "cli")
+        crate::lifecycle::purge_due(ctx.store.as_ref(), now, "cli", Some(&ctx.dir.licenses()))
             .await
             .map_err(CommandError::from)?
             .into_iter()

@@ -102,6 +102,8 @@ pub async fn init(dir: DataDir, database: Option<&str>) -> CmdResult {
             dir.path().display()
         )));
     }
+    // Refuse a database this build cannot open before any file is written.
+    crate::store::check_database_url(database)?;
     std::fs::create_dir_all(dir.licenses()).map_err(|e| {
         CommandError::Runtime(format!("cannot create {}: {e}", dir.path().display()))
     })?;
@@ -154,7 +156,15 @@ pub async fn customers_list(ctx: &Ctx) -> CmdResult {
     let rows = ctx.store.list_customers(None).await?;
     let text = rows
         .iter()
-        .map(|c| format!("{}\t{}\n", c.id, c.name))
+        .map(|c| match c.cancelled_at {
+            None => format!("{}\t{}\n", c.id, c.name),
+            Some(t) => format!(
+                "{}\t{}\tcancelled {}\n",
+                c.id,
+                c.name,
+                tally_proto::time::rfc3339(t)
+            ),
+        })
         .collect::<String>();
     Ok(Output::new(views::list(&rows, views::customer), text))
 }

@@ -2,6 +2,7 @@
 //! load TLS and the vendor key, and run the collector until a shutdown signal.
 
 use super::{CommandError, Ctx};
+use crate::datadir::CollectorFiles;
 use crate::server::{self, Collector};
 use crate::tls::TlsFiles;
 use serde_json::json;
@@ -70,6 +71,7 @@ pub async fn serve(ctx: Ctx, o: ServeOptions) -> Result<(), CommandError> {
     let mut collector = Collector::with_agent_rate(ctx.store.clone(), key, rate);
     collector.grpc_tls = tls;
     collector.http_tls = http_tls;
+    collector.licenses_dir = Some(ctx.dir.licenses());
     tracing::info!(grpc = %g, http = %h, "Collector serving.");
     server::run(collector, grpc, http, tally_runtime::shutdown::signal())
         .await

@@ -48,22 +48,10 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Opens the store a `--database` value names: none (or `sqlite:`) is the SQLite file in
-/// the data directory; `postgres://…` names the PostgreSQL store, which this build does not
-/// have yet. `create`: make the SQLite file if it is missing (`init` only; elsewhere a
-/// missing file is an error, never a silently empty store).
-pub fn open(dir: &DataDir, database: Option<&str>, create: bool) -> StoreResult<Arc<dyn Store>> {
+/// Refuses a `--database` value this build cannot open, before anything is created.
+pub fn check_database_url(database: Option<&str>) -> StoreResult<()> {
     match database.map(str::trim).filter(|d| !d.is_empty()) {
-        None | Some("sqlite:") => {
-            if !create && !dir.db().exists() {
-                return Err(StoreError::Invalid(format!(
-                    "{} has no database (hint: run 'tally-collector --data {} init' first)",
-                    dir.path().display(),
-                    dir.path().display()
-                )));
-            }
-            Ok(Arc::new(sqlite::SqliteStore::open(&dir.db())?))
-        }
+        None | Some("sqlite:") => Ok(()),
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             Err(StoreError::Invalid(
                 "--database: the PostgreSQL store is not built yet in this version; omit \
@@ -71,12 +59,29 @@ pub fn open(dir: &DataDir, database: Option<&str>, create: bool) -> StoreResult<
                     .into(),
             ))
         }
+        // The value is not echoed: it may hold a password.
         Some(_) => Err(StoreError::Invalid(
             "--database: expected a postgres://user:pass@host:port/db URL, or nothing for \
              the SQLite file in --data"
                 .into(),
         )),
     }
+}
+
+/// Opens the store a `--database` value names: none (or `sqlite:`) is the SQLite file in
+/// the data directory; `postgres://…` names the PostgreSQL store, which this build does not
+/// have yet. `create`: make the SQLite file if it is missing (`init` only; elsewhere a
+/// missing file is an error, never a silently empty store).
+pub fn open(dir: &DataDir, database: Option<&str>, create: bool) -> StoreResult<Arc<dyn Store>> {
+    check_database_url(database)?;
+    if !create && !dir.db().exists() {
+        return Err(StoreError::Invalid(format!(
+            "{} has no database (hint: run 'tally-collector --data {} init' first)",
+            dir.path().display(),
+            dir.path().display()
+        )));
+    }
+    Ok(Arc::new(sqlite::SqliteStore::open(&dir.db())?))
 }
 
 /// An enrolled agent key, as the ingest path needs it.
@@ -372,6 +377,8 @@ pub struct Cancellation {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Purge {
     pub customer_id: String,
+    /// The ids of the licenses removed (their license files are removed by the caller).
+    pub license_ids: Vec<String>,
     pub reports: u64,
     pub rollup_rows: u64,
     pub anomalies: u64,

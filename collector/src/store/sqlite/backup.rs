@@ -30,6 +30,30 @@ fn invalid(m: impl Into<String>) -> StoreError {
     StoreError::Invalid(m.into())
 }
 
+/// A temporary name next to `target` that is this process's alone (never an existing file
+/// of someone else's).
+fn partial_name(target: &Path) -> std::path::PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(".{name}.tally-partial-{}", std::process::id()))
+}
+
+/// Gives the finished file `tmp` the name `target` without ever replacing a file: a hard
+/// link fails if `target` appeared in the meantime (unlike a rename).
+fn give_name(tmp: &Path, target: &Path) -> StoreResult<()> {
+    let linked = std::fs::hard_link(tmp, target);
+    let _ = std::fs::remove_file(tmp);
+    linked.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => invalid(format!(
+            "{} already exists; it is never overwritten",
+            target.display()
+        )),
+        _ => StoreError::Database(format!("naming {}: {e}", target.display())),
+    })
+}
+
 /// Copies the live database at `db` to `out` (which must not exist). Safe while another
 /// process writes: WAL readers do not block the writer, and the copy is one snapshot.
 pub fn backup(db: &Path, out: &Path) -> StoreResult<BackupTotals> {
@@ -41,8 +65,7 @@ pub fn backup(db: &Path, out: &Path) -> StoreResult<BackupTotals> {
     }
     let src = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     src.busy_timeout(Duration::from_secs(10))?;
-    let tmp = out.with_extension("partial");
-    let _ = std::fs::remove_file(&tmp);
+    let tmp = partial_name(out);
     {
         let mut dst = Connection::open(&tmp)?;
         let b = rusqlite::backup::Backup::new(&src, &mut dst)?;
@@ -53,8 +76,7 @@ pub fn backup(db: &Path, out: &Path) -> StoreResult<BackupTotals> {
     std::fs::File::open(&tmp)
         .and_then(|f| f.sync_all())
         .map_err(|e| StoreError::Database(format!("syncing the backup: {e}")))?;
-    std::fs::rename(&tmp, out)
-        .map_err(|e| StoreError::Database(format!("naming the backup: {e}")))?;
+    give_name(&tmp, out)?;
     verify(out)
 }
 
@@ -134,14 +156,12 @@ pub fn restore(file: &Path, db: &Path) -> StoreResult<BackupTotals> {
         )));
     }
     let src = Connection::open_with_flags(file, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let tmp = db.with_extension("restoring");
-    let _ = std::fs::remove_file(&tmp);
+    let tmp = partial_name(db);
     {
         let mut dst = Connection::open(&tmp)?;
         rusqlite::backup::Backup::new(&src, &mut dst)?.step(-1)?;
         dst.execute_batch("PRAGMA journal_mode = WAL;")?;
     }
-    std::fs::rename(&tmp, db)
-        .map_err(|e| StoreError::Database(format!("naming the restored database: {e}")))?;
+    give_name(&tmp, db)?;
     Ok(totals)
 }

@@ -79,6 +79,10 @@ pub(super) fn purge_one(conn: &Connection, id: &str, now: i64) -> StoreResult<Op
     if due.is_none() {
         return Ok(None);
     }
+    let license_ids: Vec<String> = conn
+        .prepare_cached("SELECT id FROM licenses WHERE customer_id = ?1 ORDER BY id")?
+        .query_map([id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     let of_licenses = "(SELECT id FROM licenses WHERE customer_id = ?1)";
     let run = |sql: String| -> StoreResult<u64> { Ok(conn.execute(&sql, [id])? as u64) };
     let reports = run(format!(
@@ -107,6 +111,7 @@ pub(super) fn purge_one(conn: &Connection, id: &str, now: i64) -> StoreResult<Op
     run("DELETE FROM customers WHERE id = ?1".into())?;
     Ok(Some(Purge {
         customer_id: id.to_string(),
+        license_ids,
         reports,
         rollup_rows,
         anomalies,
