@@ -254,9 +254,16 @@ async fn bad_backup_and_restore_input_is_refused_and_changes_nothing() {
     let fresh_init = dir.join("fresh-init");
     let (code, _, err) = collector_cmd(
         &fresh_init,
-        &["--database", "postgres://tally:secret@db.example/tally", "init"],
+        &[
+            "--database",
+            "postgres://tally:secret@db.example/tally",
+            "init",
+        ],
     );
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("not built yet") && !err.contains("secret"), "{err}");
+    assert!(
+        err.contains("not built yet") && !err.contains("secret"),
+        "{err}"
+    );
     assert!(!fresh_init.exists(), "init left files behind");
 }
