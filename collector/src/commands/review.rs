@@ -33,6 +33,17 @@ pub async fn usage(ctx: &Ctx, pairs: Vec<(String, String)>, json_out: bool) -> C
 
 /// `import FILE`: a report bundle through the normal ingest path (`too_old` at 400 days).
 pub async fn import(ctx: &Ctx, file: &Path, receipts_out: Option<&Path>) -> CmdResult {
+    // Refuse an oversized file before reading it into memory.
+    let size = std::fs::metadata(file)
+        .map_err(|e| usage_err(format!("cannot read {}: {e}", file.display())))?
+        .len();
+    if size > tally_proto::limits::MAX_BUNDLE_BYTES as u64 {
+        return Err(usage_err(format!(
+            "{}: file is larger than {} bytes",
+            file.display(),
+            tally_proto::limits::MAX_BUNDLE_BYTES
+        )));
+    }
     let bytes = std::fs::read(file)
         .map_err(|e| usage_err(format!("cannot read {}: {e}", file.display())))?;
     let b =
