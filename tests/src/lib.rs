@@ -664,6 +664,42 @@ impl Deployment {
         d
     }
 
+    /// Issues a license for `customer` valid from 30 days ago (so a [`TestAgent`]'s
+    /// backdated windows are inside it), through the CLI. Returns its JSON.
+    pub fn issue_backdated_license(&self, customer: &str, metric: &str) -> Value {
+        let nb = tally_proto::time::rfc3339(Utc::now() - Duration::days(30));
+        collector_json(
+            &self.cdata,
+            &[
+                "licenses",
+                "issue",
+                "--customer",
+                customer,
+                "--metric",
+                metric,
+                "--expires",
+                "2099-01-01",
+                "--not-before",
+                &nb,
+            ],
+        )
+    }
+
+    /// Enrolls a [`TestAgent`]'s key on `license` by hand (`agents add`).
+    pub fn add_agent_key(&self, license: &str, agent: &TestAgent) {
+        collector_json(
+            &self.cdata,
+            &[
+                "agents",
+                "add",
+                "--license",
+                license,
+                "--key",
+                &hex::encode(agent.key_bytes()),
+            ],
+        );
+    }
+
     /// Usage totals per metric from the billing API.
     pub async fn totals(&self) -> std::collections::BTreeMap<String, u64> {
         let v: Value = reqwest::Client::new()

@@ -36,35 +36,10 @@ async fn totals(db: &std::path::Path) -> (u64, u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn backups_taken_while_ingesting_are_consistent_and_restore() {
     let d = Deployment::new(&["api.convert"], None);
-    let nb = tally_proto::time::rfc3339(chrono::Utc::now() - chrono::Duration::days(30));
-    let lic = collector_json(
-        &d.cdata,
-        &[
-            "licenses",
-            "issue",
-            "--customer",
-            &d.customer,
-            "--metric",
-            "api.convert",
-            "--expires",
-            "2099-01-01",
-            "--not-before",
-            &nb,
-        ],
-    );
+    let lic = d.issue_backdated_license(&d.customer, "api.convert");
     let license = lic["license_id"].as_str().unwrap().to_string();
     let mut agent = TestAgent::new(&license);
-    collector_json(
-        &d.cdata,
-        &[
-            "agents",
-            "add",
-            "--license",
-            &license,
-            "--key",
-            &hex::encode(agent.key_bytes()),
-        ],
-    );
+    d.add_agent_key(&license, &agent);
 
     // Stream reports in batches of 50 until told to stop.
     let stop = Arc::new(AtomicBool::new(false));

@@ -19,34 +19,9 @@ fn tenant(d: &Deployment, name: &str) -> Tenant {
         .as_str()
         .unwrap()
         .to_string();
-    let nb = tally_proto::time::rfc3339(chrono::Utc::now() - chrono::Duration::days(30));
-    let lic = collector_json(
-        &d.cdata,
-        &[
-            "licenses",
-            "issue",
-            "--customer",
-            &customer,
-            "--metric",
-            "api.convert",
-            "--expires",
-            "2099-01-01",
-            "--not-before",
-            &nb,
-        ],
-    );
+    let lic = d.issue_backdated_license(&customer, "api.convert");
     let agent = TestAgent::new(lic["license_id"].as_str().unwrap());
-    collector_json(
-        &d.cdata,
-        &[
-            "agents",
-            "add",
-            "--license",
-            lic["license_id"].as_str().unwrap(),
-            "--key",
-            &hex::encode(agent.key_bytes()),
-        ],
-    );
+    d.add_agent_key(lic["license_id"].as_str().unwrap(), &agent);
     let role = format!("customer:{customer}");
     let token = collector_json(&d.cdata, &["tokens", "create", "--role", &role])["token"]
         .as_str()
