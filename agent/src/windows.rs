@@ -45,10 +45,6 @@ impl Windows {
         }
     }
 
-    pub fn interval(&self) -> i64 {
-        self.interval
-    }
-
     /// Start of the window containing `t`.
     pub fn start_of(&self, t: i64) -> i64 {
         let aligned = t.div_euclid(self.interval) * self.interval;

@@ -279,15 +279,17 @@ pub fn lease_until(terms: &LicenseTerms, received: i64) -> Option<Instant> {
 }
 
 /// A receipt's credits: every licensed metric with its limit and the usage counted so far
-/// in the receipt's calendar month, as `used` answers it.
-pub fn credits(terms: &LicenseTerms, mut used: impl FnMut(&str) -> u64) -> Vec<Credit> {
+/// in the receipt's calendar month; `used[i]` is the usage of `terms.metrics[i]` (a missing
+/// entry is 0).
+pub fn credits(terms: &LicenseTerms, used: &[u64]) -> Vec<Credit> {
     terms
         .metrics
         .iter()
-        .map(|(metric, limit)| Credit {
+        .enumerate()
+        .map(|(i, (metric, limit))| Credit {
             metric: metric.clone(),
             limit: *limit,
-            used: used(metric),
+            used: used.get(i).copied().unwrap_or(0),
         })
         .collect()
 }
@@ -828,7 +830,7 @@ mod tests {
 
     #[test]
     fn credits_list_every_licensed_metric_with_its_usage() {
-        let c = credits(&terms(), |m| if m == "api.convert" { 40 } else { 2 });
+        let c = credits(&terms(), &[40, 2]);
         assert_eq!(
             c,
             vec![

@@ -515,6 +515,45 @@ pub async fn audit_entries(s: Subject) -> CheckResult {
     Ok(())
 }
 
+/// A receipt's credits list every licensed metric with its limit and what was counted for
+/// that metric this calendar month, the report itself included.
+pub async fn credits_report_each_metric_of_the_month(s: Subject) -> CheckResult {
+    let mut f = seed(
+        &s,
+        "cred",
+        &[
+            ("api.convert", Some(1000)),
+            ("api.render", None),
+            ("pages.out", Some(7)),
+        ],
+    )
+    .await?;
+    let received = Utc::now();
+    let ws = received - Duration::minutes(20);
+    let r = f.next(ws, 600, &[("api.convert", 5), ("api.render", 2)]);
+    let out = s
+        .store
+        .ingest(vec![r], received, Source::Online)
+        .await
+        .map_err(db)?;
+    // Credits are for the month of receipt; the report counts in the month of its window.
+    let same_month = crate::calendar::month_of(ws.timestamp())
+        == crate::calendar::month_of(received.timestamp());
+    let q = |n: u64| if same_month { n } else { 0 };
+    let got: Vec<(&str, Option<u64>, u64)> = out[0]
+        .credits
+        .iter()
+        .map(|c| (c.metric.as_str(), c.limit, c.used))
+        .collect();
+    let want = vec![
+        ("api.convert", Some(1000), q(5)),
+        ("api.render", None, q(2)),
+        ("pages.out", Some(7), 0),
+    ];
+    ensure!(got == want, "credits {got:?}, want {want:?}");
+    Ok(())
+}
+
 /// Cancelling revokes the customer's licenses, agents and tokens at once and keeps its data
 /// until the purge is due; the purge removes all of it and nothing of anyone else.
 pub async fn cancellation_purges_one_customer_only(s: Subject) -> CheckResult {
@@ -653,6 +692,7 @@ macro_rules! conformance_tests {
             rollups_equal_a_brute_force_sum,
             tenant_filters,
             audit_entries,
+            credits_report_each_metric_of_the_month,
             cancellation_purges_one_customer_only
         );
     };

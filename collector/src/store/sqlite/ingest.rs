@@ -53,14 +53,11 @@ fn credits(
     received: i64,
 ) -> StoreResult<Vec<Credit>> {
     let month = month_of(received);
-    let mut used = HashMap::with_capacity(terms.metrics.len());
+    let mut used = Vec::with_capacity(terms.metrics.len());
     for (metric, _) in &terms.metrics {
-        used.insert(
-            metric.as_str(),
-            rollups.monthly(conn, license_id, metric, month)? as u64,
-        );
+        used.push(rollups.monthly(conn, license_id, metric, month)? as u64);
     }
-    Ok(rules::credits(terms, |m| used.get(m).copied().unwrap_or(0)))
+    Ok(rules::credits(terms, &used))
 }
 
 /// Every stored report of `agent_id` with a sequence number in `seq - 1 ..= seq + 1`
@@ -80,7 +77,8 @@ fn neighbourhood(conn: &Connection, agent_id: &str, seq: i64) -> StoreResult<Vec
                 fork: r.get::<_, i64>(1)? != 0,
                 digest: Digest::from_slice(&d).unwrap_or(Digest([0; 32])),
                 status: r.get(3)?,
-                reason: r.get::<_, String>(7)?.parse().ok(),
+                // Read in place: this runs for every neighbour of every report ingested.
+                reason: r.get_ref(7)?.as_str().ok().and_then(|s| s.parse().ok()),
                 prev_digest: p.as_deref().and_then(Digest::from_slice),
                 window_start: r.get(5)?,
                 window_end: r.get(6)?,
