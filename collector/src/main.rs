@@ -275,7 +275,6 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
     let dir = DataDir::resolve(cli.common.data, config.data.clone());
     let database = cli.database.or(config.database.clone());
     let database = database.as_deref();
-    let open = |dir: DataDir| Ctx::open(dir, database);
     let out = match cli.command {
         Command::Init => commands::init(dir, database).await?,
         Command::Serve(a) => {
@@ -300,11 +299,11 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                 agent_rate: a.agent_rate,
                 json: cli.common.json,
             };
-            commands::serve(open(dir)?, options).await?;
+            commands::serve(Ctx::open(dir, database).await?, options).await?;
             return Ok(None);
         }
         Command::Customers(c) => {
-            let ctx = open(dir)?;
+            let ctx = Ctx::open(dir, database).await?;
             match c {
                 CustomersCmd::Add { name } => commands::customers_add(&ctx, &name).await?,
                 CustomersCmd::List => commands::customers_list(&ctx).await?,
@@ -316,7 +315,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             }
         }
         Command::Licenses(c) => {
-            let ctx = open(dir)?;
+            let ctx = Ctx::open(dir, database).await?;
             match c {
                 LicensesCmd::Issue {
                     customer,
@@ -350,7 +349,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             }
         }
         Command::Agents(c) => {
-            let ctx = open(dir)?;
+            let ctx = Ctx::open(dir, database).await?;
             match c {
                 AgentsCmd::Add { license, key } => {
                     commands::agents_add(&ctx, &license, &key).await?
@@ -364,7 +363,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             }
         }
         Command::Tokens(c) => {
-            let ctx = open(dir)?;
+            let ctx = Ctx::open(dir, database).await?;
             match c {
                 TokensCmd::Create { role, name } => {
                     commands::tokens_create(&ctx, &role, name).await?
@@ -374,7 +373,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             }
         }
         Command::Usage(a) => {
-            let ctx = open(dir)?;
+            let ctx = Ctx::open(dir, database).await?;
             let pairs: Vec<(String, String)> = [
                 ("customer", a.customer),
                 ("license", a.license),
@@ -390,11 +389,11 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             commands::usage(&ctx, pairs, cli.common.json).await?
         }
         Command::Import { file, receipts_out } => {
-            let ctx = open(dir)?;
+            let ctx = Ctx::open(dir, database).await?;
             commands::import(&ctx, &file, receipts_out.as_deref()).await?
         }
         Command::Quarantine(c) => {
-            let ctx = open(dir)?;
+            let ctx = Ctx::open(dir, database).await?;
             match c {
                 QuarantineCmd::List => commands::quarantine_list(&ctx).await?,
                 QuarantineCmd::Release { digest } => {
@@ -419,7 +418,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
         }
         Command::Restore { file } => commands::restore(&dir, database, file).await?,
         Command::Audit(AuditCmd::List { limit }) => {
-            commands::audit_list(&open(dir)?, limit).await?
+            commands::audit_list(&Ctx::open(dir, database).await?, limit).await?
         }
     };
     Ok(Some(out))

@@ -59,6 +59,12 @@ impl Store for CountsDuplicatesTwice {
     async fn ping(&self) -> StoreResult<()> {
         self.0.ping().await
     }
+    async fn collector_key(&self) -> StoreResult<Option<[u8; 32]>> {
+        self.0.collector_key().await
+    }
+    async fn bind_collector_key(&self, key: [u8; 32]) -> StoreResult<()> {
+        self.0.bind_collector_key(key).await
+    }
     async fn agents_by_keys(
         &self,
         keys: Vec<[u8; 32]>,

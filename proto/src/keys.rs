@@ -57,3 +57,10 @@ pub fn read(path: &Path) -> Result<SigningKey, KeyFileError> {
         .map_err(|_| KeyFileError::Format(path.display().to_string()))?;
     Ok(SigningKey::from_bytes(&seed))
 }
+
+/// A public key's id: the first 8 bytes of its SHA-256, in hex. Short enough to read out,
+/// long enough to tell keys apart.
+pub fn key_id(public: &[u8; 32]) -> String {
+    use sha2::{Digest as _, Sha256};
+    hex::encode(&Sha256::digest(public)[..8])
+}

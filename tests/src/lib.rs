@@ -2,6 +2,8 @@
 //! as `tally-collector` processes that can be SIGKILLed), test agents that sign real
 //! reports, and gRPC/HTTP clients. Nothing here replaces a part under test.
 
+pub mod pg;
+
 use chrono::{DateTime, Duration, Utc};
 use ed25519_dalek::SigningKey;
 use serde_json::Value;

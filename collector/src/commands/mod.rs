@@ -54,7 +54,7 @@ pub struct Ctx {
 impl Ctx {
     /// Opens an initialized data directory and its store (`database`: see
     /// [`crate::store::open`]).
-    pub fn open(dir: DataDir, database: Option<&str>) -> Result<Ctx, CommandError> {
+    pub async fn open(dir: DataDir, database: Option<&str>) -> Result<Ctx, CommandError> {
         if !dir.vendor_key().exists() {
             return Err(usage_err(format!(
                 "{} is not an initialized data directory (hint: run 'tally-collector --data {} init' first)",
@@ -62,7 +62,7 @@ impl Ctx {
                 dir.path().display()
             )));
         }
-        let store = crate::store::open(&dir, database, false)?;
+        let store = crate::store::open(&dir, database, false).await?;
         Ok(Ctx { dir, store })
     }
 
@@ -103,13 +103,29 @@ pub async fn init(dir: DataDir, database: Option<&str>) -> CmdResult {
         )));
     }
     // Refuse a database this build cannot open before any file is written.
-    crate::store::check_database_url(database)?;
+    let kind = crate::store::check_database_url(database)?;
+    if let crate::store::Database::Postgres(_) = kind {
+        // A shared database is opened (and migrated) first: one that already belongs to
+        // a collector key is not taken over; a new node copies the first node's keys.
+        let store = crate::store::open(&dir, database, true).await?;
+        if let Some(k) = store.collector_key().await? {
+            return Err(usage_err(format!(
+                "the database is already initialized (collector key {}); to add a collector \
+                 node, copy the first node's data directory files (vendor.key, licenses/) \
+                 instead of running init",
+                keys::key_id(&k)
+            )));
+        }
+    }
     std::fs::create_dir_all(dir.licenses()).map_err(|e| {
         CommandError::Runtime(format!("cannot create {}: {e}", dir.path().display()))
     })?;
     let key = keys::generate();
     keys::write_new(&dir.vendor_key(), &key).map_err(|e| CommandError::Runtime(e.to_string()))?;
-    let store = crate::store::open(&dir, database, true)?;
+    let store = crate::store::open(&dir, database, true).await?;
+    store
+        .bind_collector_key(key.verifying_key().to_bytes())
+        .await?;
     let token = ids::new_secret("tally");
     let id = ids::new_id("tok");
     let now = chrono::Utc::now();

@@ -67,6 +67,12 @@ pub async fn serve(ctx: Ctx, o: ServeOptions) -> Result<(), CommandError> {
         }
     }
     let key = ctx.vendor_key()?;
+    // Every node of a shared database signs receipts with the same collector key; a node
+    // whose key file differs refuses to start (a database made before the key was
+    // recorded gets this node's key).
+    ctx.store
+        .bind_collector_key(key.verifying_key().to_bytes())
+        .await?;
     let rate = (o.agent_rate > 0.0).then_some(o.agent_rate);
     let mut collector = Collector::with_agent_rate(ctx.store.clone(), key, rate);
     collector.grpc_tls = tls;

@@ -335,6 +335,111 @@ pub async fn quarantine_release_counts_once(s: Subject) -> CheckResult {
     Ok(())
 }
 
+/// The collector key is recorded once; a different key is refused, naming both key ids.
+pub async fn collector_key_is_bound_once(s: Subject) -> CheckResult {
+    ensure!(
+        s.store.collector_key().await.map_err(db)?.is_none(),
+        "a new store already has a collector key"
+    );
+    let (k1, k2) = ([7u8; 32], [8u8; 32]);
+    s.store.bind_collector_key(k1).await.map_err(db)?;
+    s.store.bind_collector_key(k1).await.map_err(db)?;
+    match s.store.bind_collector_key(k2).await {
+        Err(super::StoreError::Conflict(m)) => {
+            let (id1, id2) = (
+                tally_proto::keys::key_id(&k1),
+                tally_proto::keys::key_id(&k2),
+            );
+            ensure!(
+                m.contains(&id1) && m.contains(&id2),
+                "the refusal must name both key ids ({id1}, {id2}): {m}"
+            );
+        }
+        other => return Err(format!("a second key must be refused: {other:?}")),
+    }
+    ensure!(
+        s.store.collector_key().await.map_err(db)? == Some(k1),
+        "the recorded key changed"
+    );
+    Ok(())
+}
+
+/// Eight concurrent releases of one quarantined report: exactly one counts it.
+pub async fn concurrent_releases_count_once(s: Subject) -> CheckResult {
+    let mut f = seed(&s, "relc", &[("api.convert", None)]).await?;
+    let r = f.next(now() - Duration::hours(2), 3600, &[("api.unlicensed", 9)]);
+    s.store
+        .ingest(vec![r.clone()], Utc::now(), Source::Online)
+        .await
+        .map_err(db)?;
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = s.store.clone();
+            tokio::spawn(async move { store.release(r.digest, Utc::now()).await })
+        })
+        .collect();
+    let mut counted = 0;
+    for t in tasks {
+        if t.await.map_err(|e| format!("task: {e}"))?.map_err(db)? {
+            counted += 1;
+        }
+    }
+    ensure!(counted == 1, "{counted} releases counted (want 1)");
+    let totals = rollup_totals(&s, UsageFilter::default()).await?;
+    ensure!(
+        totals == sum_of(std::slice::from_ref(&r)),
+        "after concurrent releases: {totals:?}"
+    );
+    Ok(())
+}
+
+/// Neighbouring reports of one agent stored by concurrent callers, one report per call,
+/// in a shuffled order: every gap opened on the way is closed at the end, and `last_seq`
+/// is the highest seq.
+pub async fn gaps_close_under_concurrent_neighbours(s: Subject) -> CheckResult {
+    let mut f = seed(&s, "gapc", &[("api.convert", None)]).await?;
+    let start = now() - Duration::hours(40);
+    let reports: Vec<AuthenticReport> = (0..30)
+        .map(|i| f.next(start + Duration::hours(i), 3600, &[("api.convert", 1)]))
+        .collect();
+    // A fixed shuffle (seq 1 last, so gaps open first and close as the rest arrive).
+    let mut order: Vec<usize> = (1..30).rev().step_by(2).chain((2..30).step_by(2)).collect();
+    order.push(0);
+    let tasks: Vec<_> = order
+        .into_iter()
+        .map(|i| {
+            let (store, r) = (s.store.clone(), reports[i].clone());
+            tokio::spawn(async move { store.ingest(vec![r], Utc::now(), Source::Online).await })
+        })
+        .collect();
+    for t in tasks {
+        let out = t.await.map_err(|e| format!("task: {e}"))?.map_err(db)?;
+        ensure!(out[0].outcome == Outcome::Accepted, "not accepted: {out:?}");
+    }
+    let open: Vec<_> = s
+        .store
+        .anomalies(None)
+        .await
+        .map_err(db)?
+        .into_iter()
+        .filter(|a| a.kind == "gap" && a.closed_at.is_none())
+        .map(|a| (a.seq_from, a.seq_to))
+        .collect();
+    ensure!(open.is_empty(), "gaps left open: {open:?}");
+    let agents = s.store.list_agents(Default::default()).await.map_err(db)?;
+    ensure!(
+        agents
+            .iter()
+            .any(|a| a.agent_id == f.agent_id && a.last_seq == 30),
+        "last_seq: {agents:?}"
+    );
+    ensure!(
+        rollup_totals(&s, UsageFilter::default()).await? == sum_of(&reports),
+        "totals differ"
+    );
+    Ok(())
+}
+
 /// Rollups equal a brute-force sum over the stored reports, for many agents, licenses,
 /// metrics and hours; a customer-month statement equals the same sum.
 pub async fn rollups_equal_a_brute_force_sum(s: Subject) -> CheckResult {
@@ -693,7 +798,10 @@ macro_rules! conformance_tests {
             tenant_filters,
             audit_entries,
             credits_report_each_metric_of_the_month,
-            cancellation_purges_one_customer_only
+            cancellation_purges_one_customer_only,
+            collector_key_is_bound_once,
+            concurrent_releases_count_once,
+            gaps_close_under_concurrent_neighbours
         );
     };
     (@each $fresh:expr; $($check:ident),+) => {

@@ -10,6 +10,7 @@
 
 pub mod conformance;
 pub mod fixture;
+pub mod postgres;
 pub mod sqlite;
 
 use crate::datadir::{CollectorFiles, DataDir};
@@ -48,18 +49,23 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Refuses a `--database` value this build cannot open, before anything is created.
-pub fn check_database_url(database: Option<&str>) -> StoreResult<()> {
+/// Which store a `--database` value names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// The SQLite file in the data directory (no `--database`, or `sqlite:`).
+    Sqlite,
+    /// A PostgreSQL database shared by several collectors.
+    Postgres(String),
+}
+
+/// Reads a `--database` value, refusing one this build cannot open before anything is
+/// created. The value is never echoed: it may hold a password.
+pub fn check_database_url(database: Option<&str>) -> StoreResult<Database> {
     match database.map(str::trim).filter(|d| !d.is_empty()) {
-        None | Some("sqlite:") => Ok(()),
+        None | Some("sqlite:") => Ok(Database::Sqlite),
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            Err(StoreError::Invalid(
-                "--database: the PostgreSQL store is not built yet in this version; omit \
-                 --database to use the SQLite file in --data"
-                    .into(),
-            ))
+            Ok(Database::Postgres(url.to_string()))
         }
-        // The value is not echoed: it may hold a password.
         Some(_) => Err(StoreError::Invalid(
             "--database: expected a postgres://user:pass@host:port/db URL, or nothing for \
              the SQLite file in --data"
@@ -69,19 +75,37 @@ pub fn check_database_url(database: Option<&str>) -> StoreResult<()> {
 }
 
 /// Opens the store a `--database` value names: none (or `sqlite:`) is the SQLite file in
-/// the data directory; `postgres://…` names the PostgreSQL store, which this build does not
-/// have yet. `create`: make the SQLite file if it is missing (`init` only; elsewhere a
+/// the data directory; `postgres://…` is a PostgreSQL database (its schema is migrated at
+/// open). `create`: make the SQLite file if it is missing (`init` only; elsewhere a
 /// missing file is an error, never a silently empty store).
-pub fn open(dir: &DataDir, database: Option<&str>, create: bool) -> StoreResult<Arc<dyn Store>> {
-    check_database_url(database)?;
-    if !create && !dir.db().exists() {
-        return Err(StoreError::Invalid(format!(
-            "{} has no database (hint: run 'tally-collector --data {} init' first)",
-            dir.path().display(),
-            dir.path().display()
-        )));
+pub async fn open(
+    dir: &DataDir,
+    database: Option<&str>,
+    create: bool,
+) -> StoreResult<Arc<dyn Store>> {
+    match check_database_url(database)? {
+        Database::Postgres(url) => Ok(Arc::new(postgres::PostgresStore::connect(&url).await?)),
+        Database::Sqlite => {
+            if !create && !dir.db().exists() {
+                return Err(StoreError::Invalid(format!(
+                    "{} has no database (hint: run 'tally-collector --data {} init' first)",
+                    dir.path().display(),
+                    dir.path().display()
+                )));
+            }
+            Ok(Arc::new(sqlite::SqliteStore::open(&dir.db())?))
+        }
     }
-    Ok(Arc::new(sqlite::SqliteStore::open(&dir.db())?))
+}
+
+/// The error when a database's recorded collector key is not this node's.
+pub fn key_mismatch(recorded: &[u8; 32], ours: &[u8; 32]) -> StoreError {
+    StoreError::Conflict(format!(
+        "the database belongs to collector key {}, but this node's key file is {} \
+         (hint: copy the key files of the collector that initialized the database into --data)",
+        tally_proto::keys::key_id(recorded),
+        tally_proto::keys::key_id(ours)
+    ))
 }
 
 /// An enrolled agent key, as the ingest path needs it.
@@ -273,6 +297,13 @@ pub struct StoredReport {
 pub trait Store: Send + Sync + 'static {
     /// Succeeds when the store can answer queries now (for `/readyz`).
     async fn ping(&self) -> StoreResult<()>;
+
+    /// The collector (vendor) public key the database was initialized with, if recorded.
+    async fn collector_key(&self) -> StoreResult<Option<[u8; 32]>>;
+    /// Records `key` as the database's collector key if none is recorded yet; if another
+    /// key is recorded, a `Conflict` naming both key ids (a node must not sign receipts
+    /// with a key the others do not share).
+    async fn bind_collector_key(&self, key: [u8; 32]) -> StoreResult<()>;
 
     // --- ingest -----------------------------------------------------------------------
     /// Looks up enrolled keys.

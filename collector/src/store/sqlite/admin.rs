@@ -11,6 +11,31 @@ pub(super) fn ts(t: i64) -> Instant {
     chrono::DateTime::from_timestamp(t, 0).unwrap_or_default()
 }
 
+pub(super) fn collector_key(conn: &Connection) -> StoreResult<Option<[u8; 32]>> {
+    let v: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'collector_key'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(v.and_then(|v| <[u8; 32]>::try_from(v).ok()))
+}
+
+pub(super) fn bind_collector_key(conn: &Connection, key: [u8; 32]) -> StoreResult<()> {
+    conn.execute(
+        "INSERT INTO meta (name, value) VALUES ('collector_key', ?1) ON CONFLICT (name) DO NOTHING",
+        [key.as_slice()],
+    )?;
+    match collector_key(conn)? {
+        Some(k) if k == key => Ok(()),
+        Some(k) => Err(crate::store::key_mismatch(&k, &key)),
+        None => Err(StoreError::Database(
+            "the collector key was not recorded".into(),
+        )),
+    }
+}
+
 pub(super) fn add_customer(conn: &Connection, name: &str, now: i64) -> StoreResult<CustomerRecord> {
     let id = ids::new_id("cus");
     conn.execute(

@@ -144,6 +144,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn collector_key(&self) -> StoreResult<Option<[u8; 32]>> {
+        self.read(admin::collector_key).await
+    }
+
+    async fn bind_collector_key(&self, key: [u8; 32]) -> StoreResult<()> {
+        self.writer
+            .write(move |c| admin::bind_collector_key(c, key))
+            .await
+    }
+
     async fn agents_by_keys(
         &self,
         keys: Vec<[u8; 32]>,

@@ -161,6 +161,14 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE customers ADD COLUMN purge_at INTEGER;
     CREATE INDEX customers_purge_due ON customers(purge_at) WHERE purge_at IS NOT NULL;
     "#,
+    // 4: the collector key the database belongs to (recorded by `init`, or by the first
+    // `serve` of a database made before version 4).
+    r#"
+    CREATE TABLE meta (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    "#,
 ];
 
 /// The newest schema version this build writes.

@@ -1,0 +1,246 @@
+//! Billing reads and quarantine resolution on PostgreSQL.
+
+use super::super::*;
+use super::ingest::Sums;
+use super::{digest_of, execute, query, query_opt, ts};
+use crate::calendar::next_month;
+use crate::rules::{self, Release};
+use deadpool_postgres::GenericClient;
+use tally_proto::report::Report;
+
+pub(super) async fn hourly_usage<C: GenericClient>(
+    c: &C,
+    f: &UsageFilter,
+) -> StoreResult<Vec<HourlyUsage>> {
+    let rows = query(
+        c,
+        "SELECT l.customer_id, r.license_id, r.metric, r.hour, r.quantity
+         FROM rollups r JOIN licenses l ON l.id = r.license_id
+         WHERE ($1::text IS NULL OR l.customer_id = $1)
+           AND ($2::text IS NULL OR r.license_id = $2)
+           AND ($3::text IS NULL OR r.metric = $3)
+           AND ($4::bigint IS NULL OR r.hour >= $4)
+           AND ($5::bigint IS NULL OR r.hour < $5)
+           AND r.quantity > 0
+         ORDER BY l.customer_id, r.license_id, r.metric, r.hour",
+        &[&f.customer, &f.license, &f.metric, &f.from, &f.to],
+    )
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| HourlyUsage {
+            customer_id: r.get(0),
+            license_id: r.get(1),
+            metric: r.get(2),
+            hour: r.get(3),
+            quantity: r.get::<_, i64>(4) as u64,
+        })
+        .collect())
+}
+
+pub(super) async fn statement<C: GenericClient>(
+    c: &C,
+    customer: &str,
+    month: i64,
+) -> StoreResult<Vec<StatementLine>> {
+    let end = next_month(month);
+    let overflow = || StoreError::Invalid("a statement total overflows 64 bits".into());
+    // Limits of every license of the customer valid during some part of the month.
+    let limits = query(
+        c,
+        "SELECT m.metric, m.quota FROM license_metrics m JOIN licenses l ON l.id = m.license_id
+         WHERE l.customer_id = $1 AND l.not_before < $3 AND l.not_after >= $2
+           AND (l.revoked_at IS NULL OR l.revoked_at > $2)",
+        &[&customer, &month, &end],
+    )
+    .await?;
+    let mut lines: std::collections::BTreeMap<String, StatementLine> = Default::default();
+    let mut unlimited: std::collections::BTreeSet<String> = Default::default();
+    for r in limits {
+        let (metric, quota): (String, Option<i64>) = (r.get(0), r.get(1));
+        let line = lines.entry(metric.clone()).or_insert(StatementLine {
+            metric: metric.clone(),
+            used: 0,
+            limit: Some(0),
+        });
+        match quota {
+            None => {
+                unlimited.insert(metric);
+            }
+            Some(q) => {
+                line.limit = Some(
+                    line.limit
+                        .unwrap_or(0)
+                        .checked_add(q as u64)
+                        .ok_or_else(overflow)?,
+                );
+            }
+        }
+    }
+    let used = query(
+        c,
+        "SELECT u.metric, u.quantity FROM monthly_usage u JOIN licenses l ON l.id = u.license_id
+         WHERE l.customer_id = $1 AND u.month = $2",
+        &[&customer, &month],
+    )
+    .await?;
+    for r in used {
+        let (metric, q): (String, i64) = (r.get(0), r.get(1));
+        let line = lines.entry(metric.clone()).or_insert_with(|| {
+            // Used but not licensed this month (e.g. a released quarantine): no limit applies.
+            unlimited.insert(metric.clone());
+            StatementLine {
+                metric: metric.clone(),
+                used: 0,
+                limit: None,
+            }
+        });
+        line.used = line.used.checked_add(q as u64).ok_or_else(overflow)?;
+    }
+    for m in unlimited {
+        if let Some(l) = lines.get_mut(&m) {
+            l.limit = None;
+        }
+    }
+    Ok(lines.into_values().collect())
+}
+
+pub(super) async fn anomalies<C: GenericClient>(
+    c: &C,
+    customer: Option<&str>,
+) -> StoreResult<Vec<AnomalyRecord>> {
+    let rows = query(
+        c,
+        "SELECT a.kind, a.agent_id, a.license_id, l.customer_id, a.seq_from, a.seq_to, a.digest,
+                a.detail, a.opened_at, a.closed_at
+         FROM anomalies a JOIN licenses l ON l.id = a.license_id
+         WHERE $1::text IS NULL OR l.customer_id = $1
+         UNION ALL
+         SELECT r.reason, r.agent_id, r.license_id, l.customer_id, r.seq, r.seq, r.digest,
+                r.detail, r.received_at, r.resolved_at
+         FROM reports r JOIN licenses l ON l.id = r.license_id
+         WHERE r.status = 'quarantined' AND r.reason <> 'seq_conflict'
+           AND ($1::text IS NULL OR l.customer_id = $1)
+         ORDER BY 9, 2, 5",
+        &[&customer],
+    )
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| AnomalyRecord {
+            kind: r.get(0),
+            agent_id: r.get(1),
+            license_id: r.get(2),
+            customer_id: r.get(3),
+            seq_from: r.get::<_, i64>(4) as u64,
+            seq_to: r.get::<_, i64>(5) as u64,
+            digest: r.get::<_, Option<&[u8]>>(6).and_then(Digest::from_slice),
+            detail: r.get(7),
+            opened_at: ts(r.get(8)),
+            closed_at: r.get::<_, Option<i64>>(9).map(ts),
+        })
+        .collect())
+}
+
+pub(super) async fn quarantine<C: GenericClient>(
+    c: &C,
+    customer: Option<&str>,
+) -> StoreResult<Vec<QuarantineRecord>> {
+    let rows = query(
+        c,
+        "SELECT r.digest, r.agent_id, r.license_id, l.customer_id, r.seq, r.reason, r.detail,
+                r.received_at, r.window_start, r.window_end
+         FROM reports r JOIN licenses l ON l.id = r.license_id
+         WHERE r.status = 'quarantined' AND ($1::text IS NULL OR l.customer_id = $1)
+         ORDER BY r.received_at, r.agent_id, r.seq",
+        &[&customer],
+    )
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| QuarantineRecord {
+            digest: digest_of(r.get(0)),
+            agent_id: r.get(1),
+            license_id: r.get(2),
+            customer_id: r.get(3),
+            seq: r.get::<_, i64>(4) as u64,
+            reason: r.get(5),
+            detail: r.get(6),
+            received_at: ts(r.get(7)),
+            window_start: ts(r.get(8)),
+            window_end: ts(r.get(9)),
+        })
+        .collect())
+}
+
+/// Counts a quarantined report. The row is locked first: when two operators (or two
+/// collectors) release the same report at once, the second waits, then reads the row
+/// the first committed — `accepted` — and counts nothing.
+pub(super) async fn release<C: GenericClient>(
+    c: &C,
+    digest: &Digest,
+    now: i64,
+) -> StoreResult<bool> {
+    let d = digest.as_bytes().as_slice();
+    let row = query_opt(
+        c,
+        "SELECT status, license_id, bytes FROM reports WHERE digest = $1 FOR UPDATE",
+        &[&d],
+    )
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("no stored report has digest {digest}")))?;
+    let (status, license_id, bytes): (String, String, Vec<u8>) =
+        (row.get(0), row.get(1), row.get(2));
+    let report = Report::decode(&bytes)
+        .map_err(|e| StoreError::Database(format!("stored report {digest}: {e}")))?;
+    match rules::release(&status, &report) {
+        Release::AlreadyCounted => return Ok(false),
+        Release::Refuse(why) => {
+            return Err(StoreError::Conflict(format!("report {digest}: {why}")));
+        }
+        Release::Count => {}
+    }
+    let mut sums = Sums::default();
+    sums.load(c, std::slice::from_ref(&report), &license_id)
+        .await?;
+    if let Err((_, detail)) = sums.count(&license_id, &report) {
+        return Err(StoreError::Conflict(format!(
+            "report {digest} cannot be counted: {detail}"
+        )));
+    }
+    sums.flush(c).await?;
+    execute(
+        c,
+        "UPDATE reports SET status = 'accepted', resolved_at = $2 WHERE digest = $1",
+        &[&d, &now],
+    )
+    .await?;
+    Ok(true)
+}
+
+pub(super) async fn discard<C: GenericClient>(c: &C, digest: &Digest, now: i64) -> StoreResult<()> {
+    let d = digest.as_bytes().as_slice();
+    let status: String = query_opt(
+        c,
+        "SELECT status FROM reports WHERE digest = $1 FOR UPDATE",
+        &[&d],
+    )
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("no stored report has digest {digest}")))?
+    .get(0);
+    match status.as_str() {
+        "quarantined" => {
+            execute(
+                c,
+                "UPDATE reports SET status = 'discarded', resolved_at = $2 WHERE digest = $1",
+                &[&d, &now],
+            )
+            .await?;
+            Ok(())
+        }
+        "discarded" => Ok(()),
+        _ => Err(StoreError::Conflict(format!(
+            "report {digest} is counted; only quarantined reports can be discarded"
+        ))),
+    }
+}
