@@ -422,7 +422,7 @@ impl CollectorProcess {
     }
 
     pub fn spawn_with_env(data: &Path, env: &[(&str, &str)]) -> Self {
-        Self::spawn_full(
+        Self::spawn_full_env(
             data,
             &[
                 "--grpc-listen",
@@ -436,10 +436,11 @@ impl CollectorProcess {
 
     /// Starts `serve` with explicit listen flags (e.g. to restart on the same ports).
     pub fn spawn_with_args(data: &Path, args: &[&str]) -> Self {
-        Self::spawn_full(data, args, &[])
+        Self::spawn_full_env(data, args, &[])
     }
 
-    fn spawn_full(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+    /// Starts `serve` with explicit flags and extra environment variables.
+    pub fn spawn_full_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut all = vec!["serve"];
         all.extend_from_slice(args);
         let (child, ports, stderr_path) = spawn_server("tally-collector", data, &all, env);

@@ -1,0 +1,477 @@
+//! Several `tally-collector serve` processes on one PostgreSQL database (a real server
+//! started from the machine's binaries): the same reports through three collectors count
+//! once; an agent fails over between collectors and every receipt verifies; and a seeded
+//! soak SIGKILLs collectors and restarts PostgreSQL itself while agents keep delivering.
+//!
+//! The soak's length and seed: `TALLY_SOAK_SECS` (default 20) and `TALLY_SOAK_SEED`, as
+//! in the single-collector soak.
+
+use chrono::{Duration as ChronoDuration, Utc};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tally_proto::pb;
+use tally_proto::pb::ingest_client::IngestClient;
+use tally_proto::receipt::Outcome;
+use tally_tests::pg::PgServer;
+use tally_tests::{AgentProcess, CollectorProcess, TestAgent, agent_cmd, agent_json, receipts};
+
+/// N collector nodes sharing one database: node 0 ran `init`; the others got copies of its
+/// key and license files, as docs/operations.md tells operators to do.
+struct Cluster {
+    _tmp: tempfile::TempDir,
+    url: String,
+    nodes: Vec<PathBuf>,
+    procs: Vec<CollectorProcess>,
+    admin: String,
+    collector_key: ed25519_dalek::VerifyingKey,
+}
+
+fn cli(data: &Path, url: &str, args: &[&str]) -> Value {
+    let mut all = vec!["--database", url];
+    all.extend_from_slice(args);
+    tally_tests::collector_json(data, &all)
+}
+
+fn copy_node_files(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("licenses")).unwrap();
+    std::fs::copy(from.join("vendor.key"), to.join("vendor.key")).unwrap();
+    for e in std::fs::read_dir(from.join("licenses")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join("licenses").join(e.file_name())).unwrap();
+    }
+}
+
+impl Cluster {
+    fn new(url: String, n: usize) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let nodes: Vec<PathBuf> = (0..n)
+            .map(|i| tmp.path().join(format!("node{i}")))
+            .collect();
+        let init = cli(&nodes[0], &url, &["init"]);
+        let key: [u8; 32] = hex::decode(init["collector_key"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        for node in &nodes[1..] {
+            copy_node_files(&nodes[0], node);
+        }
+        let mut c = Cluster {
+            _tmp: tmp,
+            url,
+            nodes,
+            procs: Vec::new(),
+            admin: init["admin_token"].as_str().unwrap().to_string(),
+            collector_key: ed25519_dalek::VerifyingKey::from_bytes(&key).unwrap(),
+        };
+        for i in 0..n {
+            let p = c.spawn(i, "127.0.0.1:0", "127.0.0.1:0");
+            c.procs.push(p);
+        }
+        c
+    }
+
+    fn spawn(&self, i: usize, grpc: &str, http: &str) -> CollectorProcess {
+        CollectorProcess::spawn_full_env(
+            &self.nodes[i],
+            &[
+                "--grpc-listen",
+                grpc,
+                "--http-listen",
+                http,
+                "--agent-rate",
+                "0",
+            ],
+            &[("TALLY_DATABASE_URL", &self.url)],
+        )
+    }
+
+    /// Restarts node `i` on its old ports.
+    fn restart(&mut self, i: usize) {
+        let (g, h) = (
+            self.procs[i].grpc.to_string(),
+            self.procs[i].http.to_string(),
+        );
+        self.procs[i] = self.spawn(i, &g, &h);
+    }
+
+    /// A customer and a license valid from 30 days ago, issued on node 0; the license file
+    /// is copied to every node (each serves license files on request).
+    fn customer_with_license(&self, metrics: &[&str]) -> (String, Value) {
+        let customer = cli(&self.nodes[0], &self.url, &["customers", "add", "Acme"])["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let nb = tally_proto::time::rfc3339(Utc::now() - ChronoDuration::days(30));
+        let mut args = vec![
+            "licenses",
+            "issue",
+            "--customer",
+            &customer,
+            "--expires",
+            "2099-01-01",
+            "--not-before",
+            &nb,
+            "--enrollments",
+            "10",
+        ];
+        for m in metrics {
+            args.extend(["--metric", m]);
+        }
+        let lic = cli(&self.nodes[0], &self.url, &args);
+        for node in &self.nodes[1..] {
+            copy_node_files(&self.nodes[0], node);
+        }
+        (customer, lic)
+    }
+
+    /// Usage per metric from node `i`'s billing API.
+    async fn totals(&self, i: usize) -> BTreeMap<String, u64> {
+        let v: Value = reqwest::Client::new()
+            .get(format!(
+                "http://{}/v1/usage?granularity=month",
+                self.procs[i].http
+            ))
+            .bearer_auth(&self.admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut out = BTreeMap::new();
+        for r in v["rows"].as_array().unwrap() {
+            *out.entry(r["metric"].as_str().unwrap().to_string())
+                .or_insert(0) += r["quantity"].as_u64().unwrap();
+        }
+        out
+    }
+}
+
+/// The same 500 reports, submitted concurrently through each of three collectors: each is
+/// accepted exactly once across the cluster, every other copy is DUPLICATE, every receipt
+/// verifies with the one collector key, and the totals (asked of every node) equal one
+/// submission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn same_reports_through_three_collectors_count_once() {
+    let url = tally_tests::pg::shared().fresh_database().await;
+    let c = Cluster::new(url, 3);
+    let (_, lic) = c.customer_with_license(&["api.convert", "api.render"]);
+    let license = lic["license_id"].as_str().unwrap();
+    let mut agents: Vec<TestAgent> = (0..5).map(|_| TestAgent::new(license)).collect();
+    for a in &agents {
+        cli(
+            &c.nodes[0],
+            &c.url,
+            &[
+                "agents",
+                "add",
+                "--license",
+                license,
+                "--key",
+                &hex::encode(a.key_bytes()),
+            ],
+        );
+    }
+    let mut reports = Vec::new();
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for i in 0..500u64 {
+        let q = 1 + i % 7;
+        *want.entry("api.convert".into()).or_default() += q;
+        *want.entry("api.render".into()).or_default() += 2;
+        reports.push(
+            agents[(i % 5) as usize]
+                .next(&[("api.convert", q), ("api.render", 2)])
+                .1,
+        );
+    }
+    let mut tasks = Vec::new();
+    for (n, p) in c.procs.iter().enumerate() {
+        let addr = format!("http://{}", p.grpc);
+        // Each collector gets the batches in a different order.
+        let mut batches: Vec<Vec<pb::SignedReport>> =
+            reports.chunks(100).map(|b| b.to_vec()).collect();
+        batches.rotate_left(n);
+        tasks.push(tokio::spawn(async move {
+            let mut client = IngestClient::connect(addr).await.unwrap();
+            let mut out = Vec::new();
+            for b in batches {
+                let digests: Vec<_> = b
+                    .iter()
+                    .map(|r| tally_proto::Digest::of(&r.report))
+                    .collect();
+                let resp = client
+                    .submit(pb::SubmitRequest { reports: b })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                out.push((digests, resp));
+            }
+            out
+        }));
+    }
+    let mut accepted: HashMap<tally_proto::Digest, u32> = HashMap::new();
+    let mut duplicate: HashMap<tally_proto::Digest, u32> = HashMap::new();
+    for t in tasks {
+        for (digests, resp) in t.await.unwrap() {
+            for (d, r) in digests.into_iter().zip(receipts(resp, &c.collector_key)) {
+                assert_eq!(r.report_digest, d, "receipts come in report order");
+                match r.outcome {
+                    Outcome::Accepted => *accepted.entry(d).or_default() += 1,
+                    Outcome::Duplicate => *duplicate.entry(d).or_default() += 1,
+                    other => panic!("{d}: {other:?} {} {}", r.reason, r.detail),
+                }
+            }
+        }
+    }
+    for r in &reports {
+        let d = tally_proto::Digest::of(&r.report);
+        assert_eq!(
+            (accepted.get(&d).copied(), duplicate.get(&d).copied()),
+            (Some(1), Some(2)),
+            "report {d}: accepted once and duplicate twice"
+        );
+    }
+    for i in 0..3 {
+        assert_eq!(c.totals(i).await, want, "totals asked of node {i}");
+    }
+}
+
+/// xorshift64*: tiny, deterministic for a seed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
+/// Initializes an agent against `collectors` (all of the cluster, in this agent's order).
+fn enroll_agent(dir: &Path, lic: &Value, collectors: &[String]) {
+    let mut args = vec![
+        "init",
+        "--license",
+        lic["file"].as_str().unwrap(),
+        "--token",
+        lic["enrollment_token"].as_str().unwrap(),
+    ];
+    for c in collectors {
+        args.extend(["--collector", c.as_str()]);
+    }
+    agent_json(dir, &args);
+}
+
+fn run_args<'a>(collectors: &'a [String], listen: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["--listen", listen, "--interval", "1s"];
+    for c in collectors {
+        args.extend(["--collector", c.as_str()]);
+    }
+    args
+}
+
+/// An agent whose first collector is down delivers through the next one, and back again
+/// when that one goes down; the receipts of both verify at the agent (`reports verify`)
+/// and the totals are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agent_fails_over_and_receipts_from_any_collector_verify() {
+    let url = tally_tests::pg::shared().fresh_database().await;
+    let mut c = Cluster::new(url, 2);
+    let (_, lic) = c.customer_with_license(&["api.convert"]);
+    let urls: Vec<String> = c
+        .procs
+        .iter()
+        .map(|p| format!("http://{}", p.grpc))
+        .collect();
+    let adata = c._tmp.path().join("agent");
+    enroll_agent(&adata, &lic, &urls);
+    let agent = AgentProcess::spawn(&adata, &run_args(&urls, "127.0.0.1:0"));
+    let http = reqwest::Client::new();
+    let mut sent = 0;
+    let mut record = |q: u64| {
+        sent += q;
+        let (http, url) = (http.clone(), agent.url());
+        async move {
+            let r = http
+                .post(format!("{url}/v1/events"))
+                .json(&serde_json::json!({"metric": "api.convert", "quantity": q}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+        }
+    };
+    record(3).await;
+    agent.drain(60).await;
+    // Node 0 down: delivery moves to node 1.
+    c.procs[0].kill9();
+    record(4).await;
+    agent.drain(120).await;
+    // Node 0 back, node 1 down: delivery moves back.
+    c.restart(0);
+    c.procs[1].kill9();
+    record(5).await;
+    agent.drain(120).await;
+    c.restart(1);
+    assert_eq!(
+        c.totals(1).await,
+        BTreeMap::from([("api.convert".to_string(), sent)])
+    );
+    let (code, out, err) = agent_cmd(&adata, &["reports", "verify"]);
+    assert_eq!(code, 0, "reports verify: {out}{err}");
+    // Every report has a receipt that verified with the collector key.
+    let list = agent_json(&adata, &["reports", "list"]);
+    let list = list.as_array().expect("reports list is an array");
+    assert!(list.len() >= 3, "{list:?}");
+    for r in list {
+        assert_eq!(r["state"].as_str(), Some("delivered"), "{r}");
+    }
+}
+
+/// The soak: three collectors on one PostgreSQL, three agents failing over between them
+/// (each lists all three, in its own order), callers recording with idempotency keys;
+/// collectors are SIGKILLed at random and PostgreSQL itself is crashed
+/// (`pg_ctl stop -m immediate`) and restarted mid-run. Then everything drains: totals are
+/// exact on every node, and each agent's `reports verify` is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn soak_three_collectors_sigkills_and_a_database_restart() {
+    let secs: u64 = std::env::var("TALLY_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let seed: u64 = std::env::var("TALLY_SOAK_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| Utc::now().timestamp_nanos_opt().unwrap_or(1) as u64 | 1);
+    println!(
+        "pg soak: seed {seed}, {secs} s (replay with TALLY_SOAK_SEED={seed} TALLY_SOAK_SECS={secs})"
+    );
+    let mut rng = Rng(seed);
+    // A private server: this test crashes it.
+    let pg = PgServer::start();
+    let url = pg.fresh_database().await;
+    let mut c = Cluster::new(url, 3);
+    let (_, lic) = c.customer_with_license(&["api.convert", "api.render"]);
+    let urls: Vec<String> = c
+        .procs
+        .iter()
+        .map(|p| format!("http://{}", p.grpc))
+        .collect();
+
+    let mut agents = Vec::new();
+    let mut listens = Vec::new();
+    let mut adirs = Vec::new();
+    for i in 0..3 {
+        let mut order = urls.clone();
+        order.rotate_left(i);
+        let adata = c._tmp.path().join(format!("agent{i}"));
+        enroll_agent(&adata, &lic, &order);
+        let a = AgentProcess::spawn(&adata, &run_args(&order, "127.0.0.1:0"));
+        listens.push(a.listen.to_string());
+        agents.push(a);
+        adirs.push((adata, order));
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let events = Arc::new(AtomicU64::new(0));
+    let mut callers = Vec::new();
+    for (n, a) in agents.iter().enumerate() {
+        let (url, stop, acked, events) = (a.url(), stop.clone(), acked.clone(), events.clone());
+        let mut crng = Rng(seed ^ (n as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        callers.push(tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                let m = (crng.next() % 2) as usize;
+                let q = crng.range(1, 10);
+                let metric = ["api.convert", "api.render"][m];
+                let body = serde_json::json!({
+                    "metric": metric,
+                    "quantity": q,
+                    "idempotency_key": format!("pgsoak-{n}-{i}"),
+                });
+                loop {
+                    match http
+                        .post(format!("{url}/v1/events"))
+                        .json(&body)
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status().is_success() => break,
+                        Ok(r) if r.status().is_client_error() => {
+                            panic!("rejected: {}", r.text().await.unwrap_or_default())
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(30)).await,
+                    }
+                }
+                acked[m].fetch_add(q, Ordering::SeqCst);
+                events.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(crng.range(0, 20))).await;
+            }
+        }));
+    }
+
+    let (mut collector_kills, mut db_restarts) = (0, 0);
+    let start = Instant::now();
+    // The database is crashed once in the middle of the run, whatever the seed.
+    let db_crash_at = Duration::from_secs(secs / 2);
+    while start.elapsed() < Duration::from_secs(secs) {
+        tokio::time::sleep(Duration::from_millis(rng.range(300, 1500))).await;
+        if db_restarts == 0 && start.elapsed() >= db_crash_at {
+            pg.stop("immediate");
+            db_restarts += 1;
+            tokio::time::sleep(Duration::from_millis(rng.range(500, 2000))).await;
+            pg.start_again();
+            continue;
+        }
+        let i = rng.range(0, 3) as usize;
+        c.procs[i].kill9();
+        collector_kills += 1;
+        tokio::time::sleep(Duration::from_millis(rng.range(0, 1000))).await;
+        c.restart(i);
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in callers {
+        t.await.unwrap();
+    }
+    for a in &agents {
+        a.drain(300).await;
+    }
+    let expected: BTreeMap<String, u64> = [
+        ("api.convert".to_string(), acked[0].load(Ordering::SeqCst)),
+        ("api.render".to_string(), acked[1].load(Ordering::SeqCst)),
+    ]
+    .into_iter()
+    .filter(|(_, q)| *q > 0)
+    .collect();
+    let totals = c.totals(0).await;
+    println!(
+        "pg soak: seed {seed}: {} events acknowledged, {collector_kills} collector SIGKILLs, \
+         {db_restarts} PostgreSQL crash-restarts, totals {totals:?}",
+        events.load(Ordering::SeqCst)
+    );
+    assert!(
+        collector_kills >= 3 && db_restarts == 1,
+        "too few faults injected"
+    );
+    for i in 0..3 {
+        assert_eq!(c.totals(i).await, expected, "seed {seed}: node {i}");
+    }
+    for (adata, _) in &adirs {
+        let (code, out, err) = agent_cmd(adata, &["reports", "verify"]);
+        assert_eq!(code, 0, "seed {seed}: reports verify: {out}{err}");
+    }
+    drop(listens);
+}
