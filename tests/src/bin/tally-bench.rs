@@ -5,11 +5,11 @@
 //! cargo run --release -p tally-tests --bin tally-bench -- all
 //! cargo run --release -p tally-tests --bin tally-bench -- ingest
 //! ```
-//! Scenarios: verify-bound, ingest, ingest-scaling, record, statement, all.
+//! Scenarios: verify-bound, ingest, ingest-scaling, record, statement, ingest-pg,
+//! statement-pg, all.
 
 use chrono::{Duration as CDuration, Utc};
 use ed25519_dalek::SigningKey;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +54,8 @@ fn main() {
         }
         "record" => rt.block_on(record(&mut rows)),
         "statement" => rt.block_on(statement(&mut rows, None)),
+        "ingest-pg" => rt.block_on(ingest_pg(&mut rows)),
+        "statement-pg" => rt.block_on(statement_pg(&mut rows)),
         "all" => {
             rt.block_on(async {
                 ingest(&mut rows).await;
@@ -63,11 +65,13 @@ fn main() {
                 // The largest store built for scaling is reused for statements.
                 let big = ingest_scaling(&mut rows).await;
                 statement(&mut rows, big).await;
+                ingest_pg(&mut rows).await;
+                statement_pg(&mut rows).await;
             });
         }
         other => {
             eprintln!(
-                "error: unknown scenario {other:?} (verify-bound, ingest, ingest-scaling, record, statement, all)"
+                "error: unknown scenario {other:?} (verify-bound, ingest, ingest-scaling, record, statement, ingest-pg, statement-pg, all)"
             );
             std::process::exit(2);
         }
@@ -237,52 +241,91 @@ struct Bench {
     _tmp: tempfile::TempDir,
     data: PathBuf,
     collector: CollectorProcess,
+    /// Further collectors on the same PostgreSQL database (same key files).
+    more: Vec<CollectorProcess>,
+    /// `None`: the SQLite file in `data`; else a PostgreSQL URL.
+    database: Option<String>,
     license: String,
     customer: String,
     admin: String,
     keys: Vec<SigningKey>,
 }
 
+impl Bench {
+    fn grpc_addrs(&self) -> Vec<std::net::SocketAddr> {
+        std::iter::once(&self.collector)
+            .chain(&self.more)
+            .map(|c| c.grpc)
+            .collect()
+    }
+
+    fn respawn(&mut self) {
+        self.collector = spawn_node(&self.data, self.database.as_deref());
+    }
+}
+
+/// A collector process with one license and `agents` enrolled keys (SQLite).
 async fn collector_with_agents(agents: usize) -> Bench {
+    bench_setup(None, 1, agents).await
+}
+
+/// The collector's store, opened in-process (enrollment and bulk fills).
+async fn open_store(data: &Path, database: Option<&str>) -> Arc<dyn tally_collector::store::Store> {
+    tally_collector::store::open(
+        &tally_collector::datadir::DataDir::new(data),
+        database,
+        false,
+    )
+    .await
+    .expect("open the store")
+}
+
+fn spawn_node(data: &Path, database: Option<&str>) -> CollectorProcess {
+    match database {
+        Some(url) => CollectorProcess::spawn_with_env(data, &[("TALLY_DATABASE_URL", url)]),
+        None => CollectorProcess::spawn(data),
+    }
+}
+
+/// `nodes` collector processes on one store (`database`: a PostgreSQL URL, or `None` for
+/// SQLite), one license with 4 metrics and `agents` enrolled keys.
+async fn bench_setup(database: Option<&str>, nodes: usize, agents: usize) -> Bench {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("collector");
-    let admin = collector_json(&data, &["init"])["admin_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let customer = collector_json(&data, &["customers", "add", "Bench"])["id"]
+    let cli = |args: &[&str]| {
+        let mut all: Vec<&str> = database.map(|u| vec!["--database", u]).unwrap_or_default();
+        all.extend_from_slice(args);
+        collector_json(&data, &all)
+    };
+    let admin = cli(&["init"])["admin_token"].as_str().unwrap().to_string();
+    let customer = cli(&["customers", "add", "Bench"])["id"]
         .as_str()
         .unwrap()
         .to_string();
     let nb = tally_proto::time::rfc3339(Utc::now() - CDuration::days(60));
-    let lic = collector_json(
-        &data,
-        &[
-            "licenses",
-            "issue",
-            "--customer",
-            &customer,
-            "--expires",
-            "2099-01-01",
-            "--not-before",
-            &nb,
-            "--metric",
-            "api.convert",
-            "--metric",
-            "api.render=100000000",
-            "--metric",
-            "pages.out",
-            "--metric",
-            "storage.gb",
-        ],
-    );
+    let lic = cli(&[
+        "licenses",
+        "issue",
+        "--customer",
+        &customer,
+        "--expires",
+        "2099-01-01",
+        "--not-before",
+        &nb,
+        "--metric",
+        "api.convert",
+        "--metric",
+        "api.render=100000000",
+        "--metric",
+        "pages.out",
+        "--metric",
+        "storage.gb",
+    ]);
     let license = lic["license_id"].as_str().unwrap().to_string();
     let keys: Vec<SigningKey> = (0..agents).map(|_| tally_proto::keys::generate()).collect();
     // Enroll through the store directly (one process, many keys, no per-key process spawn).
     {
-        let store =
-            tally_collector::store::sqlite::SqliteStore::open(&data.join("collector.db")).unwrap();
-        use tally_collector::store::Store;
+        let store = open_store(&data, database).await;
         for k in &keys {
             store
                 .add_agent(license.clone(), k.verifying_key().to_bytes(), Utc::now())
@@ -290,11 +333,20 @@ async fn collector_with_agents(agents: usize) -> Bench {
                 .unwrap();
         }
     }
-    let collector = CollectorProcess::spawn(&data);
+    let collector = spawn_node(&data, database);
+    let mut more = Vec::new();
+    for i in 1..nodes {
+        let node = tmp.path().join(format!("collector{i}"));
+        std::fs::create_dir_all(&node).unwrap();
+        std::fs::copy(data.join("vendor.key"), node.join("vendor.key")).unwrap();
+        more.push(spawn_node(&node, database));
+    }
     Bench {
         _tmp: tmp,
         data,
         collector,
+        more,
+        database: database.map(str::to_string),
         license,
         customer,
         admin,
@@ -326,10 +378,19 @@ async fn drive_ingest(
     grpc: std::net::SocketAddr,
     chains: Vec<Vec<pb::SignedReport>>,
 ) -> (f64, Vec<Duration>) {
+    drive_ingest_to(&[grpc], chains).await
+}
+
+/// Like [`drive_ingest`], agent `i` submitting to collector `i % addrs.len()`.
+async fn drive_ingest_to(
+    addrs: &[std::net::SocketAddr],
+    chains: Vec<Vec<pb::SignedReport>>,
+) -> (f64, Vec<Duration>) {
     let total: usize = chains.iter().map(Vec::len).sum();
     let t = Instant::now();
     let mut tasks = Vec::new();
-    for chain in chains {
+    for (i, chain) in chains.into_iter().enumerate() {
+        let grpc = addrs[i % addrs.len()];
         tasks.push(tokio::spawn(async move {
             let mut client = connect(grpc).await;
             let mut lat = Vec::new();
@@ -427,116 +488,280 @@ async fn ingest(rows: &mut Vec<Row>) {
     let _ = (&b.data, &b.customer, &b.admin);
 }
 
-/// Adds `n` accepted reports to a stopped collector's database in bulk (SQL, one
-/// transaction per 100k rows), with matching rollups, so that scaling can be measured
-/// without signing millions of reports.
-fn bulk_fill(db: &Path, license: &str, agent_key: &[u8; 32], n: u64) {
-    let mut c = rusqlite::Connection::open(db).unwrap();
-    c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF;")
-        .unwrap();
-    let agent_id: String = c
-        .query_row(
-            "SELECT id FROM agents WHERE key = ?1",
-            [agent_key.as_slice()],
-            |r| r.get(0),
+/// Customers and agents of a bulk fill: hundreds of customers, thousands of agents (as a
+/// vendor's store looks after a while), each agent with its own chain.
+const FILL_CUSTOMERS: usize = 200;
+const FILL_AGENTS_PER_CUSTOMER: usize = 10;
+/// Window length of the filled reports: 10 minutes, so 10 M reports over 2,000 agents span
+/// ~35 days.
+const FILL_WINDOW_SECS: i64 = 600;
+
+/// Fills a store with `n` accepted reports through its own ingest path (`Store::ingest`,
+/// in batches of 100 per agent, 8 callers at once): the real rules, rollups, monthly sums
+/// and indexes; only the signatures are not made (a store never checks them). Returns the
+/// filled customers and the start of a month that holds their usage.
+async fn fill_through_ingest(
+    store: Arc<dyn tally_collector::store::Store>,
+    n: u64,
+) -> (Vec<String>, i64) {
+    use tally_collector::store::Source;
+    use tally_collector::store::fixture::{Fixture, Seed};
+    let now = Utc::now();
+    let metrics: [(&str, Option<u64>); 4] = [
+        ("api.convert", None),
+        ("api.render", Some(100_000_000)),
+        ("pages.out", None),
+        ("storage.gb", None),
+    ];
+    let mut customers = Vec::new();
+    let mut agents = Vec::new();
+    for c in 0..FILL_CUSTOMERS {
+        let f = Fixture::seed(
+            store.as_ref(),
+            Seed {
+                name: &format!("fill-{c}"),
+                license_id: &format!("lic_fill_{c}"),
+                metrics: &metrics,
+                now,
+            },
         )
-        .unwrap();
-    let base = Utc::now().timestamp() - 300 * 86_400;
-    let mut done = 0u64;
-    while done < n {
-        let tx = c.transaction().unwrap();
-        {
-            let mut ins = tx
-                .prepare(
-                    "INSERT INTO reports (digest, agent_id, seq, license_id, window_start, window_end, received_at, source, status, bytes, signature)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'online', 'accepted', ?8, x'00')",
-                )
-                .unwrap();
-            for i in done..(done + 100_000).min(n) {
-                let seq = i as i64 + 1;
-                let digest = tally_proto::Digest::of(&seq.to_le_bytes());
-                let ws = base + seq % (250 * 86_400);
-                ins.execute(rusqlite::params![
-                    digest.as_bytes().as_slice(),
-                    agent_id,
-                    seq,
-                    license,
-                    ws,
-                    ws + 60,
-                    ws + 61,
-                    [0u8; 120].as_slice()
-                ])
-                .unwrap();
-            }
+        .await
+        .expect("seed a fill customer");
+        customers.push(f.customer_id.clone());
+        for _ in 1..FILL_AGENTS_PER_CUSTOMER {
+            agents.push(f.enroll_new_agent(store.as_ref(), now).await.unwrap());
         }
-        tx.commit().unwrap();
-        done = (done + 100_000).min(n);
+        agents.push(f);
     }
-    // Rollups for the filler (1 per report, metric api.convert, hourly/monthly).
-    c.execute_batch(&format!(
-        "INSERT INTO rollups (license_id, metric, hour, quantity)
-           SELECT license_id, 'api.convert', (window_start / 3600) * 3600, COUNT(*) FROM reports WHERE bytes != x'' AND signature = x'00' GROUP BY 1, 3
-           ON CONFLICT DO UPDATE SET quantity = quantity + excluded.quantity;
-         UPDATE agents SET last_seq = {n} WHERE id = '{agent_id}';"
-    ))
-    .unwrap();
-    c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
-    drop(c);
-    // The filler writes gigabytes with synchronous=OFF; flush them to disk now, or the
-    // kernel's writeback of them would compete with the measured collector's fsyncs.
-    std::fs::File::open(db).unwrap().sync_all().unwrap();
+    let per_agent = n.div_ceil(agents.len() as u64);
+    let start = now - CDuration::days(55);
+    let done = Arc::new(AtomicU64::new(0));
+    let callers = 8;
+    let mut groups: Vec<Vec<Fixture>> = (0..callers).map(|_| Vec::new()).collect();
+    for (i, a) in agents.into_iter().enumerate() {
+        groups[i % callers].push(a);
+    }
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for mut group in groups {
+        let (store, done) = (store.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let mut any = false;
+                for a in &mut group {
+                    let left = per_agent.saturating_sub(a.seq - 1);
+                    if left == 0 || done.load(Ordering::Relaxed) >= n {
+                        continue;
+                    }
+                    any = true;
+                    let batch: Vec<_> = (0..left.min(100))
+                        .map(|_| {
+                            let seq = a.seq as i64;
+                            let ws = start + CDuration::seconds(FILL_WINDOW_SECS * (seq - 1));
+                            let counters: Vec<(&str, u64)> = metrics
+                                .iter()
+                                .enumerate()
+                                .map(|(j, (m, _))| (*m, 1 + (seq as u64 + j as u64) % 9))
+                                .collect();
+                            a.next(ws, FILL_WINDOW_SECS, &counters)
+                        })
+                        .collect();
+                    let k = batch.len() as u64;
+                    let out = store
+                        .ingest(batch, Utc::now(), Source::Import)
+                        .await
+                        .expect("fill ingest");
+                    assert!(
+                        out.iter().all(|o| o.reason.is_none()),
+                        "a filled report was not accepted: {:?}",
+                        out.iter().find(|o| o.reason.is_some())
+                    );
+                    let before = done.fetch_add(k, Ordering::Relaxed);
+                    if (before + k) / 1_000_000 > before / 1_000_000 {
+                        eprintln!(
+                            "filled {} reports ({:.0} s)",
+                            before + k,
+                            t.elapsed().as_secs_f64()
+                        );
+                    }
+                }
+                if !any {
+                    break;
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let month = tally_collector::calendar::month_of((now - CDuration::days(40)).timestamp());
+    (customers, month)
 }
 
-/// Returns the collector with the largest pre-filled store, and its size, for reuse.
-/// Agents submitting in `ingest-scaling` (the same load as `ingest`); one more agent owns
-/// the bulk-filled reports.
-const SCALING_AGENTS: usize = 32;
+/// Fills a stopped bench collector's store with `n` reports through the store's ingest,
+/// flushes the page cache's dirty pages to disk (so their writeback does not compete with
+/// the measured collector's fsyncs), and starts the collector again.
+async fn fill_stopped(b: &mut Bench, n: u64) -> (Vec<String>, i64) {
+    b.collector.kill9();
+    let t = Instant::now();
+    let store = open_store(&b.data, b.database.as_deref()).await;
+    let filled = fill_through_ingest(store, n).await;
+    let _ = std::process::Command::new("sync").status();
+    eprintln!(
+        "filled {n} reports through Store::ingest in {:.0} s",
+        t.elapsed().as_secs_f64()
+    );
+    b.respawn();
+    filled
+}
 
-async fn ingest_scaling(rows: &mut Vec<Row>) -> Option<(Bench, u64)> {
+/// Agents submitting in `ingest-scaling` and `ingest-pg` (the same load as `ingest`).
+const SCALING_AGENTS: usize = 32;
+/// Measuring rounds: the stores take turns, and medians are compared, so one noisy stretch
+/// of this shared machine cannot decide a ratio.
+const ROUNDS: usize = 3;
+
+/// Ingest with 0, 1 M and 10 M reports already stored (filled through `Store::ingest`),
+/// the stores measured in turns over [`ROUNDS`] rounds, medians compared. Returns the
+/// largest store (with its filled customers and a month) for the statement benchmark.
+async fn ingest_scaling(rows: &mut Vec<Row>) -> Option<(Bench, u64, Vec<String>, i64)> {
     let sizes: Vec<u64> = std::env::var("TALLY_BENCH_SCALING")
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.parse().ok()).collect())
         .unwrap_or_else(|| vec![0, 1_000_000, 10_000_000]);
-    let mut first = None;
-    let mut largest: Option<(Bench, u64)> = None;
-    for n in sizes {
-        let mut b = collector_with_agents(SCALING_AGENTS + 1).await;
-        if n > 0 {
-            b.collector.kill9();
-            let t = Instant::now();
-            bulk_fill(
-                &b.data.join("collector.db"),
-                &b.license,
-                &b.keys[SCALING_AGENTS].verifying_key().to_bytes(),
-                n,
-            );
-            eprintln!("filled {n} reports in {:.0} s", t.elapsed().as_secs_f64());
-            b.collector = CollectorProcess::spawn(&b.data);
+    let mut benches = Vec::new();
+    for &n in &sizes {
+        let mut b = collector_with_agents(SCALING_AGENTS * ROUNDS).await;
+        let filled = if n > 0 {
+            Some(fill_stopped(&mut b, n).await)
+        } else {
+            None
+        };
+        benches.push((b, n, filled));
+    }
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); benches.len()];
+    for r in 0..ROUNDS {
+        for (i, (b, _, _)) in benches.iter().enumerate() {
+            let keys = &b.keys[r * SCALING_AGENTS..(r + 1) * SCALING_AGENTS];
+            let chains = presign(&b.license, keys, ingest_per_agent());
+            rates[i].push(drive_ingest(b.collector.grpc, chains).await.0);
         }
-        let chains = presign(&b.license, &b.keys[..SCALING_AGENTS], ingest_per_agent());
-        let (rate, _) = drive_ingest(b.collector.grpc, chains).await;
-        let base = *first.get_or_insert(rate);
+    }
+    let base = median(&mut rates[0].clone());
+    for (i, (_, n, _)) in benches.iter().enumerate() {
+        let rate = median(&mut rates[i]);
         let ratio = rate / base;
+        let all: Vec<String> = rates[i].iter().map(|r| fmt_rate(*r)).collect();
         rows.push(Row {
             scenario: "ingest-scaling",
-            figure: format!("reports/s with {n} reports stored"),
+            figure: format!(
+                "reports/s with {n} reports stored (median of {ROUNDS} rounds: {})",
+                all.join(", ")
+            ),
             value: fmt_rate(rate),
-            bound: if n == 0 {
+            bound: if i == 0 {
                 "—".into()
             } else {
-                format!("{:.0} % of empty", ratio * 100.0)
+                format!("{:.0} % of the first", ratio * 100.0)
             },
-            verdict: if n == 0 {
+            verdict: if i == 0 {
                 "baseline".into()
             } else {
                 verdict(ratio >= 0.8, "≥ 80 %")
             },
         });
-        if n > 0 && largest.as_ref().is_none_or(|(_, m)| *m < n) {
-            largest = Some((b, n));
+    }
+    benches
+        .into_iter()
+        .filter_map(|(b, n, f)| f.map(|(c, m)| (b, n, c, m)))
+        .max_by_key(|(_, n, _, _)| *n)
+}
+
+/// One collector on PostgreSQL and two collectors on one PostgreSQL database, against one
+/// collector on SQLite, all with the load of `ingest` (32 agents on one license: every
+/// Submit adds to the same rollup rows, the hot case for PostgreSQL), in turns over
+/// [`ROUNDS`] rounds, medians compared. The server is a local PostgreSQL started from the
+/// machine's binaries with default durability (`fsync`, `synchronous_commit` on).
+async fn ingest_pg(rows: &mut Vec<Row>) {
+    let pg = tally_tests::pg::PgServer::start();
+    let n_keys = SCALING_AGENTS * ROUNDS;
+    let sqlite = bench_setup(None, 1, n_keys).await;
+    let url1 = pg.fresh_database().await;
+    let one = bench_setup(Some(&url1), 1, n_keys).await;
+    let url2 = pg.fresh_database().await;
+    let two = bench_setup(Some(&url2), 2, n_keys).await;
+    let targets = [&sqlite, &one, &two];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    let mut pg_lat = Vec::new();
+    for r in 0..ROUNDS {
+        for (i, b) in targets.iter().enumerate() {
+            let keys = &b.keys[r * SCALING_AGENTS..(r + 1) * SCALING_AGENTS];
+            let chains = presign(&b.license, keys, ingest_per_agent());
+            let (rate, lat) = drive_ingest_to(&b.grpc_addrs(), chains).await;
+            rates[i].push(rate);
+            if i == 1 {
+                pg_lat.extend(lat);
+            }
         }
     }
-    largest
+    let rounds = |i: usize| -> String {
+        rates[i]
+            .iter()
+            .map(|r| fmt_rate(*r))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let figures = (rounds(0), rounds(1), rounds(2));
+    let s = median(&mut rates[0]);
+    let p1 = median(&mut rates[1]);
+    let p2 = median(&mut rates[2]);
+    rows.push(Row {
+        scenario: "ingest-pg",
+        figure: format!("SQLite, one collector (median of {ROUNDS}: {})", figures.0),
+        value: fmt_rate(s),
+        bound: "—".into(),
+        verdict: "baseline".into(),
+    });
+    let ratio = p1 / s;
+    rows.push(Row {
+        scenario: "ingest-pg",
+        figure: format!(
+            "PostgreSQL, one collector (median of {ROUNDS}: {})",
+            figures.1
+        ),
+        value: fmt_rate(p1),
+        bound: format!("{:.0} % of SQLite", ratio * 100.0),
+        verdict: if ratio >= 0.8 {
+            verdict(true, "≥ 80 %")
+        } else {
+            verdict(ratio >= 0.5, "≥ 50 % floor (80 % wanted)")
+        },
+    });
+    let ratio2 = p2 / p1;
+    rows.push(Row {
+        scenario: "ingest-pg",
+        figure: format!(
+            "PostgreSQL, two collectors on one database (median of {ROUNDS}: {})",
+            figures.2
+        ),
+        value: fmt_rate(p2),
+        bound: format!("{:.0} % of one", ratio2 * 100.0),
+        verdict: verdict(ratio2 >= 1.0, "≥ 100 %"),
+    });
+    pg_lat.sort();
+    rows.push(Row {
+        scenario: "ingest-pg",
+        figure: "Submit latency p50 / p99, one collector on PostgreSQL".into(),
+        value: format!(
+            "{:.1} ms / {:.1} ms",
+            percentile(&pg_lat, 0.5).as_secs_f64() * 1e3,
+            percentile(&pg_lat, 0.99).as_secs_f64() * 1e3
+        ),
+        bound: "—".into(),
+        verdict: "—".into(),
+    });
+    drop((sqlite, one, two));
+    drop(pg);
 }
 
 async fn record(rows: &mut Vec<Row>) {
@@ -784,67 +1009,53 @@ impl Drop for BareAxumProcess {
     }
 }
 
-async fn statement(rows: &mut Vec<Row>, prefilled: Option<(Bench, u64)>) {
-    let t = Instant::now();
-    let (mut b, n) = match prefilled {
-        Some((mut b, n)) => {
-            b.collector.kill9();
-            (b, n)
-        }
+/// A customer-month statement and a usage query with `n` reports stored (the store of
+/// `ingest-scaling`, or a new one filled through `Store::ingest`).
+async fn statement(rows: &mut Vec<Row>, prefilled: Option<(Bench, u64, Vec<String>, i64)>) {
+    let (b, n, customers, month) = match prefilled {
+        Some(p) => p,
         None => {
-            let n: u64 = std::env::var("TALLY_BENCH_STATEMENT_REPORTS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(10_000_000);
-            let mut b = collector_with_agents(1).await;
-            b.collector.kill9();
-            bulk_fill(
-                &b.data.join("collector.db"),
-                &b.license,
-                &b.keys[0].verifying_key().to_bytes(),
-                n,
-            );
-            (b, n)
+            let n = statement_reports();
+            let mut b = collector_with_agents(0).await;
+            let (c, m) = fill_stopped(&mut b, n).await;
+            (b, n, c, m)
         }
     };
-    // Monthly sums for statements, as ingest would have kept them.
-    let c = rusqlite::Connection::open(b.data.join("collector.db")).unwrap();
-    let months: Vec<i64> = {
-        let mut st = c.prepare("SELECT DISTINCT hour FROM rollups").unwrap();
-        st.query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    };
-    let mut by_month: BTreeMap<i64, i64> = BTreeMap::new();
-    for h in months {
-        let q: i64 = c
-            .query_row(
-                "SELECT quantity FROM rollups WHERE hour = ?1 AND metric = 'api.convert'",
-                [h],
-                |r| r.get(0),
-            )
-            .unwrap();
-        *by_month
-            .entry(tally_collector::calendar::month_of(h))
-            .or_default() += q;
-    }
-    for (m, q) in &by_month {
-        c.execute("INSERT INTO monthly_usage (license_id, metric, month, quantity) VALUES (?1, 'api.convert', ?2, ?3)
-              ON CONFLICT (license_id, metric, month) DO UPDATE SET quantity = excluded.quantity", rusqlite::params![b.license, m, q]).unwrap();
-    }
-    drop(c);
-    eprintln!(
-        "statement store ready ({n} reports) in {:.0} s",
-        t.elapsed().as_secs_f64()
-    );
-    b.collector = CollectorProcess::spawn(&b.data);
+    measure_statement(rows, "statement", &b, n, &customers[0], month).await;
+}
+
+/// The same on PostgreSQL (a local server started from the machine's binaries).
+async fn statement_pg(rows: &mut Vec<Row>) {
+    let pg = tally_tests::pg::PgServer::start();
+    let url = pg.fresh_database().await;
+    let n = statement_reports();
+    let mut b = bench_setup(Some(&url), 1, 0).await;
+    let (customers, month) = fill_stopped(&mut b, n).await;
+    measure_statement(rows, "statement-pg", &b, n, &customers[0], month).await;
+    drop(b);
+    drop(pg);
+}
+
+fn statement_reports() -> u64 {
+    std::env::var("TALLY_BENCH_STATEMENT_REPORTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000_000)
+}
+
+async fn measure_statement(
+    rows: &mut Vec<Row>,
+    scenario: &'static str,
+    b: &Bench,
+    n: u64,
+    customer: &str,
+    month: i64,
+) {
     let http = reqwest::Client::new();
-    let month =
-        chrono::DateTime::from_timestamp(*by_month.keys().nth(by_month.len() / 2).unwrap_or(&0), 0)
-            .unwrap()
-            .format("%Y-%m")
-            .to_string();
+    let month = chrono::DateTime::from_timestamp(month, 0)
+        .unwrap()
+        .format("%Y-%m")
+        .to_string();
     let mut stmt_lat = Vec::new();
     let mut usage_lat = Vec::new();
     // One timed, authenticated GET, read to the end.
@@ -859,12 +1070,12 @@ async fn statement(rows: &mut Vec<Row>, prefilled: Option<(Bench, u64)>) {
         }
     };
     let statement_url = format!(
-        "http://{}/v1/statements/{}/{month}",
-        b.collector.http, b.customer
+        "http://{}/v1/statements/{customer}/{month}",
+        b.collector.http
     );
     let usage_url = format!(
-        "http://{}/v1/usage?customer={}&granularity=day",
-        b.collector.http, b.customer
+        "http://{}/v1/usage?customer={customer}&granularity=day",
+        b.collector.http
     );
     for _ in 0..300 {
         stmt_lat.push(timed_get(statement_url.clone()).await);
@@ -874,8 +1085,11 @@ async fn statement(rows: &mut Vec<Row>, prefilled: Option<(Bench, u64)>) {
     usage_lat.sort();
     let p99 = percentile(&stmt_lat, 0.99);
     rows.push(Row {
-        scenario: "statement",
-        figure: format!("customer-month statement p50 / p99 ({n} reports stored)"),
+        scenario,
+        figure: format!(
+            "customer-month statement p50 / p99 ({n} reports stored, {FILL_CUSTOMERS} customers, {} agents)",
+            FILL_CUSTOMERS * FILL_AGENTS_PER_CUSTOMER
+        ),
         value: format!(
             "{:.2} ms / {:.2} ms",
             percentile(&stmt_lat, 0.5).as_secs_f64() * 1e3,
@@ -885,8 +1099,8 @@ async fn statement(rows: &mut Vec<Row>, prefilled: Option<(Bench, u64)>) {
         verdict: verdict(p99 <= Duration::from_millis(20), "p99 ≤ 20 ms"),
     });
     rows.push(Row {
-        scenario: "statement",
-        figure: "day-granularity usage query p50 / p99 (all history)".into(),
+        scenario,
+        figure: "day-granularity usage query p50 / p99 (one customer, all history)".into(),
         value: format!(
             "{:.2} ms / {:.2} ms",
             percentile(&usage_lat, 0.5).as_secs_f64() * 1e3,

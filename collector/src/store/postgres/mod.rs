@@ -101,6 +101,17 @@ impl PostgresStore {
             config.connect_timeout(Duration::from_secs(5));
         }
         config.application_name("tally-collector");
+        // Where the database is, for error messages: never the user or the password.
+        let server = config
+            .get_hosts()
+            .iter()
+            .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+            .map(|(h, p)| match h {
+                tokio_postgres::config::Host::Tcp(h) => format!("{h}:{p}"),
+                tokio_postgres::config::Host::Unix(d) => format!("{}:{p}", d.display()),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
         let manager_config = ManagerConfig {
             // Reuse a pooled connection after a cheap liveness check; a connection that
             // died with the server is dropped and a new one opened.
@@ -121,7 +132,12 @@ impl PostgresStore {
             .build()
             .map_err(|e| StoreError::Invalid(format!("--database: {e}")))?;
         let store = PostgresStore { pool };
-        let mut client = store.client().await?;
+        let mut client = store.client().await.map_err(|e| match e {
+            StoreError::Unavailable(m) => {
+                StoreError::Unavailable(format!("cannot reach PostgreSQL at {server}: {m}"))
+            }
+            other => other,
+        })?;
         schema::migrate(&mut client).await?;
         Ok(store)
     }
