@@ -102,6 +102,13 @@ pub async fn licenses_issue(ctx: &Ctx, a: IssueArgs) -> CmdResult {
     if out.exists() {
         return Err(usage_err(format!("{} already exists", out.display())));
     }
+    // Before the license is stored: a node whose data directory has no licenses/ yet (a
+    // second collector on a shared database) must not store a license it cannot write.
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            CommandError::Runtime(format!("cannot create {}: {e}", parent.display()))
+        })?;
+    }
     ctx.store
         .issue_license(
             NewLicense {

@@ -101,6 +101,13 @@ impl PostgresStore {
             config.connect_timeout(Duration::from_secs(5));
         }
         config.application_name("tally-collector");
+        // A database host that vanishes without closing its connections (a network
+        // partition, a power cut) must not leave calls hanging: keepalives find the dead
+        // connection, and unacknowledged writes give up after 30 s (Linux), so callers get
+        // `Unavailable` and the pool opens a new connection.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(15));
+        config.tcp_user_timeout(Duration::from_secs(30));
         // Where the database is, for error messages: never the user or the password.
         let server = config
             .get_hosts()

@@ -14,7 +14,8 @@ pub(super) async fn hourly_usage<C: GenericClient>(
 ) -> StoreResult<Vec<HourlyUsage>> {
     let rows = query(
         c,
-        "SELECT l.customer_id, r.license_id, r.metric, r.hour, r.quantity
+        // The shards of an hour summed; a total past i64::MAX fails the cast, never wraps.
+        "SELECT l.customer_id, r.license_id, r.metric, r.hour, SUM(r.quantity)::bigint
          FROM rollups r JOIN licenses l ON l.id = r.license_id
          WHERE ($1::text IS NULL OR l.customer_id = $1)
            AND ($2::text IS NULL OR r.license_id = $2)
@@ -22,7 +23,8 @@ pub(super) async fn hourly_usage<C: GenericClient>(
            AND ($4::bigint IS NULL OR r.hour >= $4)
            AND ($5::bigint IS NULL OR r.hour < $5)
            AND r.quantity > 0
-         ORDER BY l.customer_id, r.license_id, r.metric, r.hour",
+         GROUP BY 1, 2, 3, 4
+         ORDER BY 1, 2, 3, 4",
         &[&f.customer, &f.license, &f.metric, &f.from, &f.to],
     )
     .await?;
@@ -184,13 +186,13 @@ pub(super) async fn release<C: GenericClient>(
     let d = digest.as_bytes().as_slice();
     let row = query_opt(
         c,
-        "SELECT status, license_id, bytes FROM reports WHERE digest = $1 FOR UPDATE",
+        "SELECT status, license_id, bytes, agent_id FROM reports WHERE digest = $1 FOR UPDATE",
         &[&d],
     )
     .await?
     .ok_or_else(|| StoreError::NotFound(format!("no stored report has digest {digest}")))?;
-    let (status, license_id, bytes): (String, String, Vec<u8>) =
-        (row.get(0), row.get(1), row.get(2));
+    let (status, license_id, bytes, agent_id): (String, String, Vec<u8>, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
     let report = Report::decode(&bytes)
         .map_err(|e| StoreError::Database(format!("stored report {digest}: {e}")))?;
     match rules::release(&status, &report) {
@@ -203,7 +205,7 @@ pub(super) async fn release<C: GenericClient>(
     let mut sums = Sums::default();
     sums.load(c, std::slice::from_ref(&report), &license_id)
         .await?;
-    if let Err((_, detail)) = sums.count(&license_id, &report) {
+    if let Err((_, detail)) = sums.count(&license_id, &agent_id, &report) {
         return Err(StoreError::Conflict(format!(
             "report {digest} cannot be counted: {detail}"
         )));

@@ -14,7 +14,8 @@ use super::{StoreResult, query_opt};
 const MIGRATION_LOCK: i64 = 0x7461_6c6c_795f_6d69; // "tally_mi"
 
 const MIGRATIONS: &[&str] = &[
-    // 1: the whole schema of the SQLite store's version 3, plus the collector key.
+    // 1: the whole schema of the SQLite store's version 3, plus the collector key, with
+    // rollup and monthly sums split into shards.
     r#"
     CREATE TABLE meta (
         name TEXT PRIMARY KEY,
@@ -89,19 +90,22 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX reports_agent_seq ON reports(agent_id, seq) WHERE NOT fork;
     CREATE UNIQUE INDEX reports_digest ON reports(digest);
     CREATE INDEX reports_quarantined ON reports(status) WHERE status = 'quarantined';
+    -- Sums split into shards by agent (see `ingest::SHARDS`): readers add the shards up.
     CREATE TABLE rollups (
         license_id TEXT NOT NULL,
         metric TEXT NOT NULL,
         hour BIGINT NOT NULL,
+        shard SMALLINT NOT NULL,
         quantity BIGINT NOT NULL CHECK (quantity >= 0),
-        PRIMARY KEY (license_id, metric, hour)
+        PRIMARY KEY (license_id, metric, hour, shard)
     );
     CREATE TABLE monthly_usage (
         license_id TEXT NOT NULL,
         metric TEXT NOT NULL,
         month BIGINT NOT NULL,
+        shard SMALLINT NOT NULL,
         quantity BIGINT NOT NULL CHECK (quantity >= 0),
-        PRIMARY KEY (license_id, metric, month)
+        PRIMARY KEY (license_id, metric, month, shard)
     );
     CREATE TABLE anomalies (
         id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
