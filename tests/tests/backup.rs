@@ -225,7 +225,7 @@ async fn bad_backup_and_restore_input_is_refused_and_changes_nothing() {
     );
     assert!(!dir.join("fresh").join("collector.db").exists());
     assert!(!dir.join("pg.db").exists());
-    // `init` with a store this build does not have writes nothing at all.
+    // `init` with a database it cannot reach writes nothing at all.
     let fresh_init = dir.join("fresh-init");
     let (code, _, err) = collector_cmd(
         &fresh_init,
@@ -235,9 +235,9 @@ async fn bad_backup_and_restore_input_is_refused_and_changes_nothing() {
             "init",
         ],
     );
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("not built yet") && !err.contains("secret"),
+        err.contains("cannot reach PostgreSQL") && !err.contains("secret"),
         "{err}"
     );
     assert!(!fresh_init.exists(), "init left files behind");
