@@ -93,6 +93,11 @@ impl PgServer {
             .to_string()
     }
 
+    /// The server's data directory (its `postgresql.conf`), for tests that configure it.
+    pub fn data_dir(&self) -> PathBuf {
+        PathBuf::from(self.dir()).join("data")
+    }
+
     /// Stops the server: `fast` (clean) or `immediate` (a crash: no checkpoint).
     pub fn stop(&self, mode: &str) {
         run_script(&["stop", &self.dir(), mode]).unwrap_or_else(|e| panic!("{e}"));

@@ -440,6 +440,56 @@ pub async fn gaps_close_under_concurrent_neighbours(s: Subject) -> CheckResult {
     Ok(())
 }
 
+/// A sum that would pass `i64::MAX` is refused, never wrapped: the report that would push
+/// a month's total over is stored quarantined (`invalid_counters`), the total stays, and
+/// releasing it is refused. The two reports come from two agents of one license, so a
+/// store that splits sums (by agent, by node) must still check the whole.
+pub async fn sums_never_wrap(s: Subject) -> CheckResult {
+    let f = seed(&s, "wrap", &[("api.convert", None)]).await?;
+    let mut a = f;
+    let mut b = a
+        .enroll_new_agent(s.store.as_ref(), now())
+        .await
+        .map_err(db)?;
+    let ws = now() - Duration::hours(3);
+    let big = tally_proto::limits::MAX_QUANTITY - 5;
+    let first = a.next(ws, 3600, &[("api.convert", big)]);
+    let second = b.next(ws, 3600, &[("api.convert", 10)]);
+    let out = s
+        .store
+        .ingest(vec![first.clone()], Utc::now(), Source::Online)
+        .await
+        .map_err(db)?;
+    ensure!(out[0].outcome == Outcome::Accepted, "first: {:?}", out[0]);
+    let out = s
+        .store
+        .ingest(vec![second.clone()], Utc::now(), Source::Online)
+        .await
+        .map_err(db)?;
+    ensure!(
+        out[0].outcome == Outcome::Quarantined && out[0].reason == Some(Reason::InvalidCounters),
+        "the overflowing report: {:?}",
+        out[0]
+    );
+    let totals = rollup_totals(&s, UsageFilter::default()).await?;
+    ensure!(
+        totals == sum_of(std::slice::from_ref(&first)),
+        "totals after a refused overflow: {totals:?}"
+    );
+    ensure!(
+        matches!(
+            s.store.release(second.digest, Utc::now()).await,
+            Err(super::StoreError::Conflict(_))
+        ),
+        "releasing the overflowing report must be refused"
+    );
+    ensure!(
+        rollup_totals(&s, UsageFilter::default()).await? == totals,
+        "a refused release changed the totals"
+    );
+    Ok(())
+}
+
 /// Rollups equal a brute-force sum over the stored reports, for many agents, licenses,
 /// metrics and hours; a customer-month statement equals the same sum.
 pub async fn rollups_equal_a_brute_force_sum(s: Subject) -> CheckResult {
@@ -801,7 +851,8 @@ macro_rules! conformance_tests {
             cancellation_purges_one_customer_only,
             collector_key_is_bound_once,
             concurrent_releases_count_once,
-            gaps_close_under_concurrent_neighbours
+            gaps_close_under_concurrent_neighbours,
+            sums_never_wrap
         );
     };
     (@each $fresh:expr; $($check:ident),+) => {
