@@ -318,6 +318,126 @@ pub fn release(status: &str, report: &Report) -> Release {
     }
 }
 
+/// One license's limit of a metric in a statement month: `None` is unlimited.
+pub type LicenseLimit = (String, Option<u64>);
+
+/// A statement line, as the rules total it (the store's `StatementLine` carries it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub metric: String,
+    pub used: u64,
+    pub limit: Option<u64>,
+}
+
+/// A customer-month's statement lines from what the store found: the limits of every
+/// license of the customer valid during some part of the month (one entry per license and
+/// metric) and the usage rows of the month (one per license, metric and whatever else the
+/// store splits sums by). Per metric: used is the sum; the limit is the sum of the
+/// licenses' limits, or unlimited if any license leaves it unlimited or none licenses it
+/// (usage counted without a license this month, e.g. a released quarantine). Sorted by
+/// metric. `Err` names a total that would overflow 64 bits.
+pub fn statement_lines(
+    limits: &[LicenseLimit],
+    used: &[(String, u64)],
+) -> Result<Vec<Line>, String> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let overflow = |m: &str| format!("the statement total of {m} overflows 64 bits");
+    let mut lines: BTreeMap<&str, Line> = BTreeMap::new();
+    let mut unlimited: BTreeSet<&str> = BTreeSet::new();
+    for (metric, limit) in limits {
+        let line = lines.entry(metric).or_insert_with(|| Line {
+            metric: metric.clone(),
+            used: 0,
+            limit: Some(0),
+        });
+        match limit {
+            None => {
+                unlimited.insert(metric);
+            }
+            Some(q) => {
+                let sum = line.limit.unwrap_or(0).checked_add(*q);
+                line.limit = Some(sum.ok_or_else(|| overflow(metric))?);
+            }
+        }
+    }
+    for (metric, q) in used {
+        // Used but licensed by no license this month: created unlimited.
+        let line = lines.entry(metric).or_insert_with(|| Line {
+            metric: metric.clone(),
+            used: 0,
+            limit: None,
+        });
+        line.used = line.used.checked_add(*q).ok_or_else(|| overflow(metric))?;
+    }
+    for m in unlimited {
+        if let Some(l) = lines.get_mut(m) {
+            l.limit = None;
+        }
+    }
+    Ok(lines.into_values().collect())
+}
+
+/// What the store found for an enrollment: the license (if it exists), the token (if one
+/// has this hash) and the license the agent key is already enrolled on (if any).
+#[derive(Debug, Clone)]
+pub struct EnrollFacts<'a> {
+    pub license_id: &'a str,
+    /// `(revoked, not_after + grace)`.
+    pub license: Option<(bool, i64)>,
+    /// `(its license, uses left, expires at)`.
+    pub token: Option<(&'a str, i64, i64)>,
+    pub key_enrolled_on: Option<&'a str>,
+    pub now: i64,
+}
+
+/// What an enrollment does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enrollment {
+    /// The key is already enrolled on this license (a retried Enroll): reuse it, use no
+    /// enrollment.
+    AlreadyEnrolled,
+    /// Enroll the key, using one enrollment of the token.
+    Enroll,
+    NotFound(String),
+    /// The license cannot take agents, or the key belongs to another license.
+    Conflict(String),
+    /// The token does not allow it (unknown, for another license, used up, expired).
+    Denied(String),
+}
+
+/// Decides an enrollment, checking in this order: the license exists, is not revoked and
+/// not expired; the token is this license's; a key already on this license is reused
+/// (even with the token used up since), a key on another license refused; the token has a
+/// use left and has not expired.
+pub fn enrollment(f: &EnrollFacts<'_>) -> Enrollment {
+    let id = f.license_id;
+    match f.license {
+        None => return Enrollment::NotFound(format!("license {id} not found")),
+        Some((true, _)) => return Enrollment::Conflict(format!("license {id} is revoked")),
+        Some((false, until)) if f.now >= until => {
+            return Enrollment::Conflict(format!("license {id} has expired"));
+        }
+        Some(_) => {}
+    }
+    let Some((_, uses_left, expires_at)) = f.token.filter(|t| t.0 == id) else {
+        return Enrollment::Denied("the enrollment token is not valid for this license".into());
+    };
+    match f.key_enrolled_on {
+        Some(l) if l == id => return Enrollment::AlreadyEnrolled,
+        Some(_) => {
+            return Enrollment::Conflict("this agent key is enrolled for another license".into());
+        }
+        None => {}
+    }
+    if uses_left <= 0 {
+        return Enrollment::Denied("the enrollment token has been used up".into());
+    }
+    if f.now >= expires_at {
+        return Enrollment::Denied("the enrollment token has expired".into());
+    }
+    Enrollment::Enroll
+}
+
 /// How a stored (non-fork) report changes an agent's sequence bookkeeping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SeqChange {
@@ -427,6 +547,143 @@ pub fn license_status(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn statement_lines_sum_limits_and_usage_per_metric() {
+        let l = |m: &str, q: Option<u64>| (m.to_string(), q);
+        let u = |m: &str, q: u64| (m.to_string(), q);
+        let line = |m: &str, used: u64, limit: Option<u64>| Line {
+            metric: m.into(),
+            used,
+            limit,
+        };
+        type Case = (Vec<LicenseLimit>, Vec<(String, u64)>, Result<Vec<Line>, ()>);
+        let cases: Vec<Case> = vec![
+            // Two licenses' limits add up; usage rows (per license or shard) add up.
+            (
+                vec![l("a", Some(10)), l("a", Some(5))],
+                vec![u("a", 3), u("a", 4)],
+                Ok(vec![line("a", 7, Some(15))]),
+            ),
+            // One unlimited license makes the metric unlimited.
+            (
+                vec![l("a", Some(10)), l("a", None)],
+                vec![u("a", 30)],
+                Ok(vec![line("a", 30, None)]),
+            ),
+            // Licensed, unused: a line with 0.
+            (
+                vec![l("b", Some(2))],
+                vec![],
+                Ok(vec![line("b", 0, Some(2))]),
+            ),
+            // Used but licensed by no license this month: unlimited.
+            (vec![], vec![u("c", 9)], Ok(vec![line("c", 9, None)])),
+            // Sorted by metric.
+            (
+                vec![l("z", None), l("a", None)],
+                vec![],
+                Ok(vec![line("a", 0, None), line("z", 0, None)]),
+            ),
+            // Totals past 64 bits are refused, never wrapped.
+            (vec![], vec![u("a", u64::MAX), u("a", 1)], Err(())),
+            (
+                vec![l("a", Some(u64::MAX)), l("a", Some(1))],
+                vec![],
+                Err(()),
+            ),
+        ];
+        for (limits, used, want) in cases {
+            let got = statement_lines(&limits, &used).map_err(|_| ());
+            assert_eq!(got, want, "limits {limits:?}, used {used:?}");
+        }
+    }
+
+    #[test]
+    fn enrollment_checks_in_order() {
+        let base = EnrollFacts {
+            license_id: "lic",
+            license: Some((false, 1_000)),
+            token: Some(("lic", 1, 500)),
+            key_enrolled_on: None,
+            now: 100,
+        };
+        let denied = |m: &str| Enrollment::Denied(m.into());
+        let cases: Vec<(EnrollFacts<'_>, Enrollment)> = vec![
+            (base.clone(), Enrollment::Enroll),
+            (
+                EnrollFacts {
+                    license: None,
+                    ..base.clone()
+                },
+                Enrollment::NotFound("license lic not found".into()),
+            ),
+            // Revoked before expired before anything about the token.
+            (
+                EnrollFacts {
+                    license: Some((true, 0)),
+                    token: None,
+                    ..base.clone()
+                },
+                Enrollment::Conflict("license lic is revoked".into()),
+            ),
+            (
+                EnrollFacts {
+                    now: 1_000,
+                    token: None,
+                    ..base.clone()
+                },
+                Enrollment::Conflict("license lic has expired".into()),
+            ),
+            (
+                EnrollFacts {
+                    token: None,
+                    ..base.clone()
+                },
+                denied("the enrollment token is not valid for this license"),
+            ),
+            (
+                EnrollFacts {
+                    token: Some(("other", 1, 500)),
+                    ..base.clone()
+                },
+                denied("the enrollment token is not valid for this license"),
+            ),
+            // A retried Enroll of a key already on the license needs no use left.
+            (
+                EnrollFacts {
+                    token: Some(("lic", 0, 0)),
+                    key_enrolled_on: Some("lic"),
+                    ..base.clone()
+                },
+                Enrollment::AlreadyEnrolled,
+            ),
+            (
+                EnrollFacts {
+                    key_enrolled_on: Some("other"),
+                    ..base.clone()
+                },
+                Enrollment::Conflict("this agent key is enrolled for another license".into()),
+            ),
+            (
+                EnrollFacts {
+                    token: Some(("lic", 0, 500)),
+                    ..base.clone()
+                },
+                denied("the enrollment token has been used up"),
+            ),
+            (
+                EnrollFacts {
+                    now: 500,
+                    ..base.clone()
+                },
+                denied("the enrollment token has expired"),
+            ),
+        ];
+        for (facts, want) in cases {
+            assert_eq!(enrollment(&facts), want, "{facts:?}");
+        }
+    }
     use super::*;
     use tally_proto::report::Counter;
 

@@ -98,6 +98,33 @@ pub async fn open(
     }
 }
 
+/// A statement's lines from the rows a store found (the rule is `rules::statement_lines`).
+pub(crate) fn statement_from_rows(
+    limits: &[crate::rules::LicenseLimit],
+    used: &[(String, u64)],
+) -> StoreResult<Vec<StatementLine>> {
+    Ok(crate::rules::statement_lines(limits, used)
+        .map_err(StoreError::Invalid)?
+        .into_iter()
+        .map(|l| StatementLine {
+            metric: l.metric,
+            used: l.used,
+            limit: l.limit,
+        })
+        .collect())
+}
+
+/// The store error for an enrollment the rules refuse; `None` if it may proceed.
+pub(crate) fn enrollment_refusal(e: &crate::rules::Enrollment) -> Option<StoreError> {
+    use crate::rules::Enrollment;
+    match e {
+        Enrollment::AlreadyEnrolled | Enrollment::Enroll => None,
+        Enrollment::NotFound(m) => Some(StoreError::NotFound(m.clone())),
+        Enrollment::Conflict(m) => Some(StoreError::Conflict(m.clone())),
+        Enrollment::Denied(m) => Some(StoreError::Invalid(m.clone())),
+    }
+}
+
 /// The error when a database's recorded collector key is not this node's.
 pub fn key_mismatch(recorded: &[u8; 32], ours: &[u8; 32]) -> StoreError {
     StoreError::Conflict(format!(

@@ -271,71 +271,43 @@ pub(super) async fn enroll<C: GenericClient>(
     key: &[u8; 32],
     now: i64,
 ) -> StoreResult<(String, Vec<u8>)> {
-    let lic = query_opt(
+    let lic: Option<(Vec<u8>, Option<i64>, i64, i64)> = query_opt(
         c,
         "SELECT signed, revoked_at, not_after, grace_secs FROM licenses WHERE id = $1",
         &[&license_id],
     )
-    .await?;
-    let Some(lic) = lic else {
-        return Err(StoreError::NotFound(format!(
-            "license {license_id} not found"
-        )));
-    };
-    let (signed, revoked, not_after, grace): (Vec<u8>, Option<i64>, i64, i64) =
-        (lic.get(0), lic.get(1), lic.get(2), lic.get(3));
-    if revoked.is_some() {
-        return Err(StoreError::Conflict(format!(
-            "license {license_id} is revoked"
-        )));
-    }
-    if now >= not_after.saturating_add(grace) {
-        return Err(StoreError::Conflict(format!(
-            "license {license_id} has expired"
-        )));
-    }
+    .await?
+    .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)));
     // The token row is locked: two collectors using its last enrollment take turns.
-    let token = query_opt(
+    let token: Option<(String, i64, i64)> = query_opt(
         c,
         "SELECT license_id, uses_left, expires_at FROM enrollment_tokens WHERE hash = $1 FOR UPDATE",
         &[&token_hash.as_slice()],
     )
-    .await?;
-    let denied =
-        || StoreError::Invalid("the enrollment token is not valid for this license".into());
-    let Some(token) = token else {
-        return Err(denied());
-    };
-    let (tok_license, uses_left, expires_at): (String, i64, i64) =
-        (token.get(0), token.get(1), token.get(2));
-    if tok_license != license_id {
-        return Err(denied());
-    }
-    // Re-enrolling a key already on this license is idempotent (a retried Enroll).
-    if let Some(r) = query_opt(
+    .await?
+    .map(|r| (r.get(0), r.get(1), r.get(2)));
+    let existing: Option<(String, String)> = query_opt(
         c,
         "SELECT id, license_id FROM agents WHERE key = $1",
         &[&key.as_slice()],
     )
     .await?
-    {
-        let (id, lic): (String, String) = (r.get(0), r.get(1));
-        if lic == license_id {
-            return Ok((id, signed));
-        }
-        return Err(StoreError::Conflict(
-            "this agent key is enrolled for another license".into(),
-        ));
+    .map(|r| (r.get(0), r.get(1)));
+    let decision = crate::rules::enrollment(&crate::rules::EnrollFacts {
+        license_id,
+        license: lic
+            .as_ref()
+            .map(|l| (l.1.is_some(), l.2.saturating_add(l.3))),
+        token: token.as_ref().map(|t| (t.0.as_str(), t.1, t.2)),
+        key_enrolled_on: existing.as_ref().map(|e| e.1.as_str()),
+        now,
+    });
+    if let Some(e) = crate::store::enrollment_refusal(&decision) {
+        return Err(e);
     }
-    if uses_left <= 0 {
-        return Err(StoreError::Invalid(
-            "the enrollment token has been used up".into(),
-        ));
-    }
-    if now >= expires_at {
-        return Err(StoreError::Invalid(
-            "the enrollment token has expired".into(),
-        ));
+    let signed = lic.map(|l| l.0).unwrap_or_default();
+    if let (crate::rules::Enrollment::AlreadyEnrolled, Some((id, _))) = (&decision, existing) {
+        return Ok((id, signed));
     }
     execute(
         c,

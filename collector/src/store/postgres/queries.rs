@@ -46,65 +46,30 @@ pub(super) async fn statement<C: GenericClient>(
     month: i64,
 ) -> StoreResult<Vec<StatementLine>> {
     let end = next_month(month);
-    let overflow = || StoreError::Invalid("a statement total overflows 64 bits".into());
     // Limits of every license of the customer valid during some part of the month.
-    let limits = query(
+    let limits: Vec<(String, Option<u64>)> = query(
         c,
         "SELECT m.metric, m.quota FROM license_metrics m JOIN licenses l ON l.id = m.license_id
          WHERE l.customer_id = $1 AND l.not_before < $3 AND l.not_after >= $2
            AND (l.revoked_at IS NULL OR l.revoked_at > $2)",
         &[&customer, &month, &end],
     )
-    .await?;
-    let mut lines: std::collections::BTreeMap<String, StatementLine> = Default::default();
-    let mut unlimited: std::collections::BTreeSet<String> = Default::default();
-    for r in limits {
-        let (metric, quota): (String, Option<i64>) = (r.get(0), r.get(1));
-        let line = lines.entry(metric.clone()).or_insert(StatementLine {
-            metric: metric.clone(),
-            used: 0,
-            limit: Some(0),
-        });
-        match quota {
-            None => {
-                unlimited.insert(metric);
-            }
-            Some(q) => {
-                line.limit = Some(
-                    line.limit
-                        .unwrap_or(0)
-                        .checked_add(q as u64)
-                        .ok_or_else(overflow)?,
-                );
-            }
-        }
-    }
-    let used = query(
+    .await?
+    .into_iter()
+    .map(|r| (r.get(0), r.get::<_, Option<i64>>(1).map(|q| q as u64)))
+    .collect();
+    // One row per license and shard.
+    let used: Vec<(String, u64)> = query(
         c,
         "SELECT u.metric, u.quantity FROM monthly_usage u JOIN licenses l ON l.id = u.license_id
          WHERE l.customer_id = $1 AND u.month = $2",
         &[&customer, &month],
     )
-    .await?;
-    for r in used {
-        let (metric, q): (String, i64) = (r.get(0), r.get(1));
-        let line = lines.entry(metric.clone()).or_insert_with(|| {
-            // Used but not licensed this month (e.g. a released quarantine): no limit applies.
-            unlimited.insert(metric.clone());
-            StatementLine {
-                metric: metric.clone(),
-                used: 0,
-                limit: None,
-            }
-        });
-        line.used = line.used.checked_add(q as u64).ok_or_else(overflow)?;
-    }
-    for m in unlimited {
-        if let Some(l) = lines.get_mut(&m) {
-            l.limit = None;
-        }
-    }
-    Ok(lines.into_values().collect())
+    .await?
+    .into_iter()
+    .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+    .collect();
+    crate::store::statement_from_rows(&limits, &used)
 }
 
 pub(super) async fn anomalies<C: GenericClient>(

@@ -251,21 +251,6 @@ pub(super) fn enroll(
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()?;
-    let Some((signed, revoked, not_after, grace)) = lic else {
-        return Err(StoreError::NotFound(format!(
-            "license {license_id} not found"
-        )));
-    };
-    if revoked.is_some() {
-        return Err(StoreError::Conflict(format!(
-            "license {license_id} is revoked"
-        )));
-    }
-    if now >= not_after.saturating_add(grace) {
-        return Err(StoreError::Conflict(format!(
-            "license {license_id} has expired"
-        )));
-    }
     let token: Option<(String, i64, i64)> = conn
         .query_row(
             "SELECT license_id, uses_left, expires_at FROM enrollment_tokens WHERE hash = ?1",
@@ -273,15 +258,6 @@ pub(super) fn enroll(
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?;
-    let denied =
-        || StoreError::Invalid("the enrollment token is not valid for this license".into());
-    let Some((tok_license, uses_left, expires_at)) = token else {
-        return Err(denied());
-    };
-    if tok_license != license_id {
-        return Err(denied());
-    }
-    // Re-enrolling a key already on this license is idempotent (a retried Enroll).
     let existing: Option<(String, String)> = conn
         .query_row(
             "SELECT id, license_id FROM agents WHERE key = ?1",
@@ -289,23 +265,21 @@ pub(super) fn enroll(
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    if let Some((id, lic)) = existing {
-        if lic == license_id {
-            return Ok((id, signed));
-        }
-        return Err(StoreError::Conflict(
-            "this agent key is enrolled for another license".into(),
-        ));
+    let decision = crate::rules::enrollment(&crate::rules::EnrollFacts {
+        license_id,
+        license: lic
+            .as_ref()
+            .map(|l| (l.1.is_some(), l.2.saturating_add(l.3))),
+        token: token.as_ref().map(|t| (t.0.as_str(), t.1, t.2)),
+        key_enrolled_on: existing.as_ref().map(|e| e.1.as_str()),
+        now,
+    });
+    if let Some(e) = crate::store::enrollment_refusal(&decision) {
+        return Err(e);
     }
-    if uses_left <= 0 {
-        return Err(StoreError::Invalid(
-            "the enrollment token has been used up".into(),
-        ));
-    }
-    if now >= expires_at {
-        return Err(StoreError::Invalid(
-            "the enrollment token has expired".into(),
-        ));
+    let signed = lic.map(|l| l.0).unwrap_or_default();
+    if let (crate::rules::Enrollment::AlreadyEnrolled, Some((id, _))) = (&decision, existing) {
+        return Ok((id, signed));
     }
     conn.execute(
         "UPDATE enrollment_tokens SET uses_left = uses_left - 1 WHERE hash = ?1",

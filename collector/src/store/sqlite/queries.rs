@@ -43,67 +43,30 @@ pub(super) fn statement(
     month: i64,
 ) -> StoreResult<Vec<StatementLine>> {
     let end = next_month(month);
-    let mut lines: std::collections::BTreeMap<String, StatementLine> = Default::default();
-    let overflow = || StoreError::Invalid("a statement total overflows 64 bits".into());
     // Limits of every license of the customer valid during some part of the month.
-    let mut limits = conn.prepare_cached(
-        "SELECT m.metric, m.quota FROM license_metrics m JOIN licenses l ON l.id = m.license_id
-         WHERE l.customer_id = ?1 AND l.not_before < ?3 AND l.not_after >= ?2
-           AND (l.revoked_at IS NULL OR l.revoked_at > ?2)",
-    )?;
-    let rows = limits
+    let limits = conn
+        .prepare_cached(
+            "SELECT m.metric, m.quota FROM license_metrics m JOIN licenses l ON l.id = m.license_id
+             WHERE l.customer_id = ?1 AND l.not_before < ?3 AND l.not_after >= ?2
+               AND (l.revoked_at IS NULL OR l.revoked_at > ?2)",
+        )?
         .query_map(params![customer, month, end], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<i64>>(1)?.map(|q| q as u64),
+            ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let mut unlimited: std::collections::BTreeSet<String> = Default::default();
-    for (metric, quota) in rows {
-        let line = lines.entry(metric.clone()).or_insert(StatementLine {
-            metric: metric.clone(),
-            used: 0,
-            limit: Some(0),
-        });
-        match quota {
-            None => {
-                unlimited.insert(metric);
-            }
-            Some(q) => {
-                line.limit = Some(
-                    line.limit
-                        .unwrap_or(0)
-                        .checked_add(q as u64)
-                        .ok_or_else(overflow)?,
-                );
-            }
-        }
-    }
-    let mut used = conn.prepare_cached(
-        "SELECT u.metric, u.quantity FROM monthly_usage u JOIN licenses l ON l.id = u.license_id
-         WHERE l.customer_id = ?1 AND u.month = ?2",
-    )?;
-    let rows = used
+    let used = conn
+        .prepare_cached(
+            "SELECT u.metric, u.quantity FROM monthly_usage u JOIN licenses l ON l.id = u.license_id
+             WHERE l.customer_id = ?1 AND u.month = ?2",
+        )?
         .query_map(params![customer, month], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    for (metric, q) in rows {
-        let line = lines.entry(metric.clone()).or_insert_with(|| {
-            // Used but not licensed this month (e.g. a released quarantine): no limit applies.
-            unlimited.insert(metric.clone());
-            StatementLine {
-                metric: metric.clone(),
-                used: 0,
-                limit: None,
-            }
-        });
-        line.used = line.used.checked_add(q as u64).ok_or_else(overflow)?;
-    }
-    for m in unlimited {
-        if let Some(l) = lines.get_mut(&m) {
-            l.limit = None;
-        }
-    }
-    Ok(lines.into_values().collect())
+    crate::store::statement_from_rows(&limits, &used)
 }
 
 pub(super) fn anomalies(
