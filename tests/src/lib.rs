@@ -3,6 +3,7 @@
 //! reports, and gRPC/HTTP clients. Nothing here replaces a part under test.
 
 pub mod pg;
+pub mod soak;
 
 use chrono::{DateTime, Duration, Utc};
 use ed25519_dalek::SigningKey;

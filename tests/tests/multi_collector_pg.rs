@@ -10,13 +10,12 @@ use chrono::{Duration as ChronoDuration, Utc};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tally_proto::pb;
 use tally_proto::pb::ingest_client::IngestClient;
 use tally_proto::receipt::Outcome;
 use tally_tests::pg::PgServer;
+use tally_tests::soak::{Callers, Rng};
 use tally_tests::{AgentProcess, CollectorProcess, TestAgent, agent_cmd, agent_json, receipts};
 
 /// N collector nodes sharing one database: node 0 ran `init`; the others got copies of its
@@ -240,20 +239,6 @@ async fn same_reports_through_three_collectors_count_once() {
     }
 }
 
-/// xorshift64*: tiny, deterministic for a seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
-}
-
 /// Initializes an agent against `collectors` (all of the cluster, in this agent's order).
 fn enroll_agent(dir: &Path, lic: &Value, collectors: &[String]) {
     let mut args = vec![
@@ -342,17 +327,7 @@ async fn agent_fails_over_and_receipts_from_any_collector_verify() {
 /// exact on every node, and each agent's `reports verify` is clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn soak_three_collectors_sigkills_and_a_database_restart() {
-    let secs: u64 = std::env::var("TALLY_SOAK_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
-    let seed: u64 = std::env::var("TALLY_SOAK_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| Utc::now().timestamp_nanos_opt().unwrap_or(1) as u64 | 1);
-    println!(
-        "pg soak: seed {seed}, {secs} s (replay with TALLY_SOAK_SEED={seed} TALLY_SOAK_SECS={secs})"
-    );
+    let (secs, seed) = tally_tests::soak::settings("pg soak");
     let mut rng = Rng(seed);
     // A private server: this test crashes it.
     let pg = PgServer::start();
@@ -379,49 +354,10 @@ async fn soak_three_collectors_sigkills_and_a_database_restart() {
         adirs.push((adata, order));
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
-    let events = Arc::new(AtomicU64::new(0));
-    let mut callers = Vec::new();
-    for (n, a) in agents.iter().enumerate() {
-        let (url, stop, acked, events) = (a.url(), stop.clone(), acked.clone(), events.clone());
-        let mut crng = Rng(seed ^ (n as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        callers.push(tokio::spawn(async move {
-            let http = reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap();
-            let mut i = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                i += 1;
-                let m = (crng.next() % 2) as usize;
-                let q = crng.range(1, 10);
-                let metric = ["api.convert", "api.render"][m];
-                let body = serde_json::json!({
-                    "metric": metric,
-                    "quantity": q,
-                    "idempotency_key": format!("pgsoak-{n}-{i}"),
-                });
-                loop {
-                    match http
-                        .post(format!("{url}/v1/events"))
-                        .json(&body)
-                        .send()
-                        .await
-                    {
-                        Ok(r) if r.status().is_success() => break,
-                        Ok(r) if r.status().is_client_error() => {
-                            panic!("rejected: {}", r.text().await.unwrap_or_default())
-                        }
-                        _ => tokio::time::sleep(Duration::from_millis(30)).await,
-                    }
-                }
-                acked[m].fetch_add(q, Ordering::SeqCst);
-                events.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(crng.range(0, 20))).await;
-            }
-        }));
-    }
+    let callers = Callers::start(
+        &agents.iter().map(AgentProcess::url).collect::<Vec<_>>(),
+        seed,
+    );
 
     let (mut collector_kills, mut db_restarts) = (0, 0);
     let start = Instant::now();
@@ -442,25 +378,14 @@ async fn soak_three_collectors_sigkills_and_a_database_restart() {
         tokio::time::sleep(Duration::from_millis(rng.range(0, 1000))).await;
         c.restart(i);
     }
-    stop.store(true, Ordering::SeqCst);
-    for t in callers {
-        t.await.unwrap();
-    }
+    let (events, expected) = callers.finish().await;
     for a in &agents {
         a.drain(300).await;
     }
-    let expected: BTreeMap<String, u64> = [
-        ("api.convert".to_string(), acked[0].load(Ordering::SeqCst)),
-        ("api.render".to_string(), acked[1].load(Ordering::SeqCst)),
-    ]
-    .into_iter()
-    .filter(|(_, q)| *q > 0)
-    .collect();
     let totals = c.totals(0).await;
     println!(
-        "pg soak: seed {seed}: {} events acknowledged, {collector_kills} collector SIGKILLs, \
-         {db_restarts} PostgreSQL crash-restarts, totals {totals:?}",
-        events.load(Ordering::SeqCst)
+        "pg soak: seed {seed}: {events} events acknowledged, {collector_kills} collector SIGKILLs, \
+         {db_restarts} PostgreSQL crash-restarts, totals {totals:?}"
     );
     assert!(
         collector_kills >= 3 && db_restarts == 1,
