@@ -11,7 +11,7 @@ use std::time::Duration;
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -20,7 +20,7 @@ impl Rng {
 
     /// A number in `lo..hi`.
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
+        lo + self.next_u64() % (hi - lo)
     }
 }
 
@@ -78,7 +78,7 @@ impl Callers {
                 let mut i = 0u64;
                 while !stop.load(Ordering::SeqCst) {
                     i += 1;
-                    let m = (rng.next() % 2) as usize;
+                    let m = (rng.next_u64() % 2) as usize;
                     let q = rng.range(1, 10);
                     let metric = METRICS[m];
                     let body = serde_json::json!({

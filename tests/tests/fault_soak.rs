@@ -26,7 +26,7 @@ async fn soak_with_random_sigkills() {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(secs) {
         tokio::time::sleep(Duration::from_millis(rng.range(300, 1500))).await;
-        if rng.next().is_multiple_of(2) {
+        if rng.next_u64().is_multiple_of(2) {
             agent.kill9();
             agent_kills += 1;
             tokio::time::sleep(Duration::from_millis(rng.range(0, 300))).await;
