@@ -113,20 +113,50 @@ pub enum RouterError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
+/// How often gRPC health asks the store whether it answers.
+const HEALTH_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The gRPC router: Ingest, health and reflection.
 pub fn router(
     service: IngestService,
     tls: Option<tonic::transport::ServerTlsConfig>,
 ) -> Result<tonic::transport::server::Router, RouterError> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    // Reporter updates are fire-and-forget; the service starts SERVING.
+    // The Ingest service (and the server as a whole, service "") is SERVING while the store
+    // answers: a gRPC load balancer then stops sending agents to a collector that cannot
+    // store their reports (HTTP's `/readyz` says the same). Checked every few seconds; the
+    // task holds the store weakly and ends when the server (its last holder) is gone.
+    let store = Arc::downgrade(&service.store);
     let ingest = IngestServer::new(service)
         .max_decoding_message_size(MAX_SUBMIT_BYTES)
         .max_encoding_message_size(MAX_SUBMIT_BYTES);
     tokio::spawn(async move {
-        health_reporter
-            .set_serving::<IngestServer<IngestService>>()
-            .await;
+        let mut serving = None;
+        loop {
+            let Some(store) = store.upgrade() else { break };
+            let ok = store.ping().await.is_ok();
+            drop(store);
+            if serving != Some(ok) {
+                serving = Some(ok);
+                if ok {
+                    health_reporter
+                        .set_serving::<IngestServer<IngestService>>()
+                        .await;
+                    health_reporter
+                        .set_service_status("", tonic_health::ServingStatus::Serving)
+                        .await;
+                } else {
+                    tracing::warn!("Store unreachable; gRPC health reports NOT_SERVING.");
+                    health_reporter
+                        .set_not_serving::<IngestServer<IngestService>>()
+                        .await;
+                    health_reporter
+                        .set_service_status("", tonic_health::ServingStatus::NotServing)
+                        .await;
+                }
+            }
+            tokio::time::sleep(HEALTH_CHECK_EVERY).await;
+        }
     });
     // Reflection in both versions: v1, and v1alpha for the many tools that speak only it
     // (Postman, Python's grpcio-reflection, older grpcurl).

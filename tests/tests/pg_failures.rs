@@ -8,6 +8,9 @@ use tally_proto::pb;
 use tally_proto::receipt::Outcome;
 use tally_tests::pg::PgServer;
 use tally_tests::{CollectorProcess, TestAgent, collector_cmd, collector_json, connect, receipts};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 /// Unreachable database: exit 1 with one `error:` line that names where it tried, never
 /// the URL's password; nothing is created.
@@ -100,6 +103,35 @@ async fn second_init_and_a_foreign_key_are_refused() {
     }
 }
 
+/// Waits (up to 30 s) until gRPC health reports `want` for `service`.
+async fn await_health(grpc: std::net::SocketAddr, service: &str, want: ServingStatus) {
+    let ch = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(ch);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = client
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        if got == want as i32 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gRPC health of {service:?}: {got}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn get(url: String, token: &str) -> (u16, Value) {
     let r = reqwest::Client::new()
         .get(url)
@@ -113,7 +145,7 @@ async fn get(url: String, token: &str) -> (u16, Value) {
 }
 
 /// The database stops under a running collector: Submit answers UNAVAILABLE (no receipt),
-/// `/readyz` and the billing API answer 503 JSON. When it is back, everything recovers by
+/// `/readyz` and the billing API answer 503 JSON, gRPC health says NOT_SERVING. When it is back, everything recovers by
 /// itself: the same report is then accepted, exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_lost_mid_run_then_back() {
@@ -186,6 +218,10 @@ async fn database_lost_mid_run_then_back() {
     let (status, body) = get(format!("http://{}/v1/customers", c.http), &admin).await;
     assert_eq!(status, 503, "{body}");
     assert!(body["error"]["code"].is_string(), "JSON error: {body}");
+    // gRPC health tells a load balancer the same.
+    for service in ["tally.v1.Ingest", ""] {
+        await_health(c.grpc, service, ServingStatus::NotServing).await;
+    }
 
     pg.start_again();
     // Recovery needs no restart of the collector: the pool reconnects on its own.
@@ -197,6 +233,9 @@ async fn database_lost_mid_run_then_back() {
         }
         assert!(std::time::Instant::now() < deadline, "not ready again");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for service in ["tally.v1.Ingest", ""] {
+        await_health(c.grpc, service, ServingStatus::Serving).await;
     }
     let resp = client
         .submit(pb::SubmitRequest {
