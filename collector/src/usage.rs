@@ -87,10 +87,10 @@ pub fn parse_query(
                 q.filter.metric = Some(v.clone());
             }
             "from" | "to" => {
-                let t = parse_instant(v)
-                    .map_err(|e| perr(k, e.to_string()))?
-                    .timestamp();
-                if t != hour_of(t) {
+                let at = parse_instant(v).map_err(|e| perr(k, e.to_string()))?;
+                let t = at.timestamp();
+                // Fractions of a second count: 10:00:00.5 is not on the hour.
+                if t != hour_of(t) || at.timestamp_subsec_nanos() != 0 {
                     return Err(perr(
                         k,
                         "must be aligned to the hour (usage is kept per hour)",

@@ -8,6 +8,8 @@
 mod auth;
 mod error;
 mod handlers;
+#[cfg(test)]
+mod openapi_check;
 
 pub use auth::Caller;
 pub use error::ApiError;
