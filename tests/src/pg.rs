@@ -12,6 +12,7 @@
 //! skips. Servers are destroyed when dropped, and a watchdog destroys a process's servers
 //! when the process ends (statics are never dropped).
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -62,8 +63,11 @@ impl PgServer {
         let dir_s = dir.to_string_lossy().to_string();
         let url = run_script(&["start", &dir_s])
             .unwrap_or_else(|e| panic!("this test needs PostgreSQL and could not start it: {e}"));
-        // Watchdog: destroy the server once this process is gone, however it ends.
+        // Watchdog: destroy the server once this process is gone, however it ends. In a
+        // process group of its own, so a signal to the test's group (a CI timeout, Ctrl-C)
+        // does not take it down with the test and leak the server.
         let _ = Command::new("sh")
+            .process_group(0)
             .arg("-c")
             .arg(format!(
                 "while kill -0 {pid} 2>/dev/null; do sleep 1; done; '{script}' destroy '{dir_s}'",
