@@ -10,8 +10,11 @@ use tally_proto::report::Report;
 
 pub(super) fn hourly_usage(conn: &Connection, f: &UsageFilter) -> StoreResult<Vec<HourlyUsage>> {
     let mut stmt = conn.prepare_cached(
+        // Licenses first (CROSS JOIN fixes SQLite's loop order): the few licenses that pass
+        // the filters, then each one's rollups by their key's prefix. Scanning the rollups
+        // first read every customer's rows to answer for one.
         "SELECT l.customer_id, r.license_id, r.metric, r.hour, r.quantity
-         FROM rollups r JOIN licenses l ON l.id = r.license_id
+         FROM licenses l CROSS JOIN rollups r ON r.license_id = l.id
          WHERE (?1 IS NULL OR l.customer_id = ?1)
            AND (?2 IS NULL OR r.license_id = ?2)
            AND (?3 IS NULL OR r.metric = ?3)
