@@ -84,11 +84,6 @@ impl PgServer {
         }
     }
 
-    /// The server's URL (`postgres://tally@127.0.0.1:PORT/postgres`).
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
     fn dir(&self) -> String {
         self.dir
             .as_ref()

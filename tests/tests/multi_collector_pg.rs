@@ -21,7 +21,7 @@ use tally_tests::{AgentProcess, CollectorProcess, TestAgent, agent_cmd, agent_js
 /// N collector nodes sharing one database: node 0 ran `init`; the others got copies of its
 /// key and license files, as docs/operations.md tells operators to do.
 struct Cluster {
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
     url: String,
     nodes: Vec<PathBuf>,
     procs: Vec<CollectorProcess>,
@@ -59,7 +59,7 @@ impl Cluster {
             copy_node_files(&nodes[0], node);
         }
         let mut c = Cluster {
-            _tmp: tmp,
+            tmp,
             url,
             nodes,
             procs: Vec::new(),
@@ -275,7 +275,7 @@ async fn agent_fails_over_and_receipts_from_any_collector_verify() {
         .iter()
         .map(|p| format!("http://{}", p.grpc))
         .collect();
-    let adata = c._tmp.path().join("agent");
+    let adata = c.tmp.path().join("agent");
     enroll_agent(&adata, &lic, &urls);
     let agent = AgentProcess::spawn(&adata, &run_args(&urls, "127.0.0.1:0"));
     let http = reqwest::Client::new();
@@ -341,17 +341,15 @@ async fn soak_three_collectors_sigkills_and_a_database_restart() {
         .collect();
 
     let mut agents = Vec::new();
-    let mut listens = Vec::new();
     let mut adirs = Vec::new();
     for i in 0..3 {
         let mut order = urls.clone();
         order.rotate_left(i);
-        let adata = c._tmp.path().join(format!("agent{i}"));
+        let adata = c.tmp.path().join(format!("agent{i}"));
         enroll_agent(&adata, &lic, &order);
         let a = AgentProcess::spawn(&adata, &run_args(&order, "127.0.0.1:0"));
-        listens.push(a.listen.to_string());
         agents.push(a);
-        adirs.push((adata, order));
+        adirs.push(adata);
     }
 
     let callers = Callers::start(
@@ -394,9 +392,8 @@ async fn soak_three_collectors_sigkills_and_a_database_restart() {
     for i in 0..3 {
         assert_eq!(c.totals(i).await, expected, "seed {seed}: node {i}");
     }
-    for (adata, _) in &adirs {
+    for adata in &adirs {
         let (code, out, err) = agent_cmd(adata, &["reports", "verify"]);
         assert_eq!(code, 0, "seed {seed}: reports verify: {out}{err}");
     }
-    drop(listens);
 }
