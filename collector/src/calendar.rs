@@ -38,3 +38,22 @@ pub fn next_month(month_start: i64) -> i64 {
         .map(|d| d.timestamp())
         .unwrap_or(month_start)
 }
+
+/// `YYYY-MM` of the month containing `t`.
+pub fn month_label(t: i64) -> String {
+    chrono::DateTime::from_timestamp(t, 0)
+        .map(|d| d.format("%Y-%m").to_string())
+        .unwrap_or_default()
+}
+
+/// `YYYY-MM` → unix seconds of the month's first instant.
+pub fn parse_month(s: &str) -> Option<i64> {
+    let (y, m) = s.split_once('-')?;
+    if y.len() != 4 || m.len() != 2 {
+        return None;
+    }
+    let (y, m): (i32, u32) = (y.parse().ok()?, m.parse().ok()?);
+    Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0)
+        .single()
+        .map(|d| d.timestamp())
+}

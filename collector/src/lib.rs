@@ -9,6 +9,7 @@ pub mod ids;
 pub mod ingest;
 pub mod lifecycle;
 pub mod metrics;
+pub mod periods;
 pub mod ratelimit;
 pub mod roles;
 pub mod rules;

@@ -37,8 +37,8 @@ pub async fn purge_due(
                 action: "customers purge".into(),
                 target: p.customer_id.clone(),
                 outcome: format!(
-                    "reports={} rollup_rows={} anomalies={} agents={} licenses={} tokens={} license_files={files}",
-                    p.reports, p.rollup_rows, p.anomalies, p.agents, p.licenses, p.tokens
+                    "reports={} rollup_rows={} anomalies={} agents={} licenses={} tokens={} statements={} license_files={files}",
+                    p.reports, p.rollup_rows, p.anomalies, p.agents, p.licenses, p.tokens, p.statements
                 ),
             })
             .await?;

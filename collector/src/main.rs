@@ -60,6 +60,31 @@ enum Command {
     Backup(BackupArgs),
     /// Restore a backup into a data directory that has no database yet.
     Restore { file: PathBuf },
+    /// Closing months: freezes and signs every customer's statement.
+    #[command(subcommand)]
+    Periods(PeriodsCmd),
+    /// Closed statements.
+    #[command(subcommand)]
+    Statements(StatementsCmd),
+}
+
+#[derive(Subcommand)]
+enum PeriodsCmd {
+    /// Close a month that has ended (YYYY-MM): its statements are frozen and signed.
+    Close { month: String },
+    /// Months closed so far.
+    List,
+}
+
+#[derive(Subcommand)]
+enum StatementsCmd {
+    /// Check a closed statement's signature offline and print what it bills.
+    Verify {
+        file: PathBuf,
+        /// The vendor public key in hex (as `init` printed it); default: the key in --data.
+        #[arg(long, value_name = "HEX")]
+        vendor_key: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -113,6 +138,9 @@ struct ServeArgs {
         requires = "tls_cert"
     )]
     client_ca: Option<PathBuf>,
+    /// Close each month this long after it ends (e.g. 3d); `off`: only `periods close`.
+    #[arg(long, env = "TALLY_CLOSE_GRACE", value_name = "DURATION")]
+    close_grace: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -297,6 +325,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                     .unwrap_or_else(|| "127.0.0.1:8080".into()),
                 tls,
                 agent_rate: a.agent_rate,
+                close_grace: a.close_grace,
                 json: cli.common.json,
             };
             commands::serve(Ctx::open(dir, database).await?, options).await?;
@@ -417,6 +446,17 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             ));
         }
         Command::Restore { file } => commands::restore(&dir, database, file).await?,
+        Command::Periods(c) => {
+            let ctx = Ctx::open(dir, database).await?;
+            match c {
+                PeriodsCmd::Close { month } => commands::periods_close(&ctx, &month).await?,
+                PeriodsCmd::List => commands::periods_list(&ctx).await?,
+            }
+        }
+        Command::Statements(StatementsCmd::Verify { file, vendor_key }) => {
+            use tally_collector::datadir::CollectorFiles;
+            commands::statements_verify(&file, vendor_key.as_deref(), &dir.vendor_key())?
+        }
         Command::Audit(AuditCmd::List { limit }) => {
             commands::audit_list(&Ctx::open(dir, database).await?, limit).await?
         }

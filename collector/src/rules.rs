@@ -13,6 +13,8 @@
 //! `unknown_agent`, `agent_revoked`, `license_mismatch` — are decided before a report is
 //! authentic, by `crate::ingest`, and never reach a store.)
 
+pub mod periods;
+
 use tally_proto::Digest;
 use tally_proto::limits::MAX_WINDOW_SECS;
 use tally_proto::reason::Reason;
@@ -327,6 +329,13 @@ pub struct Line {
     pub metric: String,
     pub used: u64,
     pub limit: Option<u64>,
+}
+
+impl Line {
+    /// Usage beyond the limit (0 when unlimited or within it).
+    pub fn overage(&self) -> u64 {
+        self.limit.map_or(0, |l| self.used.saturating_sub(l))
+    }
 }
 
 /// A customer-month's statement lines from what the store found: the limits of every

@@ -27,7 +27,14 @@ pub struct Collector {
     pub http_tls: Option<tokio_rustls::TlsAcceptor>,
     /// Where `licenses issue` writes license files (purges remove a customer's), if known.
     pub licenses_dir: Option<std::path::PathBuf>,
+    /// Signs closed statements (the vendor key).
+    pub vendor_key: SigningKey,
+    /// Close each month this long after it ends; `None`: only `periods close` closes.
+    pub close_grace_secs: Option<i64>,
 }
+
+/// Default: a month is closed 3 days after it ends.
+pub const DEFAULT_CLOSE_GRACE_SECS: i64 = 3 * 86_400;
 
 /// Default: an agent with no report for 3 h is `silent` (agents report hourly by default).
 pub const DEFAULT_SILENT_AFTER_SECS: i64 = 3 * 3600;
@@ -46,6 +53,7 @@ impl Collector {
         agent_rate: Option<f64>,
     ) -> Self {
         let metrics = Arc::new(Metrics::default());
+        let vendor_key = key.clone();
         let mut ingestor = Ingestor::new(store.clone(), key, metrics.clone());
         ingestor.limiter = agent_rate.map(crate::ratelimit::AgentRateLimiter::new);
         let ingestor = Arc::new(ingestor);
@@ -58,6 +66,8 @@ impl Collector {
             grpc_tls: None,
             http_tls: None,
             licenses_dir: None,
+            vendor_key,
+            close_grace_secs: Some(DEFAULT_CLOSE_GRACE_SECS),
         }
     }
 
@@ -114,13 +124,27 @@ pub async fn run(
         collector.licenses_dir.clone(),
         wait(stop_rx.clone()),
     );
+    let closing = async {
+        match collector.close_grace_secs {
+            Some(grace) => {
+                crate::periods::close_loop(
+                    collector.store.clone(),
+                    collector.vendor_key.clone(),
+                    grace,
+                    wait(stop_rx.clone()),
+                )
+                .await
+            }
+            None => wait(stop_rx.clone()).await,
+        }
+    };
     let http_server = tally_runtime::http_serve::serve_tls(
         http,
         app(collector.app_state()),
         collector.http_tls.clone(),
-        wait(stop_rx),
+        wait(stop_rx.clone()),
     );
-    let (g, h, ()) = tokio::join!(grpc_server, http_server, lifecycle);
+    let (g, h, (), ()) = tokio::join!(grpc_server, http_server, lifecycle, closing);
     g?;
     h?;
     Ok(())

@@ -170,6 +170,37 @@ impl Store for CountsDuplicatesTwice {
     async fn purge_due(&self, now: Instant) -> StoreResult<Vec<Purge>> {
         self.0.purge_due(now).await
     }
+    async fn periods(&self) -> StoreResult<Vec<PeriodRecord>> {
+        self.0.periods().await
+    }
+    async fn begin_close(&self, month: i64, now: Instant) -> StoreResult<PeriodRecord> {
+        self.0.begin_close(month, now).await
+    }
+    async fn license_limits(
+        &self,
+        customer: String,
+        month: i64,
+    ) -> StoreResult<Vec<(String, Option<u64>)>> {
+        self.0.license_limits(customer, month).await
+    }
+    async fn counted_reports(
+        &self,
+        customer: String,
+        month: i64,
+        only_late: bool,
+    ) -> StoreResult<Vec<CountedReport>> {
+        self.0.counted_reports(customer, month, only_late).await
+    }
+    async fn finish_close(
+        &self,
+        month: i64,
+        statements: Vec<(String, Vec<u8>)>,
+    ) -> StoreResult<()> {
+        self.0.finish_close(month, statements).await
+    }
+    async fn closed_statement(&self, customer: String, month: i64) -> StoreResult<Option<Vec<u8>>> {
+        self.0.closed_statement(customer, month).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@ pub mod reason;
 pub mod receipt;
 pub mod report;
 pub mod signing;
+pub mod statement;
 pub mod time;
 
 /// Generated `tally.v1` messages and services.

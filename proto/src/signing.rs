@@ -14,6 +14,7 @@ pub enum Domain {
     ReceiptBody,
     License,
     Enroll,
+    Statement,
 }
 
 impl Domain {
@@ -23,6 +24,7 @@ impl Domain {
             Domain::ReceiptBody => b"tally.v1.ReceiptBody\0",
             Domain::License => b"tally.v1.License\0",
             Domain::Enroll => b"tally.v1.Enroll\0",
+            Domain::Statement => b"tally.v1.Statement\0",
         }
     }
 

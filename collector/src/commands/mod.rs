@@ -11,6 +11,7 @@ mod agents;
 mod backup;
 mod cancel;
 mod licenses;
+mod periods;
 mod review;
 mod serve;
 mod tokens;
@@ -19,6 +20,7 @@ pub use agents::{agents_add, agents_list, agents_revoke};
 pub use backup::{backup, backup_verify, restore};
 pub use cancel::customers_cancel;
 pub use licenses::{IssueArgs, licenses_issue, licenses_list, licenses_revoke, parse_metric_arg};
+pub use periods::{periods_close, periods_list, statements_verify};
 pub use review::{
     audit_list, import, quarantine_discard, quarantine_list, quarantine_release, usage,
 };

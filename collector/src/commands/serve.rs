@@ -14,6 +14,8 @@ pub struct ServeOptions {
     pub tls: Option<TlsFiles>,
     /// Reports per second one agent key may submit online (0: unlimited).
     pub agent_rate: f64,
+    /// `--close-grace`: a duration, or `off`; default 3 days.
+    pub close_grace: Option<String>,
     /// Print the addresses as one JSON document.
     pub json: bool,
 }
@@ -24,6 +26,20 @@ pub async fn serve(ctx: Ctx, o: ServeOptions) -> Result<(), CommandError> {
             "--agent-rate must be a number ≥ 0".into(),
         ));
     }
+    let close_grace_secs = match o.close_grace.as_deref().map(str::trim) {
+        None => Some(crate::server::DEFAULT_CLOSE_GRACE_SECS),
+        Some("off") => None,
+        Some(d) => Some(
+            tally_proto::time::parse_duration_secs(d)
+                .ok()
+                .and_then(|s| i64::try_from(s).ok())
+                .ok_or_else(|| {
+                    CommandError::Usage(format!(
+                        "--close-grace: {d:?} is not a duration (e.g. 3d, 12h) or 'off'"
+                    ))
+                })?,
+        ),
+    };
     let bind = |addr: String, flag: &'static str| async move {
         tokio::net::TcpListener::bind(&addr)
             .await
@@ -78,6 +94,7 @@ pub async fn serve(ctx: Ctx, o: ServeOptions) -> Result<(), CommandError> {
     collector.grpc_tls = tls;
     collector.http_tls = http_tls;
     collector.licenses_dir = Some(ctx.dir.licenses());
+    collector.close_grace_secs = close_grace_secs;
     tracing::info!(grpc = %g, http = %h, "Collector serving.");
     server::run(collector, grpc, http, tally_runtime::shutdown::signal())
         .await

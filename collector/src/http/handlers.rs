@@ -2,7 +2,9 @@
 //! the store and shapes the answer.
 
 use super::{AppState, Caller, error::ApiError};
+use crate::calendar::parse_month;
 use crate::ids::is_valid_id;
+use crate::periods::StatementView;
 use crate::rules::AgentStatus;
 use crate::store::AgentFilter;
 use crate::usage::{self, Format};
@@ -128,7 +130,7 @@ pub async fn statement(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Path((customer, period)) = path.map_err(|e| ApiError::bad_param(e.body_text()))?;
     if !is_valid_id(&customer) {
         return Err(ApiError::bad_param("customer: not a valid id"));
@@ -143,31 +145,37 @@ pub async fn statement(
     if !st.store.customer_exists(customer.clone()).await? {
         return Err(ApiError::NotFound(format!("customer {customer} not found")));
     }
-    let lines = st.store.statement(customer.clone(), month).await?;
-    let lines: Vec<Value> = lines
-        .iter()
-        .map(|l| {
-            let overage = l.limit.map_or(0, |lim| l.used.saturating_sub(lim));
-            json!({"metric": l.metric, "used": l.used, "limit": l.limit, "overage": overage})
-        })
-        .collect();
-    Ok(Json(
-        json!({"customer": customer, "period": period, "lines": lines}),
-    ))
-}
-
-/// `YYYY-MM` → unix seconds of the month's first instant.
-pub fn parse_month(s: &str) -> Option<i64> {
-    let (y, m) = s.split_once('-')?;
-    if y.len() != 4 || m.len() != 2 {
-        return None;
-    }
-    let (y, m): (i32, u32) = (y.parse().ok()?, m.parse().ok()?);
-    use chrono::TimeZone;
-    chrono::Utc
-        .with_ymd_and_hms(y, m, 1, 0, 0, 0)
-        .single()
-        .map(|d| d.timestamp())
+    let view = crate::periods::statement(st.store.as_ref(), &customer, month)
+        .await
+        .map_err(|e| match e {
+            crate::periods::CloseError::Store(e) => ApiError::from(e),
+            crate::periods::CloseError::Invalid(m) => ApiError::BadRequest {
+                code: "overflow",
+                message: m,
+            },
+        })?;
+    Ok(match view {
+        // The frozen document, byte for byte: its signature covers it.
+        StatementView::Closed(doc) => {
+            ([(header::CONTENT_TYPE, "application/json")], doc).into_response()
+        }
+        StatementView::Open { lines, adjustments } => {
+            let lines: Vec<Value> = lines
+                .into_iter()
+                .map(|l| {
+                    json!({"metric": l.metric, "used": l.used, "limit": l.limit, "overage": l.overage()})
+                })
+                .collect();
+            Json(json!({
+                "customer": customer,
+                "period": period,
+                "closed": false,
+                "lines": lines,
+                "adjustments": adjustments,
+            }))
+            .into_response()
+        }
+    })
 }
 
 pub async fn customers(

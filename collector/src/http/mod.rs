@@ -11,9 +11,9 @@ mod handlers;
 #[cfg(test)]
 mod openapi_check;
 
+pub use crate::calendar::parse_month;
 pub use auth::Caller;
 pub use error::ApiError;
-pub use handlers::parse_month;
 
 use crate::ingest::Ingestor;
 use crate::metrics::Metrics;

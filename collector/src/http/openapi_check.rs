@@ -3,7 +3,7 @@
 //! client generated from the document sends only requests the server takes (and the
 //! document never advertises a parameter as a bare string).
 
-use super::handlers::parse_month;
+use crate::calendar::parse_month;
 use crate::ids::is_valid_id;
 use proptest::prelude::*;
 use serde_json::Value;

@@ -833,6 +833,253 @@ pub async fn cancellation_purges_one_customer_only(s: Subject) -> CheckResult {
     Ok(())
 }
 
+fn at(t: i64) -> Result<DateTime<Utc>, String> {
+    DateTime::from_timestamp(t, 0).ok_or_else(|| format!("time {t} out of range"))
+}
+
+/// The month before the current one, and the current one (unix seconds of their starts).
+fn last_and_this_month() -> (i64, i64) {
+    let this = crate::calendar::month_of(now().timestamp());
+    (crate::calendar::month_of(this - 1), this)
+}
+
+fn seqs(reports: &[super::CountedReport]) -> Vec<u64> {
+    reports.iter().map(|r| r.seq).collect()
+}
+
+/// Closing a month: the reports counted before the close stay on its statement; one stored
+/// or released after it is billed on the next open month as an adjustment; the close is
+/// idempotent; a stored statement never changes; a purge removes the customer's statements.
+pub async fn closing_a_month_bills_late_reports_on_the_next(s: Subject) -> CheckResult {
+    let mut f = seed(&s, "close", &[("api.convert", Some(100))]).await?;
+    let (last, this) = last_and_this_month();
+    let end = this - 10 * 3600;
+    let mut before = Vec::new();
+    for i in 0..3 {
+        before.push(f.next(at(end + i * 3600)?, 3600, &[("api.convert", 5)]));
+    }
+    s.store
+        .ingest(before.clone(), Utc::now(), Source::Import)
+        .await
+        .map_err(db)?;
+    let t_close = Utc::now();
+    let p = s.store.begin_close(last, t_close).await.map_err(db)?;
+    ensure!(p.month == last && !p.done, "begin_close: {p:?}");
+    let again = s
+        .store
+        .begin_close(last, t_close + Duration::hours(1))
+        .await
+        .map_err(db)?;
+    ensure!(
+        again.closed_at == p.closed_at,
+        "a second close must keep the first close time: {again:?} vs {p:?}"
+    );
+    // Late: seq 4 (last month) accepted after the close; seq 5 is this month's own.
+    let late = f.next(at(end + 3 * 3600)?, 3600, &[("api.convert", 7)]);
+    let own = f.next(at(this + 3600)?, 3600, &[("api.convert", 1)]);
+    let out = s
+        .store
+        .ingest(vec![late.clone(), own.clone()], Utc::now(), Source::Import)
+        .await
+        .map_err(db)?;
+    ensure!(
+        out.iter().all(|o| o.outcome == Outcome::Accepted),
+        "late and own reports must be accepted: {out:?}"
+    );
+    // A quarantined report of last month released after the close: billed on this month.
+    let q = f.next(at(end + 4 * 3600)?, 3600, &[("api.unlicensed", 2)]);
+    s.store
+        .ingest(vec![q.clone()], Utc::now(), Source::Import)
+        .await
+        .map_err(db)?;
+    ensure!(
+        s.store.release(q.digest, Utc::now()).await.map_err(db)?,
+        "release must count"
+    );
+    let cust = f.customer_id.clone();
+    let on_last = s
+        .store
+        .counted_reports(cust.clone(), last, false)
+        .await
+        .map_err(db)?;
+    ensure!(
+        seqs(&on_last) == vec![1, 2, 3],
+        "last month bills {:?}",
+        seqs(&on_last)
+    );
+    ensure!(
+        on_last
+            .iter()
+            .all(|r| r.counters == vec![("api.convert".to_string(), 5)]
+                && r.agent_key == f.key.verifying_key().to_bytes()
+                && r.license_id == f.license_id),
+        "counted reports carry their counters, key and license: {on_last:?}"
+    );
+    let late_on_this = s
+        .store
+        .counted_reports(cust.clone(), this, true)
+        .await
+        .map_err(db)?;
+    ensure!(
+        seqs(&late_on_this) == vec![4, 6],
+        "late reports billed this month: {:?}",
+        seqs(&late_on_this)
+    );
+    ensure!(
+        late_on_this[0].digest == late.digest && late_on_this[0].window_start == end + 3 * 3600,
+        "late report as stored: {:?}",
+        late_on_this[0]
+    );
+    let all_this = s
+        .store
+        .counted_reports(cust.clone(), this, false)
+        .await
+        .map_err(db)?;
+    ensure!(
+        seqs(&all_this) == vec![4, 5, 6],
+        "this month bills {:?}",
+        seqs(&all_this)
+    );
+    ensure!(
+        s.store
+            .license_limits(cust.clone(), last)
+            .await
+            .map_err(db)?
+            == vec![("api.convert".to_string(), Some(100))],
+        "license limits of last month"
+    );
+    // Usage by hour still tells when it happened: every accepted report is in the rollups.
+    ensure!(
+        brute_totals(&s).await? == rollup_totals(&s, UsageFilter::default()).await?,
+        "rollups differ from the stored reports"
+    );
+    // Statements: stored once, never replaced.
+    ensure!(
+        s.store
+            .closed_statement(cust.clone(), last)
+            .await
+            .map_err(db)?
+            .is_none(),
+        "a statement before finish_close"
+    );
+    s.store
+        .finish_close(last, vec![(cust.clone(), b"first".to_vec())])
+        .await
+        .map_err(db)?;
+    s.store
+        .finish_close(last, vec![(cust.clone(), b"second".to_vec())])
+        .await
+        .map_err(db)?;
+    ensure!(
+        s.store
+            .closed_statement(cust.clone(), last)
+            .await
+            .map_err(db)?
+            == Some(b"first".to_vec()),
+        "a stored statement must never change"
+    );
+    let periods = s.store.periods().await.map_err(db)?;
+    ensure!(
+        periods.len() == 1 && periods[0].done && periods[0].closed_at == p.closed_at,
+        "periods: {periods:?}"
+    );
+    // A purge removes the customer's statements too.
+    s.store
+        .cancel_customer(cust.clone(), Utc::now(), Utc::now())
+        .await
+        .map_err(db)?;
+    let purged = s
+        .store
+        .purge_due(Utc::now() + Duration::seconds(1))
+        .await
+        .map_err(db)?;
+    ensure!(
+        purged.len() == 1 && purged[0].statements == 1,
+        "purge: {purged:?}"
+    );
+    ensure!(
+        s.store
+            .closed_statement(cust, last)
+            .await
+            .map_err(db)?
+            .is_none(),
+        "statement left after the purge"
+    );
+    Ok(())
+}
+
+/// A close racing many concurrent ingests: what the month bills right after `begin_close`
+/// returns (what its statements are built from) never changes afterwards, and every
+/// accepted report is billed on exactly one of the two months.
+pub async fn close_is_serialized_with_ingest(s: Subject) -> CheckResult {
+    let (last, this) = last_and_this_month();
+    let base = seed(&s, "race", &[("api.convert", None)]).await?;
+    let mut agents = vec![base];
+    for _ in 0..5 {
+        let a = agents[0]
+            .enroll_new_agent(s.store.as_ref(), now())
+            .await
+            .map_err(db)?;
+        agents.push(a);
+    }
+    let per_agent = 40i64;
+    let start = this - per_agent * 3600 - 3600;
+    let mut tasks = Vec::new();
+    for mut a in agents {
+        let store = s.store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            for i in 0..per_agent {
+                let ws = DateTime::from_timestamp(start + i * 3600, 0).unwrap_or_default();
+                let r = a.next(ws, 3600, &[("api.convert", 1)]);
+                let out = store.ingest(vec![r], Utc::now(), Source::Import).await;
+                match out {
+                    Ok(o) if o[0].outcome == Outcome::Accepted => n += 1,
+                    other => return Err(format!("ingest: {other:?}")),
+                }
+            }
+            Ok(n)
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    s.store.begin_close(last, Utc::now()).await.map_err(db)?;
+    let customer = s.store.list_customers(None).await.map_err(db)?[0]
+        .id
+        .clone();
+    let frozen = s
+        .store
+        .counted_reports(customer.clone(), last, false)
+        .await
+        .map_err(db)?;
+    let mut accepted = 0;
+    for t in tasks {
+        accepted += t.await.map_err(|e| e.to_string())??;
+    }
+    let after = s
+        .store
+        .counted_reports(customer.clone(), last, false)
+        .await
+        .map_err(db)?;
+    ensure!(
+        after.len() == frozen.len(),
+        "the closed month's reports changed after the close: {} then {}",
+        frozen.len(),
+        after.len()
+    );
+    let late = s
+        .store
+        .counted_reports(customer, this, true)
+        .await
+        .map_err(db)?;
+    ensure!(
+        frozen.len() + late.len() == accepted,
+        "{} on the closed month + {} late != {accepted} accepted",
+        frozen.len(),
+        late.len()
+    );
+    Ok(())
+}
+
 /// Expands to one `#[tokio::test]` per conformance check, each on a fresh store from
 /// `$fresh` (an async expression yielding a [`Subject`]).
 #[macro_export]
@@ -852,7 +1099,9 @@ macro_rules! conformance_tests {
             collector_key_is_bound_once,
             concurrent_releases_count_once,
             gaps_close_under_concurrent_neighbours,
-            sums_never_wrap
+            sums_never_wrap,
+            closing_a_month_bills_late_reports_on_the_next,
+            close_is_serialized_with_ingest
         );
     };
     (@each $fresh:expr; $($check:ident),+) => {

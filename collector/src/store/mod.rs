@@ -103,15 +103,7 @@ pub(crate) fn statement_from_rows(
     limits: &[crate::rules::LicenseLimit],
     used: &[(String, u64)],
 ) -> StoreResult<Vec<StatementLine>> {
-    Ok(crate::rules::statement_lines(limits, used)
-        .map_err(StoreError::Invalid)?
-        .into_iter()
-        .map(|l| StatementLine {
-            metric: l.metric,
-            used: l.used,
-            limit: l.limit,
-        })
-        .collect())
+    crate::rules::statement_lines(limits, used).map_err(StoreError::Invalid)
 }
 
 /// The store error for an enrollment the rules refuse; `None` if it may proceed.
@@ -273,13 +265,8 @@ pub struct UsageFilter {
     pub to: Option<i64>,
 }
 
-/// Usage and limit of one metric for one customer-month.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatementLine {
-    pub metric: String,
-    pub used: u64,
-    pub limit: Option<u64>,
-}
+/// Usage and limit of one metric for one customer-month (totalled by the rules).
+pub use crate::rules::Line as StatementLine;
 
 /// An anomaly: an open or closed `gap`, a `fork`, or a quarantined report (kind = its
 /// reason).
@@ -419,6 +406,79 @@ pub trait Store: Send + Sync + 'static {
     /// reports, rollups, monthly sums, anomalies, agents, licenses, tokens and the customer
     /// itself, each customer in its own transaction. Returns what each purge removed.
     async fn purge_due(&self, now: Instant) -> StoreResult<Vec<Purge>>;
+
+    // --- closing months ---------------------------------------------------------------
+    /// Every month being closed or closed, oldest first.
+    async fn periods(&self) -> StoreResult<Vec<PeriodRecord>>;
+    /// Starts closing `month` as of `now`. Serialized with every ingest and release: one
+    /// that commits after this counts a report of `month` as an adjustment of a later month
+    /// (see `rules::periods::billed_month`), one that committed before is on `month`'s
+    /// statement. Idempotent: a month already being closed keeps its first close time,
+    /// which is what is returned.
+    async fn begin_close(&self, month: i64, now: Instant) -> StoreResult<PeriodRecord>;
+    /// `(metric, limit)` of every license of `customer` valid during some part of `month`.
+    async fn license_limits(
+        &self,
+        customer: String,
+        month: i64,
+    ) -> StoreResult<Vec<crate::rules::LicenseLimit>>;
+    /// The accepted reports of `customer` billed on `month`'s statement: those whose window
+    /// starts in `month` and that were counted while it was open, and the late ones of
+    /// earlier months billed on it. `only_late`: just the late ones.
+    async fn counted_reports(
+        &self,
+        customer: String,
+        month: i64,
+        only_late: bool,
+    ) -> StoreResult<Vec<CountedReport>>;
+    /// Stores the closed statements of `month` (`(customer, document)`) and marks the month
+    /// done, in one transaction. A statement already stored stays as it is, byte for byte.
+    async fn finish_close(&self, month: i64, statements: Vec<(String, Vec<u8>)>)
+    -> StoreResult<()>;
+    /// The closed statement document of a customer-month, if the month is closed.
+    async fn closed_statement(&self, customer: String, month: i64) -> StoreResult<Option<Vec<u8>>>;
+}
+
+/// A month being closed (`done`: its statements are all stored) or closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeriodRecord {
+    /// Unix seconds of the month's first instant.
+    pub month: i64,
+    pub closed_at: Instant,
+    pub done: bool,
+}
+
+pub use crate::rules::periods::CountedReport;
+
+/// A counted report from its stored row (the counters are decoded from the bytes that were
+/// signed).
+pub(crate) fn counted_report(
+    agent_id: String,
+    agent_key: &[u8],
+    license_id: String,
+    seq: i64,
+    digest: &[u8],
+    bytes: &[u8],
+) -> StoreResult<CountedReport> {
+    let digest = Digest::from_slice(digest)
+        .ok_or_else(|| StoreError::Database("stored digest is not 32 bytes".into()))?;
+    let report = Report::decode(bytes)
+        .map_err(|e| StoreError::Database(format!("stored report {digest}: {e}")))?;
+    Ok(CountedReport {
+        agent_id,
+        agent_key: agent_key
+            .try_into()
+            .map_err(|_| StoreError::Database("stored agent key is not 32 bytes".into()))?,
+        license_id,
+        seq: seq as u64,
+        digest,
+        window_start: report.window_start.timestamp(),
+        counters: report
+            .counters
+            .into_iter()
+            .map(|c| (c.metric, c.quantity))
+            .collect(),
+    })
 }
 
 /// What cancelling a customer revoked.
@@ -443,6 +503,8 @@ pub struct Purge {
     pub agents: u64,
     pub licenses: u64,
     pub tokens: u64,
+    /// Closed statements removed.
+    pub statements: u64,
 }
 
 /// Reads for tests and offline audits that the serving path never needs: kept out of

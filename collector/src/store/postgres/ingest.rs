@@ -61,6 +61,28 @@ pub(super) struct Sums {
     added_monthly: HashMap<SumKey, i64>,
     add_hourly: BTreeMap<RowKey, i64>,
     add_monthly: BTreeMap<RowKey, i64>,
+    /// The closed months, as read after [`lock_periods`].
+    pub(super) closed: std::collections::BTreeSet<i64>,
+}
+
+/// Takes the periods lock shared (every ingest and release holds it until its commit, so a
+/// close, which takes it exclusively, waits for them and they wait for it) and reads the
+/// closed months, in the statement after the lock so the snapshot includes every close that
+/// committed before it.
+pub(super) async fn lock_periods<C: GenericClient>(
+    c: &C,
+) -> StoreResult<std::collections::BTreeSet<i64>> {
+    execute(
+        c,
+        "SELECT pg_advisory_xact_lock_shared($1)",
+        &[&super::periods::PERIODS_LOCK],
+    )
+    .await?;
+    Ok(query(c, "SELECT month FROM periods", &[])
+        .await?
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 impl Sums {
@@ -126,13 +148,14 @@ impl Sums {
 
     /// The one counting path (ingest and quarantine release): adds a report's counters to
     /// the hour and month of its window start, or changes nothing and returns the rules'
-    /// verdict if a sum would overflow.
+    /// verdict if a sum would overflow. `Ok(Some(month))`: its own month is closed, so it
+    /// is billed on `month`'s statement as an adjustment (the caller records that).
     pub(super) fn count(
         &mut self,
         license_id: &str,
         agent_id: &str,
         rep: &Report,
-    ) -> Result<(), (Reason, String)> {
+    ) -> Result<Option<i64>, (Reason, String)> {
         let shard = shard_of(agent_id);
         let start = rep.window_start.timestamp();
         let (hour, month) = (hour_of(start), month_of(start));
@@ -159,7 +182,7 @@ impl Sums {
                 .or_insert(0);
             *e = e.saturating_add(q);
         }
-        Ok(())
+        Ok(rules::periods::billed_month(month, &self.closed))
     }
 
     /// Writes the additions, hourly then monthly, each in key order (every transaction
@@ -299,6 +322,8 @@ struct NewReport<'a> {
     status: &'static str,
     reason: &'static str,
     detail: String,
+    /// Set when counted after its own month closed: the month whose statement bills it.
+    billed_month: Option<i64>,
 }
 
 /// Applies the stored-state rules to a batch of authentic reports, in order, inside the
@@ -309,7 +334,8 @@ pub(super) async fn ingest_batch<C: GenericClient>(
     now: i64,
     source: Source,
 ) -> StoreResult<Vec<StoredOutcome>> {
-    // 1. Lock the agents, in id order.
+    // 1. Hold off closes, then lock the agents, in id order.
+    let closed = lock_periods(c).await?;
     let mut agent_ids: Vec<&str> = reports.iter().map(|r| r.agent_id.as_str()).collect();
     agent_ids.sort_unstable();
     agent_ids.dedup();
@@ -361,7 +387,10 @@ pub(super) async fn ingest_batch<C: GenericClient>(
             });
         }
     }
-    let mut sums = Sums::default();
+    let mut sums = Sums {
+        closed,
+        ..Sums::default()
+    };
     let month_now = month_of(now);
     let mut keys = HashSet::new();
     for r in reports {
@@ -415,6 +444,7 @@ pub(super) async fn ingest_batch<C: GenericClient>(
                     status: "quarantined",
                     reason: reason.as_str(),
                     detail: detail.clone(),
+                    billed_month: None,
                 });
                 (Outcome::Quarantined, Some(reason), detail)
             }
@@ -425,13 +455,18 @@ pub(super) async fn ingest_batch<C: GenericClient>(
                     status: "quarantined",
                     reason: reason.as_str(),
                     detail: detail.clone(),
+                    billed_month: None,
                 });
                 (Outcome::Quarantined, Some(reason), detail)
             }
             Decision::Count => {
+                let mut billed_month = None;
                 let (outcome, reason, detail) = match sums.count(&rep.license_id, &r.agent_id, rep)
                 {
-                    Ok(()) => (Outcome::Accepted, None, String::new()),
+                    Ok(late) => {
+                        billed_month = late;
+                        (Outcome::Accepted, None, String::new())
+                    }
                     Err((reason, detail)) => (Outcome::Quarantined, Some(reason), detail),
                 };
                 rows.push(NewReport {
@@ -444,6 +479,7 @@ pub(super) async fn ingest_batch<C: GenericClient>(
                     },
                     reason: reason.map(Reason::as_str).unwrap_or_default(),
                     detail: detail.clone(),
+                    billed_month,
                 });
                 (outcome, reason, detail)
             }
@@ -647,7 +683,8 @@ async fn insert_reports<C: GenericClient>(
     let detail: Vec<&str> = rows.iter().map(|n| n.detail.as_str()).collect();
     let bytes: Vec<&[u8]> = rows.iter().map(|n| n.r.bytes.as_slice()).collect();
     let sig: Vec<&[u8]> = rows.iter().map(|n| n.r.signature.as_slice()).collect();
-    let params: [Param<'_>; 15] = [
+    let billed: Vec<Option<i64>> = rows.iter().map(|n| n.billed_month).collect();
+    let params: [Param<'_>; 16] = [
         &digest,
         &agent,
         &seq,
@@ -661,17 +698,18 @@ async fn insert_reports<C: GenericClient>(
         &detail,
         &bytes,
         &sig,
+        &billed,
         &now,
         &source.as_str(),
     ];
     execute(
         c,
         "INSERT INTO reports (digest, agent_id, seq, fork, license_id, prev_digest, window_start,
-            window_end, status, reason, detail, bytes, signature, received_at, source)
-         SELECT u.*, $14::int8, $15::text
+            window_end, status, reason, detail, bytes, signature, billed_month, received_at, source)
+         SELECT u.*, $15::int8, $16::text
          FROM unnest($1::bytea[], $2::text[], $3::int8[], $4::bool[], $5::text[], $6::bytea[],
                      $7::int8[], $8::int8[], $9::text[], $10::text[], $11::text[], $12::bytea[],
-                     $13::bytea[]) AS u",
+                     $13::bytea[], $14::int8[]) AS u",
         &params,
     )
     .await?;

@@ -18,6 +18,7 @@
 mod admin;
 mod ingest;
 mod lifecycle;
+mod periods;
 mod queries;
 mod schema;
 
@@ -499,6 +500,49 @@ impl Store for PostgresStore {
             }
         }
         Ok(out)
+    }
+
+    async fn periods(&self) -> StoreResult<Vec<PeriodRecord>> {
+        let c = self.client().await?;
+        periods::periods(&c).await
+    }
+
+    async fn begin_close(&self, month: i64, now: Instant) -> StoreResult<PeriodRecord> {
+        in_transaction!(self, |tx| periods::begin_close(&tx, month, secs(now))
+            .await?)
+    }
+
+    async fn license_limits(
+        &self,
+        customer: String,
+        month: i64,
+    ) -> StoreResult<Vec<crate::rules::LicenseLimit>> {
+        let c = self.client().await?;
+        periods::license_limits(&c, &customer, month).await
+    }
+
+    async fn counted_reports(
+        &self,
+        customer: String,
+        month: i64,
+        only_late: bool,
+    ) -> StoreResult<Vec<CountedReport>> {
+        let c = self.client().await?;
+        periods::counted_reports(&c, &customer, month, only_late).await
+    }
+
+    async fn finish_close(
+        &self,
+        month: i64,
+        statements: Vec<(String, Vec<u8>)>,
+    ) -> StoreResult<()> {
+        in_transaction!(self, |tx| periods::finish_close(&tx, month, &statements)
+            .await?)
+    }
+
+    async fn closed_statement(&self, customer: String, month: i64) -> StoreResult<Option<Vec<u8>>> {
+        let c = self.client().await?;
+        periods::closed_statement(&c, &customer, month).await
     }
 }
 

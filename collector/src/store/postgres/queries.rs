@@ -149,6 +149,8 @@ pub(super) async fn release<C: GenericClient>(
     now: i64,
 ) -> StoreResult<bool> {
     let d = digest.as_bytes().as_slice();
+    // Counting may bill a closed month's report as an adjustment: hold off closes first.
+    let closed = super::ingest::lock_periods(c).await?;
     let row = query_opt(
         c,
         "SELECT status, license_id, bytes, agent_id FROM reports WHERE digest = $1 FOR UPDATE",
@@ -168,18 +170,23 @@ pub(super) async fn release<C: GenericClient>(
         Release::Count => {}
     }
     let mut sums = Sums::default();
+    sums.closed = closed;
     sums.load(c, std::slice::from_ref(&report), &license_id)
         .await?;
-    if let Err((_, detail)) = sums.count(&license_id, &agent_id, &report) {
-        return Err(StoreError::Conflict(format!(
-            "report {digest} cannot be counted: {detail}"
-        )));
-    }
+    let billed = match sums.count(&license_id, &agent_id, &report) {
+        Ok(billed) => billed,
+        Err((_, detail)) => {
+            return Err(StoreError::Conflict(format!(
+                "report {digest} cannot be counted: {detail}"
+            )));
+        }
+    };
     sums.flush(c).await?;
     execute(
         c,
-        "UPDATE reports SET status = 'accepted', resolved_at = $2 WHERE digest = $1",
-        &[&d, &now],
+        "UPDATE reports SET status = 'accepted', resolved_at = $2, billed_month = $3
+         WHERE digest = $1",
+        &[&d, &now, &billed],
     )
     .await?;
     Ok(true)

@@ -139,6 +139,23 @@ const MIGRATIONS: &[&str] = &[
         outcome TEXT NOT NULL
     );
     "#,
+    // 2: closed months and their frozen statements, as in the SQLite store's version 5.
+    // `billed_month` is set only on a report counted after its own month closed.
+    r#"
+    ALTER TABLE reports ADD COLUMN billed_month BIGINT;
+    CREATE INDEX reports_late ON reports(billed_month) WHERE billed_month IS NOT NULL;
+    CREATE TABLE periods (
+        month BIGINT PRIMARY KEY,
+        closed_at BIGINT NOT NULL,
+        done BOOLEAN NOT NULL DEFAULT false
+    );
+    CREATE TABLE statements (
+        customer_id TEXT NOT NULL,
+        month BIGINT NOT NULL,
+        document BYTEA NOT NULL,
+        PRIMARY KEY (customer_id, month)
+    );
+    "#,
 ];
 
 /// Brings the database up to the newest schema version.

@@ -140,6 +140,9 @@ impl Sums {
 pub(super) struct RollupCache {
     hourly: Sums,
     monthly: Sums,
+    /// The closed months, read once per transaction (inside it: a close commits before
+    /// or after this transaction, never during it, as the writer runs one at a time).
+    closed: Option<std::collections::BTreeSet<i64>>,
 }
 
 const HOURLY_SQL: &str =
@@ -224,6 +227,21 @@ impl RollupCache {
             self.monthly.set(license_id, metric, month, dirty(m2));
         }
         Ok(Ok(()))
+    }
+
+    /// Where a report whose window starts at `window_start` is billed, as
+    /// [`rules::periods::billed_month`] decides from the closed months.
+    fn billed_month(&mut self, conn: &Connection, window_start: i64) -> StoreResult<Option<i64>> {
+        let closed = match self.closed.take() {
+            Some(c) => c,
+            None => conn
+                .prepare_cached("SELECT month FROM periods")?
+                .query_map([], |r| r.get::<_, i64>(0))?
+                .collect::<Result<_, _>>()?,
+        };
+        let billed = rules::periods::billed_month(month_of(window_start), &closed);
+        self.closed = Some(closed);
+        Ok(billed)
     }
 
     /// Writes every changed row. Must run before the transaction commits.
@@ -327,6 +345,7 @@ fn ingest_one(
     let rep = &r.report;
     let seq = rep.seq as i64;
     let near = neighbourhood(conn, &r.agent_id, seq)?;
+    let mut billed = None;
     let (status, reason, detail) = match rules::decide(rep, r.digest, terms, &near, now, source) {
         Decision::Duplicate {
             detail,
@@ -334,7 +353,17 @@ fn ingest_one(
         } => return Ok((Outcome::Duplicate, not_counted, detail)),
         Decision::Fork { detail } => {
             let code = Reason::SeqConflict.as_str();
-            insert_report(conn, r, now, source, true, "quarantined", code, &detail)?;
+            insert_report(
+                conn,
+                r,
+                now,
+                source,
+                true,
+                "quarantined",
+                code,
+                &detail,
+                None,
+            )?;
             conn.prepare_cached(
                     "INSERT INTO anomalies (kind, agent_id, license_id, seq_from, seq_to, digest, detail, opened_at)
                      VALUES ('fork', ?1, ?2, ?3, ?3, ?4, ?5, ?6)",
@@ -344,12 +373,15 @@ fn ingest_one(
         }
         Decision::Quarantine { reason, detail } => ("quarantined", Some(reason), detail),
         Decision::Count => match count(conn, rollups, &rep.license_id, rep)? {
-            Ok(()) => ("accepted", None, String::new()),
+            Ok(late) => {
+                billed = late;
+                ("accepted", None, String::new())
+            }
             Err((reason, detail)) => ("quarantined", Some(reason), detail),
         },
     };
     let code = reason.map(Reason::as_str).unwrap_or_default();
-    insert_report(conn, r, now, source, false, status, code, &detail)?;
+    insert_report(conn, r, now, source, false, status, code, &detail, billed)?;
     track_sequence(conn, sequences, &r.agent_id, &rep.license_id, seq, now)?;
     let outcome = if status == "accepted" {
         Outcome::Accepted
@@ -362,19 +394,23 @@ fn ingest_one(
 /// Adds a report's counters to the rollups of `license_id` (attributed to the hour and
 /// month of its window start). The one counting path: ingest and quarantine release both
 /// come here. A sum that would overflow changes nothing and returns the rules' verdict.
+/// `Ok(Some(month))`: the report's own month is closed, so it is billed on `month`'s
+/// statement as an adjustment (the caller records that on the report row).
 pub(super) fn count(
     conn: &Connection,
     rollups: &mut RollupCache,
     license_id: &str,
     rep: &tally_proto::report::Report,
-) -> StoreResult<Result<(), (Reason, String)>> {
+) -> StoreResult<Result<Option<i64>, (Reason, String)>> {
     let counters: Vec<(&str, u64)> = rep
         .counters
         .iter()
         .map(|c| (c.metric.as_str(), c.quantity))
         .collect();
+    let billed = rollups.billed_month(conn, rep.window_start.timestamp())?;
     Ok(rollups
         .add(conn, license_id, rep.window_start.timestamp(), &counters)?
+        .map(|()| billed)
         .map_err(|metric| rules::overflow(&metric)))
 }
 
@@ -388,12 +424,13 @@ fn insert_report(
     status: &str,
     reason: &str,
     detail: &str,
+    billed_month: Option<i64>,
 ) -> StoreResult<()> {
     let rep = &r.report;
     conn.prepare_cached(
         "INSERT INTO reports (digest, agent_id, seq, fork, license_id, prev_digest, window_start,
-            window_end, received_at, source, status, reason, detail, bytes, signature)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            window_end, received_at, source, status, reason, detail, bytes, signature, billed_month)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )?
     .execute(params![
         r.digest.as_bytes().as_slice(),
@@ -411,6 +448,7 @@ fn insert_report(
         detail,
         r.bytes,
         r.signature,
+        billed_month,
     ])?;
     Ok(())
 }

@@ -106,6 +106,7 @@ pub(super) fn purge_one(conn: &Connection, id: &str, now: i64) -> StoreResult<Op
     run(format!(
         "DELETE FROM license_metrics WHERE license_id IN {of_licenses}"
     ))?;
+    let statements = run("DELETE FROM statements WHERE customer_id = ?1".into())?;
     let licenses = run("DELETE FROM licenses WHERE customer_id = ?1".into())?;
     let tokens = run("DELETE FROM tokens WHERE role = 'customer:' || ?1".into())?;
     run("DELETE FROM customers WHERE id = ?1".into())?;
@@ -118,5 +119,6 @@ pub(super) fn purge_one(conn: &Connection, id: &str, now: i64) -> StoreResult<Op
         agents,
         licenses,
         tokens,
+        statements,
     }))
 }

@@ -5,6 +5,7 @@ mod admin;
 pub mod backup;
 mod ingest;
 mod lifecycle;
+mod periods;
 mod queries;
 mod schema;
 
@@ -367,6 +368,50 @@ impl Store for SqliteStore {
             }
         }
         Ok(out)
+    }
+
+    async fn periods(&self) -> StoreResult<Vec<PeriodRecord>> {
+        self.read(periods::periods).await
+    }
+
+    async fn begin_close(&self, month: i64, now: Instant) -> StoreResult<PeriodRecord> {
+        self.writer
+            .write(move |c| periods::begin_close(c, month, secs(now)))
+            .await
+    }
+
+    async fn license_limits(
+        &self,
+        customer: String,
+        month: i64,
+    ) -> StoreResult<Vec<crate::rules::LicenseLimit>> {
+        self.read(move |c| periods::license_limits(c, &customer, month))
+            .await
+    }
+
+    async fn counted_reports(
+        &self,
+        customer: String,
+        month: i64,
+        only_late: bool,
+    ) -> StoreResult<Vec<CountedReport>> {
+        self.read(move |c| periods::counted_reports(c, &customer, month, only_late))
+            .await
+    }
+
+    async fn finish_close(
+        &self,
+        month: i64,
+        statements: Vec<(String, Vec<u8>)>,
+    ) -> StoreResult<()> {
+        self.writer
+            .write(move |c| periods::finish_close(c, month, &statements))
+            .await
+    }
+
+    async fn closed_statement(&self, customer: String, month: i64) -> StoreResult<Option<Vec<u8>>> {
+        self.read(move |c| periods::closed_statement(c, &customer, month))
+            .await
     }
 }
 

@@ -197,16 +197,25 @@ pub(super) fn release(conn: &Connection, digest: &Digest, now: i64) -> StoreResu
         Release::Count => {}
     }
     let mut rollups = RollupCache::default();
-    if let Err((_, detail)) = super::ingest::count(conn, &mut rollups, license_id, &report)? {
-        return Err(StoreError::Conflict(format!(
-            "report {digest} cannot be counted: {detail}"
-        )));
-    }
+    let billed = match super::ingest::count(conn, &mut rollups, license_id, &report)? {
+        Ok(billed) => billed,
+        Err((_, detail)) => {
+            return Err(StoreError::Conflict(format!(
+                "report {digest} cannot be counted: {detail}"
+            )));
+        }
+    };
     rollups.flush(conn)?;
     conn.execute(
-        "UPDATE reports SET status = 'accepted', resolved_at = ?2
+        "UPDATE reports SET status = 'accepted', resolved_at = ?2, billed_month = ?5
          WHERE agent_id = ?3 AND seq = ?4 AND digest = ?1",
-        params![digest.as_bytes().as_slice(), now, row.agent_id, row.seq],
+        params![
+            digest.as_bytes().as_slice(),
+            now,
+            row.agent_id,
+            row.seq,
+            billed
+        ],
     )?;
     Ok(true)
 }

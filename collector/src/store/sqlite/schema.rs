@@ -169,6 +169,25 @@ const MIGRATIONS: &[&str] = &[
         value BLOB NOT NULL
     );
     "#,
+    // 5: closed months and their frozen statements. `billed_month` is set only on a report
+    // counted after its own month closed (an adjustment of that later month); NULL means
+    // the month of its window start, so the partial index holds late reports only and
+    // costs the ingest path nothing.
+    r#"
+    ALTER TABLE reports ADD COLUMN billed_month INTEGER;
+    CREATE INDEX reports_late ON reports(billed_month) WHERE billed_month IS NOT NULL;
+    CREATE TABLE periods (
+        month INTEGER PRIMARY KEY,
+        closed_at INTEGER NOT NULL,
+        done INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE statements (
+        customer_id TEXT NOT NULL,
+        month INTEGER NOT NULL,
+        document BLOB NOT NULL,
+        PRIMARY KEY (customer_id, month)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The newest schema version this build writes.

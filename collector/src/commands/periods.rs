@@ -1,0 +1,135 @@
+//! `periods close YYYY-MM`, `periods list` and `statements verify FILE`: closing months by
+//! hand (`serve` also closes them by itself after `--close-grace`) and checking a closed
+//! statement offline.
+
+use super::{CmdResult, CommandError, Ctx, Output, usage_err};
+use crate::calendar::{month_label, parse_month};
+use crate::periods::{self, CloseError};
+use serde_json::json;
+use std::path::Path;
+use tally_proto::statement::Statement;
+use tally_proto::time::rfc3339;
+
+impl From<CloseError> for CommandError {
+    fn from(e: CloseError) -> Self {
+        match e {
+            CloseError::Invalid(m) => usage_err(m),
+            CloseError::Store(e) => e.into(),
+        }
+    }
+}
+
+fn month_arg(s: &str) -> Result<i64, CommandError> {
+    parse_month(s).ok_or_else(|| {
+        usage_err(format!(
+            "{:?} is not a month (expected YYYY-MM)",
+            s.chars().take(32).collect::<String>()
+        ))
+    })
+}
+
+pub async fn periods_close(ctx: &Ctx, month: &str) -> CmdResult {
+    let m = month_arg(month)?;
+    let vendor = ctx.vendor_key()?;
+    let c = periods::close(ctx.store.as_ref(), &vendor, m, chrono::Utc::now()).await?;
+    periods::audit_close(ctx.store.as_ref(), &c, "cli").await?;
+    let text = if c.already_done {
+        format!(
+            "{} was already closed at {}\n",
+            month_label(m),
+            rfc3339(c.closed_at)
+        )
+    } else {
+        format!(
+            "closed {} at {}: {} statements signed\n",
+            month_label(m),
+            rfc3339(c.closed_at),
+            c.statements
+        )
+    };
+    Ok(Output::new(
+        json!({
+            "period": month_label(m),
+            "closed_at": rfc3339(c.closed_at),
+            "statements": c.statements,
+            "already_closed": c.already_done,
+        }),
+        text,
+    ))
+}
+
+pub async fn periods_list(ctx: &Ctx) -> CmdResult {
+    let rows = ctx.store.periods().await?;
+    let json: Vec<_> = rows
+        .iter()
+        .map(|p| {
+            json!({
+                "period": month_label(p.month),
+                "closed_at": rfc3339(p.closed_at),
+                "state": if p.done { "closed" } else { "closing" },
+            })
+        })
+        .collect();
+    let text = rows
+        .iter()
+        .map(|p| {
+            let state = if p.done { "closed" } else { "closing" };
+            format!(
+                "{}\t{state}\t{}\n",
+                month_label(p.month),
+                rfc3339(p.closed_at)
+            )
+        })
+        .collect::<String>();
+    Ok(Output::new(json!(json), text))
+}
+
+/// Checks a closed statement document with only the vendor's public key: `vendor_key` in
+/// hex (as `init` printed it), or else the key in the data directory `data_key` (if any).
+pub fn statements_verify(file: &Path, vendor_key: Option<&str>, data_key: &Path) -> CmdResult {
+    let key = match vendor_key {
+        Some(hex_key) => {
+            let bytes = hex::decode(hex_key.trim())
+                .map_err(|_| usage_err("--vendor-key: expected 64 hex characters"))?;
+            tally_proto::signing::verifying_key(&bytes)
+                .map_err(|e| usage_err(format!("--vendor-key: {e}")))?
+        }
+        None if data_key.exists() => tally_proto::keys::read(data_key)
+            .map_err(|e| CommandError::Runtime(e.to_string()))?
+            .verifying_key(),
+        None => {
+            return Err(usage_err(
+                "no vendor key to check against (hint: pass --vendor-key HEX, the collector key \
+                 'init' printed)",
+            ));
+        }
+    };
+    let doc = std::fs::read(file)
+        .map_err(|e| usage_err(format!("cannot read {}: {e}", file.display())))?;
+    let s = Statement::verify(&doc, &key)
+        .map_err(|e| CommandError::Runtime(format!("{}: {e}", file.display())))?;
+    let mut text = format!(
+        "statement {} {}: signature valid (vendor key {}), closed at {}\n",
+        s.customer, s.period, s.key_id, s.closed_at
+    );
+    for l in &s.lines {
+        let limit = l.limit.map_or("unlimited".to_string(), |q| q.to_string());
+        text.push_str(&format!(
+            "  {}\tused {}\tlimit {limit}\toverage {}\n",
+            l.metric, l.used, l.overage
+        ));
+    }
+    for a in &s.adjustments {
+        text.push_str(&format!(
+            "  adjustment {}\t{} of {}\n",
+            a.metric, a.quantity, a.period
+        ));
+    }
+    text.push_str(&format!("  {} agent lines\n", s.agents.len()));
+    Ok(Output::new(
+        json!({"valid": true, "customer": s.customer, "period": s.period, "key_id": s.key_id,
+               "closed_at": s.closed_at, "lines": s.lines, "adjustments": s.adjustments,
+               "agents": s.agents.len()}),
+        text,
+    ))
+}

@@ -1,0 +1,205 @@
+//! Closing months: `periods close`, the automatic close `serve` runs, and what
+//! `GET /v1/statements/{customer}/{month}` answers for open and closed months.
+//!
+//! A close runs in two steps, so ingest is held up only for the first, short one:
+//! 1. `Store::begin_close` records the month closed. From then on no report can be billed
+//!    on it: later ones become adjustments of a later month. This step is serialized
+//!    with every ingest and release.
+//! 2. Each customer's statement is built from the reports billed on the month (which can
+//!    no longer change), signed with the vendor key, and stored with `finish_close`.
+//!
+//! A crash between the two leaves the month closed but not done; the next close of it
+//! (by hand, or the automatic one) finishes it with the same close time, so the documents
+//! are the same. Several collectors closing at once write identical documents.
+
+use crate::calendar::next_month;
+use crate::rules::periods::{self as rules, CloseFacts};
+use crate::store::{AuditEntry, StatementLine, Store, StoreError};
+use ed25519_dalek::SigningKey;
+use std::collections::BTreeSet;
+use std::time::Duration;
+use tally_proto::statement::Adjustment;
+use tally_proto::time::{Instant, rfc3339};
+
+/// How often `serve` looks for months due for closing.
+pub const CLOSE_CHECK_EVERY: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloseError {
+    /// The month cannot be closed (not ended yet), or a total would overflow.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What closing a month did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    pub month: i64,
+    pub closed_at: Instant,
+    /// Statements written by this close (0 if it was already done).
+    pub statements: usize,
+    pub already_done: bool,
+}
+
+/// Closes `month` at `now` (see the module docs), signing with `vendor`.
+pub async fn close(
+    store: &dyn Store,
+    vendor: &SigningKey,
+    month: i64,
+    now: Instant,
+) -> Result<Closed, CloseError> {
+    rules::closable(month, now.timestamp()).map_err(CloseError::Invalid)?;
+    let period = store.begin_close(month, now).await?;
+    if period.done {
+        return Ok(Closed {
+            month,
+            closed_at: period.closed_at,
+            statements: 0,
+            already_done: true,
+        });
+    }
+    let key_id = tally_proto::keys::key_id(&vendor.verifying_key().to_bytes());
+    let closed_at = rfc3339(period.closed_at);
+    let mut documents = Vec::new();
+    for customer in store.list_customers(None).await? {
+        // A customer added after the month has nothing to be billed for it.
+        if customer.created_at.timestamp() >= next_month(month) {
+            continue;
+        }
+        let limits = store.license_limits(customer.id.clone(), month).await?;
+        let reports = store
+            .counted_reports(customer.id.clone(), month, false)
+            .await?;
+        let facts = CloseFacts {
+            customer: &customer.id,
+            month,
+            closed_at: &closed_at,
+            key_id: &key_id,
+            limits: &limits,
+        };
+        let statement = rules::closed_statement(&facts, &reports).map_err(CloseError::Invalid)?;
+        documents.push((customer.id, statement.sign(vendor)));
+    }
+    let statements = documents.len();
+    store.finish_close(month, documents).await?;
+    Ok(Closed {
+        month,
+        closed_at: period.closed_at,
+        statements,
+        already_done: false,
+    })
+}
+
+/// A customer-month's statement as the billing API shows it.
+#[derive(Debug, Clone)]
+pub enum StatementView {
+    /// The signed document of a closed month, byte for byte as it was frozen.
+    Closed(Vec<u8>),
+    /// An open month: its lines so far and the late usage of closed months billed on it.
+    Open {
+        lines: Vec<StatementLine>,
+        adjustments: Vec<Adjustment>,
+    },
+}
+
+pub async fn statement(
+    store: &dyn Store,
+    customer: &str,
+    month: i64,
+) -> Result<StatementView, CloseError> {
+    if let Some(doc) = store.closed_statement(customer.to_string(), month).await? {
+        return Ok(StatementView::Closed(doc));
+    }
+    let lines = store.statement(customer.to_string(), month).await?;
+    let late = store
+        .counted_reports(customer.to_string(), month, true)
+        .await?;
+    let adjustments = rules::adjustments(month, &late).map_err(CloseError::Invalid)?;
+    Ok(StatementView::Open { lines, adjustments })
+}
+
+/// Closes every month due at `now` (see [`rules::months_due`]) and finishes any close a
+/// crash interrupted, each recorded in the audit log as done by `actor`.
+pub async fn close_due(
+    store: &dyn Store,
+    vendor: &SigningKey,
+    grace_secs: i64,
+    now: Instant,
+    actor: &str,
+) -> Result<Vec<Closed>, CloseError> {
+    let periods = store.periods().await?;
+    let closed: BTreeSet<i64> = periods.iter().map(|p| p.month).collect();
+    let first = store
+        .list_customers(None)
+        .await?
+        .iter()
+        .map(|c| c.created_at.timestamp())
+        .min();
+    let mut months: Vec<i64> = periods
+        .iter()
+        .filter(|p| !p.done)
+        .map(|p| p.month)
+        .collect();
+    months.extend(rules::months_due(
+        first,
+        now.timestamp(),
+        grace_secs,
+        &closed,
+    ));
+    let mut out = Vec::new();
+    for month in months {
+        let c = close(store, vendor, month, now).await?;
+        audit_close(store, &c, actor).await?;
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// Records a close in the audit log.
+pub async fn audit_close(store: &dyn Store, c: &Closed, actor: &str) -> Result<(), StoreError> {
+    store
+        .audit(AuditEntry {
+            at: chrono::Utc::now(),
+            actor: actor.into(),
+            action: "periods close".into(),
+            target: crate::calendar::month_label(c.month),
+            outcome: if c.already_done {
+                "already closed".into()
+            } else {
+                format!(
+                    "closed_at={} statements={}",
+                    rfc3339(c.closed_at),
+                    c.statements
+                )
+            },
+        })
+        .await
+}
+
+/// Runs [`close_due`] every [`CLOSE_CHECK_EVERY`] until `stop` resolves.
+pub async fn close_loop(
+    store: std::sync::Arc<dyn Store>,
+    vendor: SigningKey,
+    grace_secs: i64,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut stop = std::pin::pin!(stop);
+    let mut tick = tokio::time::interval(CLOSE_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                match close_due(store.as_ref(), &vendor, grace_secs, chrono::Utc::now(), "lifecycle").await {
+                    Ok(closed) => {
+                        for c in closed {
+                            tracing::info!(month = %crate::calendar::month_label(c.month), statements = c.statements, "Closed a month.");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "Closing due months failed; will retry."),
+                }
+            }
+            _ = &mut stop => break,
+        }
+    }
+}

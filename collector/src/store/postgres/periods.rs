@@ -1,0 +1,162 @@
+//! Closing months on PostgreSQL. Several collectors may ingest, release and close at once,
+//! so a close is serialized with ingest by an advisory lock: every ingest and release holds
+//! it shared until its commit (`ingest::lock_periods`), and `begin_close` takes it
+//! exclusively to record the closed month. A report therefore either committed before the
+//! close (and is on the month's statement) or reads the closed month after it (and is
+//! billed as an adjustment of a later month); none falls between.
+
+use super::{execute, query, query_opt, ts};
+use crate::calendar::next_month;
+use crate::rules::LicenseLimit;
+use crate::store::{CountedReport, PeriodRecord, StoreResult, counted_report};
+use deadpool_postgres::GenericClient;
+
+/// The advisory lock key that serializes closes with ingest ("tally_pe").
+pub(super) const PERIODS_LOCK: i64 = 0x7461_6c6c_795f_7065;
+
+fn period(r: &tokio_postgres::Row) -> PeriodRecord {
+    PeriodRecord {
+        month: r.get(0),
+        closed_at: ts(r.get(1)),
+        done: r.get(2),
+    }
+}
+
+pub(super) async fn periods<C: GenericClient>(c: &C) -> StoreResult<Vec<PeriodRecord>> {
+    Ok(query(
+        c,
+        "SELECT month, closed_at, done FROM periods ORDER BY month",
+        &[],
+    )
+    .await?
+    .iter()
+    .map(period)
+    .collect())
+}
+
+pub(super) async fn begin_close<C: GenericClient>(
+    c: &C,
+    month: i64,
+    now: i64,
+) -> StoreResult<PeriodRecord> {
+    execute(c, "SELECT pg_advisory_xact_lock($1)", &[&PERIODS_LOCK]).await?;
+    execute(
+        c,
+        "INSERT INTO periods (month, closed_at) VALUES ($1, $2) ON CONFLICT (month) DO NOTHING",
+        &[&month, &now],
+    )
+    .await?;
+    let row = query_opt(
+        c,
+        "SELECT month, closed_at, done FROM periods WHERE month = $1",
+        &[&month],
+    )
+    .await?
+    .ok_or_else(|| crate::store::StoreError::Database("closed month vanished".into()))?;
+    Ok(period(&row))
+}
+
+pub(super) async fn license_limits<C: GenericClient>(
+    c: &C,
+    customer: &str,
+    month: i64,
+) -> StoreResult<Vec<LicenseLimit>> {
+    let end = next_month(month);
+    Ok(query(
+        c,
+        "SELECT m.metric, m.quota FROM license_metrics m JOIN licenses l ON l.id = m.license_id
+         WHERE l.customer_id = $1 AND l.not_before < $3 AND l.not_after >= $2
+           AND (l.revoked_at IS NULL OR l.revoked_at > $2)",
+        &[&customer, &month, &end],
+    )
+    .await?
+    .into_iter()
+    .map(|r| (r.get(0), r.get::<_, Option<i64>>(1).map(|q| q as u64)))
+    .collect())
+}
+
+pub(super) async fn counted_reports<C: GenericClient>(
+    c: &C,
+    customer: &str,
+    month: i64,
+    only_late: bool,
+) -> StoreResult<Vec<CountedReport>> {
+    let end = next_month(month);
+    let rows = if only_late {
+        query(
+            c,
+            "SELECT a.id, a.key, a.license_id, r.seq, r.digest, r.bytes
+             FROM reports r JOIN agents a ON a.id = r.agent_id JOIN licenses l ON l.id = a.license_id
+             WHERE r.billed_month = $2 AND l.customer_id = $1 AND r.status = 'accepted'
+             ORDER BY a.id, r.seq",
+            &[&customer, &month],
+        )
+        .await?
+    } else {
+        query(
+            c,
+            "SELECT a.id, a.key, a.license_id, r.seq, r.digest, r.bytes
+             FROM licenses l JOIN agents a ON a.license_id = l.id JOIN reports r ON r.agent_id = a.id
+             WHERE l.customer_id = $1 AND r.status = 'accepted'
+               AND ((r.billed_month IS NULL AND r.window_start >= $2 AND r.window_start < $3)
+                    OR r.billed_month = $2)
+             ORDER BY a.id, r.seq",
+            &[&customer, &month, &end],
+        )
+        .await?
+    };
+    rows.into_iter()
+        .map(|r| {
+            counted_report(
+                r.get(0),
+                r.get::<_, &[u8]>(1),
+                r.get(2),
+                r.get(3),
+                r.get::<_, &[u8]>(4),
+                r.get::<_, &[u8]>(5),
+            )
+        })
+        .collect()
+}
+
+pub(super) async fn finish_close<C: GenericClient>(
+    c: &C,
+    month: i64,
+    statements: &[(String, Vec<u8>)],
+) -> StoreResult<()> {
+    let (customers, docs): (Vec<&str>, Vec<&[u8]>) = statements
+        .iter()
+        .map(|(c, d)| (c.as_str(), d.as_slice()))
+        .unzip();
+    // Two collectors closing at once write identical documents (same close time, same
+    // reports, deterministic signatures); whichever lands first stays.
+    execute(
+        c,
+        "INSERT INTO statements (customer_id, month, document)
+         SELECT u.c, $1, u.d FROM unnest($2::text[], $3::bytea[]) AS u(c, d)
+         ON CONFLICT (customer_id, month) DO NOTHING",
+        &[&month, &customers, &docs],
+    )
+    .await?;
+    execute(
+        c,
+        "UPDATE periods SET done = true WHERE month = $1",
+        &[&month],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn closed_statement<C: GenericClient>(
+    c: &C,
+    customer: &str,
+    month: i64,
+) -> StoreResult<Option<Vec<u8>>> {
+    Ok(query_opt(
+        c,
+        "SELECT document FROM statements WHERE customer_id = $1 AND month = $2",
+        &[&customer, &month],
+    )
+    .await?
+    .map(|r| r.get(0)))
+}

@@ -1,0 +1,128 @@
+//! Closing months on SQLite: the closed months, the reports a statement counts, and the
+//! frozen statements. The writer runs one transaction at a time, so a close is serialized
+//! with every ingest and release by construction.
+
+use super::super::{CountedReport, PeriodRecord, StoreResult, counted_report};
+use crate::calendar::next_month;
+use crate::rules::LicenseLimit;
+use rusqlite::{Connection, OptionalExtension, params};
+use tally_proto::time::Instant;
+
+fn period(month: i64, closed_at: i64, done: bool) -> PeriodRecord {
+    PeriodRecord {
+        month,
+        closed_at: Instant::from_timestamp(closed_at, 0).unwrap_or_default(),
+        done,
+    }
+}
+
+pub(super) fn periods(conn: &Connection) -> StoreResult<Vec<PeriodRecord>> {
+    Ok(conn
+        .prepare_cached("SELECT month, closed_at, done FROM periods ORDER BY month")?
+        .query_map([], |r| {
+            Ok(period(r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0))
+        })?
+        .collect::<Result<_, _>>()?)
+}
+
+pub(super) fn begin_close(conn: &Connection, month: i64, now: i64) -> StoreResult<PeriodRecord> {
+    conn.execute(
+        "INSERT INTO periods (month, closed_at) VALUES (?1, ?2) ON CONFLICT (month) DO NOTHING",
+        params![month, now],
+    )?;
+    Ok(conn.query_row(
+        "SELECT month, closed_at, done FROM periods WHERE month = ?1",
+        [month],
+        |r| Ok(period(r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? != 0)),
+    )?)
+}
+
+/// Limits of every license of the customer valid during some part of the month.
+pub(super) fn license_limits(
+    conn: &Connection,
+    customer: &str,
+    month: i64,
+) -> StoreResult<Vec<LicenseLimit>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT m.metric, m.quota FROM license_metrics m JOIN licenses l ON l.id = m.license_id
+             WHERE l.customer_id = ?1 AND l.not_before < ?3 AND l.not_after >= ?2
+               AND (l.revoked_at IS NULL OR l.revoked_at > ?2)",
+        )?
+        .query_map(params![customer, month, next_month(month)], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<i64>>(1)?.map(|q| q as u64),
+            ))
+        })?
+        .collect::<Result<_, _>>()?)
+}
+
+/// Each of the customer's agents' reports are read along the `(agent_id, seq)` key (the
+/// month's own reports) or from the small index of late reports.
+pub(super) fn counted_reports(
+    conn: &Connection,
+    customer: &str,
+    month: i64,
+    only_late: bool,
+) -> StoreResult<Vec<CountedReport>> {
+    let sql = if only_late {
+        "SELECT a.id, a.key, a.license_id, r.seq, r.digest, r.bytes
+         FROM reports r JOIN agents a ON a.id = r.agent_id JOIN licenses l ON l.id = a.license_id
+         WHERE r.billed_month = ?2 AND l.customer_id = ?1 AND r.status = 'accepted'
+         ORDER BY a.id, r.seq"
+    } else {
+        "SELECT a.id, a.key, a.license_id, r.seq, r.digest, r.bytes
+         FROM licenses l JOIN agents a ON a.license_id = l.id CROSS JOIN reports r ON r.agent_id = a.id
+         WHERE l.customer_id = ?1 AND r.status = 'accepted'
+           AND ((r.billed_month IS NULL AND r.window_start >= ?2 AND r.window_start < ?3)
+                OR r.billed_month = ?2)
+         ORDER BY a.id, r.seq"
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let end = next_month(month);
+    let mut rows = if only_late {
+        stmt.query(params![customer, month])?
+    } else {
+        stmt.query(params![customer, month, end])?
+    };
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(counted_report(
+            r.get(0)?,
+            r.get_ref(1)?.as_blob().unwrap_or_default(),
+            r.get(2)?,
+            r.get(3)?,
+            r.get_ref(4)?.as_blob().unwrap_or_default(),
+            r.get_ref(5)?.as_blob().unwrap_or_default(),
+        )?);
+    }
+    Ok(out)
+}
+
+pub(super) fn finish_close(
+    conn: &Connection,
+    month: i64,
+    statements: &[(String, Vec<u8>)],
+) -> StoreResult<()> {
+    let mut put = conn.prepare_cached(
+        "INSERT INTO statements (customer_id, month, document) VALUES (?1, ?2, ?3)
+         ON CONFLICT (customer_id, month) DO NOTHING",
+    )?;
+    for (customer, doc) in statements {
+        put.execute(params![customer, month, doc])?;
+    }
+    conn.execute("UPDATE periods SET done = 1 WHERE month = ?1", [month])?;
+    Ok(())
+}
+
+pub(super) fn closed_statement(
+    conn: &Connection,
+    customer: &str,
+    month: i64,
+) -> StoreResult<Option<Vec<u8>>> {
+    Ok(conn
+        .prepare_cached("SELECT document FROM statements WHERE customer_id = ?1 AND month = ?2")?
+        .query_row(params![customer, month], |r| r.get(0))
+        .optional()?)
+}

@@ -1,0 +1,347 @@
+//! Closed statements: a customer-month's bill, frozen when the month is closed and signed by
+//! the vendor key, with one line per agent that the customer's agent can check alone
+//! against the receipts it holds.
+//!
+//! A statement is a JSON document. What is signed is its *canonical form* without the
+//! `signature` member: object members sorted by name, no whitespace, integers as integers,
+//! strings as JSON strings (every string a statement carries is ASCII: ids, metric names,
+//! hex, RFC 3339 times and `YYYY-MM`). The signature covers
+//! `b"tally.v1.Statement\0" || canonical bytes`; the document as served is the canonical
+//! form of the whole object, `signature` (hex) included. A verifier parses what it
+//! received, removes `signature`, and recomputes the canonical form, so a document that
+//! was re-indented on the way still verifies, while any changed value does not.
+//!
+//! Each agent line carries a Merkle root (RFC 6962 tree hash) over the digests of the
+//! reports it counted, in seq order, and the seq ranges those reports cover, so an agent
+//! can name exactly which of its reports are missing from the bill or were billed without
+//! a receipt.
+
+use crate::Digest;
+use crate::signing::{self, Domain, SignatureError};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+/// A closed customer-month statement (the signed document without its signature).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Statement {
+    pub customer: String,
+    /// `YYYY-MM`.
+    pub period: String,
+    /// Always `true` for a signed statement (open statements are not signed).
+    pub closed: bool,
+    /// RFC 3339, UTC: when the month was closed. Reports stored after it count as
+    /// adjustments of a later statement.
+    pub closed_at: String,
+    /// Key id of the vendor key that signs it.
+    pub key_id: String,
+    /// Per metric: the usage of reports whose window starts in this month.
+    pub lines: Vec<Line>,
+    /// Usage of earlier, already closed months that arrived after they closed.
+    pub adjustments: Vec<Adjustment>,
+    /// One line per agent that has a report counted on this statement.
+    pub agents: Vec<AgentLine>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Line {
+    pub metric: String,
+    pub used: u64,
+    /// `None` (JSON `null`) when unlimited.
+    pub limit: Option<u64>,
+    pub overage: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Adjustment {
+    pub metric: String,
+    /// The closed month (`YYYY-MM`) the usage belongs to.
+    pub period: String,
+    pub quantity: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentLine {
+    pub agent_id: String,
+    /// Key id of the agent's public key.
+    pub key_id: String,
+    pub license_id: String,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// How many reports this line counts.
+    pub reports: u64,
+    /// The seqs counted, as inclusive `[from, to]` ranges, ascending.
+    pub seqs: Vec<(u64, u64)>,
+    /// Per metric, sorted: the sum of the counted reports' quantities.
+    pub quantities: Vec<Quantity>,
+    /// Hex of the Merkle root over the counted reports' digests, in seq order.
+    pub root: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quantity {
+    pub metric: String,
+    pub quantity: u64,
+}
+
+/// Why a statement document was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum StatementError {
+    #[error("not a statement document: {0}")]
+    Malformed(String),
+    #[error("the statement has no signature (it is an open statement, not a closed one)")]
+    Unsigned,
+    #[error("statement is signed by key {found}, but the vendor key is {expected}")]
+    WrongKey { found: String, expected: String },
+    #[error("statement signature: {0}")]
+    Signature(#[from] SignatureError),
+}
+
+/// Canonical bytes of a JSON value: members sorted by name (serde_json's map is ordered),
+/// no whitespace.
+fn canonical(v: &Value) -> Vec<u8> {
+    // Serializing a `Value` cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+impl Statement {
+    /// Signs with the vendor key; returns the document as served and stored (canonical JSON
+    /// with `signature`).
+    pub fn sign(&self, vendor: &SigningKey) -> Vec<u8> {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        let sig = signing::sign(vendor, Domain::Statement, &canonical(&v));
+        if let Value::Object(m) = &mut v {
+            m.insert("signature".into(), Value::String(hex::encode(sig)));
+        }
+        canonical(&v)
+    }
+
+    /// Verifies a statement document against the vendor public key and decodes it.
+    pub fn verify(document: &[u8], vendor: &VerifyingKey) -> Result<Statement, StatementError> {
+        let mut v: Value = serde_json::from_slice(document)
+            .map_err(|e| StatementError::Malformed(e.to_string()))?;
+        let Value::Object(m) = &mut v else {
+            return Err(StatementError::Malformed("expected a JSON object".into()));
+        };
+        let sig = match m.remove("signature") {
+            Some(Value::String(s)) => hex::decode(s)
+                .map_err(|_| StatementError::Malformed("signature: not hex".into()))?,
+            Some(_) => return Err(StatementError::Malformed("signature: not a string".into())),
+            None => return Err(StatementError::Unsigned),
+        };
+        let expected = crate::keys::key_id(&vendor.to_bytes());
+        match m.get("key_id") {
+            Some(Value::String(found)) if *found != expected => {
+                return Err(StatementError::WrongKey {
+                    found: found.clone(),
+                    expected,
+                });
+            }
+            _ => {}
+        }
+        signing::verify(vendor, Domain::Statement, &canonical(&v), &sig)?;
+        serde_json::from_value(v).map_err(|e| StatementError::Malformed(e.to_string()))
+    }
+
+    /// The line of the agent whose public key has `key_id`.
+    pub fn agent_line(&self, key_id: &str) -> Option<&AgentLine> {
+        self.agents.iter().find(|a| a.key_id == key_id)
+    }
+}
+
+/// The RFC 6962 Merkle tree hash of `leaves` (report digests, in seq order): a leaf hashes
+/// as `SHA-256(0x00 || digest)`, an inner node as `SHA-256(0x01 || left || right)`, the
+/// left subtree holding the largest power of two below the count; no leaves hash as
+/// `SHA-256("")`.
+pub fn merkle_root(leaves: &[Digest]) -> Digest {
+    match leaves.len() {
+        0 => Digest(Sha256::digest([]).into()),
+        1 => {
+            let mut h = Sha256::new();
+            h.update([0u8]);
+            h.update(leaves[0].as_bytes());
+            Digest(h.finalize().into())
+        }
+        n => {
+            let k = largest_power_below(n);
+            let (l, r) = leaves.split_at(k);
+            let mut h = Sha256::new();
+            h.update([1u8]);
+            h.update(merkle_root(l).as_bytes());
+            h.update(merkle_root(r).as_bytes());
+            Digest(h.finalize().into())
+        }
+    }
+}
+
+/// The largest power of two strictly below `n` (`n` ≥ 2).
+fn largest_power_below(n: usize) -> usize {
+    let mut k = 1;
+    while k * 2 < n {
+        k *= 2;
+    }
+    k
+}
+
+/// Sorted, distinct seqs as inclusive ranges.
+pub fn seq_ranges(seqs: &[u64]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &s in seqs {
+        match out.last_mut() {
+            Some((_, to)) if to.checked_add(1) == Some(s) => *to = s,
+            Some((_, to)) if *to == s => {}
+            _ => out.push((s, s)),
+        }
+    }
+    out
+}
+
+/// Whether `seq` is in one of `ranges`.
+pub fn in_ranges(ranges: &[(u64, u64)], seq: u64) -> bool {
+    ranges.iter().any(|&(a, b)| a <= seq && seq <= b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(i: u8) -> Digest {
+        Digest([i; 32])
+    }
+
+    fn leaf(x: &Digest) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update([0u8]);
+        h.update(x.as_bytes());
+        h.finalize().into()
+    }
+
+    fn node(l: &[u8; 32], r: &[u8; 32]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update([1u8]);
+        h.update(l);
+        h.update(r);
+        h.finalize().into()
+    }
+
+    #[test]
+    fn merkle_root_follows_rfc_6962_shapes() {
+        let (a, b, c) = (d(1), d(2), d(3));
+        assert_eq!(merkle_root(&[a]).0, leaf(&a));
+        assert_eq!(merkle_root(&[a, b]).0, node(&leaf(&a), &leaf(&b)));
+        // Three leaves: the left subtree holds two.
+        assert_eq!(
+            merkle_root(&[a, b, c]).0,
+            node(&node(&leaf(&a), &leaf(&b)), &leaf(&c))
+        );
+        // Five leaves: four on the left, one on the right.
+        let l: Vec<Digest> = (1..=5).map(d).collect();
+        assert_eq!(
+            merkle_root(&l).0,
+            node(&merkle_root(&l[..4]).0, &leaf(&l[4]))
+        );
+        assert_ne!(merkle_root(&[a, b]), merkle_root(&[b, a]), "order matters");
+        assert_eq!(
+            hex::encode(merkle_root(&[]).0),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn seq_ranges_compress_runs() {
+        assert_eq!(seq_ranges(&[]), vec![]);
+        assert_eq!(
+            seq_ranges(&[1, 2, 3, 5, 7, 8]),
+            vec![(1, 3), (5, 5), (7, 8)]
+        );
+        assert_eq!(seq_ranges(&[4, 4, 5]), vec![(4, 5)]);
+        assert!(in_ranges(&[(1, 3), (7, 8)], 8));
+        assert!(!in_ranges(&[(1, 3), (7, 8)], 4));
+    }
+
+    fn sample(vendor: &SigningKey) -> Statement {
+        Statement {
+            customer: "cus_a".into(),
+            period: "2026-10".into(),
+            closed: true,
+            closed_at: "2026-11-04T00:00:00Z".into(),
+            key_id: crate::keys::key_id(&vendor.verifying_key().to_bytes()),
+            lines: vec![Line {
+                metric: "api.convert".into(),
+                used: 12,
+                limit: Some(10),
+                overage: 2,
+            }],
+            adjustments: vec![],
+            agents: vec![AgentLine {
+                agent_id: "agt_1".into(),
+                key_id: "0011223344556677".into(),
+                license_id: "lic_1".into(),
+                first_seq: 1,
+                last_seq: 2,
+                reports: 2,
+                seqs: vec![(1, 2)],
+                quantities: vec![Quantity {
+                    metric: "api.convert".into(),
+                    quantity: 12,
+                }],
+                root: hex::encode(merkle_root(&[d(1), d(2)]).0),
+            }],
+        }
+    }
+
+    #[test]
+    fn signed_statement_verifies_and_any_change_breaks_it() {
+        let vendor = SigningKey::from_bytes(&[7; 32]);
+        let s = sample(&vendor);
+        let doc = s.sign(&vendor);
+        assert_eq!(Statement::verify(&doc, &vendor.verifying_key()).unwrap(), s);
+        // Signing is deterministic: the same statement gives the same bytes.
+        assert_eq!(doc, s.sign(&vendor));
+        // Re-indented on the way: still verifies.
+        let pretty =
+            serde_json::to_vec_pretty(&serde_json::from_slice::<Value>(&doc).unwrap()).unwrap();
+        assert!(Statement::verify(&pretty, &vendor.verifying_key()).is_ok());
+        // One quantity changed: refused.
+        let text = String::from_utf8(doc.clone()).unwrap();
+        let tampered = text.replace("\"used\":12", "\"used\":11");
+        assert_ne!(tampered, text);
+        assert!(matches!(
+            Statement::verify(tampered.as_bytes(), &vendor.verifying_key()),
+            Err(StatementError::Signature(SignatureError::Mismatch))
+        ));
+        // Another vendor's key: named.
+        let other = SigningKey::from_bytes(&[8; 32]);
+        assert!(matches!(
+            Statement::verify(&doc, &other.verifying_key()),
+            Err(StatementError::WrongKey { .. })
+        ));
+        // Unsigned and malformed documents.
+        let unsigned = serde_json::to_vec(&s).unwrap();
+        assert!(matches!(
+            Statement::verify(&unsigned, &vendor.verifying_key()),
+            Err(StatementError::Unsigned)
+        ));
+        assert!(matches!(
+            Statement::verify(b"[1]", &vendor.verifying_key()),
+            Err(StatementError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn canonical_form_sorts_members() {
+        let vendor = SigningKey::from_bytes(&[7; 32]);
+        let doc = String::from_utf8(sample(&vendor).sign(&vendor)).unwrap();
+        assert!(
+            doc.starts_with("{\"adjustments\":[],\"agents\":[{\"agent_id\":"),
+            "{doc}"
+        );
+        assert!(doc.contains("\"seqs\":[[1,2]]"), "{doc}");
+    }
+}
