@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod http;
 pub mod running;
 pub mod server;
+pub mod statement_check;
 pub mod status;
 pub mod store;
 pub mod tls;

@@ -68,6 +68,9 @@ enum Command {
     /// Every report the agent sent, decoded.
     #[command(subcommand)]
     Reports(ReportsCmd),
+    /// Closed monthly statements from the vendor, checked against this agent's receipts.
+    #[command(subcommand)]
+    Statements(StatementsCmd),
     /// Write undelivered (or, with --since, all) signed reports to a file.
     Export {
         #[arg(long, value_name = "FILE")]
@@ -111,6 +114,30 @@ enum ReportsCmd {
     },
     /// Check the chain, every signature and every receipt offline.
     Verify,
+}
+
+#[derive(Subcommand)]
+enum StatementsCmd {
+    /// Verify a closed statement's signature and compare this agent's line with the
+    /// reports and receipts it holds (exit 1 if they differ).
+    ///
+    /// `--fetch` reads the billing API token from TALLY_API_TOKEN only: there is no flag
+    /// for it, because a command line is visible to every user of the machine.
+    Verify {
+        /// A statement document (JSON) saved from the billing API.
+        #[arg(
+            value_name = "FILE",
+            required_unless_present = "fetch",
+            conflicts_with = "fetch"
+        )]
+        file: Option<PathBuf>,
+        /// Fetch the statement of this month (YYYY-MM) for the license's customer.
+        #[arg(long, value_name = "YYYY-MM")]
+        fetch: Option<String>,
+        /// The collector's billing API URL, e.g. http://127.0.0.1:8080 (with --fetch).
+        #[arg(long, env = "TALLY_API_URL", value_name = "URL")]
+        api: Option<String>,
+    },
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -201,6 +228,25 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                 ReportsCmd::Show { seq } => commands::reports_show(&agent, seq)?,
                 ReportsCmd::Verify => commands::reports_verify(&agent)?,
             }
+        }
+        Command::Statements(StatementsCmd::Verify { file, fetch, api }) => {
+            let source = match (file, fetch) {
+                (Some(file), _) => commands::StatementSource::File(file),
+                (None, Some(month)) => commands::StatementSource::Fetch {
+                    month,
+                    api,
+                    // From the environment only: a flag would show the token to every
+                    // user of the machine (`ps`).
+                    token: std::env::var(commands::API_TOKEN_ENV).ok(),
+                },
+                // clap already requires one of them.
+                (None, None) => {
+                    return Err(CommandError::Usage(
+                        "give a statement FILE or --fetch YYYY-MM".into(),
+                    ));
+                }
+            };
+            commands::statements_verify(&open(&dir)?, source, cli.common.json).await?
         }
         Command::Export { out: file, since } => commands::export(&open(&dir)?, &file, since)?,
         Command::ImportReceipts { file } => commands::import_receipts(&open(&dir)?, &file).await?,

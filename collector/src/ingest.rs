@@ -271,7 +271,7 @@ impl Ingestor {
                         outcome: s.outcome,
                         reason: s.reason.map(Reason::as_str).unwrap_or_default().to_string(),
                         detail: std::mem::take(&mut s.detail),
-                        received_at,
+                        received_at: s.received_at,
                         lease_until: s.lease_until,
                         credits: std::mem::take(&mut s.credits),
                     }

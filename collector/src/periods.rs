@@ -61,17 +61,19 @@ pub async fn close(
         });
     }
     let key_id = tally_proto::keys::key_id(&vendor.verifying_key().to_bytes());
-    let closed_at = rfc3339(period.closed_at);
+    let closed_at = tally_proto::time::rfc3339_micros(period.closed_at);
     let mut documents = Vec::new();
     for customer in store.list_customers(None).await? {
-        // A customer added after the month has nothing to be billed for it.
-        if customer.created_at.timestamp() >= next_month(month) {
-            continue;
-        }
         let limits = store.license_limits(customer.id.clone(), month).await?;
         let reports = store
             .counted_reports(customer.id.clone(), month, false)
             .await?;
+        // A customer added after the month gets a statement only if it has something for
+        // it (a backdated license, usage imported or reported late).
+        let later = customer.created_at.timestamp() >= next_month(month);
+        if later && limits.is_empty() && reports.is_empty() {
+            continue;
+        }
         let facts = CloseFacts {
             customer: &customer.id,
             month,
@@ -201,5 +203,101 @@ pub async fn close_loop(
             }
             _ = &mut stop => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calendar::month_of;
+    use crate::store::sqlite::SqliteStore;
+    use chrono::Duration;
+    use std::sync::Arc;
+
+    fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+        (dir, Arc::new(s))
+    }
+
+    #[tokio::test]
+    async fn serve_closes_every_month_due_once_and_finishes_an_interrupted_close() {
+        let (_dir, store) = store();
+        let vendor = tally_proto::keys::generate();
+        let now = chrono::Utc::now();
+        let this = month_of(now.timestamp());
+        let last = month_of(this - 1);
+        let before_last = month_of(last - 1);
+        // A customer from two months before the current one.
+        let created = chrono::DateTime::from_timestamp(before_last + 3600, 0).unwrap();
+        store.add_customer("Acme".into(), created).await.unwrap();
+        // A crash left the month before last closed but without its statements.
+        let begun = store.begin_close(before_last, now).await.unwrap();
+        assert!(!begun.done);
+
+        let grace = 3 * 86_400;
+        let far = chrono::DateTime::from_timestamp(this + grace, 0).unwrap();
+        let later = far.max(now);
+        let closed = close_due(store.as_ref(), &vendor, grace, later, "lifecycle")
+            .await
+            .unwrap();
+        let months: Vec<i64> = closed.iter().map(|c| c.month).collect();
+        assert_eq!(months, vec![before_last, last], "{closed:?}");
+        assert_eq!(
+            closed[0].closed_at, begun.closed_at,
+            "an interrupted close keeps its close time"
+        );
+        assert!(closed.iter().all(|c| c.statements == 1 && !c.already_done));
+        let periods = store.periods().await.unwrap();
+        assert!(
+            periods.iter().all(|p| p.done) && periods.len() == 2,
+            "{periods:?}"
+        );
+        // Nothing is due twice.
+        let again = close_due(
+            store.as_ref(),
+            &vendor,
+            grace,
+            later + Duration::hours(1),
+            "lifecycle",
+        )
+        .await
+        .unwrap();
+        assert!(again.is_empty(), "{again:?}");
+        let audit = store.list_audit(10).await.unwrap();
+        assert_eq!(
+            audit
+                .iter()
+                .filter(|a| a.action == "periods close" && a.actor == "lifecycle")
+                .count(),
+            2,
+            "{audit:?}"
+        );
+        // The statements are signed documents of their month.
+        let doc = store
+            .closed_statement(
+                store.list_customers(None).await.unwrap()[0].id.clone(),
+                last,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        let s = tally_proto::statement::Statement::verify(&doc, &vendor.verifying_key()).unwrap();
+        assert_eq!(s.period, crate::calendar::month_label(last));
+    }
+
+    #[tokio::test]
+    async fn the_current_month_cannot_be_closed() {
+        let (_dir, store) = store();
+        let vendor = tally_proto::keys::generate();
+        let now = chrono::Utc::now();
+        let e = close(store.as_ref(), &vendor, month_of(now.timestamp()), now)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("has not ended"), "{e}");
+        assert!(
+            store.periods().await.unwrap().is_empty(),
+            "nothing recorded"
+        );
     }
 }

@@ -81,6 +81,12 @@ pub fn rfc3339(t: Instant) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// RFC 3339 with microseconds and `Z` (for instants that are compared with receipt times,
+/// such as a statement's close time).
+pub fn rfc3339_micros(t: Instant) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

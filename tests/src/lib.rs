@@ -2,6 +2,7 @@
 //! as `tally-collector` processes that can be SIGKILLed), test agents that sign real
 //! reports, and gRPC/HTTP clients. Nothing here replaces a part under test.
 
+pub mod deps;
 pub mod pg;
 pub mod soak;
 
@@ -341,7 +342,17 @@ fn spawn_server(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (Child, Value, PathBuf) {
-    spawn_server_limited(bin, data, args, env, None)
+    spawn_server_launched(bin, data, args, env, Launch::Direct)
+}
+
+/// How a server process is started.
+enum Launch {
+    Direct,
+    /// Every file it writes limited to this many bytes (see [`spawn_server_limited`]).
+    FileLimit(u64),
+    /// Under libfaketime, its wall clock starting at this instant (`faketime -f @…`);
+    /// its monotonic clock is left alone, so timers and timeouts behave.
+    FakeTime(DateTime<Utc>),
 }
 
 /// Like [`spawn_server`]; with `file_limit`, the process may not write any file past that
@@ -355,6 +366,20 @@ fn spawn_server_limited(
     env: &[(&str, &str)],
     file_limit: Option<u64>,
 ) -> (Child, Value, PathBuf) {
+    let launch = match file_limit {
+        None => Launch::Direct,
+        Some(b) => Launch::FileLimit(b),
+    };
+    spawn_server_launched(bin, data, args, env, launch)
+}
+
+fn spawn_server_launched(
+    bin: &str,
+    data: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    launch: Launch,
+) -> (Child, Value, PathBuf) {
     let ports = data.join("ports.json");
     let _ = std::fs::remove_file(&ports);
     let n = std::time::SystemTime::now()
@@ -363,9 +388,18 @@ fn spawn_server_limited(
         .as_nanos();
     let stderr_path = data.join(format!("{bin}-{n}.log"));
     let stderr = std::fs::File::create(&stderr_path).unwrap();
-    let mut cmd = match file_limit {
-        None => Command::new(workspace_bin(bin)),
-        Some(bytes) => {
+    let mut cmd = match launch {
+        Launch::Direct => Command::new(workspace_bin(bin)),
+        Launch::FakeTime(at) => {
+            let mut c = Command::new(deps::require("faketime"));
+            c.arg("-f")
+                .arg(at.format("@%Y-%m-%d %H:%M:%S").to_string())
+                .arg(workspace_bin(bin))
+                .env("TZ", "UTC")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+            c
+        }
+        Launch::FileLimit(bytes) => {
             let mut c = Command::new("sh");
             c.arg("-c")
                 .arg(format!(
@@ -522,6 +556,24 @@ impl AgentProcess {
         all.extend_from_slice(args);
         let (child, ports, stderr_path) =
             spawn_server_limited("tally-agent", data, &all, &[], file_limit);
+        let listen = ports["listen"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("listen in ports.json");
+        AgentProcess {
+            child,
+            listen,
+            stderr_path,
+        }
+    }
+
+    /// Starts `run` under libfaketime, its wall clock starting at `at` (windows, reports
+    /// and their times are then `at`'s; the collector keeps the real time).
+    pub fn spawn_at(data: &Path, args: &[&str], at: DateTime<Utc>) -> Self {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        let (child, ports, stderr_path) =
+            spawn_server_launched("tally-agent", data, &all, &[], Launch::FakeTime(at));
         let listen = ports["listen"]
             .as_str()
             .and_then(|s| s.parse().ok())

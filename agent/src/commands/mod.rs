@@ -1,6 +1,7 @@
 //! The agent's operator commands: `init`, `run`, `status`, `license`, `reports
-//! list|show|verify`, `export`, `import-receipts`, and `record`/`flush` against a running
-//! agent. `main.rs` parses arguments; these functions do the work and return what to print.
+//! list|show|verify`, `statements verify`, `export`, `import-receipts`, and
+//! `record`/`flush` against a running agent. `main.rs` parses arguments; these functions do
+//! the work and return what to print.
 
 use crate::agent::Agent;
 use crate::store::AgentStore;
@@ -16,11 +17,13 @@ mod init;
 mod live;
 mod reports;
 mod run;
+mod statements;
 
 pub use init::{InitArgs, init};
 pub use live::{flush, license, record, status};
 pub use reports::{report_json, reports_list, reports_show, reports_verify};
 pub use run::{RunOptions, interval_secs, load, run};
+pub use statements::{API_TOKEN_ENV, StatementSource, statements_verify};
 
 /// The TLS files remembered by `init`.
 pub fn stored_tls(store: &AgentStore) -> crate::tls::TlsFiles {

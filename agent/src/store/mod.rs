@@ -14,6 +14,7 @@ mod record;
 use close::close_tx;
 use ed25519_dalek::SigningKey;
 use receipts::receipts_tx;
+pub use receipts::{HeldReceipt, HeldReport};
 use record::record_tx;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::BTreeMap;

@@ -156,6 +156,10 @@ pub struct StoredOutcome {
     pub detail: String,
     pub lease_until: Option<Instant>,
     pub credits: Vec<Credit>,
+    /// The receipt time: the caller's, or later, taken where the store serializes its
+    /// writes (so a month's close time is after every report billed on it, and before
+    /// every report billed as a late adjustment).
+    pub received_at: Instant,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -410,7 +414,8 @@ pub trait Store: Send + Sync + 'static {
     // --- closing months ---------------------------------------------------------------
     /// Every month being closed or closed, oldest first.
     async fn periods(&self) -> StoreResult<Vec<PeriodRecord>>;
-    /// Starts closing `month` as of `now`. Serialized with every ingest and release: one
+    /// Starts closing `month` (at `now`, or later: the time is taken when the close is
+    /// serialized). Serialized with every ingest and release: one
     /// that commits after this counts a report of `month` as an adjustment of a later month
     /// (see `rules::periods::billed_month`), one that committed before is on `month`'s
     /// statement. Idempotent: a month already being closed keeps its first close time,
@@ -444,6 +449,8 @@ pub trait Store: Send + Sync + 'static {
 pub struct PeriodRecord {
     /// Unix seconds of the month's first instant.
     pub month: i64,
+    /// Taken where the store serializes its writes, to the microsecond (stored as
+    /// microseconds): after the receipt time of every report billed on the month.
     pub closed_at: Instant,
     pub done: bool,
 }

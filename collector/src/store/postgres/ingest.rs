@@ -17,7 +17,7 @@
 //! Nothing here decides what is billed.
 
 use super::super::{AuthenticReport, StoreError, StoreResult, StoredOutcome};
-use super::{Param, execute, query};
+use super::{Param, execute, query, query_opt};
 use crate::calendar::{hour_of, month_of};
 use crate::rules::{self, Decision, LicenseTerms, Neighbour, SeqChange, Source};
 use deadpool_postgres::GenericClient;
@@ -26,6 +26,7 @@ use tally_proto::Digest;
 use tally_proto::reason::Reason;
 use tally_proto::receipt::Outcome;
 use tally_proto::report::Report;
+use tally_proto::time::Instant;
 
 /// `(license, metric, period start)`.
 type SumKey = (String, String, i64);
@@ -68,21 +69,27 @@ pub(super) struct Sums {
 /// Takes the periods lock shared (every ingest and release holds it until its commit, so a
 /// close, which takes it exclusively, waits for them and they wait for it) and reads the
 /// closed months, in the statement after the lock so the snapshot includes every close that
-/// committed before it.
+/// committed before it. Also returns the database's clock, read after the lock: every
+/// collector's receipt times come from that one clock, as close times do.
 pub(super) async fn lock_periods<C: GenericClient>(
     c: &C,
-) -> StoreResult<std::collections::BTreeSet<i64>> {
+) -> StoreResult<(std::collections::BTreeSet<i64>, Instant)> {
     execute(
         c,
         "SELECT pg_advisory_xact_lock_shared($1)",
         &[&super::periods::PERIODS_LOCK],
     )
     .await?;
-    Ok(query(c, "SELECT month FROM periods", &[])
-        .await?
-        .into_iter()
-        .map(|r| r.get(0))
-        .collect())
+    let row = query_opt(
+        c,
+        "SELECT ARRAY(SELECT month FROM periods), (extract(epoch FROM clock_timestamp()) * 1000000)::int8",
+        &[],
+    )
+    .await?
+    .ok_or_else(|| StoreError::Database("no row from the periods read".into()))?;
+    let months: Vec<i64> = row.get(0);
+    let now = Instant::from_timestamp_micros(row.get(1)).unwrap_or_default();
+    Ok((months.into_iter().collect(), now))
 }
 
 impl Sums {
@@ -331,11 +338,13 @@ struct NewReport<'a> {
 pub(super) async fn ingest_batch<C: GenericClient>(
     c: &C,
     reports: &[AuthenticReport],
-    now: i64,
+    received_at: Instant,
     source: Source,
 ) -> StoreResult<Vec<StoredOutcome>> {
     // 1. Hold off closes, then lock the agents, in id order.
-    let closed = lock_periods(c).await?;
+    let (closed, db_now) = lock_periods(c).await?;
+    let received_at = received_at.max(db_now);
+    let now = received_at.timestamp();
     let mut agent_ids: Vec<&str> = reports.iter().map(|r| r.agent_id.as_str()).collect();
     agent_ids.sort_unstable();
     agent_ids.dedup();
@@ -513,6 +522,7 @@ pub(super) async fn ingest_batch<C: GenericClient>(
             detail,
             lease_until: rules::lease_until(terms, now),
             credits: rules::credits(terms, &used),
+            received_at,
         });
     }
 

@@ -319,9 +319,13 @@ impl Store for PostgresStore {
         if reports.is_empty() {
             return Ok(Vec::new());
         }
-        let now = secs(received_at);
-        in_transaction!(self, |tx| ingest::ingest_batch(&tx, &reports, now, source)
-            .await?)
+        in_transaction!(self, |tx| ingest::ingest_batch(
+            &tx,
+            &reports,
+            received_at,
+            source
+        )
+        .await?)
     }
 
     async fn enroll(
@@ -508,8 +512,7 @@ impl Store for PostgresStore {
     }
 
     async fn begin_close(&self, month: i64, now: Instant) -> StoreResult<PeriodRecord> {
-        in_transaction!(self, |tx| periods::begin_close(&tx, month, secs(now))
-            .await?)
+        in_transaction!(self, |tx| periods::begin_close(&tx, month, now).await?)
     }
 
     async fn license_limits(

@@ -5,11 +5,12 @@
 //! close (and is on the month's statement) or reads the closed month after it (and is
 //! billed as an adjustment of a later month); none falls between.
 
-use super::{execute, query, query_opt, ts};
+use super::{execute, query, query_opt};
 use crate::calendar::next_month;
 use crate::rules::LicenseLimit;
 use crate::store::{CountedReport, PeriodRecord, StoreResult, counted_report};
 use deadpool_postgres::GenericClient;
+use tally_proto::time::Instant;
 
 /// The advisory lock key that serializes closes with ingest ("tally_pe").
 pub(super) const PERIODS_LOCK: i64 = 0x7461_6c6c_795f_7065;
@@ -17,7 +18,7 @@ pub(super) const PERIODS_LOCK: i64 = 0x7461_6c6c_795f_7065;
 fn period(r: &tokio_postgres::Row) -> PeriodRecord {
     PeriodRecord {
         month: r.get(0),
-        closed_at: ts(r.get(1)),
+        closed_at: Instant::from_timestamp_micros(r.get(1)).unwrap_or_default(),
         done: r.get(2),
     }
 }
@@ -37,13 +38,17 @@ pub(super) async fn periods<C: GenericClient>(c: &C) -> StoreResult<Vec<PeriodRe
 pub(super) async fn begin_close<C: GenericClient>(
     c: &C,
     month: i64,
-    now: i64,
+    now: Instant,
 ) -> StoreResult<PeriodRecord> {
     execute(c, "SELECT pg_advisory_xact_lock($1)", &[&PERIODS_LOCK]).await?;
+    // The database's clock, after the lock: later than every receipt time of the ingests
+    // that committed before (they read the same clock earlier).
     execute(
         c,
-        "INSERT INTO periods (month, closed_at) VALUES ($1, $2) ON CONFLICT (month) DO NOTHING",
-        &[&month, &now],
+        "INSERT INTO periods (month, closed_at)
+         VALUES ($1, GREATEST($2, (extract(epoch FROM clock_timestamp()) * 1000000)::int8))
+         ON CONFLICT (month) DO NOTHING",
+        &[&month, &now.timestamp_micros()],
     )
     .await?;
     let row = query_opt(

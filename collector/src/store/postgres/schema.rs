@@ -146,7 +146,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX reports_late ON reports(billed_month) WHERE billed_month IS NOT NULL;
     CREATE TABLE periods (
         month BIGINT PRIMARY KEY,
-        closed_at BIGINT NOT NULL,
+        closed_at BIGINT NOT NULL, -- microseconds
         done BOOLEAN NOT NULL DEFAULT false
     );
     CREATE TABLE statements (

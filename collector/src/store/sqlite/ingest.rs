@@ -272,6 +272,8 @@ pub(super) fn ingest_batch(
     received_at: Instant,
     source: Source,
 ) -> StoreResult<Vec<StoredOutcome>> {
+    // Inside the writer: a close (also a writer transaction) is strictly before or after.
+    let received_at = received_at.max(chrono::Utc::now());
     let now = received_at.timestamp();
     let mut licenses: HashMap<String, LicenseTerms> = HashMap::new();
     let mut rollups = RollupCache::default();
@@ -291,6 +293,7 @@ pub(super) fn ingest_batch(
             detail,
             lease_until: rules::lease_until(lic, now),
             credits: credits(conn, &mut rollups, lid, lic, now)?,
+            received_at,
         });
     }
     rollups.flush(conn)?;

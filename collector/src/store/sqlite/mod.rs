@@ -376,7 +376,7 @@ impl Store for SqliteStore {
 
     async fn begin_close(&self, month: i64, now: Instant) -> StoreResult<PeriodRecord> {
         self.writer
-            .write(move |c| periods::begin_close(c, month, secs(now)))
+            .write(move |c| periods::begin_close(c, month, now))
             .await
     }
 

@@ -8,10 +8,10 @@ use crate::rules::LicenseLimit;
 use rusqlite::{Connection, OptionalExtension, params};
 use tally_proto::time::Instant;
 
-fn period(month: i64, closed_at: i64, done: bool) -> PeriodRecord {
+fn period(month: i64, closed_at_micros: i64, done: bool) -> PeriodRecord {
     PeriodRecord {
         month,
-        closed_at: Instant::from_timestamp(closed_at, 0).unwrap_or_default(),
+        closed_at: Instant::from_timestamp_micros(closed_at_micros).unwrap_or_default(),
         done,
     }
 }
@@ -25,7 +25,13 @@ pub(super) fn periods(conn: &Connection) -> StoreResult<Vec<PeriodRecord>> {
         .collect::<Result<_, _>>()?)
 }
 
-pub(super) fn begin_close(conn: &Connection, month: i64, now: i64) -> StoreResult<PeriodRecord> {
+pub(super) fn begin_close(
+    conn: &Connection,
+    month: i64,
+    now: Instant,
+) -> StoreResult<PeriodRecord> {
+    // Inside the writer: every ingest before this has its (earlier) receipt time.
+    let now = now.max(chrono::Utc::now()).timestamp_micros();
     conn.execute(
         "INSERT INTO periods (month, closed_at) VALUES (?1, ?2) ON CONFLICT (month) DO NOTHING",
         params![month, now],

@@ -178,7 +178,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX reports_late ON reports(billed_month) WHERE billed_month IS NOT NULL;
     CREATE TABLE periods (
         month INTEGER PRIMARY KEY,
-        closed_at INTEGER NOT NULL,
+        closed_at INTEGER NOT NULL, -- microseconds
         done INTEGER NOT NULL DEFAULT 0
     );
     CREATE TABLE statements (

@@ -1,0 +1,307 @@
+//! Closing a month with real processes: a `tally-agent` whose clock is set to the last days
+//! of the previous month (libfaketime) reports usage to a `tally-collector` on real time;
+//! `periods close` freezes the month into a statement signed by the vendor key, which
+//! `statements verify` checks offline and `tally-agent statements verify` checks against
+//! the agent's own receipts. Reports of the closed month that arrive later land as an
+//! adjustment of the next month and never change the closed statement's bytes; a statement
+//! the vendor tampered with (one report dropped, one quantity changed) is caught, each
+//! difference named.
+
+use chrono::{Duration, Utc};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::process::Command;
+use tally_collector::calendar::{month_label, month_of};
+use tally_proto::statement::Statement;
+use tally_tests::{
+    AgentProcess, CollectorProcess, agent_cmd, agent_json, collector_cmd, collector_json,
+    workspace_bin,
+};
+
+/// Records `events` (quantity each) on the agent, one HTTP call each, and waits until
+/// every report has its receipt.
+async fn record(agent: &AgentProcess, quantities: &[u64]) {
+    let http = reqwest::Client::new();
+    for q in quantities {
+        let r = http
+            .post(format!("{}/v1/events", agent.url()))
+            .json(&json!({"metric": "api.convert", "quantity": q}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{:?}", r.text().await);
+        // Spread the events over windows (interval 1 s).
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    agent.drain(60).await;
+}
+
+async fn get(http_addr: std::net::SocketAddr, path: &str, token: &str) -> (u16, Vec<u8>) {
+    let r = reqwest::Client::new()
+        .get(format!("http://{http_addr}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+}
+
+/// `tally-agent statements verify --fetch MONTH` with the token in the environment.
+fn agent_fetch(data: &Path, month: &str, api: &str, token: &str) -> (i32, String, String) {
+    let out = Command::new(workspace_bin("tally-agent"))
+        .arg("--data")
+        .arg(data)
+        .args(["statements", "verify", "--fetch", month, "--api", api])
+        .env("TALLY_API_TOKEN", token)
+        .env_remove("TALLY_DATA")
+        .env_remove("TALLY_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_month_is_signed_frozen_and_verifiable_by_the_customers_agent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cdata, adata) = (tmp.path().join("collector"), tmp.path().join("agent"));
+    let init = collector_json(&cdata, &["init"]);
+    let admin = init["admin_token"].as_str().unwrap().to_string();
+    let vendor_hex = init["collector_key"].as_str().unwrap().to_string();
+    let customer = collector_json(&cdata, &["customers", "add", "Acme"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = collector_json(&cdata, &["customers", "add", "Globex"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Auto-close off: this test closes by hand.
+    let collector = CollectorProcess::spawn_with_args(
+        &cdata,
+        &[
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--close-grace",
+            "off",
+        ],
+    );
+    let endpoint = format!("http://{}", collector.grpc);
+    let not_before = tally_proto::time::rfc3339(Utc::now() - Duration::days(40));
+    let lic = collector_json(
+        &cdata,
+        &[
+            "licenses",
+            "issue",
+            "--customer",
+            &customer,
+            "--metric",
+            "api.convert=20",
+            "--expires",
+            "2099-01-01",
+            "--not-before",
+            &not_before,
+            "--endpoint",
+            &endpoint,
+        ],
+    );
+    agent_json(
+        &adata,
+        &[
+            "init",
+            "--license",
+            lic["file"].as_str().unwrap(),
+            "--token",
+            lic["enrollment_token"].as_str().unwrap(),
+            "--collector",
+            &endpoint,
+        ],
+    );
+    let customer_token = collector_json(
+        &cdata,
+        &[
+            "tokens",
+            "create",
+            "--role",
+            &format!("customer:{customer}"),
+        ],
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other_token = collector_json(
+        &cdata,
+        &["tokens", "create", "--role", &format!("customer:{other}")],
+    )["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The agent lives in the last days of the previous month.
+    let this_month = month_of(Utc::now().timestamp());
+    let day =
+        |d: i64| chrono::DateTime::from_timestamp(this_month - d * 86_400 + 12 * 3600, 0).unwrap();
+    let period = month_label(this_month - 1);
+    let mut agent = AgentProcess::spawn_at(
+        &adata,
+        &["--listen", "127.0.0.1:0", "--interval", "1s"],
+        day(3),
+    );
+    record(&agent, &[5, 7, 11]).await;
+    agent.kill9();
+
+    // Close it.
+    let closed = collector_json(&cdata, &["periods", "close", &period]);
+    assert_eq!(closed["period"], period.as_str());
+    // Globex, added this month with no license or usage for the closed one, gets none.
+    assert_eq!(closed["statements"], 1, "{closed}");
+    let again = collector_json(&cdata, &["periods", "close", &period]);
+    assert_eq!(again["already_closed"], true, "{again}");
+    let (code, _, err) = collector_cmd(&cdata, &["periods", "close", &month_label(this_month)]);
+    assert_eq!(code, 2, "the current month cannot be closed: {err}");
+    assert!(err.contains("has not ended"), "{err}");
+
+    let path = format!("/v1/statements/{customer}/{period}");
+    let (status, frozen) = get(collector.http, &path, &admin).await;
+    assert_eq!(status, 200);
+    let doc: Value = serde_json::from_slice(&frozen).unwrap();
+    assert_eq!(doc["closed"], true, "{doc}");
+    assert!(
+        doc["signature"].as_str().is_some_and(|s| s.len() == 128),
+        "{doc}"
+    );
+    assert_eq!(
+        doc["key_id"],
+        tally_proto::keys::key_id(&hex::decode(&vendor_hex).unwrap().try_into().unwrap())
+    );
+    assert_eq!(
+        doc["lines"],
+        json!([{"metric": "api.convert", "used": 23, "limit": 20, "overage": 3}]),
+        "{doc}"
+    );
+    let agents = doc["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 1, "{doc}");
+    assert_eq!(
+        agents[0]["quantities"],
+        json!([{"metric": "api.convert", "quantity": 23}])
+    );
+    assert_eq!(agents[0]["first_seq"], 1);
+
+    // Offline check with only the vendor's public key.
+    let file = tmp.path().join("statement.json");
+    std::fs::write(&file, &frozen).unwrap();
+    let f = file.to_str().unwrap();
+    let elsewhere = tmp.path().join("nothing-here");
+    let (code, out, err) = collector_cmd(
+        &elsewhere,
+        &["statements", "verify", f, "--vendor-key", &vendor_hex],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("signature valid"), "{out}");
+    let forged = tmp.path().join("forged.json");
+    std::fs::write(
+        &forged,
+        String::from_utf8(frozen.clone())
+            .unwrap()
+            .replace("\"used\":23", "\"used\":13"),
+    )
+    .unwrap();
+    let (code, _, err) = collector_cmd(
+        &elsewhere,
+        &[
+            "statements",
+            "verify",
+            forged.to_str().unwrap(),
+            "--vendor-key",
+            &vendor_hex,
+        ],
+    );
+    assert_eq!(code, 1, "a changed statement must not verify");
+    assert!(err.contains("signature does not verify"), "{err}");
+
+    // The agent checks its line: from the file, and fetched with the customer's token.
+    let (code, out, err) = agent_cmd(&adata, &["statements", "verify", f]);
+    assert_eq!(code, 0, "{out}{err}\n{doc}");
+    assert!(out.contains("matches my receipts"), "{out}");
+    let api = format!("http://{}", collector.http);
+    let (code, out, err) = agent_fetch(&adata, &period, &api, &customer_token);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("matches my receipts"), "{out}");
+    let (code, _, err) = agent_fetch(&adata, &period, &api, &other_token);
+    assert_eq!(
+        code, 1,
+        "another customer's token must not fetch this statement: {err}"
+    );
+    assert!(err.contains("not found"), "{err}");
+
+    // Late reports of the closed month: an adjustment of this month; the closed statement
+    // does not change by a byte.
+    let mut agent = AgentProcess::spawn_at(
+        &adata,
+        &["--listen", "127.0.0.1:0", "--interval", "1s"],
+        day(2),
+    );
+    record(&agent, &[2, 2, 2, 2]).await;
+    agent.kill9();
+    let (_, after) = get(collector.http, &path, &admin).await;
+    assert_eq!(after, frozen, "a closed statement changed");
+    let (_, open) = get(
+        collector.http,
+        &format!("/v1/statements/{customer}/{}", month_label(this_month)),
+        &admin,
+    )
+    .await;
+    let open: Value = serde_json::from_slice(&open).unwrap();
+    assert_eq!(open["closed"], false, "{open}");
+    assert_eq!(
+        open["adjustments"],
+        json!([{"metric": "api.convert", "period": period, "quantity": 8}]),
+        "{open}"
+    );
+    // Usage by hour still says when it happened: the late usage is in the closed month.
+    let (_, usage) = get(
+        collector.http,
+        &format!("/v1/usage?customer={customer}&granularity=month"),
+        &admin,
+    )
+    .await;
+    let usage: Value = serde_json::from_slice(&usage).unwrap();
+    assert_eq!(usage["rows"][0]["quantity"], 31, "{usage}");
+    // The agent's line still matches: the late reports are noted, not differences.
+    let (code, out, err) = agent_cmd(&adata, &["statements", "verify", f]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("after the close"), "{out}");
+
+    // The vendor tampers: drops one report from the agent's line and raises a quantity,
+    // and signs again (it holds the key). The agent names both differences.
+    let vendor = tally_proto::keys::read(&cdata.join("vendor.key")).unwrap();
+    let mut s = Statement::verify(&frozen, &vendor.verifying_key()).unwrap();
+    let line = &mut s.agents[0];
+    let (first, last) = (line.first_seq, line.last_seq);
+    assert!(last >= first + 2, "need three reports at least: {line:?}");
+    let dropped = first + 1;
+    line.seqs = vec![(first, first), (first + 2, last)];
+    line.reports -= 1;
+    line.quantities[0].quantity += 4;
+    let tampered = tmp.path().join("tampered.json");
+    std::fs::write(&tampered, s.sign(&vendor)).unwrap();
+    let (code, out, err) = agent_cmd(
+        &adata,
+        &["statements", "verify", tampered.to_str().unwrap()],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(&format!("seq {dropped} ")) && out.contains("missing from the bill"),
+        "the dropped report must be named: {out}"
+    );
+    assert!(
+        out.contains("metric api.convert: the bill counts 27, my receipts count 23"),
+        "the changed quantity must be named: {out}"
+    );
+    assert!(err.contains("differs from my receipts"), "{err}");
+}
