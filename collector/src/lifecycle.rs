@@ -1,7 +1,8 @@
 //! The data lifecycle the collector runs by itself: purging cancelled customers when their
-//! time comes (and, later, retention). Each purge leaves one audit entry with its counts.
+//! time comes, and retention (removing the bodies of reports `--retain-reports` after their
+//! month closed). Each purge and each month's removal leaves one audit entry with counts.
 
-use crate::store::{AuditEntry, Purge, Store, StoreResult};
+use crate::store::{AuditEntry, Expiry, Purge, Store, StoreResult};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tally_proto::time::Instant;
@@ -47,10 +48,39 @@ pub async fn purge_due(
     Ok(purged)
 }
 
-/// Runs [`purge_due`] every [`PURGE_CHECK_EVERY`] until `stop` resolves.
-pub async fn purge_loop(
+/// Default: report bodies are kept 400 days after their month closed.
+pub const DEFAULT_RETAIN_REPORTS_SECS: i64 = 400 * 86_400;
+
+/// Removes the bodies of the reports of every month closed at least `retain_secs` before
+/// `now` (see `Store::expire_reports`), each month recorded in the audit log.
+pub async fn expire_due(
+    store: &dyn Store,
+    retain_secs: i64,
+    now: Instant,
+    actor: &str,
+) -> StoreResult<Vec<Expiry>> {
+    let cutoff = now - chrono::Duration::seconds(retain_secs.max(0));
+    let expired = store.expire_reports(cutoff, now).await?;
+    for e in &expired {
+        store
+            .audit(AuditEntry {
+                at: now,
+                actor: actor.into(),
+                action: "reports expire".into(),
+                target: crate::calendar::month_label(e.month),
+                outcome: format!("reports={} agents={}", e.reports, e.agents),
+            })
+            .await?;
+        tracing::info!(month = %crate::calendar::month_label(e.month), reports = e.reports, "Removed the bodies of a closed month's reports.");
+    }
+    Ok(expired)
+}
+
+/// Runs [`purge_due`] and [`expire_due`] every [`PURGE_CHECK_EVERY`] until `stop` resolves.
+pub async fn lifecycle_loop(
     store: std::sync::Arc<dyn Store>,
     licenses_dir: Option<PathBuf>,
+    retain_secs: i64,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let mut stop = std::pin::pin!(stop);
@@ -60,6 +90,9 @@ pub async fn purge_loop(
             _ = tick.tick() => {
                 if let Err(e) = purge_due(store.as_ref(), chrono::Utc::now(), "lifecycle", licenses_dir.as_deref()).await {
                     tracing::error!(error = %e, "Purging cancelled customers failed; will retry.");
+                }
+                if let Err(e) = expire_due(store.as_ref(), retain_secs, chrono::Utc::now(), "lifecycle").await {
+                    tracing::error!(error = %e, "Removing expired report bodies failed; will retry.");
                 }
             }
             _ = &mut stop => break,

@@ -66,6 +66,19 @@ enum Command {
     /// Closed statements.
     #[command(subcommand)]
     Statements(StatementsCmd),
+    /// Report bodies kept after their month closed.
+    #[command(subcommand)]
+    Retention(RetentionCmd),
+}
+
+#[derive(Subcommand)]
+enum RetentionCmd {
+    /// Remove now the report bodies of months closed at least --retain-reports ago.
+    Apply {
+        /// How long report bodies are kept after their month closed (default 400d).
+        #[arg(long, value_name = "DURATION")]
+        retain_reports: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -141,6 +154,10 @@ struct ServeArgs {
     /// Close each month this long after it ends (e.g. 3d); `off`: only `periods close`.
     #[arg(long, env = "TALLY_CLOSE_GRACE", value_name = "DURATION")]
     close_grace: Option<String>,
+    /// Remove report bodies this long after their month closed (default 400d); rollups,
+    /// statements and dedup facts stay.
+    #[arg(long, env = "TALLY_RETAIN_REPORTS", value_name = "DURATION")]
+    retain_reports: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -326,6 +343,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                 tls,
                 agent_rate: a.agent_rate,
                 close_grace: a.close_grace,
+                retain_reports: a.retain_reports,
                 json: cli.common.json,
             };
             commands::serve(Ctx::open(dir, database).await?, options).await?;
@@ -452,6 +470,10 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                 PeriodsCmd::Close { month } => commands::periods_close(&ctx, &month).await?,
                 PeriodsCmd::List => commands::periods_list(&ctx).await?,
             }
+        }
+        Command::Retention(RetentionCmd::Apply { retain_reports }) => {
+            let ctx = Ctx::open(dir, database).await?;
+            commands::retention_apply(&ctx, retain_reports.as_deref()).await?
         }
         Command::Statements(StatementsCmd::Verify { file, vendor_key }) => {
             use tally_collector::datadir::CollectorFiles;

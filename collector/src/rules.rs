@@ -308,12 +308,13 @@ pub enum Release {
 }
 
 /// Decides a release of the report stored with `status` (`accepted`, `quarantined` or
-/// `discarded`).
-pub fn release(status: &str, report: &Report) -> Release {
-    match status {
-        "accepted" => Release::AlreadyCounted,
-        "discarded" => Release::Refuse("it was discarded; it cannot be released".into()),
-        _ => match report.check_counters() {
+/// `discarded`); `report` is `None` when retention removed its body.
+pub fn release(status: &str, report: Option<&Report>) -> Release {
+    match (status, report) {
+        ("accepted", _) => Release::AlreadyCounted,
+        ("discarded", _) => Release::Refuse("it was discarded; it cannot be released".into()),
+        (_, None) => Release::Refuse("its body was removed by retention".into()),
+        (_, Some(report)) => match report.check_counters() {
             Err(e) => Release::Refuse(format!("it has invalid counters ({e}); discard it instead")),
             Ok(()) => Release::Count,
         },
@@ -1035,11 +1036,20 @@ mod tests {
         let ok = report();
         let mut bad = report();
         bad.counters[0].quantity = 0;
-        assert_eq!(release("quarantined", &ok), Release::Count);
-        assert_eq!(release("accepted", &ok), Release::AlreadyCounted);
-        assert!(matches!(release("discarded", &ok), Release::Refuse(_)));
+        assert_eq!(release("quarantined", Some(&ok)), Release::Count);
+        assert_eq!(release("accepted", Some(&ok)), Release::AlreadyCounted);
+        assert!(matches!(
+            release("discarded", Some(&ok)),
+            Release::Refuse(_)
+        ));
+        // Retention removed the body: counted stays counted, nothing else can be released.
+        assert_eq!(release("accepted", None), Release::AlreadyCounted);
+        assert!(matches!(release("discarded", None), Release::Refuse(_)));
         assert!(
-            matches!(release("quarantined", &bad), Release::Refuse(m) if m.contains("discard it instead"))
+            matches!(release("quarantined", None), Release::Refuse(m) if m.contains("retention"))
+        );
+        assert!(
+            matches!(release("quarantined", Some(&bad)), Release::Refuse(m) if m.contains("discard it instead"))
         );
     }
 

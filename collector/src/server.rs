@@ -31,6 +31,8 @@ pub struct Collector {
     pub vendor_key: SigningKey,
     /// Close each month this long after it ends; `None`: only `periods close` closes.
     pub close_grace_secs: Option<i64>,
+    /// Remove report bodies this long after their month closed.
+    pub retain_reports_secs: i64,
 }
 
 /// Default: a month is closed 3 days after it ends.
@@ -68,6 +70,7 @@ impl Collector {
             licenses_dir: None,
             vendor_key,
             close_grace_secs: Some(DEFAULT_CLOSE_GRACE_SECS),
+            retain_reports_secs: crate::lifecycle::DEFAULT_RETAIN_REPORTS_SECS,
         }
     }
 
@@ -119,9 +122,10 @@ pub async fn run(
         TcpIncoming::from(grpc).with_nodelay(Some(true)),
         wait(stop_rx.clone()),
     );
-    let lifecycle = crate::lifecycle::purge_loop(
+    let lifecycle = crate::lifecycle::lifecycle_loop(
         collector.store.clone(),
         collector.licenses_dir.clone(),
+        collector.retain_reports_secs,
         wait(stop_rx.clone()),
     );
     let closing = async {

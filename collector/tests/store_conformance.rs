@@ -201,6 +201,16 @@ impl Store for CountsDuplicatesTwice {
     async fn closed_statement(&self, customer: String, month: i64) -> StoreResult<Option<Vec<u8>>> {
         self.0.closed_statement(customer, month).await
     }
+    async fn expire_reports(
+        &self,
+        closed_before: Instant,
+        now: Instant,
+    ) -> StoreResult<Vec<Expiry>> {
+        self.0.expire_reports(closed_before, now).await
+    }
+    async fn retained_digests(&self, agent: Option<String>) -> StoreResult<Vec<RetainedDigest>> {
+        self.0.retained_digests(agent).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

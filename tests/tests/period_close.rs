@@ -277,6 +277,48 @@ async fn a_closed_month_is_signed_frozen_and_verifiable_by_the_customers_agent()
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("after the close"), "{out}");
 
+    // Retention removes the report bodies of the closed month: the statement and the
+    // totals stay, and every report resent (exported by the agent, imported at the
+    // collector) is a duplicate, counted once.
+    let expired = collector_json(&cdata, &["retention", "apply", "--retain-reports", "1s"]);
+    assert_eq!(expired[0]["period"], period.as_str(), "{expired}");
+    assert!(expired[0]["reports"].as_u64().unwrap() >= 3, "{expired}");
+    let (_, kept) = get(collector.http, &path, &admin).await;
+    assert_eq!(kept, frozen, "retention changed a closed statement");
+    let (_, usage_after) = get(
+        collector.http,
+        &format!("/v1/usage?customer={customer}&granularity=month"),
+        &admin,
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&usage_after).unwrap(),
+        usage,
+        "retention changed the totals"
+    );
+    let bundle = tmp.path().join("all.bundle");
+    agent_json(
+        &adata,
+        &["export", "--since", "1", "--out", bundle.to_str().unwrap()],
+    );
+    let imported = collector_json(&cdata, &["import", bundle.to_str().unwrap()]);
+    let counts = imported["counts"].as_object().unwrap();
+    assert!(
+        counts.keys().all(|k| k == "duplicate") && counts["duplicate"].as_u64() > Some(3),
+        "resent after retention: {imported}"
+    );
+    let (_, usage_resent) = get(
+        collector.http,
+        &format!("/v1/usage?customer={customer}&granularity=month"),
+        &admin,
+    )
+    .await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&usage_resent).unwrap(),
+        usage,
+        "a resend after retention was counted"
+    );
+
     // The vendor tampers: drops one report from the agent's line and raises a quantity,
     // and signs again (it holds the key). The agent names both differences.
     let vendor = tally_proto::keys::read(&cdata.join("vendor.key")).unwrap();

@@ -20,7 +20,7 @@ pub use agents::{agents_add, agents_list, agents_revoke};
 pub use backup::{backup, backup_verify, restore};
 pub use cancel::customers_cancel;
 pub use licenses::{IssueArgs, licenses_issue, licenses_list, licenses_revoke, parse_metric_arg};
-pub use periods::{periods_close, periods_list, statements_verify};
+pub use periods::{periods_close, periods_list, retention_apply, statements_verify};
 pub use review::{
     audit_list, import, quarantine_discard, quarantine_list, quarantine_release, usage,
 };
@@ -45,6 +45,18 @@ impl From<StoreError> for CommandError {
 
 pub(crate) fn usage_err(m: impl Into<String>) -> CommandError {
     CommandError::Usage(m.into())
+}
+
+/// A duration flag (`3d`, `12h`, …) in seconds.
+pub(crate) fn duration_arg(flag: &str, value: &str) -> Result<i64, CommandError> {
+    tally_proto::time::parse_duration_secs(value.trim())
+        .ok()
+        .and_then(|s| i64::try_from(s).ok())
+        .ok_or_else(|| {
+            usage_err(format!(
+                "--{flag}: {value:?} is not a duration (e.g. 3d, 12h)"
+            ))
+        })
 }
 
 /// An opened data directory and the store it uses.

@@ -133,3 +133,34 @@ pub fn statements_verify(file: &Path, vendor_key: Option<&str>, data_key: &Path)
         text,
     ))
 }
+
+/// `retention apply [--retain-reports D]`: removes now the report bodies `serve` would remove
+/// (those of months closed at least D ago; default 400 days).
+pub async fn retention_apply(ctx: &Ctx, retain: Option<&str>) -> CmdResult {
+    let secs = match retain {
+        None => crate::lifecycle::DEFAULT_RETAIN_REPORTS_SECS,
+        Some(d) => super::duration_arg("retain-reports", d)?,
+    };
+    let expired =
+        crate::lifecycle::expire_due(ctx.store.as_ref(), secs, chrono::Utc::now(), "cli").await?;
+    let text = if expired.is_empty() {
+        "no closed month is due for retention\n".to_string()
+    } else {
+        expired
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}: removed the bodies of {} reports of {} agents\n",
+                    month_label(e.month),
+                    e.reports,
+                    e.agents
+                )
+            })
+            .collect()
+    };
+    let json: Vec<_> = expired
+        .iter()
+        .map(|e| json!({"period": month_label(e.month), "reports": e.reports, "agents": e.agents}))
+        .collect();
+    Ok(Output::new(json!(json), text))
+}

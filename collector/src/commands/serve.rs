@@ -16,6 +16,8 @@ pub struct ServeOptions {
     pub agent_rate: f64,
     /// `--close-grace`: a duration, or `off`; default 3 days.
     pub close_grace: Option<String>,
+    /// `--retain-reports`: a duration; default 400 days.
+    pub retain_reports: Option<String>,
     /// Print the addresses as one JSON document.
     pub json: bool,
 }
@@ -29,16 +31,11 @@ pub async fn serve(ctx: Ctx, o: ServeOptions) -> Result<(), CommandError> {
     let close_grace_secs = match o.close_grace.as_deref().map(str::trim) {
         None => Some(crate::server::DEFAULT_CLOSE_GRACE_SECS),
         Some("off") => None,
-        Some(d) => Some(
-            tally_proto::time::parse_duration_secs(d)
-                .ok()
-                .and_then(|s| i64::try_from(s).ok())
-                .ok_or_else(|| {
-                    CommandError::Usage(format!(
-                        "--close-grace: {d:?} is not a duration (e.g. 3d, 12h) or 'off'"
-                    ))
-                })?,
-        ),
+        Some(d) => Some(super::duration_arg("close-grace", d)?),
+    };
+    let retain_reports_secs = match o.retain_reports.as_deref() {
+        None => crate::lifecycle::DEFAULT_RETAIN_REPORTS_SECS,
+        Some(d) => super::duration_arg("retain-reports", d)?,
     };
     let bind = |addr: String, flag: &'static str| async move {
         tokio::net::TcpListener::bind(&addr)
@@ -95,6 +92,7 @@ pub async fn serve(ctx: Ctx, o: ServeOptions) -> Result<(), CommandError> {
     collector.http_tls = http_tls;
     collector.licenses_dir = Some(ctx.dir.licenses());
     collector.close_grace_secs = close_grace_secs;
+    collector.retain_reports_secs = retain_reports_secs;
     tracing::info!(grpc = %g, http = %h, "Collector serving.");
     server::run(collector, grpc, http, tally_runtime::shutdown::signal())
         .await

@@ -1080,6 +1080,136 @@ pub async fn close_is_serialized_with_ingest(s: Subject) -> CheckResult {
     Ok(())
 }
 
+/// Retention removes the bodies of a closed month's reports and nothing else: totals,
+/// statements, dedup (a resend is a duplicate) and quarantined reports stay; what was removed
+/// is summarized per agent; a second run removes nothing.
+pub async fn retention_keeps_totals_and_dedup(s: Subject) -> CheckResult {
+    let mut f = seed(&s, "ret", &[("api.convert", None)]).await?;
+    let (last, this) = last_and_this_month();
+    let end = this - 10 * 3600;
+    let mut old = Vec::new();
+    for i in 0..3 {
+        old.push(f.next(at(end + i * 3600)?, 3600, &[("api.convert", 2 + i as u64)]));
+    }
+    let held = f.next(at(end + 3 * 3600)?, 3600, &[("api.unlicensed", 1)]);
+    let own = f.next(at(this + 3600)?, 3600, &[("api.convert", 1)]);
+    let mut all = old.clone();
+    all.extend([held.clone(), own.clone()]);
+    s.store
+        .ingest(all, Utc::now(), Source::Import)
+        .await
+        .map_err(db)?;
+    let t_close = Utc::now();
+    let p = s.store.begin_close(last, t_close).await.map_err(db)?;
+    let cust = f.customer_id.clone();
+    s.store
+        .finish_close(last, vec![(cust.clone(), b"statement".to_vec())])
+        .await
+        .map_err(db)?;
+    let totals = rollup_totals(&s, UsageFilter::default()).await?;
+    let before = p.closed_at - Duration::seconds(1);
+    ensure!(
+        s.store
+            .expire_reports(before, Utc::now())
+            .await
+            .map_err(db)?
+            .is_empty(),
+        "a month closed after the cutoff must keep its reports"
+    );
+    let later = Utc::now() + Duration::days(1);
+    let done = s
+        .store
+        .expire_reports(later, Utc::now())
+        .await
+        .map_err(db)?;
+    ensure!(
+        done == vec![super::Expiry {
+            month: last,
+            reports: 3,
+            agents: 1
+        }],
+        "expired {done:?}"
+    );
+    ensure!(
+        s.store
+            .expire_reports(later, Utc::now())
+            .await
+            .map_err(db)?
+            .is_empty(),
+        "a second run must remove nothing"
+    );
+    let stored = s.inspect.stored_reports().await.map_err(db)?;
+    for r in &stored {
+        let removed = old.iter().any(|o| o.digest == r.digest);
+        ensure!(
+            r.bytes.is_empty() == removed,
+            "report {} ({}) bytes kept: {}",
+            r.digest,
+            r.status,
+            !r.bytes.is_empty()
+        );
+    }
+    ensure!(stored.len() == 5, "{} rows left, want all 5", stored.len());
+    ensure!(
+        rollup_totals(&s, UsageFilter::default()).await? == totals,
+        "totals changed"
+    );
+    ensure!(
+        s.store
+            .closed_statement(cust.clone(), last)
+            .await
+            .map_err(db)?
+            == Some(b"statement".to_vec()),
+        "the statement changed"
+    );
+    let digests: Vec<Digest> = old.iter().map(|r| r.digest).collect();
+    let kept = s.store.retained_digests(None).await.map_err(db)?;
+    ensure!(
+        kept == vec![super::RetainedDigest {
+            agent_id: f.agent_id.clone(),
+            month: last,
+            first_seq: 1,
+            last_seq: 3,
+            reports: 3,
+            root: tally_proto::statement::merkle_root(&digests),
+        }],
+        "retained digests {kept:?}"
+    );
+    // A resent removed report is still a duplicate, counted once.
+    let again = s
+        .store
+        .ingest(old.clone(), Utc::now(), Source::Import)
+        .await
+        .map_err(db)?;
+    ensure!(
+        again.iter().all(|o| o.outcome == Outcome::Duplicate),
+        "resent after retention: {again:?}"
+    );
+    ensure!(
+        rollup_totals(&s, UsageFilter::default()).await? == totals,
+        "a resend after retention was counted"
+    );
+    ensure!(
+        !s.store
+            .release(old[0].digest, Utc::now())
+            .await
+            .map_err(db)?,
+        "releasing a counted, removed report must change nothing"
+    );
+    // The quarantined report kept its body and can still be released (billed this month).
+    ensure!(
+        s.store.release(held.digest, Utc::now()).await.map_err(db)?,
+        "the quarantined report must still be releasable"
+    );
+    let late = s
+        .store
+        .counted_reports(cust, this, true)
+        .await
+        .map_err(db)?;
+    ensure!(seqs(&late) == vec![4], "released late: {:?}", seqs(&late));
+    Ok(())
+}
+
 /// Expands to one `#[tokio::test]` per conformance check, each on a fresh store from
 /// `$fresh` (an async expression yielding a [`Subject`]).
 #[macro_export]
@@ -1101,7 +1231,8 @@ macro_rules! conformance_tests {
             gaps_close_under_concurrent_neighbours,
             sums_never_wrap,
             closing_a_month_bills_late_reports_on_the_next,
-            close_is_serialized_with_ingest
+            close_is_serialized_with_ingest,
+            retention_keeps_totals_and_dedup
         );
     };
     (@each $fresh:expr; $($check:ident),+) => {

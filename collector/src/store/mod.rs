@@ -442,6 +442,59 @@ pub trait Store: Send + Sync + 'static {
     -> StoreResult<()>;
     /// The closed statement document of a customer-month, if the month is closed.
     async fn closed_statement(&self, customer: String, month: i64) -> StoreResult<Option<Vec<u8>>>;
+
+    // --- retention --------------------------------------------------------------------
+    /// Removes the bodies (bytes and signature) of the reports billed on each closed month
+    /// whose close time is at or before `closed_before` and that retention has not done
+    /// yet, except reports still quarantined (under review). Their rows stay — a resent
+    /// report is still a duplicate, chains and gaps still check — as do rollups and
+    /// statements; per agent and month the seq range, count and Merkle root of what was
+    /// removed are recorded ([`RetainedDigest`]). One transaction per month.
+    async fn expire_reports(
+        &self,
+        closed_before: Instant,
+        now: Instant,
+    ) -> StoreResult<Vec<Expiry>>;
+    /// What retention removed, per agent and month (all agents, or one).
+    async fn retained_digests(&self, agent: Option<String>) -> StoreResult<Vec<RetainedDigest>>;
+}
+
+/// What retention removed from one month.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiry {
+    pub month: i64,
+    pub reports: u64,
+    pub agents: u64,
+}
+
+/// What retention removed of one agent's reports of one month: the digests' Merkle root
+/// (in seq order), so the removed reports can still be matched against an agent's copies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainedDigest {
+    pub agent_id: String,
+    pub month: i64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub reports: u64,
+    pub root: Digest,
+}
+
+/// The per-agent summaries of the reports retention removes from `month` (`rows`: agent,
+/// seq and digest, sorted by agent, then seq).
+pub(crate) fn retained_by_agent(month: i64, rows: &[(String, u64, Digest)]) -> Vec<RetainedDigest> {
+    rows.chunk_by(|a, b| a.0 == b.0)
+        .map(|run| {
+            let digests: Vec<Digest> = run.iter().map(|r| r.2).collect();
+            RetainedDigest {
+                agent_id: run[0].0.clone(),
+                month,
+                first_seq: run[0].1,
+                last_seq: run[run.len() - 1].1,
+                reports: run.len() as u64,
+                root: tally_proto::statement::merkle_root(&digests),
+            }
+        })
+        .collect()
 }
 
 /// A month being closed (`done`: its statements are all stored) or closed.

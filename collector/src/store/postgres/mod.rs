@@ -547,6 +547,29 @@ impl Store for PostgresStore {
         let c = self.client().await?;
         periods::closed_statement(&c, &customer, month).await
     }
+
+    async fn expire_reports(
+        &self,
+        closed_before: Instant,
+        now: Instant,
+    ) -> StoreResult<Vec<Expiry>> {
+        let months = {
+            let c = self.client().await?;
+            periods::months_to_expire(&c, closed_before).await?
+        };
+        let mut out = Vec::new();
+        for month in months {
+            out.push(in_transaction!(self, |tx| {
+                periods::expire_month(&tx, month, secs(now)).await?
+            })?);
+        }
+        Ok(out)
+    }
+
+    async fn retained_digests(&self, agent: Option<String>) -> StoreResult<Vec<RetainedDigest>> {
+        let c = self.client().await?;
+        periods::retained_digests(&c, agent.as_deref()).await
+    }
 }
 
 #[async_trait]

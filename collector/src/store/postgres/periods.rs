@@ -8,8 +8,12 @@
 use super::{execute, query, query_opt};
 use crate::calendar::next_month;
 use crate::rules::LicenseLimit;
-use crate::store::{CountedReport, PeriodRecord, StoreResult, counted_report};
+use crate::store::{
+    CountedReport, Expiry, PeriodRecord, RetainedDigest, StoreResult, counted_report,
+    retained_by_agent,
+};
 use deadpool_postgres::GenericClient;
+use tally_proto::Digest;
 use tally_proto::time::Instant;
 
 /// The advisory lock key that serializes closes with ingest ("tally_pe").
@@ -164,4 +168,123 @@ pub(super) async fn closed_statement<C: GenericClient>(
     )
     .await?
     .map(|r| r.get(0)))
+}
+
+/// The closed months whose report bodies are due for removal, oldest first.
+pub(super) async fn months_to_expire<C: GenericClient>(
+    c: &C,
+    closed_before: Instant,
+) -> StoreResult<Vec<i64>> {
+    Ok(query(
+        c,
+        "SELECT month FROM periods WHERE done AND expired_at IS NULL AND closed_at <= $1
+         ORDER BY month",
+        &[&closed_before.timestamp_micros()],
+    )
+    .await?
+    .into_iter()
+    .map(|r| r.get(0))
+    .collect())
+}
+
+/// The reports billed on the month whose bodies retention removes (all but the quarantined).
+const EXPIRING: &str = "status <> 'quarantined' AND length(bytes) > 0
+    AND ((billed_month IS NULL AND window_start >= $1 AND window_start < $2) OR billed_month = $1)";
+
+/// Removes one month's report bodies. The month's row is locked first, so two collectors
+/// running retention at once do it once.
+pub(super) async fn expire_month<C: GenericClient>(
+    c: &C,
+    month: i64,
+    now: i64,
+) -> StoreResult<Expiry> {
+    let pending = query_opt(
+        c,
+        "SELECT month FROM periods WHERE month = $1 AND expired_at IS NULL FOR UPDATE",
+        &[&month],
+    )
+    .await?;
+    if pending.is_none() {
+        return Ok(Expiry {
+            month,
+            reports: 0,
+            agents: 0,
+        });
+    }
+    let end = next_month(month);
+    let rows: Vec<(String, u64, Digest)> = query(
+        c,
+        &format!(
+            "SELECT agent_id, seq, digest FROM reports WHERE {EXPIRING} ORDER BY agent_id, seq"
+        ),
+        &[&month, &end],
+    )
+    .await?
+    .into_iter()
+    .map(|r| {
+        (
+            r.get(0),
+            r.get::<_, i64>(1) as u64,
+            Digest::from_slice(r.get::<_, &[u8]>(2)).unwrap_or(Digest([0; 32])),
+        )
+    })
+    .collect();
+    let summaries = retained_by_agent(month, &rows);
+    for s in &summaries {
+        execute(
+            c,
+            "INSERT INTO report_retention (agent_id, month, first_seq, last_seq, reports, root, removed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &s.agent_id,
+                &month,
+                &(s.first_seq as i64),
+                &(s.last_seq as i64),
+                &(s.reports as i64),
+                &s.root.as_bytes().as_slice(),
+                &now,
+            ],
+        )
+        .await?;
+    }
+    execute(
+        c,
+        &format!("UPDATE reports SET bytes = '', signature = '' WHERE {EXPIRING}"),
+        &[&month, &end],
+    )
+    .await?;
+    execute(
+        c,
+        "UPDATE periods SET expired_at = $2 WHERE month = $1",
+        &[&month, &now],
+    )
+    .await?;
+    Ok(Expiry {
+        month,
+        reports: rows.len() as u64,
+        agents: summaries.len() as u64,
+    })
+}
+
+pub(super) async fn retained_digests<C: GenericClient>(
+    c: &C,
+    agent: Option<&str>,
+) -> StoreResult<Vec<RetainedDigest>> {
+    Ok(query(
+        c,
+        "SELECT agent_id, month, first_seq, last_seq, reports, root FROM report_retention
+         WHERE $1::text IS NULL OR agent_id = $1 ORDER BY agent_id, month",
+        &[&agent],
+    )
+    .await?
+    .into_iter()
+    .map(|r| RetainedDigest {
+        agent_id: r.get(0),
+        month: r.get(1),
+        first_seq: r.get::<_, i64>(2) as u64,
+        last_seq: r.get::<_, i64>(3) as u64,
+        reports: r.get::<_, i64>(4) as u64,
+        root: Digest::from_slice(r.get::<_, &[u8]>(5)).unwrap_or(Digest([0; 32])),
+    })
+    .collect())
 }

@@ -160,15 +160,24 @@ pub(super) async fn release<C: GenericClient>(
     .ok_or_else(|| StoreError::NotFound(format!("no stored report has digest {digest}")))?;
     let (status, license_id, bytes, agent_id): (String, String, Vec<u8>, String) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
-    let report = Report::decode(&bytes)
+    // An empty body: removed by retention (the row stays for dedup).
+    let report = (!bytes.is_empty())
+        .then(|| Report::decode(&bytes))
+        .transpose()
         .map_err(|e| StoreError::Database(format!("stored report {digest}: {e}")))?;
-    match rules::release(&status, &report) {
+    match rules::release(&status, report.as_ref()) {
         Release::AlreadyCounted => return Ok(false),
         Release::Refuse(why) => {
             return Err(StoreError::Conflict(format!("report {digest}: {why}")));
         }
         Release::Count => {}
     }
+    // The rules count only a report whose body is kept.
+    let Some(report) = report else {
+        return Err(StoreError::Conflict(format!(
+            "report {digest}: its body was removed by retention"
+        )));
+    };
     let mut sums = Sums::default();
     sums.closed = closed;
     sums.load(c, std::slice::from_ref(&report), &license_id)

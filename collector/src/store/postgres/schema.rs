@@ -139,7 +139,8 @@ const MIGRATIONS: &[&str] = &[
         outcome TEXT NOT NULL
     );
     "#,
-    // 2: closed months and their frozen statements, as in the SQLite store's version 5.
+    // 2: closed months, their frozen statements and retention, as in the SQLite store's
+    // version 5.
     // `billed_month` is set only on a report counted after its own month closed.
     r#"
     ALTER TABLE reports ADD COLUMN billed_month BIGINT;
@@ -147,7 +148,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE periods (
         month BIGINT PRIMARY KEY,
         closed_at BIGINT NOT NULL, -- microseconds
-        done BOOLEAN NOT NULL DEFAULT false
+        done BOOLEAN NOT NULL DEFAULT false,
+        expired_at BIGINT
+    );
+    CREATE TABLE report_retention (
+        agent_id TEXT NOT NULL,
+        month BIGINT NOT NULL,
+        first_seq BIGINT NOT NULL,
+        last_seq BIGINT NOT NULL,
+        reports BIGINT NOT NULL,
+        root BYTEA NOT NULL,
+        removed_at BIGINT NOT NULL,
+        PRIMARY KEY (agent_id, month)
     );
     CREATE TABLE statements (
         customer_id TEXT NOT NULL,

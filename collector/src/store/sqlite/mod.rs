@@ -413,6 +413,31 @@ impl Store for SqliteStore {
         self.read(move |c| periods::closed_statement(c, &customer, month))
             .await
     }
+
+    async fn expire_reports(
+        &self,
+        closed_before: Instant,
+        now: Instant,
+    ) -> StoreResult<Vec<Expiry>> {
+        let months = self
+            .read(move |c| periods::months_to_expire(c, closed_before))
+            .await?;
+        let mut out = Vec::new();
+        for month in months {
+            // One transaction per month, so a large removal does not hold up ingest long.
+            out.push(
+                self.writer
+                    .write(move |c| periods::expire_month(c, month, secs(now)))
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn retained_digests(&self, agent: Option<String>) -> StoreResult<Vec<RetainedDigest>> {
+        self.read(move |c| periods::retained_digests(c, agent.as_deref()))
+            .await
+    }
 }
 
 #[async_trait]

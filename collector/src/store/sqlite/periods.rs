@@ -2,10 +2,14 @@
 //! frozen statements. The writer runs one transaction at a time, so a close is serialized
 //! with every ingest and release by construction.
 
-use super::super::{CountedReport, PeriodRecord, StoreResult, counted_report};
+use super::super::{
+    CountedReport, Expiry, PeriodRecord, RetainedDigest, StoreResult, counted_report,
+    retained_by_agent,
+};
 use crate::calendar::next_month;
 use crate::rules::LicenseLimit;
 use rusqlite::{Connection, OptionalExtension, params};
+use tally_proto::Digest;
 use tally_proto::time::Instant;
 
 fn period(month: i64, closed_at_micros: i64, done: bool) -> PeriodRecord {
@@ -131,4 +135,88 @@ pub(super) fn closed_statement(
         .prepare_cached("SELECT document FROM statements WHERE customer_id = ?1 AND month = ?2")?
         .query_row(params![customer, month], |r| r.get(0))
         .optional()?)
+}
+
+/// The closed months whose report bodies are due for removal, oldest first.
+pub(super) fn months_to_expire(conn: &Connection, closed_before: Instant) -> StoreResult<Vec<i64>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT month FROM periods WHERE done = 1 AND expired_at IS NULL AND closed_at <= ?1
+             ORDER BY month",
+        )?
+        .query_map([closed_before.timestamp_micros()], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
+}
+
+/// The reports billed on the month whose bodies retention removes (all but the quarantined).
+const EXPIRING: &str = "status != 'quarantined' AND length(bytes) > 0
+    AND ((billed_month IS NULL AND window_start >= ?1 AND window_start < ?2) OR billed_month = ?1)";
+
+pub(super) fn expire_month(conn: &Connection, month: i64, now: i64) -> StoreResult<Expiry> {
+    let end = next_month(month);
+    let rows = conn
+        .prepare_cached(&format!(
+            "SELECT agent_id, seq, digest FROM reports WHERE {EXPIRING} ORDER BY agent_id, seq"
+        ))?
+        .query_map(params![month, end], |r| {
+            let d: Vec<u8> = r.get(2)?;
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)? as u64,
+                Digest::from_slice(&d).unwrap_or(Digest([0; 32])),
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let summaries = retained_by_agent(month, &rows);
+    let mut put = conn.prepare_cached(
+        "INSERT INTO report_retention (agent_id, month, first_seq, last_seq, reports, root, removed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for s in &summaries {
+        put.execute(params![
+            s.agent_id,
+            month,
+            s.first_seq as i64,
+            s.last_seq as i64,
+            s.reports as i64,
+            s.root.as_bytes().as_slice(),
+            now
+        ])?;
+    }
+    conn.execute(
+        &format!("UPDATE reports SET bytes = x'', signature = x'' WHERE {EXPIRING}"),
+        params![month, end],
+    )?;
+    conn.execute(
+        "UPDATE periods SET expired_at = ?2 WHERE month = ?1",
+        params![month, now],
+    )?;
+    Ok(Expiry {
+        month,
+        reports: rows.len() as u64,
+        agents: summaries.len() as u64,
+    })
+}
+
+pub(super) fn retained_digests(
+    conn: &Connection,
+    agent: Option<&str>,
+) -> StoreResult<Vec<RetainedDigest>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT agent_id, month, first_seq, last_seq, reports, root FROM report_retention
+             WHERE ?1 IS NULL OR agent_id = ?1 ORDER BY agent_id, month",
+        )?
+        .query_map([agent], |r| {
+            let root: Vec<u8> = r.get(5)?;
+            Ok(RetainedDigest {
+                agent_id: r.get(0)?,
+                month: r.get(1)?,
+                first_seq: r.get::<_, i64>(2)? as u64,
+                last_seq: r.get::<_, i64>(3)? as u64,
+                reports: r.get::<_, i64>(4)? as u64,
+                root: Digest::from_slice(&root).unwrap_or(Digest([0; 32])),
+            })
+        })?
+        .collect::<Result<_, _>>()?)
 }

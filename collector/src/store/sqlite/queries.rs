@@ -187,15 +187,24 @@ pub(super) fn release(conn: &Connection, digest: &Digest, now: i64) -> StoreResu
         bytes,
         ..
     } = &row;
-    let report = Report::decode(bytes)
+    // An empty body: removed by retention (the row stays for dedup).
+    let report = (!bytes.is_empty())
+        .then(|| Report::decode(bytes))
+        .transpose()
         .map_err(|e| StoreError::Database(format!("stored report {digest}: {e}")))?;
-    match rules::release(status, &report) {
+    match rules::release(status, report.as_ref()) {
         Release::AlreadyCounted => return Ok(false),
         Release::Refuse(why) => {
             return Err(StoreError::Conflict(format!("report {digest}: {why}")));
         }
         Release::Count => {}
     }
+    // The rules count only a report whose body is kept.
+    let Some(report) = report else {
+        return Err(StoreError::Conflict(format!(
+            "report {digest}: its body was removed by retention"
+        )));
+    };
     let mut rollups = RollupCache::default();
     let billed = match super::ingest::count(conn, &mut rollups, license_id, &report)? {
         Ok(billed) => billed,

@@ -169,7 +169,7 @@ const MIGRATIONS: &[&str] = &[
         value BLOB NOT NULL
     );
     "#,
-    // 5: closed months and their frozen statements. `billed_month` is set only on a report
+    // 5: closed months, their frozen statements and retention. `billed_month` is set only on a report
     // counted after its own month closed (an adjustment of that later month); NULL means
     // the month of its window start, so the partial index holds late reports only and
     // costs the ingest path nothing.
@@ -179,8 +179,21 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE periods (
         month INTEGER PRIMARY KEY,
         closed_at INTEGER NOT NULL, -- microseconds
-        done INTEGER NOT NULL DEFAULT 0
+        done INTEGER NOT NULL DEFAULT 0,
+        expired_at INTEGER -- when retention removed the bodies of its reports
     );
+    -- Per agent and month, what retention removed: the seq range, count and Merkle root of
+    -- the removed reports' digests (their rows stay, without bytes and signature).
+    CREATE TABLE report_retention (
+        agent_id TEXT NOT NULL,
+        month INTEGER NOT NULL,
+        first_seq INTEGER NOT NULL,
+        last_seq INTEGER NOT NULL,
+        reports INTEGER NOT NULL,
+        root BLOB NOT NULL,
+        removed_at INTEGER NOT NULL,
+        PRIMARY KEY (agent_id, month)
+    ) WITHOUT ROWID;
     CREATE TABLE statements (
         customer_id TEXT NOT NULL,
         month INTEGER NOT NULL,
