@@ -739,6 +739,19 @@ pub async fn cancellation_purges_one_customer_only(s: Subject) -> CheckResult {
         ..UsageFilter::default()
     };
     let b_before = rollup_totals(&s, only(&b)).await?;
+    // Both customers have a closed statement; the purge removes only a's.
+    let (last, _) = last_and_this_month();
+    s.store.begin_close(last, Utc::now()).await.map_err(db)?;
+    s.store
+        .finish_close(
+            last,
+            vec![
+                (a.customer_id.clone(), b"a's".to_vec()),
+                (b.customer_id.clone(), b"b's".to_vec()),
+            ],
+        )
+        .await
+        .map_err(db)?;
     let t0 = Utc::now();
     let c = s
         .store
@@ -806,6 +819,23 @@ pub async fn cancellation_purges_one_customer_only(s: Subject) -> CheckResult {
     ensure!(
         rollup_totals(&s, only(&b)).await? == b_before,
         "another customer's usage changed"
+    );
+    ensure!(
+        purged[0].statements == 1
+            && s.store
+                .closed_statement(a.customer_id.clone(), last)
+                .await
+                .map_err(db)?
+                .is_none(),
+        "the cancelled customer's statement must go: {purged:?}"
+    );
+    ensure!(
+        s.store
+            .closed_statement(b.customer_id.clone(), last)
+            .await
+            .map_err(db)?
+            == Some(b"b's".to_vec()),
+        "another customer's closed statement changed"
     );
     ensure!(
         s.store
