@@ -3,7 +3,6 @@
 use super::super::*;
 use super::ingest::Sums;
 use super::{digest_of, execute, query, query_opt, ts};
-use crate::calendar::next_month;
 use crate::rules::{self, Release};
 use deadpool_postgres::GenericClient;
 use tally_proto::report::Report;
@@ -45,19 +44,7 @@ pub(super) async fn statement<C: GenericClient>(
     customer: &str,
     month: i64,
 ) -> StoreResult<Vec<StatementLine>> {
-    let end = next_month(month);
-    // Limits of every license of the customer valid during some part of the month.
-    let limits: Vec<(String, Option<u64>)> = query(
-        c,
-        "SELECT m.metric, m.quota FROM license_metrics m JOIN licenses l ON l.id = m.license_id
-         WHERE l.customer_id = $1 AND l.not_before < $3 AND l.not_after >= $2
-           AND (l.revoked_at IS NULL OR l.revoked_at > $2)",
-        &[&customer, &month, &end],
-    )
-    .await?
-    .into_iter()
-    .map(|r| (r.get(0), r.get::<_, Option<i64>>(1).map(|q| q as u64)))
-    .collect();
+    let limits = super::periods::license_limits(c, customer, month).await?;
     // One row per license and shard.
     let used: Vec<(String, u64)> = query(
         c,

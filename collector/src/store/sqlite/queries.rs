@@ -3,7 +3,6 @@
 use super::super::*;
 use super::admin::ts;
 use super::ingest::RollupCache;
-use crate::calendar::next_month;
 use crate::rules::{self, Release};
 use rusqlite::{Connection, OptionalExtension, params};
 use tally_proto::report::Report;
@@ -45,21 +44,7 @@ pub(super) fn statement(
     customer: &str,
     month: i64,
 ) -> StoreResult<Vec<StatementLine>> {
-    let end = next_month(month);
-    // Limits of every license of the customer valid during some part of the month.
-    let limits = conn
-        .prepare_cached(
-            "SELECT m.metric, m.quota FROM license_metrics m JOIN licenses l ON l.id = m.license_id
-             WHERE l.customer_id = ?1 AND l.not_before < ?3 AND l.not_after >= ?2
-               AND (l.revoked_at IS NULL OR l.revoked_at > ?2)",
-        )?
-        .query_map(params![customer, month, end], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, Option<i64>>(1)?.map(|q| q as u64),
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+    let limits = super::periods::license_limits(conn, customer, month)?;
     let used = conn
         .prepare_cached(
             "SELECT u.metric, u.quantity FROM monthly_usage u JOIN licenses l ON l.id = u.license_id
