@@ -65,3 +65,5 @@ curl -fsS -H "Authorization: Bearer $admin" "http://$http/v1/usage?granularity=m
 curl -fsS -H "Authorization: Bearer $admin" "http://$http/v1/statements/$customer/$(date -u +%Y-%m)"; echo
 $C --data "$D/collector" usage --granularity month
 echo "Quick start done: api.convert = 4, api.render = 3. Data in $D."
+echo "Dashboard: while this collector served, it was at http://$http/ ; to look at this data again,"
+echo "  run '$C --data $D/collector serve', open http://127.0.0.1:8080/ and sign in with the admin token $admin"

@@ -3,7 +3,7 @@
 # it provides. Tests call this (never a person): a test that needs `faketime` runs
 # `scripts/test-deps.sh faketime`.
 #
-#   scripts/test-deps.sh PROGRAM    PROGRAM: faketime
+#   scripts/test-deps.sh PROGRAM    PROGRAM: faketime | chromium
 #
 # Installed with apt-get when the program is missing and we are root (CI and fresh
 # machines); otherwise it fails with the command to run, so no test silently skips.
@@ -13,6 +13,7 @@ set -euo pipefail
 program=${1:?usage: test-deps.sh PROGRAM}
 case "$program" in
   faketime) package=faketime ;;
+  chromium) package=chromium ;;
   *) echo "test-deps.sh: unknown program $program" >&2; exit 2 ;;
 esac
 

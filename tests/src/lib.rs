@@ -2,6 +2,7 @@
 //! as `tally-collector` processes that can be SIGKILLed), test agents that sign real
 //! reports, and gRPC/HTTP clients. Nothing here replaces a part under test.
 
+pub mod browser;
 pub mod deps;
 pub mod pg;
 pub mod soak;

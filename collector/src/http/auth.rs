@@ -32,6 +32,15 @@ impl Caller {
         }
     }
 
+    /// Releasing and discarding quarantined reports change what is billed: admin only (a
+    /// billing token sees the quarantine but cannot act on it).
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self.role {
+            Role::Admin => Ok(()),
+            _ => Err(ApiError::Forbidden("this call needs an admin token".into())),
+        }
+    }
+
     pub fn require_staff(&self) -> Result<(), ApiError> {
         match self.role {
             Role::Admin | Role::Billing => Ok(()),

@@ -291,3 +291,79 @@ pub async fn import(
     }
     Ok(Json(crate::views::import_summary(&verdicts)).into_response())
 }
+
+/// `GET /v1/whoami`: the calling token's id and role (the web UI picks its views by it).
+pub async fn whoami(Extension(caller): Extension<Caller>) -> Json<Value> {
+    let customer = match &caller.role {
+        crate::roles::Role::Customer(c) => Some(c.clone()),
+        _ => None,
+    };
+    let role = match &caller.role {
+        crate::roles::Role::Admin => "admin",
+        crate::roles::Role::Billing => "billing",
+        crate::roles::Role::Customer(_) => "customer",
+    };
+    Json(json!({"token_id": caller.token_id, "role": role, "customer": customer}))
+}
+
+/// `GET /v1/audit?limit=N` (staff only): the newest audit entries first.
+pub async fn audit(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_staff()?;
+    let p = pairs(raw)?;
+    let params = only(&p, &["limit"])?;
+    let limit = match params.iter().find(|(k, _)| *k == "limit") {
+        None => 100,
+        Some((_, v)) => parse_limit(v)
+            .ok_or_else(|| ApiError::bad_param("limit: a whole number from 1 to 1000"))?,
+    };
+    let rows = st.store.list_audit(limit).await?;
+    Ok(Json(json!({"entries": views::list(&rows, views::audit)})))
+}
+
+/// An audit `limit`: 1 to 1000, written plainly (digits, no sign, no leading zero).
+pub(crate) fn parse_limit(v: &str) -> Option<u32> {
+    let plain = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && !v.starts_with('0');
+    v.parse::<u32>()
+        .ok()
+        .filter(|n| plain && (1..=1000).contains(n))
+}
+
+/// A report digest in a path: exactly 64 hex characters.
+pub(crate) fn parse_digest(d: &str) -> Option<tally_proto::Digest> {
+    if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    d.parse().ok()
+}
+
+fn digest_param(d: &str) -> Result<tally_proto::Digest, ApiError> {
+    parse_digest(d).ok_or_else(|| ApiError::bad_param("digest: expected 64 hex characters"))
+}
+
+/// `POST /v1/quarantine/{digest}/release` (admin only): counts a quarantined report once.
+pub async fn release(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(digest): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let d = digest_param(&digest)?;
+    let counted = st.store.release(d, chrono::Utc::now()).await?;
+    Ok(Json(json!({"digest": d.to_hex(), "counted": counted})))
+}
+
+/// `POST /v1/quarantine/{digest}/discard` (admin only): keeps it, never counted.
+pub async fn discard(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(digest): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_admin()?;
+    let d = digest_param(&digest)?;
+    st.store.discard(d, chrono::Utc::now()).await?;
+    Ok(Json(json!({"digest": d.to_hex(), "discarded": true})))
+}

@@ -10,6 +10,7 @@ mod error;
 mod handlers;
 #[cfg(test)]
 mod openapi_check;
+mod web;
 
 pub use crate::calendar::parse_month;
 pub use auth::Caller;
@@ -52,6 +53,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/agents", get(handlers::agents))
         .route("/v1/anomalies", get(handlers::anomalies))
         .route("/v1/quarantine", get(handlers::quarantine))
+        .route("/v1/quarantine/{digest}/release", post(handlers::release))
+        .route("/v1/quarantine/{digest}/discard", post(handlers::discard))
+        .route("/v1/whoami", get(handlers::whoami))
+        .route("/v1/audit", get(handlers::audit))
         .route(
             "/v1/reports:import",
             post(handlers::import).layer(DefaultBodyLimit::max(MAX_IMPORT_BODY)),
@@ -65,6 +70,8 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
         .route("/openapi.json", get(handlers::openapi))
+        .route("/", get(web::page))
+        .route("/assets/{name}", get(web::asset))
         .merge(v1)
         .fallback(handlers::no_route)
         .method_not_allowed_fallback(handlers::no_method)

@@ -90,6 +90,16 @@ proptest! {
     }
 
     #[test]
+    fn limit_pattern_is_parse_limit(s in prop_oneof![inputs(), "[0-9+-]{0,5}"]) {
+        prop_assert_eq!(matches(&schema("limit"), &s), super::handlers::parse_limit(&s).is_some(), "{:?}", s);
+    }
+
+    #[test]
+    fn digest_pattern_is_parse_digest(s in prop_oneof![inputs(), "[0-9a-fA-F]{63,65}", " ?[0-9a-f]{64} ?"]) {
+        prop_assert_eq!(matches(&schema("digest"), &s), super::handlers::parse_digest(&s).is_some(), "{:?}", s);
+    }
+
+    #[test]
     fn period_pattern_is_parse_month(s in inputs()) {
         prop_assert_eq!(regex_of(&schema("period")).is_match(&s), parse_month(&s).is_some(), "{:?}", s);
     }

@@ -1,0 +1,397 @@
+// Tally's billing dashboard and customer portal.
+//
+// No framework and no build step. The page holds no data of its own: every number comes
+// from the same /v1 API any client uses, called with the token the user typed. The token
+// lives in sessionStorage (gone when the tab closes) and travels only in the
+// Authorization header: never in a URL, never in a cookie. The DOM is built with
+// textContent only, so nothing the API returns is ever parsed as HTML.
+
+const TOKEN_KEY = 'tally.token';
+const main = document.getElementById('main');
+const nav = document.getElementById('nav');
+const who = document.getElementById('who');
+const signoutButton = document.getElementById('signout');
+
+let me = null; // {token_id, role, customer}
+
+// --- small helpers -------------------------------------------------------------------
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null) continue;
+    if (k === 'class') e.className = v;
+    else if (k === 'on') for (const [ev, f] of Object.entries(v)) e.addEventListener(ev, f);
+    else e.setAttribute(k, String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(path, options = {}) {
+  const token = sessionStorage.getItem(TOKEN_KEY) || '';
+  const r = await fetch(path, {
+    method: options.method || 'GET',
+    headers: { Authorization: `Bearer ${token}` },
+    cache: 'no-store',
+  });
+  const text = await r.text();
+  if (!r.ok) {
+    let code = 'error';
+    let message = `HTTP ${r.status}`;
+    try {
+      const j = JSON.parse(text);
+      code = j.error.code;
+      message = j.error.message;
+    } catch (_) { /* not JSON */ }
+    throw new ApiError(r.status, code, message);
+  }
+  return options.text ? text : JSON.parse(text);
+}
+
+const fmt = (n) => (n === null || n === undefined ? 'unlimited' : Number(n).toLocaleString('en-US'));
+const enc = encodeURIComponent;
+
+function monthOf(d) {
+  return `${d.getUTCFullYear()}-${String(d.getUTCMonth() + 1).padStart(2, '0')}`;
+}
+function thisMonth() { return monthOf(new Date()); }
+function addMonths(month, k) {
+  const [y, m] = month.split('-').map(Number);
+  return monthOf(new Date(Date.UTC(y, m - 1 + k, 1)));
+}
+function isoDay(d) { return d.toISOString().slice(0, 10); }
+
+function showError(where, e) {
+  const notFound = e instanceof ApiError && e.status === 404;
+  where.replaceChildren(el('p', { class: 'error', 'data-error': notFound ? 'not_found' : (e.code || 'error') },
+    notFound ? `Not found: ${e.message}` : `Error: ${e.message}`));
+}
+
+function download(name, text, type) {
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const a = el('a', { href: url, download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10000);
+}
+
+// --- sign-in ------------------------------------------------------------------------
+
+function renderSignIn(message) {
+  nav.replaceChildren();
+  who.textContent = '';
+  signoutButton.hidden = true;
+  const input = el('input', { type: 'password', id: 'token', autocomplete: 'off', placeholder: 'tally_…' });
+  const form = el('form', { class: 'signin', id: 'signin' },
+    el('h1', {}, 'Sign in'),
+    el('label', { for: 'token' }, 'API token'),
+    input,
+    el('button', { type: 'submit' }, 'Sign in'),
+    message ? el('p', { class: 'error', id: 'signin-error' }, message) : null);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+    await start();
+  });
+  main.replaceChildren(form);
+}
+
+function signOut() {
+  sessionStorage.removeItem(TOKEN_KEY);
+  me = null;
+  location.hash = '';
+  renderSignIn();
+}
+signoutButton.addEventListener('click', signOut);
+
+async function start() {
+  if (!sessionStorage.getItem(TOKEN_KEY)) return renderSignIn();
+  try {
+    me = await api('/v1/whoami');
+  } catch (e) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    return renderSignIn(e.status === 401
+      ? `This token is not valid: ${e.message}`
+      : `Cannot sign in: ${e.message}`);
+  }
+  signoutButton.hidden = false;
+  who.textContent = me.role === 'customer' ? `customer ${me.customer}` : me.role;
+  who.setAttribute('data-role', me.role);
+  const links = me.role === 'customer'
+    ? [['Usage & statements', `#/customers/${me.customer}`], ['Agents', '#/agents']]
+    : [['Customers', '#/'], ['Agents', '#/agents'], ['Anomalies', '#/anomalies'],
+       ['Quarantine', '#/quarantine'], ['Audit log', '#/audit']];
+  nav.replaceChildren(...links.map(([t, h]) => el('a', { href: h }, t)));
+  route();
+}
+
+// --- views --------------------------------------------------------------------------
+
+async function overview() {
+  main.replaceChildren(el('h1', {}, `Customers — ${thisMonth()}`), el('p', { class: 'muted' }, 'Loading…'));
+  const { customers } = await api('/v1/customers');
+  const month = thisMonth();
+  const rows = [];
+  for (const c of customers) {
+    const s = await api(`/v1/statements/${enc(c.id)}/${month}`);
+    const lines = s.lines.length ? s.lines : [{ metric: '—', used: 0, limit: null, overage: 0 }];
+    for (const l of lines) {
+      const pct = l.limit ? Math.min(100, (100 * l.used) / l.limit) : 0;
+      rows.push(el('tr', { 'data-customer': c.id, 'data-metric': l.metric },
+        el('td', {}, el('a', { href: `#/customers/${c.id}` }, c.name)),
+        el('td', {}, l.metric),
+        el('td', { class: 'num', 'data-field': 'used' }, fmt(l.used)),
+        el('td', { class: 'num', 'data-field': 'limit' }, fmt(l.limit)),
+        el('td', {}, l.limit ? el('span', { class: `bar${l.used > l.limit ? ' over' : ''}` },
+          el('span', { style: null, 'data-pct': pct.toFixed(0) })) : ''),
+        el('td', { class: 'num', 'data-field': 'overage' }, fmt(l.overage))));
+    }
+  }
+  main.replaceChildren(el('h1', {}, `Customers — ${month}`),
+    el('table', { id: 'overview' },
+      el('thead', {}, el('tr', {}, el('th', {}, 'Customer'), el('th', {}, 'Metric'),
+        el('th', { class: 'num' }, 'Used'), el('th', { class: 'num' }, 'Limit'), el('th', {}, ''),
+        el('th', { class: 'num' }, 'Overage'))),
+      el('tbody', {}, rows)));
+  // Bar widths through the CSSOM (the CSP allows no inline style attributes).
+  for (const s of main.querySelectorAll('[data-pct]')) s.style.width = `${s.getAttribute('data-pct')}%`;
+  main.setAttribute('data-view', 'overview');
+}
+
+async function customerView(id, params) {
+  main.replaceChildren(el('p', { class: 'muted' }, 'Loading…'));
+  const { customers } = await api(`/v1/customers`);
+  const c = customers.find((x) => x.id === id);
+  if (!c) throw new ApiError(404, 'not_found', `customer ${id} not found`);
+  const month = params.get('month') || thisMonth();
+  const usageBox = el('div', { class: 'card', id: 'usage' });
+  const statementBox = el('div', { class: 'card', id: 'statement' });
+  const agentsBox = el('div', { class: 'card', id: 'customer-agents' });
+  main.replaceChildren(el('h1', { 'data-customer-name': c.name }, c.name),
+    el('p', { class: 'muted' }, c.id), usageBox, statementBox, agentsBox);
+  main.setAttribute('data-view', 'customer');
+  await Promise.all([
+    usageChart(usageBox, id, params),
+    statement(statementBox, id, month),
+    agentsTable(agentsBox, id),
+  ]);
+}
+
+const GRANULARITY_SECS = { hour: 3600, day: 86400 };
+
+async function usageChart(box, customer, params) {
+  const { licenses } = await api(`/v1/licenses?customer=${enc(customer)}`);
+  const metrics = [...new Set(licenses.flatMap((l) => l.metrics.map((m) => m.metric)))].sort();
+  const metric = params.get('metric') || metrics[0] || '';
+  const granularity = params.get('granularity') || 'day';
+  const now = new Date();
+  const defaultFrom = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1));
+  const from = params.get('from') || isoDay(defaultFrom);
+  const to = params.get('to') || isoDay(new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate() + 1)));
+  const select = el('select', { id: 'metric' }, metrics.map((m) => {
+    const o = el('option', { value: m }, m);
+    if (m === metric) o.selected = true;
+    return o;
+  }));
+  const gSelect = el('select', { id: 'granularity' }, ['hour', 'day', 'month'].map((g) => {
+    const o = el('option', { value: g }, g);
+    if (g === granularity) o.selected = true;
+    return o;
+  }));
+  const fromIn = el('input', { type: 'date', id: 'from', value: from });
+  const toIn = el('input', { type: 'date', id: 'to', value: to });
+  const apply = () => {
+    const p = new URLSearchParams({ metric: select.value, granularity: gSelect.value, from: fromIn.value, to: toIn.value });
+    location.hash = `#/customers/${customer}?${p}`;
+  };
+  const csv = el('button', { id: 'usage-csv', type: 'button' }, 'Download CSV');
+  const chart = el('div', { id: 'chart' });
+  const total = el('p', {}, 'Total: ', el('strong', { id: 'usage-total' }, '…'));
+  box.replaceChildren(el('h2', {}, 'Usage'),
+    el('div', { class: 'controls' },
+      el('label', {}, 'Metric', select), el('label', {}, 'Granularity', gSelect),
+      el('label', {}, 'From', fromIn), el('label', {}, 'To', toIn),
+      el('button', { type: 'button', on: { click: apply } }, 'Show'), csv),
+    total, chart);
+  if (!metric) { total.lastChild.textContent = '0'; return; }
+  const q = (f, t) => `customer=${enc(customer)}&metric=${enc(metric)}&granularity=${granularity}&from=${f}&to=${t}`;
+  const fromD = new Date(`${from}T00:00:00Z`);
+  const toD = new Date(`${to}T00:00:00Z`);
+  const span = toD - fromD;
+  const prevFrom = isoDay(new Date(fromD - span));
+  const [cur, prev] = await Promise.all([
+    api(`/v1/usage?${q(from, to)}`),
+    api(`/v1/usage?${q(prevFrom, from)}`),
+  ]);
+  const sum = cur.rows.reduce((a, r) => a + r.quantity, 0);
+  total.lastChild.textContent = fmt(sum);
+  total.lastChild.setAttribute('data-value', String(sum));
+  csv.addEventListener('click', async () => {
+    const text = await api(`/v1/usage?${q(from, to)}&format=csv`, { text: true });
+    download(`usage-${customer}-${metric}-${from}-${to}.csv`, text, 'text/csv');
+  });
+  // One point per period (missing periods are 0), the previous period shifted onto it.
+  const step = GRANULARITY_SECS[granularity];
+  const xs = [];
+  if (step) {
+    for (let t = fromD / 1000; t < toD / 1000; t += step) xs.push(t);
+  } else {
+    for (let m = from.slice(0, 7); `${m}-01` < to; m = addMonths(m, 1)) xs.push(Date.parse(`${m}-01T00:00:00Z`) / 1000);
+  }
+  const at = (rows, shift) => {
+    const by = new Map(rows.map((r) => [Date.parse(r.period_start) / 1000 + shift, r.quantity]));
+    return xs.map((x) => by.get(x) || 0);
+  };
+  const shift = step ? span / 1000 : 0;
+  const data = [xs, at(cur.rows, 0), at(prev.rows, shift)];
+  const width = Math.max(400, Math.min(1100, box.clientWidth - 40));
+  const opts = {
+    width, height: 300,
+    series: [{}, { label: metric, stroke: '#2457c5', width: 2 }, { label: 'previous period', stroke: '#98a2b3', dash: [6, 4] }],
+    axes: [{}, { size: 70 }],
+  };
+  // eslint-disable-next-line no-undef
+  new uPlot(opts, data, chart);
+  chart.setAttribute('data-chart-ready', String(xs.length));
+}
+
+async function statement(box, customer, month) {
+  const s = await api(`/v1/statements/${enc(customer)}/${month}`);
+  const lines = s.lines.map((l) => el('tr', { 'data-metric': l.metric },
+    el('td', {}, l.metric),
+    el('td', { class: 'num', 'data-field': 'used' }, fmt(l.used)),
+    el('td', { class: 'num', 'data-field': 'limit' }, fmt(l.limit)),
+    el('td', { class: 'num', 'data-field': 'overage' }, fmt(l.overage))));
+  const adjustments = (s.adjustments || []).map((a) => el('tr', {},
+    el('td', {}, a.metric), el('td', {}, a.period), el('td', { class: 'num' }, fmt(a.quantity))));
+  const nav2 = (k, label) => el('a', { href: `#/customers/${customer}?month=${addMonths(month, k)}` }, label);
+  const csv = el('button', { type: 'button', id: 'statement-csv' }, 'Download CSV');
+  csv.addEventListener('click', () => {
+    const rows = ['metric,used,limit,overage', ...s.lines.map((l) => `${l.metric},${l.used},${l.limit ?? ''},${l.overage}`)];
+    download(`statement-${customer}-${month}.csv`, `${rows.join('\n')}\n`, 'text/csv');
+  });
+  box.replaceChildren(
+    el('h2', {}, 'Statement ', el('span', { id: 'statement-period' }, month), ' ',
+      el('span', { class: `badge${s.closed ? ' closed' : ''}`, id: 'statement-state' }, s.closed ? 'closed, signed' : 'open')),
+    el('p', {}, nav2(-1, '← previous month'), ' · ', nav2(1, 'next month →'), ' · ', csv),
+    el('table', { id: 'statement-lines' },
+      el('thead', {}, el('tr', {}, el('th', {}, 'Metric'), el('th', { class: 'num' }, 'Used'),
+        el('th', { class: 'num' }, 'Limit'), el('th', { class: 'num' }, 'Overage'))),
+      el('tbody', {}, lines.length ? lines : el('tr', {}, el('td', { colspan: 4, class: 'muted' }, 'no usage')))),
+    adjustments.length ? el('h2', {}, 'Adjustments (late usage of closed months)') : null,
+    adjustments.length ? el('table', { id: 'statement-adjustments' }, el('tbody', {}, adjustments)) : null,
+    s.closed ? el('p', { class: 'muted' }, `Closed ${s.closed_at}, signed by vendor key ${s.key_id}.`) : null);
+}
+
+function agentRows(agents) {
+  return agents.map((a) => el('tr', { 'data-agent': a.agent_id },
+    el('td', {}, a.agent_id), el('td', {}, a.customer_id), el('td', {}, a.license_id),
+    el('td', { class: `status-${a.status}`, 'data-field': 'status' }, a.status),
+    el('td', { class: 'num', 'data-field': 'last_seq' }, String(a.last_seq)),
+    el('td', {}, a.last_seen || 'never')));
+}
+
+function agentTable(agents) {
+  return el('table', { id: 'agents' },
+    el('thead', {}, el('tr', {}, el('th', {}, 'Agent'), el('th', {}, 'Customer'), el('th', {}, 'License'),
+      el('th', {}, 'Status'), el('th', { class: 'num' }, 'Last seq'), el('th', {}, 'Last report'))),
+    el('tbody', {}, agentRows(agents)));
+}
+
+async function agentsTable(box, customer) {
+  const { agents } = await api(`/v1/agents?customer=${enc(customer)}`);
+  box.replaceChildren(el('h2', {}, 'Agents'), agentTable(agents));
+}
+
+async function agentsView() {
+  const { agents } = await api('/v1/agents');
+  main.replaceChildren(el('h1', {}, 'Agents'), agentTable(agents));
+  main.setAttribute('data-view', 'agents');
+}
+
+async function anomaliesView() {
+  const { anomalies } = await api('/v1/anomalies');
+  main.replaceChildren(el('h1', {}, 'Anomalies'),
+    el('table', { id: 'anomalies' },
+      el('thead', {}, el('tr', {}, ['Kind', 'Customer', 'Agent', 'Seqs', 'Detail', 'Opened', 'Closed'].map((h) => el('th', {}, h)))),
+      el('tbody', {}, anomalies.map((a) => el('tr', {},
+        el('td', {}, a.kind), el('td', {}, a.customer_id), el('td', {}, a.agent_id),
+        el('td', {}, a.seq_from === a.seq_to ? String(a.seq_from) : `${a.seq_from}–${a.seq_to}`),
+        el('td', {}, a.detail), el('td', {}, a.opened_at), el('td', {}, a.closed_at || 'open'))))));
+  main.setAttribute('data-view', 'anomalies');
+}
+
+async function quarantineView() {
+  const { reports } = await api('/v1/quarantine');
+  const act = (digest, what) => async () => {
+    try {
+      await api(`/v1/quarantine/${digest}/${what}`, { method: 'POST' });
+      await quarantineView();
+    } catch (e) {
+      main.append(el('p', { class: 'error', 'data-error': e.code }, `${what}: ${e.message}`));
+    }
+  };
+  const admin = me.role === 'admin';
+  main.replaceChildren(el('h1', {}, 'Quarantine'),
+    admin ? null : el('p', { class: 'muted' }, 'Only an admin token can release or discard.'),
+    el('table', { id: 'quarantine' },
+      el('thead', {}, el('tr', {}, ['Digest', 'Customer', 'Agent', 'Seq', 'Reason', 'Detail', ''].map((h) => el('th', {}, h)))),
+      el('tbody', {}, reports.map((r) => el('tr', { 'data-digest': r.digest },
+        el('td', {}, r.digest.slice(0, 16)), el('td', {}, r.customer_id), el('td', {}, r.agent_id),
+        el('td', { class: 'num' }, String(r.seq)), el('td', {}, r.reason), el('td', {}, r.detail),
+        el('td', {}, admin ? [
+          el('button', { type: 'button', 'data-action': 'release', on: { click: act(r.digest, 'release') } }, 'Release'), ' ',
+          el('button', { type: 'button', 'data-action': 'discard', on: { click: act(r.digest, 'discard') } }, 'Discard'),
+        ] : ''))))));
+  main.setAttribute('data-view', 'quarantine');
+}
+
+async function auditView() {
+  const { entries } = await api('/v1/audit?limit=200');
+  main.replaceChildren(el('h1', {}, 'Audit log'),
+    el('table', { id: 'audit' },
+      el('thead', {}, el('tr', {}, ['At', 'Actor', 'Action', 'Target', 'Outcome'].map((h) => el('th', {}, h)))),
+      el('tbody', {}, entries.map((e) => el('tr', {},
+        el('td', {}, e.at), el('td', {}, e.actor), el('td', {}, e.action), el('td', {}, e.target), el('td', {}, e.outcome))))));
+  main.setAttribute('data-view', 'audit');
+}
+
+// --- routing ------------------------------------------------------------------------
+
+async function route() {
+  if (!me) return;
+  const [path, query] = (location.hash.slice(1) || '/').split('?');
+  const params = new URLSearchParams(query || '');
+  const parts = path.split('/').filter(Boolean);
+  for (const a of nav.querySelectorAll('a')) a.classList.toggle('active', a.getAttribute('href') === `#${path}`);
+  main.removeAttribute('data-view');
+  try {
+    if (parts[0] === 'customers' && parts[1]) await customerView(decodeURIComponent(parts[1]), params);
+    else if (parts[0] === 'agents') await agentsView();
+    else if (parts[0] === 'anomalies') await anomaliesView();
+    else if (parts[0] === 'quarantine') await quarantineView();
+    else if (parts[0] === 'audit') await auditView();
+    else if (me.role === 'customer') { location.hash = `#/customers/${me.customer}`; return; }
+    else await overview();
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401) return signOut();
+    showError(main, e);
+    main.setAttribute('data-view', 'error');
+  }
+}
+
+window.addEventListener('hashchange', route);
+start();

@@ -1,0 +1,417 @@
+//! The web UI in a real headless Chromium against a real `tally-collector` process with
+//! reports ingested over gRPC: sign in as admin, billing and two customers; the numbers the
+//! pages show equal the API's; an admin releases a quarantined report from the page and the
+//! total moves; a billing token sees the quarantine but cannot act; a customer sees only
+//! its own customer (the other's name and numbers appear nowhere in the DOM, and a
+//! hand-typed URL for it says "not found"); the usage CSV download is the API's
+//! `format=csv`. Screenshots of each view go to the folder printed at the start.
+
+use chrono::{DateTime, Duration, Utc};
+use serde_json::Value;
+use std::path::PathBuf;
+use tally_proto::pb;
+use tally_tests::browser::{Browser, downloaded};
+use tally_tests::{CollectorProcess, TestAgent, collector_json, connect};
+
+struct Api {
+    base: String,
+}
+
+impl Api {
+    async fn get(&self, path: &str, token: &str) -> (u16, String) {
+        let r = reqwest::Client::new()
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+    async fn json(&self, path: &str, token: &str) -> Value {
+        let (s, t) = self.get(path, token).await;
+        assert_eq!(s, 200, "{path}: {t}");
+        serde_json::from_str(&t).unwrap()
+    }
+}
+
+fn month() -> String {
+    Utc::now().format("%Y-%m").to_string()
+}
+
+/// Windows start at the later of an hour ago and this month's first instant, so every
+/// report falls in the current month.
+fn agent_on(license: &str) -> TestAgent {
+    let now = Utc::now();
+    let month_start = DateTime::parse_from_rfc3339(&format!("{}-01T00:00:00Z", month()))
+        .unwrap()
+        .with_timezone(&Utc);
+    let mut a = TestAgent::new(license);
+    let start = (now - Duration::hours(1)).max(month_start);
+    a.cursor = DateTime::from_timestamp(start.timestamp() - start.timestamp() % 60, 0).unwrap();
+    a
+}
+
+async fn submit(grpc: std::net::SocketAddr, reports: Vec<pb::SignedReport>) -> Vec<i32> {
+    let mut c = connect(grpc).await;
+    let resp = c
+        .submit(pb::SubmitRequest { reports })
+        .await
+        .unwrap()
+        .into_inner();
+    resp.receipts
+        .iter()
+        .map(|r| {
+            let body: pb::ReceiptBody = prost::Message::decode(r.body.as_slice()).unwrap();
+            body.outcome
+        })
+        .collect()
+}
+
+async fn sign_in(b: &mut Browser, base: &str, token: &str) {
+    b.goto(&format!("{base}/")).await;
+    b.wait_for("document.getElementById('signin')").await;
+    let t = serde_json::to_string(token).unwrap();
+    b.eval(&format!(
+        "document.getElementById('token').value = {t}; document.getElementById('signin').requestSubmit(); true"
+    ))
+    .await;
+}
+
+async fn sign_out(b: &mut Browser) {
+    b.eval("document.getElementById('signout').click(); true")
+        .await;
+    b.wait_for("document.getElementById('signin')").await;
+}
+
+/// `used` of `metric` on the statement of `customer` this month, as the API says.
+async fn api_used(api: &Api, token: &str, customer: &str, metric: &str) -> u64 {
+    let s = api
+        .json(&format!("/v1/statements/{customer}/{}", month()), token)
+        .await;
+    s["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["metric"] == metric)
+        .map(|l| l["used"].as_u64().unwrap())
+        .unwrap_or(0)
+}
+
+fn number(s: &str) -> u64 {
+    s.chars()
+        .filter(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("not a number: {s:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
+    std::fs::create_dir_all(&shots).unwrap();
+    println!("screenshots: {}", shots.display());
+
+    let tmp = tempfile::tempdir().unwrap();
+    let cdata = tmp.path().join("collector");
+    let init = collector_json(&cdata, &["init"]);
+    let admin = init["admin_token"].as_str().unwrap().to_string();
+    let id = |v: Value| v["id"].as_str().unwrap().to_string();
+    let acme = id(collector_json(
+        &cdata,
+        &["customers", "add", "Acme Rockets"],
+    ));
+    let globex = id(collector_json(
+        &cdata,
+        &["customers", "add", "Globex Shipping"],
+    ));
+    let collector = CollectorProcess::spawn(&cdata);
+    let base = format!("http://{}", collector.http);
+    let api = Api { base: base.clone() };
+    let nb = tally_proto::time::rfc3339(Utc::now() - Duration::days(40));
+    let license = |customer: &str, limit: &str| {
+        collector_json(
+            &cdata,
+            &[
+                "licenses",
+                "issue",
+                "--customer",
+                customer,
+                "--metric",
+                limit,
+                "--expires",
+                "2099-01-01",
+                "--not-before",
+                &nb,
+            ],
+        )["license_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (la, lg) = (
+        license(&acme, "api.convert=1000"),
+        license(&globex, "api.convert=500"),
+    );
+    let token = |role: &str| {
+        collector_json(&cdata, &["tokens", "create", "--role", role])["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let billing = token("billing");
+    let acme_token = token(&format!("customer:{acme}"));
+    let globex_token = token(&format!("customer:{globex}"));
+    let (mut a, mut g) = (agent_on(&la), agent_on(&lg));
+    for (agent, lic) in [(&a, &la), (&g, &lg)] {
+        collector_json(
+            &cdata,
+            &[
+                "agents",
+                "add",
+                "--license",
+                lic,
+                "--key",
+                &hex::encode(agent.key_bytes()),
+            ],
+        );
+    }
+    // Acme: 350 counted; Globex: 42 counted, then two reports quarantined for clock skew
+    // (windows an hour in the future): 70 and 9 of api.convert.
+    let mut ra = Vec::new();
+    for q in [100, 200, 50] {
+        ra.push(a.next(&[("api.convert", q)]).1);
+    }
+    let mut rg = Vec::new();
+    for q in [40, 2] {
+        rg.push(g.next(&[("api.convert", q)]).1);
+    }
+    let mut skewed = Vec::new();
+    for q in [70, 9] {
+        g.cursor = Utc::now() + Duration::hours(1);
+        skewed.push(g.next(&[("api.convert", q)]).1);
+    }
+    rg.extend(skewed.iter().cloned());
+    assert!(
+        submit(collector.grpc, ra)
+            .await
+            .iter()
+            .all(|o| *o == pb::Outcome::Accepted as i32)
+    );
+    let out = submit(collector.grpc, rg).await;
+    assert_eq!(out[..2], [pb::Outcome::Accepted as i32; 2]);
+    assert_eq!(out[2..], [pb::Outcome::Quarantined as i32; 2]);
+
+    // The page itself: strict CSP, nosniff, hashed immutable assets.
+    let r = reqwest::get(format!("{base}/")).await.unwrap();
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    let page = r.text().await.unwrap();
+    let asset = page
+        .split('"')
+        .find(|s| s.starts_with("/assets/app."))
+        .expect("app.js by its hash")
+        .to_string();
+    let r = reqwest::get(format!("{base}{asset}")).await.unwrap();
+    assert!(
+        r.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("immutable")
+    );
+
+    let mut b = Browser::start().await;
+    let downloads = tmp.path().join("downloads");
+    std::fs::create_dir_all(&downloads).unwrap();
+    b.allow_downloads(&downloads).await;
+
+    // An unknown token is shown as such.
+    sign_in(&mut b, &base, "tally_not_a_real_token").await;
+    b.wait_for("document.getElementById('signin-error')").await;
+    let e = b.text("#signin-error").await.unwrap();
+    assert!(e.contains("not valid"), "{e}");
+
+    // Admin: the overview's numbers are the API's.
+    sign_in(&mut b, &base, &admin).await;
+    b.wait_for("document.querySelector('main[data-view=overview]')")
+        .await;
+    for (c, expect) in [(&acme, 350u64), (&globex, 42u64)] {
+        let shown = b
+            .text(&format!(
+                "tr[data-customer='{c}'][data-metric='api.convert'] [data-field=used]"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(number(&shown), expect);
+        assert_eq!(api_used(&api, &admin, c, "api.convert").await, expect);
+    }
+    b.screenshot(&shots.join("overview.png")).await;
+
+    // A customer's usage chart, statement and agents; the CSV download is the API's CSV.
+    b.eval(&format!(
+        "location.hash = '#/customers/{acme}?granularity=hour'; true"
+    ))
+    .await;
+    b.wait_for("document.querySelector('#chart[data-chart-ready]')")
+        .await;
+    let total = b
+        .eval("document.getElementById('usage-total').getAttribute('data-value')")
+        .await;
+    assert_eq!(total.as_str(), Some("350"));
+    let used = b
+        .text("#statement-lines tr[data-metric='api.convert'] [data-field=used]")
+        .await
+        .unwrap();
+    assert_eq!(number(&used), 350);
+    let seq = b
+        .text("#customer-agents tr [data-field=last_seq]")
+        .await
+        .unwrap();
+    let agents = api
+        .json(&format!("/v1/agents?customer={acme}"), &admin)
+        .await;
+    assert_eq!(seq, agents["agents"][0]["last_seq"].to_string());
+    b.screenshot(&shots.join("usage.png")).await;
+    b.eval("document.getElementById('usage-csv').click(); true")
+        .await;
+    let file = downloaded(&downloads, "usage-").await;
+    let from = b.eval("document.getElementById('from').value").await;
+    let to = b.eval("document.getElementById('to').value").await;
+    let (_, csv) = api
+        .get(
+            &format!(
+                "/v1/usage?customer={acme}&metric=api.convert&granularity=hour&from={}&to={}&format=csv",
+                from.as_str().unwrap(),
+                to.as_str().unwrap()
+            ),
+            &admin,
+        )
+        .await;
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), csv);
+    assert!(
+        csv.starts_with("customer,license,metric,period_start,quantity"),
+        "{csv}"
+    );
+
+    // Admin releases one quarantined report from the page: Globex's total moves by 70.
+    b.eval("location.hash = '#/quarantine'; true").await;
+    b.wait_for("document.querySelector('main[data-view=quarantine]')")
+        .await;
+    let digest = hex::encode(tally_proto::Digest::of(&skewed[0].report).0);
+    b.screenshot(&shots.join("quarantine.png")).await;
+    b.eval(&format!(
+        "document.querySelector(\"tr[data-digest='{digest}'] button[data-action=release]\").click(); true"
+    ))
+    .await;
+    b.wait_for(&format!(
+        "document.querySelector('main[data-view=quarantine]') && !document.querySelector(\"tr[data-digest='{digest}']\")"
+    ))
+    .await;
+    assert_eq!(api_used(&api, &admin, &globex, "api.convert").await, 112);
+    b.eval(&format!("location.hash = '#/customers/{globex}'; true"))
+        .await;
+    b.wait_for("document.querySelector('#statement-lines')")
+        .await;
+    let used = b
+        .text("#statement-lines tr[data-metric='api.convert'] [data-field=used]")
+        .await
+        .unwrap();
+    assert_eq!(number(&used), 112);
+    b.screenshot(&shots.join("statement.png")).await;
+    sign_out(&mut b).await;
+
+    // Billing sees the quarantine but has no buttons, and the API refuses it anyway.
+    sign_in(&mut b, &base, &billing).await;
+    b.wait_for("document.querySelector('main[data-view=overview]')")
+        .await;
+    b.eval("location.hash = '#/quarantine'; true").await;
+    b.wait_for("document.querySelector('main[data-view=quarantine]')")
+        .await;
+    let rows = b
+        .eval("document.querySelectorAll('#quarantine tbody tr').length")
+        .await;
+    assert_eq!(rows, 1);
+    let buttons = b
+        .eval("document.querySelectorAll('#quarantine button').length")
+        .await;
+    assert_eq!(
+        buttons, 0,
+        "a billing token must not get release/discard buttons"
+    );
+    let other = hex::encode(tally_proto::Digest::of(&skewed[1].report).0);
+    let r = reqwest::Client::new()
+        .post(format!("{base}/v1/quarantine/{other}/release"))
+        .bearer_auth(&billing)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    sign_out(&mut b).await;
+
+    // Each customer sees only itself.
+    for (own, own_token, own_used, other, other_name, other_used) in [
+        (&acme, &acme_token, 350u64, &globex, "Globex", 112u64),
+        (&globex, &globex_token, 112, &acme, "Acme", 350),
+    ] {
+        sign_in(&mut b, &base, own_token).await;
+        b.wait_for("document.querySelector('#chart[data-chart-ready]')")
+            .await;
+        let used = b
+            .text("#statement-lines tr[data-metric='api.convert'] [data-field=used]")
+            .await
+            .unwrap();
+        assert_eq!(number(&used), own_used);
+        assert_eq!(
+            api_used(&api, own_token, own, "api.convert").await,
+            own_used
+        );
+        let html = b.eval("document.documentElement.outerHTML").await;
+        let html = html.as_str().unwrap();
+        assert!(!html.contains(other.as_str()) && !html.contains(other_name));
+        // Its total appears in no text of the page (as a whole number).
+        let text = b.eval("document.body.innerText").await;
+        let text = text.as_str().unwrap();
+        let other_total = other_used.to_string();
+        assert!(
+            !text
+                .split(|c: char| !c.is_ascii_digit())
+                .any(|w| w == other_total),
+            "the other customer's total appears in the page: {text}"
+        );
+        if own == &acme {
+            b.screenshot(&shots.join("portal.png")).await;
+        }
+        b.eval(&format!("location.hash = '#/customers/{other}'; true"))
+            .await;
+        b.wait_for("document.querySelector('[data-error=not_found]')")
+            .await;
+        let html = b.eval("document.documentElement.outerHTML").await;
+        assert!(!html.as_str().unwrap().contains(other_name));
+        sign_out(&mut b).await;
+    }
+
+    // A revoked token is refused at sign-in.
+    let tokens = collector_json(&cdata, &["tokens", "list"]);
+    let billing_id = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["role"] == "billing")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    collector_json(&cdata, &["tokens", "revoke", &billing_id]);
+    sign_in(&mut b, &base, &billing).await;
+    b.wait_for("document.getElementById('signin-error')").await;
+    let e = b.text("#signin-error").await.unwrap();
+    assert!(e.contains("not valid"), "{e}");
+    println!("screenshots: {}", shots.display());
+}
