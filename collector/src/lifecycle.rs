@@ -38,8 +38,8 @@ pub async fn purge_due(
                 action: "customers purge".into(),
                 target: p.customer_id.clone(),
                 outcome: format!(
-                    "reports={} rollup_rows={} anomalies={} agents={} licenses={} tokens={} statements={} license_files={files}",
-                    p.reports, p.rollup_rows, p.anomalies, p.agents, p.licenses, p.tokens, p.statements
+                    "reports={} rollup_rows={} anomalies={} agents={} licenses={} tokens={} statements={} alerts={} license_files={files}",
+                    p.reports, p.rollup_rows, p.anomalies, p.agents, p.licenses, p.tokens, p.statements, p.alerts
                 ),
             })
             .await?;

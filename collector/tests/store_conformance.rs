@@ -211,6 +211,23 @@ impl Store for CountsDuplicatesTwice {
     async fn retained_digests(&self, agent: Option<String>) -> StoreResult<Vec<RetainedDigest>> {
         self.0.retained_digests(agent).await
     }
+    async fn set_license_alerts(&self, license_id: String, percents: Vec<u32>) -> StoreResult<()> {
+        self.0.set_license_alerts(license_id, percents).await
+    }
+    async fn alerts(&self, customer: Option<String>, limit: u32) -> StoreResult<Vec<AlertRecord>> {
+        self.0.alerts(customer, limit).await
+    }
+    async fn due_alerts(&self, now: Instant, limit: u32) -> StoreResult<Vec<AlertRecord>> {
+        self.0.due_alerts(now, limit).await
+    }
+    async fn alert_attempted(
+        &self,
+        id: String,
+        now: Instant,
+        next_attempt: Option<Instant>,
+    ) -> StoreResult<()> {
+        self.0.alert_attempted(id, now, next_attempt).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1240,6 +1240,168 @@ pub async fn retention_keeps_totals_and_dedup(s: Subject) -> CheckResult {
     Ok(())
 }
 
+fn percents(alerts: &[super::AlertRecord]) -> Vec<u32> {
+    let mut p: Vec<u32> = alerts.iter().map(|a| a.percent).collect();
+    p.sort_unstable();
+    p
+}
+
+/// A threshold fires once per license, metric and month, in the transaction that counts the
+/// report (ingest or release); the outbox hands each alert out until it is delivered.
+pub async fn alerts_fire_once_per_threshold(s: Subject) -> CheckResult {
+    let mut f = seed(
+        &s,
+        "alr",
+        &[("api.convert", Some(100)), ("api.render", None)],
+    )
+    .await?;
+    s.store
+        .set_license_alerts(f.license_id.clone(), vec![50, 100])
+        .await
+        .map_err(db)?;
+    ensure!(
+        s.store
+            .set_license_alerts("lic_nope".into(), vec![50])
+            .await
+            .is_err(),
+        "thresholds for a missing license must be refused"
+    );
+    let lic = s.store.list_licenses(None).await.map_err(db)?;
+    ensure!(
+        lic[0].alerts == vec![50, 100],
+        "license alerts: {:?}",
+        lic[0].alerts
+    );
+    let ws = now() - Duration::hours(6);
+    let a = f.next(ws, 3600, &[("api.convert", 30), ("api.render", 1000)]);
+    let b = f.next(ws + Duration::hours(1), 3600, &[("api.convert", 30)]);
+    s.store
+        .ingest(vec![a, b.clone()], Utc::now(), Source::Online)
+        .await
+        .map_err(db)?;
+    let got = s.store.alerts(None, 10).await.map_err(db)?;
+    ensure!(percents(&got) == vec![50], "after 60 of 100: {got:?}");
+    let al = &got[0];
+    ensure!(
+        al.metric == "api.convert"
+            && al.used == 60
+            && al.limit == 100
+            && al.customer_id == f.customer_id
+            && al.id == super::alert_id(&f.license_id, "api.convert", al.month, 50),
+        "alert as stored: {al:?}"
+    );
+    // A resend counts nothing and alerts nothing.
+    s.store
+        .ingest(vec![b], Utc::now(), Source::Online)
+        .await
+        .map_err(db)?;
+    ensure!(
+        s.store.alerts(None, 10).await.map_err(db)?.len() == 1,
+        "a resend alerted"
+    );
+    // A released report can cross too: 60 + 45 reaches 100.
+    let q = f.next(
+        ws + Duration::hours(2),
+        3600,
+        &[("api.convert", 45), ("api.unlicensed", 1)],
+    );
+    s.store
+        .ingest(vec![q.clone()], Utc::now(), Source::Online)
+        .await
+        .map_err(db)?;
+    ensure!(
+        s.store.alerts(None, 10).await.map_err(db)?.len() == 1,
+        "a quarantined report alerted"
+    );
+    s.store.release(q.digest, Utc::now()).await.map_err(db)?;
+    let got = s.store.alerts(None, 10).await.map_err(db)?;
+    ensure!(
+        percents(&got) == vec![50, 100],
+        "after the release: {got:?}"
+    );
+    // Only that customer's alerts for a customer.
+    ensure!(
+        s.store
+            .alerts(Some("cus_other".into()), 10)
+            .await
+            .map_err(db)?
+            .is_empty(),
+        "another customer's alerts"
+    );
+    // The outbox: both due; one fails and waits; the other is delivered and gone.
+    let t = Utc::now() + Duration::seconds(5);
+    let due = s.store.due_alerts(t, 10).await.map_err(db)?;
+    ensure!(due.len() == 2, "due: {due:?}");
+    s.store
+        .alert_attempted(due[0].id.clone(), t, Some(t + Duration::minutes(1)))
+        .await
+        .map_err(db)?;
+    s.store
+        .alert_attempted(due[1].id.clone(), t, None)
+        .await
+        .map_err(db)?;
+    let now_due = s.store.due_alerts(t, 10).await.map_err(db)?;
+    ensure!(now_due.is_empty(), "still due: {now_due:?}");
+    let later = s
+        .store
+        .due_alerts(t + Duration::minutes(2), 10)
+        .await
+        .map_err(db)?;
+    ensure!(
+        later.len() == 1 && later[0].id == due[0].id && later[0].attempts == 1,
+        "retry: {later:?}"
+    );
+    Ok(())
+}
+
+/// Many concurrent one-unit reports on one license: every threshold crossed fires exactly
+/// once — none is missed because two transactions each saw the total below it.
+pub async fn alerts_under_concurrent_ingest(s: Subject) -> CheckResult {
+    let base = seed(&s, "alrc", &[("api.convert", Some(100))]).await?;
+    let thresholds: Vec<u32> = (1..=12).map(|k| k * 10).collect();
+    s.store
+        .set_license_alerts(base.license_id.clone(), thresholds.clone())
+        .await
+        .map_err(db)?;
+    let mut agents = vec![base];
+    for _ in 0..7 {
+        let a = agents[0]
+            .enroll_new_agent(s.store.as_ref(), now())
+            .await
+            .map_err(db)?;
+        agents.push(a);
+    }
+    let per_agent = 15i64; // 8 × 15 = 120: every threshold up to 120% is crossed
+    let start = now() - Duration::hours(per_agent + 1);
+    let mut tasks = Vec::new();
+    for mut a in agents {
+        let store = s.store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_agent {
+                let r = a.next(start + Duration::hours(i), 3600, &[("api.convert", 1)]);
+                let o = store
+                    .ingest(vec![r], Utc::now(), Source::Online)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if o[0].outcome != Outcome::Accepted {
+                    return Err(format!("{:?}", o[0]));
+                }
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    let got = s.store.alerts(None, 100).await.map_err(db)?;
+    ensure!(
+        percents(&got) == thresholds,
+        "thresholds fired: {:?}, want each of {thresholds:?} once",
+        percents(&got)
+    );
+    Ok(())
+}
+
 /// Expands to one `#[tokio::test]` per conformance check, each on a fresh store from
 /// `$fresh` (an async expression yielding a [`Subject`]).
 #[macro_export]
@@ -1262,7 +1424,9 @@ macro_rules! conformance_tests {
             sums_never_wrap,
             closing_a_month_bills_late_reports_on_the_next,
             close_is_serialized_with_ingest,
-            retention_keeps_totals_and_dedup
+            retention_keeps_totals_and_dedup,
+            alerts_fire_once_per_threshold,
+            alerts_under_concurrent_ingest
         );
     };
     (@each $fresh:expr; $($check:ident),+) => {

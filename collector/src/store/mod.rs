@@ -181,6 +181,8 @@ pub struct LicenseRecord {
     pub not_after: Instant,
     pub grace_secs: u64,
     pub revoked_at: Option<Instant>,
+    /// Alert thresholds, percent, ascending.
+    pub alerts: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -457,6 +459,101 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Expiry>>;
     /// What retention removed, per agent and month (all agents, or one).
     async fn retained_digests(&self, agent: Option<String>) -> StoreResult<Vec<RetainedDigest>>;
+
+    // --- usage alerts -----------------------------------------------------------------
+    /// Replaces a license's alert thresholds (percent of each limited metric's monthly
+    /// limit; empty: none). Crossings are recorded by the transaction that counts the
+    /// report (ingest or release), once per license, metric, month and threshold.
+    async fn set_license_alerts(&self, license_id: String, percents: Vec<u32>) -> StoreResult<()>;
+    /// The newest alerts, of one customer or all.
+    async fn alerts(&self, customer: Option<String>, limit: u32) -> StoreResult<Vec<AlertRecord>>;
+    /// Undelivered alerts whose next delivery attempt is due at `now`, oldest first.
+    async fn due_alerts(&self, now: Instant, limit: u32) -> StoreResult<Vec<AlertRecord>>;
+    /// Records a delivery attempt: delivered (`next_attempt` `None`), or failed and to be
+    /// tried again at `next_attempt`.
+    async fn alert_attempted(
+        &self,
+        id: String,
+        now: Instant,
+        next_attempt: Option<Instant>,
+    ) -> StoreResult<()>;
+}
+
+/// A threshold crossing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertRecord {
+    /// Derived from license, metric, month and threshold (see [`alert_id`]): the webhook's
+    /// idempotency id.
+    pub id: String,
+    pub license_id: String,
+    pub customer_id: String,
+    pub metric: String,
+    /// Unix seconds of the month's first instant.
+    pub month: i64,
+    pub percent: u32,
+    /// Usage of the month right after the report that crossed.
+    pub used: u64,
+    pub limit: u64,
+    pub crossed_at: Instant,
+    pub delivered_at: Option<Instant>,
+    pub attempts: u32,
+}
+
+/// The id of a crossing: the same wherever (and however often) it is computed.
+pub fn alert_id(license_id: &str, metric: &str, month: i64, percent: u32) -> String {
+    use sha2::{Digest as _, Sha256};
+    let h = Sha256::digest(format!("{license_id}\0{metric}\0{month}\0{percent}"));
+    format!("alr_{}", hex::encode(&h[..12]))
+}
+
+/// A crossing found while counting, written with the report (a second write of the same
+/// crossing is ignored).
+#[derive(Debug, Clone)]
+pub(crate) struct NewAlert {
+    pub license_id: String,
+    pub customer_id: String,
+    pub metric: String,
+    pub month: i64,
+    pub percent: u32,
+    pub used: u64,
+    pub limit: u64,
+}
+
+/// What the counting path needs to find crossings for one license.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AlertTerms {
+    pub customer_id: String,
+    pub percents: Vec<u32>,
+    /// Limited metrics and their monthly limits.
+    pub limits: HashMap<String, u64>,
+}
+
+impl AlertTerms {
+    /// The crossings of `metric` going from `before` to `after` in `month`.
+    pub fn crossings(
+        &self,
+        license_id: &str,
+        metric: &str,
+        month: i64,
+        before: u64,
+        after: u64,
+    ) -> Vec<NewAlert> {
+        let Some(&limit) = self.limits.get(metric) else {
+            return Vec::new();
+        };
+        crate::rules::alerts::crossed(limit, before, after, &self.percents)
+            .into_iter()
+            .map(|percent| NewAlert {
+                license_id: license_id.to_string(),
+                customer_id: self.customer_id.clone(),
+                metric: metric.to_string(),
+                month,
+                percent,
+                used: after,
+                limit,
+            })
+            .collect()
+    }
 }
 
 /// What retention removed from one month.
@@ -565,6 +662,8 @@ pub struct Purge {
     pub tokens: u64,
     /// Closed statements removed.
     pub statements: u64,
+    /// Alerts removed.
+    pub alerts: u64,
 }
 
 /// Reads for tests and offline audits that the serving path never needs: kept out of

@@ -165,11 +165,26 @@ pub(super) async fn list_licenses<C: GenericClient>(
                 limit: r.get::<_, Option<i64>>(2).map(|q| q as u64),
             });
     }
+    let mut alerts: HashMap<String, Vec<u32>> = HashMap::new();
+    for r in query(
+        c,
+        "SELECT license_id, percent FROM license_alerts WHERE license_id = ANY($1)
+         ORDER BY license_id, percent",
+        &[&ids],
+    )
+    .await?
+    {
+        alerts
+            .entry(r.get(0))
+            .or_default()
+            .push(r.get::<_, i32>(1) as u32);
+    }
     Ok(rows
         .into_iter()
         .map(|r| {
             let id: String = r.get(0);
             LicenseRecord {
+                alerts: alerts.remove(&id).unwrap_or_default(),
                 metrics: metrics.remove(&id).unwrap_or_default(),
                 license_id: id,
                 customer_id: r.get(1),

@@ -64,6 +64,10 @@ pub(super) struct Sums {
     add_monthly: BTreeMap<RowKey, i64>,
     /// The closed months, as read after [`lock_periods`].
     pub(super) closed: std::collections::BTreeSet<i64>,
+    /// Alert terms of the licenses with thresholds (their locks held: see `alerts`).
+    pub(super) alert_terms: HashMap<String, crate::store::AlertTerms>,
+    /// Threshold crossings found, written by `flush`.
+    pub(super) new_alerts: Vec<crate::store::NewAlert>,
 }
 
 /// Takes the periods lock shared (every ingest and release holds it until its commit, so a
@@ -166,12 +170,21 @@ impl Sums {
         let shard = shard_of(agent_id);
         let start = rep.window_start.timestamp();
         let (hour, month) = (hour_of(start), month_of(start));
+        let mut moves = Vec::with_capacity(rep.counters.len());
         for ctr in &rep.counters {
+            let before = self.monthly(license_id, &ctr.metric, month);
             let fits = i64::try_from(ctr.quantity)
                 .ok()
-                .and_then(|q| self.monthly(license_id, &ctr.metric, month).checked_add(q));
-            if fits.is_none() {
-                return Err(rules::overflow(&ctr.metric));
+                .and_then(|q| before.checked_add(q));
+            match fits {
+                None => return Err(rules::overflow(&ctr.metric)),
+                Some(after) => moves.push((ctr.metric.as_str(), before, after)),
+            }
+        }
+        if let Some(terms) = self.alert_terms.get(license_id) {
+            for (metric, before, after) in moves {
+                let found = terms.crossings(license_id, metric, month, before as u64, after as u64);
+                self.new_alerts.extend(found);
             }
         }
         for ctr in &rep.counters {
@@ -195,7 +208,8 @@ impl Sums {
     /// Writes the additions, hourly then monthly, each in key order (every transaction
     /// locks these shared rows in the same order, so none deadlock). Runs last before the
     /// commit.
-    pub(super) async fn flush<C: GenericClient>(&mut self, c: &C) -> StoreResult<()> {
+    pub(super) async fn flush<C: GenericClient>(&mut self, c: &C, now: i64) -> StoreResult<()> {
+        super::alerts::insert(c, &self.new_alerts, now).await?;
         for (sql, adds) in [
             (
                 "INSERT INTO rollups (license_id, metric, hour, shard, quantity)
@@ -378,6 +392,9 @@ pub(super) async fn ingest_batch<C: GenericClient>(
     license_ids.sort_unstable();
     license_ids.dedup();
     let licenses = load_licenses(c, &license_ids).await?;
+    // Alerting licenses: their locks before any sum is read (see `alerts`).
+    let alert_terms = super::alerts::terms(c, &license_ids).await?;
+    super::alerts::lock(c, &alert_terms).await?;
     let mut near = neighbours(c, reports).await?;
     for r in query(
         c,
@@ -398,6 +415,7 @@ pub(super) async fn ingest_batch<C: GenericClient>(
     }
     let mut sums = Sums {
         closed,
+        alert_terms,
         ..Sums::default()
     };
     let month_now = month_of(now);
@@ -570,7 +588,7 @@ pub(super) async fn ingest_batch<C: GenericClient>(
         )
         .await?;
     }
-    sums.flush(c).await?;
+    sums.flush(c, now).await?;
     Ok(out)
 }
 

@@ -126,6 +126,9 @@ pub(super) async fn purge_one<C: GenericClient>(
     run("DELETE FROM license_metrics WHERE license_id IN (SELECT id FROM licenses WHERE customer_id = $1)")
         .await?;
     let statements = run("DELETE FROM statements WHERE customer_id = $1").await?;
+    let alerts = run("DELETE FROM alerts WHERE customer_id = $1").await?;
+    run("DELETE FROM license_alerts WHERE license_id IN (SELECT id FROM licenses WHERE customer_id = $1)")
+        .await?;
     let licenses = run("DELETE FROM licenses WHERE customer_id = $1").await?;
     let tokens = run("DELETE FROM tokens WHERE role = 'customer:' || $1").await?;
     run("DELETE FROM customers WHERE id = $1").await?;
@@ -139,5 +142,6 @@ pub(super) async fn purge_one<C: GenericClient>(
         licenses,
         tokens,
         statements,
+        alerts,
     }))
 }

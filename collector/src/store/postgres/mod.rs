@@ -16,6 +16,7 @@
 //!   did not commit returns an error, so no receipt is ever sent for it.
 
 mod admin;
+mod alerts;
 mod ingest;
 mod lifecycle;
 mod periods;
@@ -569,6 +570,32 @@ impl Store for PostgresStore {
     async fn retained_digests(&self, agent: Option<String>) -> StoreResult<Vec<RetainedDigest>> {
         let c = self.client().await?;
         periods::retained_digests(&c, agent.as_deref()).await
+    }
+
+    async fn set_license_alerts(&self, license_id: String, percents: Vec<u32>) -> StoreResult<()> {
+        in_transaction!(self, |tx| {
+            alerts::set_license_alerts(&tx, &license_id, &percents).await?
+        })
+    }
+
+    async fn alerts(&self, customer: Option<String>, limit: u32) -> StoreResult<Vec<AlertRecord>> {
+        let c = self.client().await?;
+        alerts::alerts(&c, customer.as_deref(), limit).await
+    }
+
+    async fn due_alerts(&self, now: Instant, limit: u32) -> StoreResult<Vec<AlertRecord>> {
+        let c = self.client().await?;
+        alerts::due(&c, secs(now), limit).await
+    }
+
+    async fn alert_attempted(
+        &self,
+        id: String,
+        now: Instant,
+        next_attempt: Option<Instant>,
+    ) -> StoreResult<()> {
+        let c = self.client().await?;
+        alerts::attempted(&c, &id, secs(now), next_attempt.map(secs)).await
     }
 }
 

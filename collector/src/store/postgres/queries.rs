@@ -167,6 +167,8 @@ pub(super) async fn release<C: GenericClient>(
     };
     let mut sums = Sums::default();
     sums.closed = closed;
+    sums.alert_terms = super::alerts::terms(c, &[license_id.as_str()]).await?;
+    super::alerts::lock(c, &sums.alert_terms).await?;
     sums.load(c, std::slice::from_ref(&report), &license_id)
         .await?;
     let billed = match sums.count(&license_id, &agent_id, &report) {
@@ -177,7 +179,7 @@ pub(super) async fn release<C: GenericClient>(
             )));
         }
     };
-    sums.flush(c).await?;
+    sums.flush(c, now).await?;
     execute(
         c,
         "UPDATE reports SET status = 'accepted', resolved_at = $2, billed_month = $3

@@ -151,6 +151,27 @@ const MIGRATIONS: &[&str] = &[
         done BOOLEAN NOT NULL DEFAULT false,
         expired_at BIGINT
     );
+    CREATE TABLE license_alerts (
+        license_id TEXT NOT NULL REFERENCES licenses(id),
+        percent INTEGER NOT NULL,
+        PRIMARY KEY (license_id, percent)
+    );
+    CREATE TABLE alerts (
+        id TEXT PRIMARY KEY,
+        license_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        month BIGINT NOT NULL,
+        percent INTEGER NOT NULL,
+        used BIGINT NOT NULL,
+        quota BIGINT NOT NULL,
+        crossed_at BIGINT NOT NULL,
+        delivered_at BIGINT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at BIGINT NOT NULL,
+        UNIQUE (license_id, metric, month, percent)
+    );
+    CREATE INDEX alerts_pending ON alerts(next_attempt_at) WHERE delivered_at IS NULL;
     CREATE TABLE report_retention (
         agent_id TEXT NOT NULL,
         month BIGINT NOT NULL,

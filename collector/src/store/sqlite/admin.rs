@@ -149,6 +149,12 @@ pub(super) fn list_licenses(
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
+        let alerts = conn
+            .prepare_cached(
+                "SELECT percent FROM license_alerts WHERE license_id = ?1 ORDER BY percent",
+            )?
+            .query_map([&id], |r| r.get::<_, u32>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
         out.push(LicenseRecord {
             license_id: id,
             customer_id: cust,
@@ -157,6 +163,7 @@ pub(super) fn list_licenses(
             not_after: ts(na),
             grace_secs: grace.max(0) as u64,
             revoked_at: revoked.map(ts),
+            alerts,
         });
     }
     Ok(out)

@@ -143,6 +143,10 @@ pub(super) struct RollupCache {
     /// The closed months, read once per transaction (inside it: a close commits before
     /// or after this transaction, never during it, as the writer runs one at a time).
     closed: Option<std::collections::BTreeSet<i64>>,
+    /// Each license's alert terms (`None`: no thresholds), read once per transaction.
+    alert_terms: HashMap<String, Option<crate::store::AlertTerms>>,
+    /// Threshold crossings found, written by `flush`.
+    new_alerts: Vec<crate::store::NewAlert>,
 }
 
 const HOURLY_SQL: &str =
@@ -216,15 +220,23 @@ impl RollupCache {
             let (Some(h2), Some(m2)) = (h.checked_add(q), m.checked_add(q)) else {
                 return Ok(Err(metric.to_string()));
             };
-            updates.push((metric, h2, m2));
+            updates.push((metric, h2, m, m2));
         }
-        for (metric, h2, m2) in updates {
+        if !self.alert_terms.contains_key(license_id) {
+            let t = super::alerts::terms(conn, license_id)?;
+            self.alert_terms.insert(license_id.to_string(), t);
+        }
+        for (metric, h2, m, m2) in updates {
             let dirty = |quantity| Sum {
                 quantity,
                 dirty: true,
             };
             self.hourly.set(license_id, metric, hour, dirty(h2));
             self.monthly.set(license_id, metric, month, dirty(m2));
+            if let Some(Some(terms)) = self.alert_terms.get(license_id) {
+                let found = terms.crossings(license_id, metric, month, m as u64, m2 as u64);
+                self.new_alerts.extend(found);
+            }
         }
         Ok(Ok(()))
     }
@@ -244,8 +256,10 @@ impl RollupCache {
         Ok(billed)
     }
 
-    /// Writes every changed row. Must run before the transaction commits.
-    pub(super) fn flush(&mut self, conn: &Connection) -> StoreResult<()> {
+    /// Writes every changed row and the alerts found (crossed at `now`). Must run before
+    /// the transaction commits.
+    pub(super) fn flush(&mut self, conn: &Connection, now: i64) -> StoreResult<()> {
+        super::alerts::insert(conn, &self.new_alerts, now)?;
         let mut put_h = conn.prepare_cached(
             "INSERT INTO rollups (license_id, metric, hour, quantity) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (license_id, metric, hour) DO UPDATE SET quantity = excluded.quantity",
@@ -296,7 +310,7 @@ pub(super) fn ingest_batch(
             received_at,
         });
     }
-    rollups.flush(conn)?;
+    rollups.flush(conn, now)?;
     sequences.flush(conn, now)?;
     Ok(out)
 }

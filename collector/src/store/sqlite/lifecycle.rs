@@ -107,6 +107,10 @@ pub(super) fn purge_one(conn: &Connection, id: &str, now: i64) -> StoreResult<Op
         "DELETE FROM license_metrics WHERE license_id IN {of_licenses}"
     ))?;
     let statements = run("DELETE FROM statements WHERE customer_id = ?1".into())?;
+    let alerts = run("DELETE FROM alerts WHERE customer_id = ?1".into())?;
+    run(format!(
+        "DELETE FROM license_alerts WHERE license_id IN {of_licenses}"
+    ))?;
     let licenses = run("DELETE FROM licenses WHERE customer_id = ?1".into())?;
     let tokens = run("DELETE FROM tokens WHERE role = 'customer:' || ?1".into())?;
     run("DELETE FROM customers WHERE id = ?1".into())?;
@@ -120,5 +124,6 @@ pub(super) fn purge_one(conn: &Connection, id: &str, now: i64) -> StoreResult<Op
         licenses,
         tokens,
         statements,
+        alerts,
     }))
 }

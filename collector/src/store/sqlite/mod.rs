@@ -2,6 +2,7 @@
 //! (`tally_runtime::sqlite_writer`), and a small pool of read connections used from `spawn_blocking`.
 
 mod admin;
+mod alerts;
 pub mod backup;
 mod ingest;
 mod lifecycle;
@@ -436,6 +437,32 @@ impl Store for SqliteStore {
 
     async fn retained_digests(&self, agent: Option<String>) -> StoreResult<Vec<RetainedDigest>> {
         self.read(move |c| periods::retained_digests(c, agent.as_deref()))
+            .await
+    }
+
+    async fn set_license_alerts(&self, license_id: String, percents: Vec<u32>) -> StoreResult<()> {
+        self.writer
+            .write(move |c| alerts::set_license_alerts(c, &license_id, &percents))
+            .await
+    }
+
+    async fn alerts(&self, customer: Option<String>, limit: u32) -> StoreResult<Vec<AlertRecord>> {
+        self.read(move |c| alerts::alerts(c, customer.as_deref(), limit))
+            .await
+    }
+
+    async fn due_alerts(&self, now: Instant, limit: u32) -> StoreResult<Vec<AlertRecord>> {
+        self.read(move |c| alerts::due(c, secs(now), limit)).await
+    }
+
+    async fn alert_attempted(
+        &self,
+        id: String,
+        now: Instant,
+        next_attempt: Option<Instant>,
+    ) -> StoreResult<()> {
+        self.writer
+            .write(move |c| alerts::attempted(c, &id, secs(now), next_attempt.map(secs)))
             .await
     }
 }

@@ -199,7 +199,7 @@ pub(super) fn release(conn: &Connection, digest: &Digest, now: i64) -> StoreResu
             )));
         }
     };
-    rollups.flush(conn)?;
+    rollups.flush(conn, now)?;
     conn.execute(
         "UPDATE reports SET status = 'accepted', resolved_at = ?2, billed_month = ?5
          WHERE agent_id = ?3 AND seq = ?4 AND digest = ?1",

@@ -200,6 +200,31 @@ const MIGRATIONS: &[&str] = &[
         document BLOB NOT NULL,
         PRIMARY KEY (customer_id, month)
     ) WITHOUT ROWID;
+    -- Usage alerts: a license's thresholds (percent of each limited metric's monthly
+    -- limit), and one row per crossing, written in the transaction that counted the report
+    -- (the id is derived from license, metric, month and threshold: the same crossing has
+    -- the same id wherever it is computed). The webhook outbox is the undelivered rows.
+    CREATE TABLE license_alerts (
+        license_id TEXT NOT NULL REFERENCES licenses(id),
+        percent INTEGER NOT NULL,
+        PRIMARY KEY (license_id, percent)
+    ) WITHOUT ROWID;
+    CREATE TABLE alerts (
+        id TEXT PRIMARY KEY,
+        license_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        month INTEGER NOT NULL,
+        percent INTEGER NOT NULL,
+        used INTEGER NOT NULL,
+        quota INTEGER NOT NULL,
+        crossed_at INTEGER NOT NULL,
+        delivered_at INTEGER,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        UNIQUE (license_id, metric, month, percent)
+    );
+    CREATE INDEX alerts_pending ON alerts(next_attempt_at) WHERE delivered_at IS NULL;
     "#,
 ];
 
