@@ -18,3 +18,4 @@ pub mod store;
 pub mod tls;
 pub mod usage;
 pub mod views;
+pub mod webhook;

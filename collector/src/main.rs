@@ -158,6 +158,22 @@ struct ServeArgs {
     /// statements and dedup facts stay.
     #[arg(long, env = "TALLY_RETAIN_REPORTS", value_name = "DURATION")]
     retain_reports: Option<String>,
+    /// Post usage alerts (threshold crossings) to this URL as signed JSON.
+    #[arg(
+        long,
+        env = "TALLY_WEBHOOK",
+        value_name = "URL",
+        requires = "webhook_secret_file"
+    )]
+    webhook: Option<String>,
+    /// The HMAC-SHA256 secret for `X-Tally-Signature` (a file, at least 16 bytes).
+    #[arg(
+        long,
+        env = "TALLY_WEBHOOK_SECRET_FILE",
+        value_name = "FILE",
+        requires = "webhook"
+    )]
+    webhook_secret_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -206,6 +222,9 @@ enum LicensesCmd {
         /// Where to write the license file (default DIR/licenses/ID.license).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Usage alerts: thresholds in percent of each limited metric's monthly limit.
+        #[arg(long, value_name = "80%,100%")]
+        alert: Option<String>,
     },
     List {
         #[arg(long)]
@@ -213,6 +232,12 @@ enum LicensesCmd {
     },
     Revoke {
         id: String,
+    },
+    /// Replace a license's usage alert thresholds (`none`: no alerts).
+    Alerts {
+        id: String,
+        #[arg(long, value_name = "80%,100%")]
+        alert: String,
     },
 }
 
@@ -344,6 +369,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                 agent_rate: a.agent_rate,
                 close_grace: a.close_grace,
                 retain_reports: a.retain_reports,
+                webhook: a.webhook.zip(a.webhook_secret_file),
                 json: cli.common.json,
             };
             commands::serve(Ctx::open(dir, database).await?, options).await?;
@@ -374,6 +400,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                     token_ttl,
                     endpoint,
                     out,
+                    alert,
                 } => {
                     commands::licenses_issue(
                         &ctx,
@@ -387,12 +414,16 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                             token_ttl,
                             endpoint,
                             out,
+                            alert,
                         },
                     )
                     .await?
                 }
                 LicensesCmd::List { customer } => commands::licenses_list(&ctx, customer).await?,
                 LicensesCmd::Revoke { id } => commands::licenses_revoke(&ctx, &id).await?,
+                LicensesCmd::Alerts { id, alert } => {
+                    commands::licenses_alerts(&ctx, &id, &alert).await?
+                }
             }
         }
         Command::Agents(c) => {

@@ -33,6 +33,8 @@ pub struct Collector {
     pub close_grace_secs: Option<i64>,
     /// Remove report bodies this long after their month closed.
     pub retain_reports_secs: i64,
+    /// Where usage alerts are posted (`serve --webhook`), if anywhere.
+    pub webhook: Option<Arc<crate::webhook::Webhook>>,
 }
 
 /// Default: a month is closed 3 days after it ends.
@@ -71,6 +73,7 @@ impl Collector {
             vendor_key,
             close_grace_secs: Some(DEFAULT_CLOSE_GRACE_SECS),
             retain_reports_secs: crate::lifecycle::DEFAULT_RETAIN_REPORTS_SECS,
+            webhook: None,
         }
     }
 
@@ -148,7 +151,16 @@ pub async fn run(
         collector.http_tls.clone(),
         wait(stop_rx.clone()),
     );
-    let (g, h, (), ()) = tokio::join!(grpc_server, http_server, lifecycle, closing);
+    let alerts = async {
+        match collector.webhook.clone() {
+            Some(hook) => {
+                crate::webhook::delivery_loop(collector.store.clone(), hook, wait(stop_rx.clone()))
+                    .await
+            }
+            None => wait(stop_rx.clone()).await,
+        }
+    };
+    let (g, h, (), (), ()) = tokio::join!(grpc_server, http_server, lifecycle, closing, alerts);
     g?;
     h?;
     Ok(())

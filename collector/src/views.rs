@@ -4,8 +4,8 @@
 use crate::ingest::Verdict;
 use crate::rules::{self, AgentStatus};
 use crate::store::{
-    AgentRecord, AnomalyRecord, AuditEntry, CustomerRecord, LicenseRecord, QuarantineRecord,
-    TokenListing,
+    AgentRecord, AlertRecord, AnomalyRecord, AuditEntry, CustomerRecord, LicenseRecord,
+    QuarantineRecord, TokenListing,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -61,6 +61,23 @@ pub fn license(l: &LicenseRecord, now: Instant) -> Value {
         "not_after": time(l.not_after),
         "grace": if l.grace_secs == 0 { "0s".to_string() } else { tally_proto::time::format_duration_secs(l.grace_secs) },
         "status": status,
+        "alerts": l.alerts,
+    })
+}
+
+/// A usage alert (a threshold crossing).
+pub fn alert(a: &AlertRecord) -> Value {
+    json!({
+        "id": a.id,
+        "customer": a.customer_id,
+        "license": a.license_id,
+        "metric": a.metric,
+        "period": crate::calendar::month_label(a.month),
+        "threshold_percent": a.percent,
+        "used": a.used,
+        "limit": a.limit,
+        "crossed_at": time(a.crossed_at),
+        "delivered_at": a.delivered_at.map(time),
     })
 }
 

@@ -166,9 +166,24 @@ async function overview() {
         el('th', { class: 'num' }, 'Used'), el('th', { class: 'num' }, 'Limit'), el('th', {}, ''),
         el('th', { class: 'num' }, 'Overage'))),
       el('tbody', {}, rows)));
+  main.append(await alertsTable(''));
   // Bar widths through the CSSOM (the CSP allows no inline style attributes).
   for (const s of main.querySelectorAll('[data-pct]')) s.style.width = `${s.getAttribute('data-pct')}%`;
   main.setAttribute('data-view', 'overview');
+}
+
+async function alertsTable(customer) {
+  const q = customer ? `?customer=${enc(customer)}&limit=50` : '?limit=50';
+  const { alerts } = await api(`/v1/alerts${q}`);
+  return el('div', { class: 'card', id: 'alerts' }, el('h2', {}, 'Usage alerts'),
+    alerts.length ? el('table', {},
+      el('thead', {}, el('tr', {}, ['Crossed', 'Customer', 'Metric', 'Month', 'Threshold', 'Used', 'Limit', 'Webhook'].map((h) => el('th', {}, h)))),
+      el('tbody', {}, alerts.map((a) => el('tr', { 'data-alert': a.id, 'data-customer': a.customer },
+        el('td', {}, a.crossed_at), el('td', {}, a.customer), el('td', {}, a.metric), el('td', {}, a.period),
+        el('td', { class: 'num', 'data-field': 'threshold' }, `${a.threshold_percent}%`),
+        el('td', { class: 'num' }, fmt(a.used)), el('td', { class: 'num' }, fmt(a.limit)),
+        el('td', {}, a.delivered_at ? `delivered ${a.delivered_at}` : 'pending')))))
+      : el('p', { class: 'muted' }, 'No threshold crossed.'));
 }
 
 async function customerView(id, params) {
@@ -180,13 +195,15 @@ async function customerView(id, params) {
   const usageBox = el('div', { class: 'card', id: 'usage' });
   const statementBox = el('div', { class: 'card', id: 'statement' });
   const agentsBox = el('div', { class: 'card', id: 'customer-agents' });
+  const alertsBox = el('div', {});
   main.replaceChildren(el('h1', { 'data-customer-name': c.name }, c.name),
-    el('p', { class: 'muted' }, c.id), usageBox, statementBox, agentsBox);
+    el('p', { class: 'muted' }, c.id), usageBox, statementBox, alertsBox, agentsBox);
   main.setAttribute('data-view', 'customer');
   await Promise.all([
     usageChart(usageBox, id, params),
     statement(statementBox, id, month),
     agentsTable(agentsBox, id),
+    alertsTable(id).then((t) => alertsBox.replaceChildren(t)),
   ]);
 }
 

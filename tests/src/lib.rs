@@ -127,6 +127,7 @@ impl InProcessCollector {
                 token_ttl: "7d".into(),
                 endpoint: format!("http://{}", self.grpc),
                 out: None,
+                alert: None,
             },
         )
         .await

@@ -153,6 +153,8 @@ async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
         license(&acme, "api.convert=1000"),
         license(&globex, "api.convert=500"),
     );
+    // Acme alerts at 30% of its limit: its 350 crosses it.
+    collector_json(&cdata, &["licenses", "alerts", &la, "--alert", "30%"]);
     let token = |role: &str| {
         collector_json(&cdata, &["tokens", "create", "--role", role])["token"]
             .as_str()
@@ -252,6 +254,14 @@ async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
         assert_eq!(number(&shown), expect);
         assert_eq!(api_used(&api, &admin, c, "api.convert").await, expect);
     }
+    let alert_rows = b
+        .eval(&format!(
+            "Array.from(document.querySelectorAll('#alerts tr[data-customer=\"{acme}\"] [data-field=threshold]')).map(e => e.textContent)"
+        ))
+        .await;
+    assert_eq!(alert_rows, serde_json::json!(["30%"]));
+    let api_alerts = api.json("/v1/alerts", &admin).await;
+    assert_eq!(api_alerts["alerts"].as_array().unwrap().len(), 1);
     b.screenshot(&shots.join("overview.png")).await;
 
     // A customer's usage chart, statement and agents; the CSV download is the API's CSV.

@@ -22,6 +22,12 @@ pub struct IssueArgs {
     pub token_ttl: String,
     pub endpoint: String,
     pub out: Option<PathBuf>,
+    /// `--alert 80%,100%`: usage alert thresholds.
+    pub alert: Option<String>,
+}
+
+fn alert_arg(s: &str) -> Result<Vec<u32>, CommandError> {
+    crate::rules::alerts::parse_thresholds(s).map_err(|e| usage_err(format!("--alert: {e}")))
 }
 
 /// Parses `metric[=LIMIT]`.
@@ -76,6 +82,7 @@ pub async fn licenses_issue(ctx: &Ctx, a: IssueArgs) -> CmdResult {
     if a.enrollments == 0 {
         return Err(usage_err("--enrollments must be at least 1"));
     }
+    let alerts = a.alert.as_deref().map(alert_arg).transpose()?;
     if !(a.endpoint.starts_with("http://") || a.endpoint.starts_with("https://")) {
         return Err(usage_err("--endpoint must be an http:// or https:// URL"));
     }
@@ -121,6 +128,11 @@ pub async fn licenses_issue(ctx: &Ctx, a: IssueArgs) -> CmdResult {
             now,
         )
         .await?;
+    if let Some(p) = alerts.filter(|p| !p.is_empty()) {
+        ctx.store
+            .set_license_alerts(license.license_id.clone(), p)
+            .await?;
+    }
     std::fs::write(&out, armor(&signed))
         .map_err(|e| CommandError::Runtime(format!("cannot write {}: {e}", out.display())))?;
     ctx.audit("licenses issue", &license.license_id, "ok")
@@ -154,6 +166,28 @@ pub async fn licenses_list(ctx: &Ctx, customer: Option<String>) -> CmdResult {
         })
         .collect::<String>();
     Ok(Output::new(json, text))
+}
+
+/// `licenses alerts ID --alert 80%,100%` (or `none`): replaces a license's thresholds.
+pub async fn licenses_alerts(ctx: &Ctx, id: &str, alert: &str) -> CmdResult {
+    check_id("license", id)?;
+    let p = alert_arg(alert)?;
+    ctx.store
+        .set_license_alerts(id.to_string(), p.clone())
+        .await?;
+    let shown: Vec<String> = p.iter().map(|v| format!("{v}%")).collect();
+    ctx.audit("licenses alerts", id, &shown.join(",")).await?;
+    Ok(Output::new(
+        json!({"license_id": id, "alerts": p}),
+        format!(
+            "{id}: alerts at {}\n",
+            if shown.is_empty() {
+                "none".to_string()
+            } else {
+                shown.join(", ")
+            }
+        ),
+    ))
 }
 
 pub async fn licenses_revoke(ctx: &Ctx, id: &str) -> CmdResult {

@@ -19,7 +19,9 @@ use crate::views;
 pub use agents::{agents_add, agents_list, agents_revoke};
 pub use backup::{backup, backup_verify, restore};
 pub use cancel::customers_cancel;
-pub use licenses::{IssueArgs, licenses_issue, licenses_list, licenses_revoke, parse_metric_arg};
+pub use licenses::{
+    IssueArgs, licenses_alerts, licenses_issue, licenses_list, licenses_revoke, parse_metric_arg,
+};
 pub use periods::{periods_close, periods_list, retention_apply, statements_verify};
 pub use review::{
     audit_list, import, quarantine_discard, quarantine_list, quarantine_release, usage,

@@ -18,6 +18,8 @@ pub struct ServeOptions {
     pub close_grace: Option<String>,
     /// `--retain-reports`: a duration; default 400 days.
     pub retain_reports: Option<String>,
+    /// `--webhook URL` and `--webhook-secret-file F`: where usage alerts are posted.
+    pub webhook: Option<(String, std::path::PathBuf)>,
     /// Print the addresses as one JSON document.
     pub json: bool,
 }
@@ -37,6 +39,13 @@ pub async fn serve(ctx: Ctx, o: ServeOptions) -> Result<(), CommandError> {
         None => crate::lifecycle::DEFAULT_RETAIN_REPORTS_SECS,
         Some(d) => super::duration_arg("retain-reports", d)?,
     };
+    let webhook = o
+        .webhook
+        .as_ref()
+        .map(|(url, secret)| crate::webhook::Webhook::new(url, secret))
+        .transpose()
+        .map_err(|e| CommandError::Usage(e.to_string()))?
+        .map(std::sync::Arc::new);
     let bind = |addr: String, flag: &'static str| async move {
         tokio::net::TcpListener::bind(&addr)
             .await
@@ -93,6 +102,7 @@ pub async fn serve(ctx: Ctx, o: ServeOptions) -> Result<(), CommandError> {
     collector.licenses_dir = Some(ctx.dir.licenses());
     collector.close_grace_secs = close_grace_secs;
     collector.retain_reports_secs = retain_reports_secs;
+    collector.webhook = webhook;
     tracing::info!(grpc = %g, http = %h, "Collector serving.");
     server::run(collector, grpc, http, tally_runtime::shutdown::signal())
         .await

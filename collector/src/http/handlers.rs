@@ -367,3 +367,21 @@ pub async fn discard(
     st.store.discard(d, chrono::Utc::now()).await?;
     Ok(Json(json!({"digest": d.to_hex(), "discarded": true})))
 }
+
+/// `GET /v1/alerts?customer=&limit=`: the newest usage alerts (a customer token: its own).
+pub async fn alerts(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let p = pairs(raw)?;
+    let params = only(&p, &["customer", "limit"])?;
+    let scope = caller.scope(id_param(&params, "customer")?)?;
+    let limit = match params.iter().find(|(k, _)| *k == "limit") {
+        None => 100,
+        Some((_, v)) => parse_limit(v)
+            .ok_or_else(|| ApiError::bad_param("limit: a whole number from 1 to 1000"))?,
+    };
+    let rows = st.store.alerts(scope, limit).await?;
+    Ok(Json(json!({"alerts": views::list(&rows, views::alert)})))
+}
