@@ -4,8 +4,8 @@
 use crate::ingest::Verdict;
 use crate::rules::{self, AgentStatus};
 use crate::store::{
-    AgentRecord, AlertRecord, AnomalyRecord, AuditEntry, CustomerRecord, LicenseRecord,
-    QuarantineRecord, TokenListing,
+    AgentRecord, AgentReportRecord, AlertRecord, AnomalyRecord, AuditEntry, CustomerRecord,
+    LicenseRecord, QuarantineRecord, TokenListing,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -62,6 +62,20 @@ pub fn license(l: &LicenseRecord, now: Instant) -> Value {
         "grace": if l.grace_secs == 0 { "0s".to_string() } else { tally_proto::time::format_duration_secs(l.grace_secs) },
         "status": status,
         "alerts": l.alerts,
+    })
+}
+
+/// One report of an agent's history.
+pub fn agent_report(r: &AgentReportRecord) -> Value {
+    json!({
+        "seq": r.seq,
+        "digest": r.digest.to_hex(),
+        "fork": r.fork,
+        "window_start": time(r.window_start),
+        "window_end": time(r.window_end),
+        "received_at": time(r.received_at),
+        "status": r.status,
+        "reason": r.reason,
     })
 }
 

@@ -211,6 +211,14 @@ impl Store for CountsDuplicatesTwice {
     async fn retained_digests(&self, agent: Option<String>) -> StoreResult<Vec<RetainedDigest>> {
         self.0.retained_digests(agent).await
     }
+    async fn agent_reports(
+        &self,
+        agent_id: String,
+        before_seq: Option<u64>,
+        limit: u32,
+    ) -> StoreResult<Vec<AgentReportRecord>> {
+        self.0.agent_reports(agent_id, before_seq, limit).await
+    }
     async fn set_license_alerts(&self, license_id: String, percents: Vec<u32>) -> StoreResult<()> {
         self.0.set_license_alerts(license_id, percents).await
     }

@@ -315,7 +315,7 @@ async function statement(box, customer, month) {
 
 function agentRows(agents) {
   return agents.map((a) => el('tr', { 'data-agent': a.agent_id },
-    el('td', {}, a.agent_id), el('td', {}, a.customer_id), el('td', {}, a.license_id),
+    el('td', {}, el('a', { href: `#/agents/${a.agent_id}` }, a.agent_id)), el('td', {}, a.customer_id), el('td', {}, a.license_id),
     el('td', { class: `status-${a.status}`, 'data-field': 'status' }, a.status),
     el('td', { class: 'num', 'data-field': 'last_seq' }, String(a.last_seq)),
     el('td', {}, a.last_seen || 'never')));
@@ -337,6 +337,31 @@ async function agentsView() {
   const { agents } = await api('/v1/agents');
   main.replaceChildren(el('h1', {}, 'Agents'), agentTable(agents));
   main.setAttribute('data-view', 'agents');
+}
+
+async function agentView(id, params) {
+  const before = params.get('before_seq');
+  const q = before ? `?limit=100&before_seq=${enc(before)}` : '?limit=100';
+  const { agent, reports, gaps } = await api(`/v1/agents/${enc(id)}/reports${q}`);
+  const oldest = reports.length ? reports[reports.length - 1].seq : null;
+  main.replaceChildren(el('h1', {}, `Agent ${agent.agent_id}`),
+    el('p', {}, el('span', { class: `status-${agent.status}`, id: 'agent-status' }, agent.status),
+      ` · customer ${agent.customer_id} · license ${agent.license_id} · last seq `,
+      el('span', { id: 'agent-last-seq' }, String(agent.last_seq)), ` · last report ${agent.last_seen || 'never'}`),
+    el('h2', {}, 'Gaps'),
+    gaps.length ? el('table', { id: 'gaps' }, el('tbody', {}, gaps.map((g) => el('tr', {},
+      el('td', {}, `seq ${g.seq_from}–${g.seq_to}`), el('td', {}, g.closed_at ? `closed ${g.closed_at}` : 'open'),
+      el('td', {}, `opened ${g.opened_at}`))))) : el('p', { class: 'muted' }, 'No gap: every seq arrived.'),
+    el('h2', {}, 'Reports'),
+    el('table', { id: 'agent-reports' },
+      el('thead', {}, el('tr', {}, ['Seq', 'Window', 'Received', 'Outcome', 'Reason', 'Digest'].map((h) => el('th', {}, h)))),
+      el('tbody', {}, reports.map((r) => el('tr', { 'data-seq': r.seq, 'data-status': r.status },
+        el('td', { class: 'num' }, r.fork ? `${r.seq} (fork)` : String(r.seq)),
+        el('td', {}, `${r.window_start} – ${r.window_end}`), el('td', {}, r.received_at),
+        el('td', { 'data-field': 'status' }, r.status), el('td', {}, r.reason), el('td', {}, r.digest.slice(0, 16)))))),
+    oldest && oldest > 1 && reports.length === 100
+      ? el('p', {}, el('a', { href: `#/agents/${agent.agent_id}?before_seq=${oldest}` }, 'older reports →')) : null);
+  main.setAttribute('data-view', 'agent');
 }
 
 async function anomaliesView() {
@@ -397,6 +422,7 @@ async function route() {
   main.removeAttribute('data-view');
   try {
     if (parts[0] === 'customers' && parts[1]) await customerView(decodeURIComponent(parts[1]), params);
+    else if (parts[0] === 'agents' && parts[1]) await agentView(decodeURIComponent(parts[1]), params);
     else if (parts[0] === 'agents') await agentsView();
     else if (parts[0] === 'anomalies') await anomaliesView();
     else if (parts[0] === 'quarantine') await quarantineView();

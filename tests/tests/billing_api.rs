@@ -166,13 +166,22 @@ async fn customer_tokens_are_isolated_and_attempts_audited() {
     assert_eq!(v["agents"].as_array().unwrap().len(), 1);
     let (s, v) = get(&c, "/v1/customers", Some(&token_a)).await;
     assert_eq!((s, v["customers"].as_array().unwrap().len()), (200, 1));
+    // Its own agent's history; no audit log, no quarantine actions.
+    let a_agent = agent_of(&c, &a).await;
+    let (s, v) = get(&c, &format!("/v1/agents/{a_agent}/reports"), Some(&token_a)).await;
+    assert_eq!((s, v["reports"].as_array().unwrap().len()), (200, 1), "{v}");
+    let (s, v) = get(&c, "/v1/audit", Some(&token_a)).await;
+    assert_eq!((s, error_code(&v)), (403, "forbidden"));
 
     // Another customer's data: 404, as if it did not exist.
+    let b_agent = agent_of(&c, &b).await;
     for path in [
         format!("/v1/usage?customer={b}"),
         format!("/v1/statements/{b}/{month}"),
         format!("/v1/agents?customer={b}"),
         format!("/v1/licenses?customer={b}"),
+        format!("/v1/alerts?customer={b}"),
+        format!("/v1/agents/{b_agent}/reports"),
     ] {
         let (s, v) = get(&c, &path, Some(&token_a)).await;
         assert_eq!((s, error_code(&v)), (404, "not_found"), "{path}");
@@ -201,7 +210,7 @@ async fn customer_tokens_are_isolated_and_attempts_audited() {
         .iter()
         .filter(|e| e.outcome == "404 cross_tenant_denied")
         .collect();
-    assert_eq!(denied.len(), 4, "{audit:#?}");
+    assert_eq!(denied.len(), 6, "{audit:#?}");
     assert!(denied.iter().all(|e| e.actor == token_a_id));
     assert!(
         audit
@@ -473,4 +482,17 @@ async fn a_stalled_request_body_times_out() {
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("\"timeout\""), "{text}");
+}
+
+/// The id of a customer's (one) agent.
+async fn agent_of(c: &InProcessCollector, customer: &str) -> String {
+    c.store()
+        .list_agents(tally_collector::store::AgentFilter {
+            customer: Some(customer.to_string()),
+            license: None,
+        })
+        .await
+        .unwrap()[0]
+        .agent_id
+        .clone()
 }

@@ -335,6 +335,36 @@ async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
         .unwrap();
     assert_eq!(number(&used), 112);
     b.screenshot(&shots.join("statement.png")).await;
+    // Globex's agent: every report with its outcome, as the API lists them.
+    let ga = api
+        .json(&format!("/v1/agents?customer={globex}"), &admin)
+        .await;
+    let gid = ga["agents"][0]["agent_id"].as_str().unwrap().to_string();
+    b.eval(&format!("location.hash = '#/agents/{gid}'; true"))
+        .await;
+    b.wait_for("document.querySelector('main[data-view=agent]')")
+        .await;
+    let shown = b
+        .eval("Array.from(document.querySelectorAll('#agent-reports tbody tr')).map(r => [Number(r.dataset.seq), r.dataset.status])")
+        .await;
+    let history = api.json(&format!("/v1/agents/{gid}/reports"), &admin).await;
+    let want: Vec<Value> = history["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::json!([r["seq"], r["status"]]))
+        .collect();
+    assert_eq!(shown, Value::Array(want));
+    assert_eq!(
+        shown,
+        serde_json::json!([
+            [4, "quarantined"],
+            [3, "accepted"],
+            [2, "accepted"],
+            [1, "accepted"]
+        ])
+    );
+    b.screenshot(&shots.join("agent.png")).await;
     sign_out(&mut b).await;
 
     // Billing sees the quarantine but has no buttons, and the API refuses it anyway.

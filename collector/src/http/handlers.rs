@@ -385,3 +385,81 @@ pub async fn alerts(
     let rows = st.store.alerts(scope, limit).await?;
     Ok(Json(json!({"alerts": views::list(&rows, views::alert)})))
 }
+
+/// A `before_seq`: a seq written plainly (1 to 19 digits, no leading zero).
+pub(crate) fn parse_seq(v: &str) -> Option<u64> {
+    let plain = !v.is_empty()
+        && v.len() <= 19
+        && v.bytes().all(|b| b.is_ascii_digit())
+        && !v.starts_with('0');
+    v.parse::<u64>().ok().filter(|_| plain)
+}
+
+/// `GET /v1/agents/{agent}/reports?before_seq=&limit=`: an agent's reports, newest first,
+/// with its gaps (a customer token: only its own agents).
+pub async fn agent_reports(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let Path(agent) = path.map_err(|e| ApiError::bad_param(e.body_text()))?;
+    if !is_valid_id(&agent) {
+        return Err(ApiError::bad_param("agent: not a valid id"));
+    }
+    let p = pairs(raw)?;
+    let params = only(&p, &["before_seq", "limit"])?;
+    let limit = match params.iter().find(|(k, _)| *k == "limit") {
+        None => 100,
+        Some((_, v)) => parse_limit(v)
+            .ok_or_else(|| ApiError::bad_param("limit: a whole number from 1 to 1000"))?,
+    };
+    let before = match params.iter().find(|(k, _)| *k == "before_seq") {
+        None => None,
+        Some((_, v)) => Some(
+            parse_seq(v)
+                .ok_or_else(|| ApiError::bad_param("before_seq: a positive whole number"))?,
+        ),
+    };
+    let scope = caller.scope(None)?;
+    let filter = AgentFilter {
+        customer: scope.clone(),
+        license: None,
+    };
+    let rows = views::agents_with_status(
+        st.store.list_agents(filter).await?,
+        chrono::Utc::now(),
+        st.silent_after_secs,
+        None,
+    );
+    let Some((a, status)) = rows.into_iter().find(|(a, _)| a.agent_id == agent) else {
+        // Another customer's agent is answered exactly like a missing one, and audited.
+        let anywhere = scope.is_some()
+            && st
+                .store
+                .list_agents(AgentFilter::default())
+                .await?
+                .iter()
+                .any(|a| a.agent_id == agent);
+        let m = format!("agent {agent} not found");
+        return Err(if anywhere {
+            ApiError::CrossTenant(m)
+        } else {
+            ApiError::NotFound(m)
+        });
+    };
+    let reports = st.store.agent_reports(agent.clone(), before, limit).await?;
+    let gaps: Vec<Value> = st
+        .store
+        .anomalies(Some(a.customer_id.clone()))
+        .await?
+        .iter()
+        .filter(|x| x.agent_id == agent && x.kind == "gap")
+        .map(views::anomaly)
+        .collect();
+    Ok(Json(json!({
+        "agent": views::agent(&a, status),
+        "reports": views::list(&reports, views::agent_report),
+        "gaps": gaps,
+    })))
+}

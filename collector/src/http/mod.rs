@@ -51,6 +51,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/customers", get(handlers::customers))
         .route("/v1/licenses", get(handlers::licenses))
         .route("/v1/agents", get(handlers::agents))
+        .route("/v1/agents/{agent}/reports", get(handlers::agent_reports))
         .route("/v1/anomalies", get(handlers::anomalies))
         .route("/v1/quarantine", get(handlers::quarantine))
         .route("/v1/quarantine/{digest}/release", post(handlers::release))

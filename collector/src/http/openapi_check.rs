@@ -79,7 +79,7 @@ fn inputs() -> impl Strategy<Value = String> {
 proptest! {
     #[test]
     fn id_pattern_is_is_valid_id(s in inputs()) {
-        for name in ["customer", "license"] {
+        for name in ["customer", "license", "agent"] {
             prop_assert_eq!(matches(&schema(name), &s), is_valid_id(&s), "{} {:?}", name, s);
         }
     }
@@ -92,6 +92,11 @@ proptest! {
     #[test]
     fn limit_pattern_is_parse_limit(s in prop_oneof![inputs(), "[0-9+-]{0,5}"]) {
         prop_assert_eq!(matches(&schema("limit"), &s), super::handlers::parse_limit(&s).is_some(), "{:?}", s);
+    }
+
+    #[test]
+    fn before_seq_pattern_is_parse_seq(s in prop_oneof![inputs(), "[0-9+-]{0,21}"]) {
+        prop_assert_eq!(matches(&schema("before_seq"), &s), super::handlers::parse_seq(&s).is_some(), "{:?}", s);
     }
 
     #[test]

@@ -1402,6 +1402,84 @@ pub async fn alerts_under_concurrent_ingest(s: Subject) -> CheckResult {
     Ok(())
 }
 
+/// An agent's history lists its stored reports newest first — forks and quarantined ones
+/// too, with why — and pages back by seq.
+pub async fn agent_history_newest_first(s: Subject) -> CheckResult {
+    let mut f = seed(&s, "hist", &[("api.convert", None)]).await?;
+    let ws = now() - Duration::hours(5);
+    let r1 = f.next(ws, 3600, &[("api.convert", 1)]);
+    let r2 = f.next(ws + Duration::hours(1), 3600, &[("api.convert", 2)]);
+    let fork = f.report(
+        2,
+        Some(r1.digest),
+        ws + Duration::hours(1),
+        3600,
+        &[("api.convert", 9)],
+    );
+    let r3 = f.next(ws + Duration::hours(2), 3600, &[("api.unlicensed", 3)]);
+    s.store
+        .ingest(
+            vec![r1, r2.clone(), fork.clone(), r3.clone()],
+            Utc::now(),
+            Source::Online,
+        )
+        .await
+        .map_err(db)?;
+    let all = s
+        .store
+        .agent_reports(f.agent_id.clone(), None, 10)
+        .await
+        .map_err(db)?;
+    let got: Vec<(u64, bool, String, String)> = all
+        .iter()
+        .map(|r| (r.seq, r.fork, r.status.clone(), r.reason.clone()))
+        .collect();
+    let want = vec![
+        (
+            3,
+            false,
+            "quarantined".to_string(),
+            "metric_not_licensed".to_string(),
+        ),
+        (2, false, "accepted".to_string(), String::new()),
+        (
+            2,
+            true,
+            "quarantined".to_string(),
+            "seq_conflict".to_string(),
+        ),
+        (1, false, "accepted".to_string(), String::new()),
+    ];
+    ensure!(got == want, "history {got:?}");
+    ensure!(
+        all[0].digest == r3.digest && all[2].digest == fork.digest,
+        "digests in the history"
+    );
+    ensure!(
+        all[1].window_start == r2.report.window_start,
+        "windows in the history"
+    );
+    let page = s
+        .store
+        .agent_reports(f.agent_id.clone(), Some(3), 2)
+        .await
+        .map_err(db)?;
+    let seqs: Vec<(u64, bool)> = page.iter().map(|r| (r.seq, r.fork)).collect();
+    ensure!(
+        seqs == vec![(2, false), (2, true)],
+        "page before seq 3: {seqs:?}"
+    );
+    ensure!(
+        s.store
+            .agent_reports("agt_nobody".into(), None, 10)
+            .await
+            .map_err(db)?
+            .is_empty(),
+        "an unknown agent has no history"
+    );
+    Ok(())
+}
+
 /// Expands to one `#[tokio::test]` per conformance check, each on a fresh store from
 /// `$fresh` (an async expression yielding a [`Subject`]).
 #[macro_export]
@@ -1426,7 +1504,8 @@ macro_rules! conformance_tests {
             close_is_serialized_with_ingest,
             retention_keeps_totals_and_dedup,
             alerts_fire_once_per_threshold,
-            alerts_under_concurrent_ingest
+            alerts_under_concurrent_ingest,
+            agent_history_newest_first
         );
     };
     (@each $fresh:expr; $($check:ident),+) => {

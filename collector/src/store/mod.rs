@@ -460,6 +460,15 @@ pub trait Store: Send + Sync + 'static {
     /// What retention removed, per agent and month (all agents, or one).
     async fn retained_digests(&self, agent: Option<String>) -> StoreResult<Vec<RetainedDigest>>;
 
+    /// An agent's stored reports, newest seq first, at most `limit`, with seqs below
+    /// `before_seq` when given (paging back through its history).
+    async fn agent_reports(
+        &self,
+        agent_id: String,
+        before_seq: Option<u64>,
+        limit: u32,
+    ) -> StoreResult<Vec<AgentReportRecord>>;
+
     // --- usage alerts -----------------------------------------------------------------
     /// Replaces a license's alert thresholds (percent of each limited metric's monthly
     /// limit; empty: none). Crossings are recorded by the transaction that counts the
@@ -477,6 +486,22 @@ pub trait Store: Send + Sync + 'static {
         now: Instant,
         next_attempt: Option<Instant>,
     ) -> StoreResult<()>;
+}
+
+/// One stored report of an agent, as its history lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentReportRecord {
+    pub seq: u64,
+    pub digest: Digest,
+    /// A second, different report for a taken seq.
+    pub fork: bool,
+    pub window_start: Instant,
+    pub window_end: Instant,
+    pub received_at: Instant,
+    /// `accepted`, `quarantined` or `discarded`.
+    pub status: String,
+    /// Why it is not (or was not at first) counted; empty for a plain acceptance.
+    pub reason: String,
 }
 
 /// A threshold crossing.

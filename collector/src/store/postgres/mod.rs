@@ -572,6 +572,16 @@ impl Store for PostgresStore {
         periods::retained_digests(&c, agent.as_deref()).await
     }
 
+    async fn agent_reports(
+        &self,
+        agent_id: String,
+        before_seq: Option<u64>,
+        limit: u32,
+    ) -> StoreResult<Vec<AgentReportRecord>> {
+        let c = self.client().await?;
+        queries::agent_reports(&c, &agent_id, before_seq, limit).await
+    }
+
     async fn set_license_alerts(&self, license_id: String, percents: Vec<u32>) -> StoreResult<()> {
         in_transaction!(self, |tx| {
             alerts::set_license_alerts(&tx, &license_id, &percents).await?

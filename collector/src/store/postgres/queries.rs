@@ -216,3 +216,31 @@ pub(super) async fn discard<C: GenericClient>(c: &C, digest: &Digest, now: i64) 
         ))),
     }
 }
+
+pub(super) async fn agent_reports<C: GenericClient>(
+    c: &C,
+    agent_id: &str,
+    before_seq: Option<u64>,
+    limit: u32,
+) -> StoreResult<Vec<AgentReportRecord>> {
+    let before = before_seq.map_or(i64::MAX, |s| i64::try_from(s).unwrap_or(i64::MAX));
+    Ok(query(
+        c,
+        "SELECT seq, digest, fork, window_start, window_end, received_at, status, reason
+         FROM reports WHERE agent_id = $1 AND seq < $2 ORDER BY seq DESC, fork LIMIT $3",
+        &[&agent_id, &before, &i64::from(limit)],
+    )
+    .await?
+    .into_iter()
+    .map(|r| AgentReportRecord {
+        seq: r.get::<_, i64>(0) as u64,
+        digest: digest_of(r.get(1)),
+        fork: r.get(2),
+        window_start: ts(r.get(3)),
+        window_end: ts(r.get(4)),
+        received_at: ts(r.get(5)),
+        status: r.get(6),
+        reason: r.get(7),
+    })
+    .collect())
+}

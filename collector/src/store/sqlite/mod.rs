@@ -440,6 +440,16 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn agent_reports(
+        &self,
+        agent_id: String,
+        before_seq: Option<u64>,
+        limit: u32,
+    ) -> StoreResult<Vec<AgentReportRecord>> {
+        self.read(move |c| queries::agent_reports(c, &agent_id, before_seq, limit))
+            .await
+    }
+
     async fn set_license_alerts(&self, license_id: String, percents: Vec<u32>) -> StoreResult<()> {
         self.writer
             .write(move |c| alerts::set_license_alerts(c, &license_id, &percents))
