@@ -248,6 +248,35 @@ pub(super) fn stored_reports(conn: &Connection) -> StoreResult<Vec<StoredReport>
     Ok(rows)
 }
 
+pub(super) fn agent_reports(
+    conn: &Connection,
+    agent_id: &str,
+    before_seq: Option<u64>,
+    limit: u32,
+) -> StoreResult<Vec<AgentReportRecord>> {
+    let before = before_seq.map_or(i64::MAX, |s| i64::try_from(s).unwrap_or(i64::MAX));
+    let t = |v: i64| tally_proto::time::Instant::from_timestamp(v, 0).unwrap_or_default();
+    Ok(conn
+        .prepare_cached(
+            "SELECT seq, digest, fork, window_start, window_end, received_at, status, reason
+             FROM reports WHERE agent_id = ?1 AND seq < ?2 ORDER BY seq DESC, fork LIMIT ?3",
+        )?
+        .query_map(params![agent_id, before, limit], |r| {
+            let d: Vec<u8> = r.get(1)?;
+            Ok(AgentReportRecord {
+                seq: r.get::<_, i64>(0)? as u64,
+                digest: Digest::from_slice(&d).unwrap_or(Digest([0; 32])),
+                fork: r.get::<_, i64>(2)? != 0,
+                window_start: t(r.get(3)?),
+                window_end: t(r.get(4)?),
+                received_at: t(r.get(5)?),
+                status: r.get(6)?,
+                reason: r.get(7)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::SqliteStore;
@@ -310,33 +339,4 @@ mod tests {
             Err(StoreError::NotFound(_))
         ));
     }
-}
-
-pub(super) fn agent_reports(
-    conn: &Connection,
-    agent_id: &str,
-    before_seq: Option<u64>,
-    limit: u32,
-) -> StoreResult<Vec<AgentReportRecord>> {
-    let before = before_seq.map_or(i64::MAX, |s| i64::try_from(s).unwrap_or(i64::MAX));
-    let t = |v: i64| tally_proto::time::Instant::from_timestamp(v, 0).unwrap_or_default();
-    Ok(conn
-        .prepare_cached(
-            "SELECT seq, digest, fork, window_start, window_end, received_at, status, reason
-             FROM reports WHERE agent_id = ?1 AND seq < ?2 ORDER BY seq DESC, fork LIMIT ?3",
-        )?
-        .query_map(params![agent_id, before, limit], |r| {
-            let d: Vec<u8> = r.get(1)?;
-            Ok(AgentReportRecord {
-                seq: r.get::<_, i64>(0)? as u64,
-                digest: Digest::from_slice(&d).unwrap_or(Digest([0; 32])),
-                fork: r.get::<_, i64>(2)? != 0,
-                window_start: t(r.get(3)?),
-                window_end: t(r.get(4)?),
-                received_at: t(r.get(5)?),
-                status: r.get(6)?,
-                reason: r.get(7)?,
-            })
-        })?
-        .collect::<Result<_, _>>()?)
 }
