@@ -578,6 +578,46 @@ async fn bad_input_matrix() {
             "not_found",
             "no route for GET /v1/secrets",
         ),
+        (
+            "http: audit limit 0",
+            "/v1/audit?limit=0".to_string(),
+            admin,
+            400,
+            "invalid_parameter",
+            "limit: a whole number from 1 to 1000",
+        ),
+        (
+            "http: audit for a customer token",
+            "/v1/audit".to_string(),
+            Some(customer_token.as_str()),
+            403,
+            "forbidden",
+            "this call needs an admin or billing token",
+        ),
+        (
+            "http: alerts limit with a sign",
+            "/v1/alerts?limit=%2B5".to_string(),
+            admin,
+            400,
+            "invalid_parameter",
+            "limit: a whole number from 1 to 1000",
+        ),
+        (
+            "http: agent history before seq 0",
+            "/v1/agents/agt_x/reports?before_seq=0".to_string(),
+            admin,
+            400,
+            "invalid_parameter",
+            "before_seq: a positive whole number",
+        ),
+        (
+            "http: history of an unknown agent",
+            "/v1/agents/agt_nobody/reports".to_string(),
+            admin,
+            404,
+            "not_found",
+            "agent agt_nobody not found",
+        ),
     ] {
         let mut req = http.get(c.http_url(&path));
         if let Some(t) = token {

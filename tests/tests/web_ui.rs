@@ -577,7 +577,7 @@ async fn usage_page_with_a_year_of_hourly_data() {
     println!(
         "usage page, one year of hourly data ({hours} reports, {} points): first chart drawn in \
          {median:.0} ms (median of 3: {times:.0?}); design target <= 1000 ms: {}\n  reproduce: \
-         cargo test --release -p tally-tests --test web_ui year -- --nocapture",
+         cargo build --release -p tally-collector && cargo test --release -p tally-tests --test web_ui year -- --nocapture",
         points,
         if median <= 1000.0 { "met" } else { "MISSED" }
     );
