@@ -377,10 +377,16 @@ pub fn check(period: Period, line: Option<&AgentLine>, held: &[HeldReport]) -> C
     let mut differences = Vec::new();
     let bill = bill_ranges(line, &mut differences);
     let in_period = |r: &HeldReport| period.start <= r.window_start && r.window_start < period.end;
+    // A DUPLICATE receipt (its ACCEPTED one was lost) carries the time of the resend, not
+    // of the acceptance: when the bill counts the report, that is expected; when it does
+    // not, the report may have been accepted after the close, so it is a note, not a
+    // difference (see the loop below).
     let accepted_before_close = |r: &HeldReport| {
-        r.receipt
-            .as_ref()
-            .is_some_and(|rc| rc.counted && rc.received_at < period.closed_at)
+        r.receipt.as_ref().is_some_and(|rc| {
+            rc.counted
+                && (rc.received_at < period.closed_at
+                    || (rc.outcome == Outcome::Duplicate && in_bill(&bill, r.seq)))
+        })
     };
     let by_seq: BTreeMap<u64, &HeldReport> = held.iter().map(|r| (r.seq, r)).collect();
 
@@ -685,6 +691,15 @@ mod tests {
         let c = check(PERIOD, Some(&line_for(&held)), &held);
         assert!(c.matches(), "{:?}", texts(&c));
         assert_eq!(c.expected, vec![1, 2, 3, 4]);
+        // The resend came after the close: its time says nothing of when it was accepted.
+        // On the bill: it matches; not on it: a note (it may be a later adjustment).
+        held[1].receipt.as_mut().unwrap().received_at = (CLOSED + 60) * US;
+        let c = check(PERIOD, Some(&line_for(&held)), &held);
+        assert!(c.matches(), "{:?}", texts(&c));
+        let billed: Vec<HeldReport> = held.iter().filter(|r| r.seq != 2).cloned().collect();
+        let c = check(PERIOD, Some(&line_for(&billed)), &held);
+        assert!(c.matches(), "{:?}", texts(&c));
+        assert_eq!(c.after_close, 1);
     }
 
     #[test]

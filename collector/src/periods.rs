@@ -151,12 +151,25 @@ pub async fn close_due(
         &closed,
     ));
     let mut out = Vec::new();
+    let mut failed = None;
     for month in months {
-        let c = close(store, vendor, month, now).await?;
-        audit_close(store, &c, actor).await?;
-        out.push(c);
+        // One month that cannot be closed (its statements cannot be built) must not hold
+        // up the others; it is retried on the next round, and its error returned.
+        match close(store, vendor, month, now).await {
+            Ok(c) => {
+                audit_close(store, &c, actor).await?;
+                out.push(c);
+            }
+            Err(e) => {
+                tracing::error!(month = %crate::calendar::month_label(month), error = %e, "A month could not be closed; its statements are not signed yet.");
+                failed = Some(e);
+            }
+        }
     }
-    Ok(out)
+    match failed {
+        Some(e) if out.is_empty() => Err(e),
+        _ => Ok(out),
+    }
 }
 
 /// Records a close in the audit log.

@@ -39,11 +39,12 @@ impl Webhook {
     /// A webhook to `url` (http or https) signing with the secret in `secret_file` (its
     /// content, without a trailing newline; at least 16 bytes).
     pub fn new(url: &str, secret_file: &std::path::Path) -> Result<Webhook, WebhookError> {
-        let url = reqwest::Url::parse(url).map_err(|e| WebhookError::Url(format!("{url}: {e}")))?;
+        // The URL is never echoed or logged: receivers often put a secret in it.
+        let url = reqwest::Url::parse(url).map_err(|e| WebhookError::Url(e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(WebhookError::Url(format!(
-                "{url}: must be an http:// or https:// URL"
-            )));
+            return Err(WebhookError::Url(
+                "must be an http:// or https:// URL".into(),
+            ));
         }
         let secret_err = |reason: String| WebhookError::Secret {
             path: secret_file.display().to_string(),
@@ -79,7 +80,7 @@ impl Webhook {
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("cannot reach the receiver: {e}"))?;
+            .map_err(|e| format!("cannot reach the receiver: {}", e.without_url()))?;
         if r.status().is_success() {
             Ok(())
         } else {
@@ -125,7 +126,12 @@ fn jitter() -> f64 {
 
 /// Delivers every due alert once (what one poll does).
 pub async fn deliver_due(store: &dyn Store, hook: &Webhook, now: Instant) -> StoreResult<usize> {
-    let due = store.due_alerts(now, 50).await?;
+    // Claimed for longer than one delivery can take, so no other collector sends them
+    // meanwhile; a claim this process does not settle (it died) lapses.
+    let lease = now
+        + chrono::Duration::from_std(DELIVERY_TIMEOUT + Duration::from_secs(5))
+            .unwrap_or(chrono::Duration::seconds(15));
+    let due = store.claim_due_alerts(now, lease, 50).await?;
     let mut delivered = 0;
     for a in due {
         match hook.deliver(&a).await {

@@ -225,8 +225,13 @@ impl Store for CountsDuplicatesTwice {
     async fn alerts(&self, customer: Option<String>, limit: u32) -> StoreResult<Vec<AlertRecord>> {
         self.0.alerts(customer, limit).await
     }
-    async fn due_alerts(&self, now: Instant, limit: u32) -> StoreResult<Vec<AlertRecord>> {
-        self.0.due_alerts(now, limit).await
+    async fn claim_due_alerts(
+        &self,
+        now: Instant,
+        lease_until: Instant,
+        limit: u32,
+    ) -> StoreResult<Vec<AlertRecord>> {
+        self.0.claim_due_alerts(now, lease_until, limit).await
     }
     async fn alert_attempted(
         &self,

@@ -244,7 +244,7 @@ async function usageChart(box, customer, params) {
       el('button', { type: 'button', on: { click: apply } }, 'Show'), csv),
     total, chart);
   if (!metric) { total.lastChild.textContent = '0'; return; }
-  const q = (f, t) => `customer=${enc(customer)}&metric=${enc(metric)}&granularity=${granularity}&from=${f}&to=${t}`;
+  const q = (f, t) => `customer=${enc(customer)}&metric=${enc(metric)}&granularity=${enc(granularity)}&from=${enc(f)}&to=${enc(t)}`;
   const fromD = new Date(`${from}T00:00:00Z`);
   const toD = new Date(`${to}T00:00:00Z`);
   const span = toD - fromD;
@@ -286,7 +286,7 @@ async function usageChart(box, customer, params) {
 }
 
 async function statement(box, customer, month) {
-  const s = await api(`/v1/statements/${enc(customer)}/${month}`);
+  const s = await api(`/v1/statements/${enc(customer)}/${enc(month)}`);
   const lines = s.lines.map((l) => el('tr', { 'data-metric': l.metric },
     el('td', {}, l.metric),
     el('td', { class: 'num', 'data-field': 'used' }, fmt(l.used)),

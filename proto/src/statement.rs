@@ -202,11 +202,6 @@ pub fn seq_ranges(seqs: &[u64]) -> Vec<(u64, u64)> {
     out
 }
 
-/// Whether `seq` is in one of `ranges`.
-pub fn in_ranges(ranges: &[(u64, u64)], seq: u64) -> bool {
-    ranges.iter().any(|&(a, b)| a <= seq && seq <= b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,8 +256,6 @@ mod tests {
             vec![(1, 3), (5, 5), (7, 8)]
         );
         assert_eq!(seq_ranges(&[4, 4, 5]), vec![(4, 5)]);
-        assert!(in_ranges(&[(1, 3), (7, 8)], 8));
-        assert!(!in_ranges(&[(1, 3), (7, 8)], 4));
     }
 
     fn sample(vendor: &SigningKey) -> Statement {

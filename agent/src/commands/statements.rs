@@ -181,31 +181,27 @@ async fn fetch(
         .ok_or_else(|| usage("--fetch needs the billing API's URL: --api URL or TALLY_API_URL"))?
         .trim_end_matches('/');
     let url = reqwest::Url::parse(api).map_err(|e| usage(format!("--api {api}: {e}")))?;
+    let loopback = matches!(
+        url.host_str(),
+        Some("127.0.0.1" | "localhost" | "[::1]" | "::1")
+    );
     match url.scheme() {
-        "http" => {}
-        // The agent's HTTP client is built without TLS.
-        "https" => {
+        "https" => {}
+        // The token would cross the network in clear text: only on this machine.
+        "http" if loopback => {}
+        "http" => {
             return Err(usage(format!(
-                "--api {api}: https:// is not supported by this command; fetch the statement \
-                 with another client (curl) and pass the file"
+                "--api {api}: plain http:// sends the API token in clear text; use https:// \
+                 (or http:// to this machine only)"
             )));
         }
-        _ => return Err(usage(format!("--api {api}: must be an http:// URL"))),
+        _ => return Err(usage(format!("--api {api}: must be an https:// URL"))),
     }
     let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
         usage(format!(
             "--fetch needs the billing API token in {API_TOKEN_ENV} (never on the command line)"
         ))
     })?;
-    if !matches!(
-        url.host_str(),
-        Some("127.0.0.1" | "localhost" | "[::1]" | "::1")
-    ) {
-        tracing::warn!(
-            api,
-            "The API token is sent in plain text (http://) to a host that is not this machine."
-        );
-    }
     let target = format!("{api}/v1/statements/{}/{month}", agent.license.customer_id);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
@@ -473,5 +469,16 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.exit_code(), 2, "{e}");
+        // The token never crosses the network in clear text: plain http:// only to here.
+        let remote = StatementSource::Fetch {
+            month: "2026-10".into(),
+            api: Some("http://billing.example.com".into()),
+            token: Some("tok-secret".into()),
+        };
+        let e = statements_verify(&agent, remote, false).await.unwrap_err();
+        assert!(
+            e.exit_code() == 2 && e.to_string().contains("clear text"),
+            "{e}"
+        );
     }
 }

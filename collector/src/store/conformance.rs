@@ -1328,10 +1328,23 @@ pub async fn alerts_fire_once_per_threshold(s: Subject) -> CheckResult {
             .is_empty(),
         "another customer's alerts"
     );
-    // The outbox: both due; one fails and waits; the other is delivered and gone.
+    // The outbox: both due and claimed at once (another claim gets neither until the
+    // claim lapses); one fails and waits; the other is delivered and gone.
     let t = Utc::now() + Duration::seconds(5);
-    let due = s.store.due_alerts(t, 10).await.map_err(db)?;
+    let lease = t + Duration::seconds(30);
+    let due = s.store.claim_due_alerts(t, lease, 10).await.map_err(db)?;
     ensure!(due.len() == 2, "due: {due:?}");
+    let again = s.store.claim_due_alerts(t, lease, 10).await.map_err(db)?;
+    ensure!(again.is_empty(), "claimed twice: {again:?}");
+    let lapsed = s
+        .store
+        .claim_due_alerts(lease, lease + Duration::seconds(30), 10)
+        .await
+        .map_err(db)?;
+    ensure!(
+        lapsed.len() == 2,
+        "a lapsed claim must be claimable again: {lapsed:?}"
+    );
     s.store
         .alert_attempted(due[0].id.clone(), t, Some(t + Duration::minutes(1)))
         .await
@@ -1340,11 +1353,15 @@ pub async fn alerts_fire_once_per_threshold(s: Subject) -> CheckResult {
         .alert_attempted(due[1].id.clone(), t, None)
         .await
         .map_err(db)?;
-    let now_due = s.store.due_alerts(t, 10).await.map_err(db)?;
+    let now_due = s
+        .store
+        .claim_due_alerts(t + Duration::seconds(59), t + Duration::seconds(90), 10)
+        .await
+        .map_err(db)?;
     ensure!(now_due.is_empty(), "still due: {now_due:?}");
     let later = s
         .store
-        .due_alerts(t + Duration::minutes(2), 10)
+        .claim_due_alerts(t + Duration::minutes(2), t + Duration::minutes(3), 10)
         .await
         .map_err(db)?;
     ensure!(

@@ -476,8 +476,16 @@ pub trait Store: Send + Sync + 'static {
     async fn set_license_alerts(&self, license_id: String, percents: Vec<u32>) -> StoreResult<()>;
     /// The newest alerts, of one customer or all.
     async fn alerts(&self, customer: Option<String>, limit: u32) -> StoreResult<Vec<AlertRecord>>;
-    /// Undelivered alerts whose next delivery attempt is due at `now`, oldest first.
-    async fn due_alerts(&self, now: Instant, limit: u32) -> StoreResult<Vec<AlertRecord>>;
+    /// Claims up to `limit` undelivered alerts whose next attempt is due at `now`, oldest
+    /// first: their next attempt moves to `lease_until`, so another collector polling
+    /// meanwhile does not take them too; if this one dies before `alert_attempted`, the
+    /// claim lapses and any collector delivers them.
+    async fn claim_due_alerts(
+        &self,
+        now: Instant,
+        lease_until: Instant,
+        limit: u32,
+    ) -> StoreResult<Vec<AlertRecord>>;
     /// Records a delivery attempt: delivered (`next_attempt` `None`), or failed and to be
     /// tried again at `next_attempt`.
     async fn alert_attempted(
@@ -589,8 +597,9 @@ pub struct Expiry {
     pub agents: u64,
 }
 
-/// What retention removed of one agent's reports of one month: the digests' Merkle root
-/// (in seq order), so the removed reports can still be matched against an agent's copies.
+/// What retention removed of one agent's reports of one month: the seq range, the count and
+/// the Merkle root of the removed digests in seq order (discarded reports included), kept as
+/// a record of what went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetainedDigest {
     pub agent_id: String,

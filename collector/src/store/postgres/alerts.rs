@@ -12,8 +12,13 @@ use deadpool_postgres::GenericClient;
 use std::collections::HashMap;
 use tally_proto::time::Instant;
 
-/// First key of the two-key advisory locks of alerting licenses ("tall").
-const ALERT_LOCK: i32 = 0x7461_6c6c;
+/// The advisory lock key of an alerting license: 64 bits of SHA-256 (a collision between
+/// two licenses only makes them wait for each other).
+fn lock_key(license_id: &str) -> i64 {
+    use sha2::{Digest as _, Sha256};
+    let h = Sha256::digest(format!("tally.alerts\0{license_id}"));
+    i64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]])
+}
 
 /// The alert terms of those of `license_ids` that have thresholds.
 pub(super) async fn terms<C: GenericClient>(
@@ -53,21 +58,17 @@ pub(super) async fn terms<C: GenericClient>(
     Ok(out)
 }
 
-/// Takes the advisory lock of each alerting license, in id order (so no two transactions
+/// Takes the advisory lock of each alerting license, in key order (so no two transactions
 /// wait for each other in a cycle); held until the transaction ends.
 pub(super) async fn lock<C: GenericClient>(
     c: &C,
     terms: &HashMap<String, AlertTerms>,
 ) -> StoreResult<()> {
-    let mut ids: Vec<&str> = terms.keys().map(String::as_str).collect();
-    ids.sort_unstable();
-    for id in ids {
-        execute(
-            c,
-            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
-            &[&ALERT_LOCK, &id],
-        )
-        .await?;
+    let mut keys: Vec<i64> = terms.keys().map(|id| lock_key(id)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        execute(c, "SELECT pg_advisory_xact_lock($1)", &[&key]).await?;
     }
     Ok(())
 }
@@ -175,23 +176,36 @@ pub(super) async fn alerts<C: GenericClient>(
     .collect())
 }
 
-pub(super) async fn due<C: GenericClient>(
+/// Due alerts, claimed until `lease_until` in one statement; rows another collector is
+/// claiming at the same moment are skipped, not waited for.
+pub(super) async fn claim_due<C: GenericClient>(
     c: &C,
     now: i64,
+    lease_until: i64,
     limit: u32,
 ) -> StoreResult<Vec<AlertRecord>> {
-    Ok(query(
+    let mut out: Vec<AlertRecord> = query(
         c,
         &format!(
-            "SELECT {COLUMNS} FROM alerts WHERE delivered_at IS NULL AND next_attempt_at <= $1
-             ORDER BY next_attempt_at, crossed_at LIMIT $2"
+            "UPDATE alerts SET next_attempt_at = $2
+             WHERE id IN (SELECT id FROM alerts
+                          WHERE delivered_at IS NULL AND next_attempt_at <= $1
+                          ORDER BY next_attempt_at, crossed_at LIMIT $3
+                          FOR UPDATE SKIP LOCKED)
+             RETURNING {COLUMNS}"
         ),
-        &[&now, &i64::from(limit)],
+        &[&now, &lease_until, &i64::from(limit)],
     )
     .await?
     .iter()
     .map(record)
-    .collect())
+    .collect();
+    out.sort_by(|a, b| {
+        a.crossed_at
+            .cmp(&b.crossed_at)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    Ok(out)
 }
 
 pub(super) async fn attempted<C: GenericClient>(

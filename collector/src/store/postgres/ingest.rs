@@ -352,12 +352,13 @@ struct NewReport<'a> {
 pub(super) async fn ingest_batch<C: GenericClient>(
     c: &C,
     reports: &[AuthenticReport],
-    received_at: Instant,
     source: Source,
 ) -> StoreResult<Vec<StoredOutcome>> {
     // 1. Hold off closes, then lock the agents, in id order.
     let (closed, db_now) = lock_periods(c).await?;
-    let received_at = received_at.max(db_now);
+    // The receipt time is the database's clock, not this node's: close times come from it
+    // too, so every receipt is ordered against every close whichever collector wrote them.
+    let received_at = db_now;
     let now = received_at.timestamp();
     let mut agent_ids: Vec<&str> = reports.iter().map(|r| r.agent_id.as_str()).collect();
     agent_ids.sort_unstable();

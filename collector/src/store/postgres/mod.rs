@@ -311,22 +311,19 @@ impl Store for PostgresStore {
         Ok(out)
     }
 
+    /// The receipt time comes from the database's clock, not `_received_at` (see
+    /// `ingest::ingest_batch`).
     async fn ingest(
         &self,
         reports: Vec<AuthenticReport>,
-        received_at: Instant,
+        _received_at: Instant,
         source: Source,
     ) -> StoreResult<Vec<StoredOutcome>> {
         if reports.is_empty() {
             return Ok(Vec::new());
         }
-        in_transaction!(self, |tx| ingest::ingest_batch(
-            &tx,
-            &reports,
-            received_at,
-            source
-        )
-        .await?)
+        in_transaction!(self, |tx| ingest::ingest_batch(&tx, &reports, source)
+            .await?)
     }
 
     async fn enroll(
@@ -512,8 +509,10 @@ impl Store for PostgresStore {
         periods::periods(&c).await
     }
 
-    async fn begin_close(&self, month: i64, now: Instant) -> StoreResult<PeriodRecord> {
-        in_transaction!(self, |tx| periods::begin_close(&tx, month, now).await?)
+    /// The close time comes from the database's clock, not `_now` (see
+    /// `periods::begin_close`).
+    async fn begin_close(&self, month: i64, _now: Instant) -> StoreResult<PeriodRecord> {
+        in_transaction!(self, |tx| periods::begin_close(&tx, month).await?)
     }
 
     async fn license_limits(
@@ -593,9 +592,14 @@ impl Store for PostgresStore {
         alerts::alerts(&c, customer.as_deref(), limit).await
     }
 
-    async fn due_alerts(&self, now: Instant, limit: u32) -> StoreResult<Vec<AlertRecord>> {
+    async fn claim_due_alerts(
+        &self,
+        now: Instant,
+        lease_until: Instant,
+        limit: u32,
+    ) -> StoreResult<Vec<AlertRecord>> {
         let c = self.client().await?;
-        alerts::due(&c, secs(now), limit).await
+        alerts::claim_due(&c, secs(now), secs(lease_until), limit).await
     }
 
     async fn alert_attempted(

@@ -122,14 +122,25 @@ pub(super) fn alerts(
         .collect::<Result<_, _>>()?)
 }
 
-pub(super) fn due(conn: &Connection, now: i64, limit: u32) -> StoreResult<Vec<AlertRecord>> {
-    Ok(conn
+/// Due alerts, claimed until `lease_until` (inside the writer's transaction).
+pub(super) fn claim_due(
+    conn: &Connection,
+    now: i64,
+    lease_until: i64,
+    limit: u32,
+) -> StoreResult<Vec<AlertRecord>> {
+    let due: Vec<AlertRecord> = conn
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM alerts WHERE delivered_at IS NULL AND next_attempt_at <= ?1
              ORDER BY next_attempt_at, crossed_at LIMIT ?2"
         ))?
         .query_map(params![now, limit], record)?
-        .collect::<Result<_, _>>()?)
+        .collect::<Result<_, _>>()?;
+    let mut claim = conn.prepare_cached("UPDATE alerts SET next_attempt_at = ?2 WHERE id = ?1")?;
+    for a in &due {
+        claim.execute(params![a.id, lease_until])?;
+    }
+    Ok(due)
 }
 
 pub(super) fn attempted(

@@ -461,8 +461,15 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn due_alerts(&self, now: Instant, limit: u32) -> StoreResult<Vec<AlertRecord>> {
-        self.read(move |c| alerts::due(c, secs(now), limit)).await
+    async fn claim_due_alerts(
+        &self,
+        now: Instant,
+        lease_until: Instant,
+        limit: u32,
+    ) -> StoreResult<Vec<AlertRecord>> {
+        self.writer
+            .write(move |c| alerts::claim_due(c, secs(now), secs(lease_until), limit))
+            .await
     }
 
     async fn alert_attempted(

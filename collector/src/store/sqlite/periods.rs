@@ -153,6 +153,21 @@ const EXPIRING: &str = "status != 'quarantined' AND length(bytes) > 0
     AND ((billed_month IS NULL AND window_start >= ?1 AND window_start < ?2) OR billed_month = ?1)";
 
 pub(super) fn expire_month(conn: &Connection, month: i64, now: i64) -> StoreResult<Expiry> {
+    // Another process (`retention apply` beside `serve`) may have done it since the read.
+    let pending: Option<i64> = conn
+        .query_row(
+            "SELECT month FROM periods WHERE month = ?1 AND expired_at IS NULL",
+            [month],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if pending.is_none() {
+        return Ok(Expiry {
+            month,
+            reports: 0,
+            agents: 0,
+        });
+    }
     let end = next_month(month);
     let rows = conn
         .prepare_cached(&format!(
