@@ -142,12 +142,11 @@ async function start() {
 
 async function overview() {
   main.replaceChildren(el('h1', {}, `Customers — ${thisMonth()}`), el('p', { class: 'muted' }, 'Loading…'));
-  const { customers } = await api('/v1/customers');
   const month = thisMonth();
+  const { customers } = await api(`/v1/summary?period=${month}`);
   const rows = [];
   for (const c of customers) {
-    const s = await api(`/v1/statements/${enc(c.id)}/${month}`);
-    const lines = s.lines.length ? s.lines : [{ metric: '—', used: 0, limit: null, overage: 0 }];
+    const lines = c.lines.length ? c.lines : [{ metric: '—', used: 0, limit: null, overage: 0 }];
     for (const l of lines) {
       const pct = l.limit ? Math.min(100, (100 * l.used) / l.limit) : 0;
       rows.push(el('tr', { 'data-customer': c.id, 'data-metric': l.metric },

@@ -166,6 +166,21 @@ async fn customer_tokens_are_isolated_and_attempts_audited() {
     assert_eq!(v["agents"].as_array().unwrap().len(), 1);
     let (s, v) = get(&c, "/v1/customers", Some(&token_a)).await;
     assert_eq!((s, v["customers"].as_array().unwrap().len()), (200, 1));
+    // The summary: its own customer only, with the statement's numbers.
+    let (s, v) = get(&c, "/v1/summary", Some(&token_a)).await;
+    assert_eq!(s, 200, "{v}");
+    let cs = v["customers"].as_array().unwrap();
+    assert_eq!(cs.len(), 1, "{v}");
+    assert_eq!(cs[0]["id"], a.as_str());
+    assert_eq!(cs[0]["lines"][0]["used"], 3);
+    let (s, v) = get(&c, "/v1/summary", Some(&c.admin_token)).await;
+    assert_eq!(
+        (s, v["customers"].as_array().unwrap().len()),
+        (200, 2),
+        "{v}"
+    );
+    let (s, v) = get(&c, "/v1/summary?period=2026-13", Some(&c.admin_token)).await;
+    assert_eq!((s, error_code(&v)), (400, "invalid_parameter"));
     // Its own agent's history; no audit log, no quarantine actions.
     let a_agent = agent_of(&c, &a).await;
     let (s, v) = get(&c, &format!("/v1/agents/{a_agent}/reports"), Some(&token_a)).await;

@@ -124,15 +124,11 @@ pub async fn licenses_issue(ctx: &Ctx, a: IssueArgs) -> CmdResult {
                 token_hash: hash_secret(&token),
                 enrollments: a.enrollments,
                 token_expires: now + chrono::Duration::seconds(ttl as i64),
+                alerts: alerts.unwrap_or_default(),
             },
             now,
         )
         .await?;
-    if let Some(p) = alerts.filter(|p| !p.is_empty()) {
-        ctx.store
-            .set_license_alerts(license.license_id.clone(), p)
-            .await?;
-    }
     std::fs::write(&out, armor(&signed))
         .map_err(|e| CommandError::Runtime(format!("cannot write {}: {e}", out.display())))?;
     ctx.audit("licenses issue", &license.license_id, "ok")

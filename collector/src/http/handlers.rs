@@ -159,13 +159,8 @@ pub async fn statement(
         StatementView::Closed(doc) => {
             ([(header::CONTENT_TYPE, "application/json")], doc).into_response()
         }
-        StatementView::Open { lines, adjustments } => {
-            let lines: Vec<Value> = lines
-                .into_iter()
-                .map(|l| {
-                    json!({"metric": l.metric, "used": l.used, "limit": l.limit, "overage": l.overage()})
-                })
-                .collect();
+        open @ StatementView::Open { .. } => {
+            let (_, lines, adjustments) = view_lines(open)?;
             Json(json!({
                 "customer": customer,
                 "period": period,
@@ -462,4 +457,65 @@ pub async fn agent_reports(
         "reports": views::list(&reports, views::agent_report),
         "gaps": gaps,
     })))
+}
+
+/// The lines of a statement view as the API shows them, and whether it is closed.
+fn view_lines(view: StatementView) -> Result<(bool, Value, Value), ApiError> {
+    Ok(match view {
+        StatementView::Closed(doc) => {
+            let v: Value = serde_json::from_slice(&doc).map_err(|e| {
+                tracing::error!(error = %e, "A stored statement does not parse.");
+                ApiError::Unavailable
+            })?;
+            (true, v["lines"].clone(), v["adjustments"].clone())
+        }
+        StatementView::Open { lines, adjustments } => {
+            let lines: Vec<Value> = lines
+                .into_iter()
+                .map(|l| json!({"metric": l.metric, "used": l.used, "limit": l.limit, "overage": l.overage()}))
+                .collect();
+            (false, Value::Array(lines), json!(adjustments))
+        }
+    })
+}
+
+/// `GET /v1/summary?period=YYYY-MM` (default: this month): every visible customer's
+/// statement lines of the month in one call (the dashboard's overview); a customer token
+/// sees its own.
+pub async fn summary(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Value>, ApiError> {
+    let p = pairs(raw)?;
+    let params = only(&p, &["period"])?;
+    let (period, month) = match params.iter().find(|(k, _)| *k == "period") {
+        Some((_, v)) => (
+            v.to_string(),
+            parse_month(v).ok_or_else(|| ApiError::bad_param("period: not YYYY-MM"))?,
+        ),
+        None => {
+            let now = chrono::Utc::now().timestamp();
+            (
+                crate::calendar::month_label(now),
+                crate::calendar::month_of(now),
+            )
+        }
+    };
+    let scope = caller.scope(None)?;
+    let mut out = Vec::new();
+    for c in st.store.list_customers(scope).await? {
+        let view = crate::periods::statement(st.store.as_ref(), &c.id, month)
+            .await
+            .map_err(|e| match e {
+                crate::periods::CloseError::Store(e) => ApiError::from(e),
+                crate::periods::CloseError::Invalid(m) => ApiError::BadRequest {
+                    code: "overflow",
+                    message: m,
+                },
+            })?;
+        let (closed, lines, adjustments) = view_lines(view)?;
+        out.push(json!({"id": c.id, "name": c.name, "closed": closed, "lines": lines, "adjustments": adjustments}));
+    }
+    Ok(Json(json!({"period": period, "customers": out})))
 }

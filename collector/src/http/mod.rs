@@ -59,6 +59,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/whoami", get(handlers::whoami))
         .route("/v1/audit", get(handlers::audit))
         .route("/v1/alerts", get(handlers::alerts))
+        .route("/v1/summary", get(handlers::summary))
         .route(
             "/v1/reports:import",
             post(handlers::import).layer(DefaultBodyLimit::max(MAX_IMPORT_BODY)),

@@ -62,6 +62,7 @@ impl Fixture {
                     token_hash: rand_hash(),
                     enrollments: 1,
                     token_expires: s.now,
+                    alerts: Vec::new(),
                 },
                 s.now,
             )

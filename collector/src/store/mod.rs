@@ -199,6 +199,8 @@ pub struct NewLicense {
     pub token_hash: [u8; 32],
     pub enrollments: u32,
     pub token_expires: Instant,
+    /// Usage alert thresholds (percent), stored with the license.
+    pub alerts: Vec<u32>,
 }
 
 /// An enrolled agent as stored. Its status (`active`, `silent`, `revoked`) is

@@ -122,6 +122,14 @@ pub(super) async fn issue_license<C: GenericClient>(
         )
         .await?;
     }
+    for p in &new.alerts {
+        execute(
+            c,
+            "INSERT INTO license_alerts (license_id, percent) VALUES ($1, $2)",
+            &[&l.license_id, &(*p as i32)],
+        )
+        .await?;
+    }
     execute(
         c,
         "INSERT INTO enrollment_tokens (hash, license_id, uses_left, expires_at) VALUES ($1, $2, $3, $4)",

@@ -109,6 +109,12 @@ pub(super) fn issue_license(conn: &Connection, new: &NewLicense, now: i64) -> St
             ],
         )?;
     }
+    for p in &new.alerts {
+        conn.execute(
+            "INSERT INTO license_alerts (license_id, percent) VALUES (?1, ?2)",
+            params![l.license_id, p],
+        )?;
+    }
     conn.execute(
         "INSERT INTO enrollment_tokens (hash, license_id, uses_left, expires_at) VALUES (?1, ?2, ?3, ?4)",
         params![new.token_hash.as_slice(), l.license_id, new.enrollments, new.token_expires.timestamp()],
