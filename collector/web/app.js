@@ -295,9 +295,10 @@ async function statement(box, customer, month) {
     el('td', {}, a.metric), el('td', {}, a.period), el('td', { class: 'num' }, fmt(a.quantity))));
   const nav2 = (k, label) => el('a', { href: `#/customers/${customer}?month=${addMonths(month, k)}` }, label);
   const csv = el('button', { type: 'button', id: 'statement-csv' }, 'Download CSV');
-  csv.addEventListener('click', () => {
-    const rows = ['metric,used,limit,overage', ...s.lines.map((l) => `${l.metric},${l.used},${l.limit ?? ''},${l.overage}`)];
-    download(`statement-${customer}-${month}.csv`, `${rows.join('\n')}\n`, 'text/csv');
+  // The API's CSV, as is (exact integers, whatever their size).
+  csv.addEventListener('click', async () => {
+    const text = await api(`/v1/statements/${enc(customer)}/${enc(month)}?format=csv`, { text: true });
+    download(`statement-${customer}-${month}.csv`, text, 'text/csv');
   });
   box.replaceChildren(
     el('h2', {}, 'Statement ', el('span', { id: 'statement-period' }, month), ' ',

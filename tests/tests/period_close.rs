@@ -263,6 +263,27 @@ async fn a_closed_month_is_signed_frozen_and_verifiable_by_the_customers_agent()
         json!([{"metric": "api.convert", "period": period, "quantity": 8}]),
         "{open}"
     );
+    // The CSV of both: the closed month's line, and this month's adjustment row.
+    let (_, closed_csv) = get(collector.http, &format!("{path}?format=csv"), &admin).await;
+    let closed_csv = String::from_utf8(closed_csv).unwrap();
+    assert_eq!(
+        closed_csv,
+        format!("kind,metric,period,quantity,limit,overage\nusage,api.convert,{period},23,20,3\n")
+    );
+    let (_, open_csv) = get(
+        collector.http,
+        &format!(
+            "/v1/statements/{customer}/{}?format=csv",
+            month_label(this_month)
+        ),
+        &admin,
+    )
+    .await;
+    let open_csv = String::from_utf8(open_csv).unwrap();
+    assert!(
+        open_csv.ends_with(&format!("adjustment,api.convert,{period},8,,\n")),
+        "{open_csv}"
+    );
     // Usage by hour still says when it happened: the late usage is in the closed month.
     let (_, usage) = get(
         collector.http,

@@ -335,6 +335,21 @@ async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
         .unwrap();
     assert_eq!(number(&used), 112);
     b.screenshot(&shots.join("statement.png")).await;
+    // The statement's CSV download is the API's.
+    b.eval("document.getElementById('statement-csv').click(); true")
+        .await;
+    let file = downloaded(&downloads, "statement-").await;
+    let (_, csv) = api
+        .get(
+            &format!("/v1/statements/{globex}/{}?format=csv", month()),
+            &admin,
+        )
+        .await;
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), csv);
+    assert!(
+        csv.contains(&format!("usage,api.convert,{},112,500,0", month())),
+        "{csv}"
+    );
     // Globex's agent: every report with its outcome, as the API lists them.
     let ga = api
         .json(&format!("/v1/agents?customer={globex}"), &admin)

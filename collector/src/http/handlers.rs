@@ -130,11 +130,19 @@ pub async fn statement(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let Path((customer, period)) = path.map_err(|e| ApiError::bad_param(e.body_text()))?;
     if !is_valid_id(&customer) {
         return Err(ApiError::bad_param("customer: not a valid id"));
     }
+    let p = pairs(raw)?;
+    let params = only(&p, &["format"])?;
+    let csv = match params.iter().find(|(k, _)| *k == "format").map(|(_, v)| *v) {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(_) => return Err(ApiError::bad_param("format: must be json or csv")),
+    };
     let month = parse_month(&period).ok_or_else(|| {
         ApiError::bad_param(format!(
             "period: {:?} is not YYYY-MM",
@@ -154,6 +162,14 @@ pub async fn statement(
                 message: m,
             },
         })?;
+    if csv {
+        let (_, lines, adjustments) = view_lines(view)?;
+        return Ok((
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            statement_csv(&period, &lines, &adjustments),
+        )
+            .into_response());
+    }
     Ok(match view {
         // The frozen document, byte for byte: its signature covers it.
         StatementView::Closed(doc) => {
@@ -518,4 +534,34 @@ pub async fn summary(
         out.push(json!({"id": c.id, "name": c.name, "closed": closed, "lines": lines, "adjustments": adjustments}));
     }
     Ok(Json(json!({"period": period, "customers": out})))
+}
+
+/// A statement as CSV: `kind,metric,period,quantity,limit,overage`, one `usage` row per line
+/// (the statement's month) and one `adjustment` row per late usage of a closed month.
+/// Numbers are written as the JSON has them (exact integers; metric names hold no comma).
+fn statement_csv(period: &str, lines: &Value, adjustments: &Value) -> String {
+    let num = |v: &Value| match v {
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let mut out = String::from("kind,metric,period,quantity,limit,overage\n");
+    for l in lines.as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "usage,{},{period},{},{},{}\n",
+            text(&l["metric"]),
+            num(&l["used"]),
+            num(&l["limit"]),
+            num(&l["overage"])
+        ));
+    }
+    for a in adjustments.as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "adjustment,{},{},{},,\n",
+            text(&a["metric"]),
+            text(&a["period"]),
+            num(&a["quantity"])
+        ));
+    }
+    out
 }
