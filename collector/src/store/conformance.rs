@@ -867,6 +867,20 @@ fn at(t: i64) -> Result<DateTime<Utc>, String> {
     DateTime::from_timestamp(t, 0).ok_or_else(|| format!("time {t} out of range"))
 }
 
+/// The start of `hours` consecutive hourly windows that all lie in one calendar month and
+/// end at least an hour before now: `hours + 1` hours ago, or, when that block would span
+/// the turn of a month, the same block ending before this month started (checks that add
+/// a month's usage up must not depend on the date they run).
+fn hours_in_one_month(hours: i64) -> Result<DateTime<Utc>, String> {
+    let start = now() - Duration::hours(hours + 1);
+    let end = start + Duration::hours(hours);
+    let month = |t: DateTime<Utc>| crate::calendar::month_of(t.timestamp());
+    if month(start) == month(end - Duration::seconds(1)) {
+        return Ok(start);
+    }
+    at(month(now()) - (hours + 1) * 3600)
+}
+
 /// The month before the current one, and the current one (unix seconds of their starts).
 fn last_and_this_month() -> (i64, i64) {
     let this = crate::calendar::month_of(now().timestamp());
@@ -1272,7 +1286,7 @@ pub async fn alerts_fire_once_per_threshold(s: Subject) -> CheckResult {
         "license alerts: {:?}",
         lic[0].alerts
     );
-    let ws = now() - Duration::hours(6);
+    let ws = hours_in_one_month(3)?;
     let a = f.next(ws, 3600, &[("api.convert", 30), ("api.render", 1000)]);
     let b = f.next(ws + Duration::hours(1), 3600, &[("api.convert", 30)]);
     s.store
@@ -1389,7 +1403,7 @@ pub async fn alerts_under_concurrent_ingest(s: Subject) -> CheckResult {
         agents.push(a);
     }
     let per_agent = 15i64; // 8 × 15 = 120: every threshold up to 120% is crossed
-    let start = now() - Duration::hours(per_agent + 1);
+    let start = hours_in_one_month(per_agent)?;
     let mut tasks = Vec::new();
     for mut a in agents {
         let store = s.store.clone();
