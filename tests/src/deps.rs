@@ -1,11 +1,11 @@
-//! Programs some tests need beyond the Rust toolchain (e.g. `faketime`), installed on first
-//! use by `scripts/test-deps.sh` (Debian packages, as root), never assumed: a test whose
-//! program cannot be had fails, saying how to get it.
+//! What some tests need beyond the Rust toolchain (`chromium`, `libfaketime`), installed on
+//! first use by `scripts/test-deps.sh` (Debian packages, as root), never assumed: a test
+//! whose dependency cannot be had fails, saying how to get it.
 
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The path of `program`, installing its package first if it is missing.
+/// The path of `program` (or library), installing its package first if it is missing.
 pub fn require(program: &str) -> PathBuf {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/test-deps.sh");
     let out = Command::new(&script)

@@ -352,8 +352,9 @@ enum Launch {
     Direct,
     /// Every file it writes limited to this many bytes (see [`spawn_server_limited`]).
     FileLimit(u64),
-    /// Under libfaketime, its wall clock starting at this instant (`faketime -f @…`);
-    /// its monotonic clock is left alone, so timers and timeouts behave.
+    /// Under libfaketime (preloaded into the process itself, so killing it kills the
+    /// program, not a wrapper), its wall clock starting at this instant; its monotonic
+    /// clock is left alone, so timers and timeouts behave.
     FakeTime(DateTime<Utc>),
 }
 
@@ -393,10 +394,9 @@ fn spawn_server_launched(
     let mut cmd = match launch {
         Launch::Direct => Command::new(workspace_bin(bin)),
         Launch::FakeTime(at) => {
-            let mut c = Command::new(deps::require("faketime"));
-            c.arg("-f")
-                .arg(at.format("@%Y-%m-%d %H:%M:%S").to_string())
-                .arg(workspace_bin(bin))
+            let mut c = Command::new(workspace_bin(bin));
+            c.env("LD_PRELOAD", deps::require("libfaketime"))
+                .env("FAKETIME", at.format("@%Y-%m-%d %H:%M:%S").to_string())
                 .env("TZ", "UTC")
                 .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
             c
