@@ -69,6 +69,19 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::periods::CloseError> for ApiError {
+    fn from(e: crate::periods::CloseError) -> Self {
+        match e {
+            crate::periods::CloseError::Store(e) => e.into(),
+            // A statement total that would not fit in 64 bits.
+            crate::periods::CloseError::Invalid(m) => ApiError::BadRequest {
+                code: "overflow",
+                message: m,
+            },
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let cross = matches!(self, ApiError::CrossTenant(_));

@@ -153,15 +153,7 @@ pub async fn statement(
     if !st.store.customer_exists(customer.clone()).await? {
         return Err(ApiError::NotFound(format!("customer {customer} not found")));
     }
-    let view = crate::periods::statement(st.store.as_ref(), &customer, month)
-        .await
-        .map_err(|e| match e {
-            crate::periods::CloseError::Store(e) => ApiError::from(e),
-            crate::periods::CloseError::Invalid(m) => ApiError::BadRequest {
-                code: "overflow",
-                message: m,
-            },
-        })?;
+    let view = crate::periods::statement(st.store.as_ref(), &customer, month).await?;
     if csv {
         let (_, lines, adjustments) = view_lines(view)?;
         return Ok((
@@ -521,15 +513,7 @@ pub async fn summary(
     let scope = caller.scope(None)?;
     let mut out = Vec::new();
     for c in st.store.list_customers(scope).await? {
-        let view = crate::periods::statement(st.store.as_ref(), &c.id, month)
-            .await
-            .map_err(|e| match e {
-                crate::periods::CloseError::Store(e) => ApiError::from(e),
-                crate::periods::CloseError::Invalid(m) => ApiError::BadRequest {
-                    code: "overflow",
-                    message: m,
-                },
-            })?;
+        let view = crate::periods::statement(st.store.as_ref(), &c.id, month).await?;
         let (closed, lines, adjustments) = view_lines(view)?;
         out.push(json!({"id": c.id, "name": c.name, "closed": closed, "lines": lines, "adjustments": adjustments}));
     }
