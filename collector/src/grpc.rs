@@ -66,7 +66,7 @@ impl Ingest for IngestService {
                 r.license_id.clone(),
                 hash,
                 key.to_bytes(),
-                chrono::Utc::now(),
+                self.store.clock().now(),
             )
             .await
             .map_err(store_status)?;

@@ -164,7 +164,7 @@ impl Ingestor {
         reports: Vec<pb::SignedReport>,
         source: Source,
     ) -> Result<(Vec<pb::Receipt>, Vec<Verdict>), SubmitError> {
-        let received_at = chrono::Utc::now();
+        let received_at = self.store.clock().now();
         let mut slots: Vec<Slot> = reports
             .into_iter()
             .map(|r| decode(r, &self.keys))

@@ -1,6 +1,7 @@
 //! `tally-collector`: the vendor half of Tally. See `ARCHITECTURE.md` for the map.
 
 pub mod calendar;
+pub mod clock;
 pub mod commands;
 pub mod datadir;
 pub mod grpc;

@@ -90,10 +90,10 @@ pub async fn lifecycle_loop(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if let Err(e) = purge_due(store.as_ref(), chrono::Utc::now(), "lifecycle", licenses_dir.as_deref()).await {
+                if let Err(e) = purge_due(store.as_ref(), store.clock().now(), "lifecycle", licenses_dir.as_deref()).await {
                     tracing::error!(error = %e, "Purging cancelled customers failed; will retry.");
                 }
-                if let Err(e) = expire_due(store.as_ref(), retain_secs, chrono::Utc::now(), "lifecycle").await {
+                if let Err(e) = expire_due(store.as_ref(), retain_secs, store.clock().now(), "lifecycle").await {
                     tracing::error!(error = %e, "Removing expired report bodies failed; will retry.");
                 }
             }

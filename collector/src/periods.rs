@@ -176,7 +176,7 @@ pub async fn close_due(
 pub async fn audit_close(store: &dyn Store, c: &Closed, actor: &str) -> Result<(), StoreError> {
     store
         .audit(AuditEntry {
-            at: chrono::Utc::now(),
+            at: store.clock().now(),
             actor: actor.into(),
             action: "periods close".into(),
             target: crate::calendar::month_label(c.month),
@@ -205,7 +205,7 @@ pub async fn close_loop(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                match close_due(store.as_ref(), &vendor, grace_secs, chrono::Utc::now(), "lifecycle").await {
+                match close_due(store.as_ref(), &vendor, grace_secs, store.clock().now(), "lifecycle").await {
                     Ok(closed) => {
                         for c in closed {
                             tracing::info!(month = %crate::calendar::month_label(c.month), statements = c.statements, "Closed a month.");
@@ -237,7 +237,7 @@ mod tests {
     async fn serve_closes_every_month_due_once_and_finishes_an_interrupted_close() {
         let (_dir, store) = store();
         let vendor = tally_proto::keys::generate();
-        let now = chrono::Utc::now();
+        let now = store.clock().now();
         let this = month_of(now.timestamp());
         let last = month_of(this - 1);
         let before_last = month_of(last - 1);
@@ -303,7 +303,7 @@ mod tests {
     async fn the_current_month_cannot_be_closed() {
         let (_dir, store) = store();
         let vendor = tally_proto::keys::generate();
-        let now = chrono::Utc::now();
+        let now = store.clock().now();
         let e = close(store.as_ref(), &vendor, month_of(now.timestamp()), now)
             .await
             .unwrap_err();

@@ -137,17 +137,17 @@ pub async fn deliver_due(store: &dyn Store, hook: &Webhook, now: Instant) -> Sto
         match hook.deliver(&a).await {
             Ok(()) => {
                 store
-                    .alert_attempted(a.id.clone(), chrono::Utc::now(), None)
+                    .alert_attempted(a.id.clone(), store.clock().now(), None)
                     .await?;
                 tracing::info!(alert = %a.id, customer = %a.customer_id, "Delivered a usage alert.");
                 delivered += 1;
             }
             Err(why) => {
                 let wait = backoff(a.attempts, jitter());
-                let next = chrono::Utc::now()
+                let next = store.clock().now()
                     + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::seconds(300));
                 store
-                    .alert_attempted(a.id.clone(), chrono::Utc::now(), Some(next))
+                    .alert_attempted(a.id.clone(), store.clock().now(), Some(next))
                     .await?;
                 tracing::warn!(alert = %a.id, attempts = a.attempts + 1, error = %why, "Usage alert not delivered; will retry.");
             }
@@ -167,7 +167,7 @@ pub async fn delivery_loop(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if let Err(e) = deliver_due(store.as_ref(), &hook, chrono::Utc::now()).await {
+                if let Err(e) = deliver_due(store.as_ref(), &hook, store.clock().now()).await {
                     tracing::error!(error = %e, "Reading the alert outbox failed; will retry.");
                 }
             }

@@ -16,7 +16,10 @@ use tally_proto::time::Instant;
 /// A fresh SQLite store in its own temporary directory (kept alive with the store).
 fn fresh_sqlite() -> Subject {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(SqliteStore::open(&dir.path().join("collector.db")).expect("open"));
+    let store = Arc::new(
+        SqliteStore::open_with_clock(&dir.path().join("collector.db"), conformance::clock())
+            .expect("open"),
+    );
     // The directory must outlive the test; leaking one small temp dir per test is fine.
     std::mem::forget(dir);
     Subject {
@@ -35,6 +38,10 @@ struct CountsDuplicatesTwice(Arc<SqliteStore>);
 
 #[async_trait]
 impl Store for CountsDuplicatesTwice {
+    fn clock(&self) -> tally_collector::clock::Clock {
+        self.0.clock()
+    }
+
     async fn ingest(
         &self,
         reports: Vec<AuthenticReport>,
@@ -247,7 +254,9 @@ impl Store for CountsDuplicatesTwice {
 async fn the_suite_fails_a_store_that_counts_a_duplicate_twice() {
     let honest = fresh_sqlite();
     let dir = tempfile::tempdir().unwrap();
-    let inner = Arc::new(SqliteStore::open(&dir.path().join("broken.db")).unwrap());
+    let inner = Arc::new(
+        SqliteStore::open_with_clock(&dir.path().join("broken.db"), conformance::clock()).unwrap(),
+    );
     let broken = Subject {
         store: Arc::new(CountsDuplicatesTwice(inner.clone())),
         inspect: inner,

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use tally_collector::clock::Clock;
 use tally_collector::commands::{self, Ctx, IssueArgs};
 use tally_collector::datadir::{CollectorFiles, DataDir};
 use tally_collector::server::{self, Collector};
@@ -25,8 +26,22 @@ use tally_proto::pb::ingest_client::IngestClient;
 use tally_proto::report::{Counter, Report};
 use tonic::transport::Channel;
 
+/// Where an [`InProcessCollector`]'s clock starts: the middle of a month, so a test's usage
+/// (its [`TestAgent`]'s windows begin 20 days before now) lies in "this month" whatever the
+/// date the suite runs on.
+pub const TEST_NOW: &str = "2026-06-24T12:00:00Z";
+
+/// The instant [`TEST_NOW`] names.
+pub fn test_now() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(TEST_NOW)
+        .expect("TEST_NOW is RFC 3339")
+        .with_timezone(&Utc)
+}
+
 /// A collector served in this process on loopback port 0, with a real SQLite database in a
-/// temporary directory and real gRPC/HTTP listeners.
+/// temporary directory and real gRPC/HTTP listeners. Its clock starts at [`TEST_NOW`] and
+/// runs forward (`now()`): tests place their reports relative to it, never to the date
+/// they run on.
 pub struct InProcessCollector {
     pub dir: tempfile::TempDir,
     pub ctx: Ctx,
@@ -34,6 +49,8 @@ pub struct InProcessCollector {
     pub http: SocketAddr,
     pub admin_token: String,
     pub collector: Collector,
+    /// The collector's clock (the store's).
+    pub clock: Clock,
     /// The same store as `ctx.store`, as its concrete type (for inspection).
     sqlite: Arc<SqliteStore>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -63,7 +80,8 @@ impl InProcessCollector {
         let data = DataDir::new(dir.path().join("data"));
         let init = commands::init(data.clone(), None).await.expect("init");
         let admin_token = init.json["admin_token"].as_str().unwrap().to_string();
-        let sqlite = Arc::new(SqliteStore::open(&data.db()).expect("open"));
+        let clock = Clock::starting_at(test_now());
+        let sqlite = Arc::new(SqliteStore::open_with_clock(&data.db(), clock).expect("open"));
         let ctx = Ctx::with_store(data.clone(), sqlite.clone());
         let key = tally_proto::keys::read(&data.vendor_key()).unwrap();
         let mut collector = Collector::with_agent_rate(ctx.store.clone(), key, agent_rate);
@@ -87,10 +105,16 @@ impl InProcessCollector {
             http,
             admin_token,
             collector,
+            clock,
             sqlite,
             shutdown: Some(tx),
             task: Some(task),
         }
+    }
+
+    /// The collector's "now".
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
     }
 
     pub fn store(&self) -> Arc<SqliteStore> {
@@ -113,8 +137,8 @@ impl InProcessCollector {
 
     /// Issues a license valid from 60 days ago to a year from now.
     pub async fn issue_license(&self, customer: &str, metrics: &[&str]) -> (String, String) {
-        let nb = tally_proto::time::rfc3339(Utc::now() - Duration::days(60));
-        let na = tally_proto::time::rfc3339(Utc::now() + Duration::days(365));
+        let nb = tally_proto::time::rfc3339(self.now() - Duration::days(60));
+        let na = tally_proto::time::rfc3339(self.now() + Duration::days(365));
         let out = commands::licenses_issue(
             &self.ctx,
             IssueArgs {
@@ -140,7 +164,7 @@ impl InProcessCollector {
 
     /// Enrolls a fresh agent key over real gRPC `Enroll`.
     pub async fn enroll(&self, license_id: &str, token: &str) -> TestAgent {
-        let agent = TestAgent::new(license_id);
+        let agent = TestAgent::at(license_id, self.now());
         let proof = tally_proto::enroll::prove(&agent.key, license_id, token);
         self.client()
             .await
@@ -196,8 +220,15 @@ pub struct TestAgent {
 }
 
 impl TestAgent {
+    /// A new key whose windows start 20 days before the system clock's now (for collector
+    /// processes, which run on the system clock).
     pub fn new(license_id: &str) -> Self {
-        let now = Utc::now();
+        Self::at(license_id, Utc::now())
+    }
+
+    /// A new key whose windows start 20 days before `now` (an in-process collector's
+    /// `now()`).
+    pub fn at(license_id: &str, now: DateTime<Utc>) -> Self {
         let start =
             DateTime::from_timestamp(now.timestamp() - 20 * 86_400 - now.timestamp() % 60, 0)
                 .unwrap();

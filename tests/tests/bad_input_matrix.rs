@@ -3,7 +3,7 @@
 //! database is compared before and after: refused input changes nothing at all; authentic
 //! but wrong reports (quarantine) are stored but change no rollup.
 
-use chrono::{Duration, Utc};
+use chrono::Duration;
 use tally_collector::datadir::CollectorFiles;
 use tally_collector::store::{Store, UsageFilter};
 use tally_proto::pb;
@@ -173,7 +173,7 @@ async fn bad_input_matrix() {
         "bad_signature",
         Effect::Nothing,
     ));
-    let stranger = TestAgent::new(&lic_a);
+    let stranger = TestAgent::at(&lic_a, c.now());
     grpc_cases.push((
         "grpc: unknown key",
         stranger.draft(&[("api.convert", 1)]).sign(&stranger.key),
@@ -224,7 +224,7 @@ async fn bad_input_matrix() {
     ));
     let mut skew = agent.draft(&[("api.convert", 1)]);
     skew.seq = 40;
-    skew.window_start = Utc::now() + Duration::hours(2);
+    skew.window_start = c.now() + Duration::hours(2);
     skew.window_end = skew.window_start + Duration::minutes(1);
     grpc_cases.push((
         "grpc: clock skewed into the future",
@@ -235,7 +235,7 @@ async fn bad_input_matrix() {
     ));
     let mut old = agent.draft(&[("api.convert", 1)]);
     old.seq = 41;
-    old.window_start = Utc::now() - Duration::days(50);
+    old.window_start = c.now() - Duration::days(50);
     old.window_end = old.window_start + Duration::minutes(1);
     grpc_cases.push((
         "grpc: window too old",

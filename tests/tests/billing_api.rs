@@ -154,7 +154,7 @@ async fn customer_tokens_are_isolated_and_attempts_audited() {
         .unwrap();
 
     let token_a = c.token(&format!("customer:{a}")).await;
-    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    let month = c.now().format("%Y-%m").to_string();
     // Own data: visible, and only its own.
     let (s, v) = get(&c, "/v1/usage?granularity=month", Some(&token_a)).await;
     assert_eq!(s, 200);
@@ -248,8 +248,8 @@ async fn statements_show_limits_and_overage() {
     let a = c.add_customer("A").await;
     let (l, t) = c.issue_license(&a, &["api.convert=10", "api.render"]).await;
     let mut agent = c.enroll(&l, &t).await;
-    // Windows in the current month (the agent's default cursor may be last month).
-    let now = chrono::Utc::now();
+    // Windows in the current month.
+    let now = c.now();
     let month_start =
         chrono::DateTime::from_timestamp(tally_collector::calendar::month_of(now.timestamp()), 0)
             .unwrap();
@@ -262,7 +262,7 @@ async fn statements_show_limits_and_overage() {
         .submit(pb::SubmitRequest { reports })
         .await
         .unwrap();
-    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    let month = c.now().format("%Y-%m").to_string();
     let (s, v) = get(
         &c,
         &format!("/v1/statements/{a}/{month}"),

@@ -2,7 +2,7 @@
 //! real gRPC to a collector with a real SQLite store. REFUSED stores nothing; QUARANTINED
 //! stores but counts nothing, and `quarantine release` then counts it exactly once.
 
-use chrono::{Duration, Utc};
+use chrono::Duration;
 use prost::Message;
 use tally_collector::commands;
 use tally_collector::store::{AgentFilter, Inspect, Source, Store, UsageFilter};
@@ -133,7 +133,7 @@ async fn accepted_then_duplicate() {
     let (_, s) = f.agent.next(&[("api.convert", 5)]);
     let r = one(&f.c, s.clone()).await;
     assert_outcome(&r, Outcome::Accepted, "");
-    assert!(r.lease_until.unwrap() > Utc::now() + Duration::days(6));
+    assert!(r.lease_until.unwrap() > f.c.now() + Duration::days(6));
     let credit = r.credits.iter().find(|c| c.metric == "api.render").unwrap();
     assert_eq!(credit.limit, Some(1000));
     assert_eq!(state(&f.c).await, (1, 5));
@@ -227,7 +227,7 @@ async fn bad_signature_including_missing_domain_prefix() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_agent() {
     let f = fixture().await;
-    let mut stranger = TestAgent::new(&f.license);
+    let mut stranger = TestAgent::at(&f.license, f.c.now());
     assert_refused(&f, stranger.next(&[("api.convert", 1)]).1, "unknown_agent").await;
 }
 
@@ -325,7 +325,7 @@ async fn window_overlap() {
 async fn clock_skew() {
     let f = fixture().await;
     let mut r = f.agent.draft(&[("api.convert", 7)]);
-    r.window_start = Utc::now() + Duration::minutes(30);
+    r.window_start = f.c.now() + Duration::minutes(30);
     r.window_end = r.window_start + Duration::minutes(1);
     let s = f.agent.sign(&r);
     assert_quarantined_then_released(&f, s, "clock_skew", 7).await;
@@ -335,7 +335,7 @@ async fn clock_skew() {
 async fn too_old_online_but_fine_by_import() {
     let mut f = fixture().await;
     let mut r = f.agent.draft(&[("api.convert", 8)]);
-    r.window_start = Utc::now() - Duration::days(40);
+    r.window_start = f.c.now() - Duration::days(40);
     r.window_end = r.window_start + Duration::minutes(1);
     let s = f.agent.sign(&r);
     f.agent.accept_into_chain(&s);
@@ -343,7 +343,7 @@ async fn too_old_online_but_fine_by_import() {
 
     // The same age arriving by import (400 days allowed) is accepted.
     let mut r = f.agent.draft(&[("api.convert", 2)]);
-    r.window_start = Utc::now() - Duration::days(39);
+    r.window_start = f.c.now() - Duration::days(39);
     r.window_end = r.window_start + Duration::minutes(1);
     let s = f.agent.sign(&r);
     let (_, verdicts) =
@@ -367,13 +367,13 @@ async fn license_inactive() {
         .await
         .unwrap();
     let mut r = f.agent.draft(&[("api.convert", 9)]);
-    r.window_start = Utc::now() - Duration::minutes(2);
-    r.window_end = Utc::now() - Duration::minutes(1) + Duration::seconds(90);
+    r.window_start = f.c.now() - Duration::minutes(2);
+    r.window_end = f.c.now() - Duration::minutes(1) + Duration::seconds(90);
     let s = f.agent.sign(&r);
     let rec = one(&f.c, s.clone()).await;
     assert_outcome(&rec, Outcome::Quarantined, "license_inactive");
     assert!(
-        rec.lease_until.unwrap() <= Utc::now(),
+        rec.lease_until.unwrap() <= f.c.now(),
         "a revoked license's lease is over"
     );
     let d = Digest::of(&s.report).to_hex();

@@ -4,13 +4,13 @@
 //! in the collector's own `store_conformance` test.
 
 use std::sync::Arc;
-use tally_collector::store::conformance::Subject;
+use tally_collector::store::conformance::{self, Subject};
 use tally_collector::store::postgres::PostgresStore;
 
 async fn fresh_postgres() -> Subject {
     let url = tally_tests::pg::shared().fresh_database().await;
     let store = Arc::new(
-        PostgresStore::connect(&url)
+        PostgresStore::connect(&url, conformance::clock())
             .await
             .unwrap_or_else(|e| panic!("connect to a fresh database: {e}")),
     );

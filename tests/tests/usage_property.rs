@@ -1,7 +1,7 @@
 //! Usage queries equal a brute-force sum over the stored accepted reports, for randomly
 //! generated data, every granularity, JSON and CSV, with and without filters.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use std::collections::BTreeMap;
@@ -40,7 +40,7 @@ async fn check(plan: Plan) -> Result<(), TestCaseError> {
         let (l, t) = c.issue_license(&cust[i % 2], &METRICS).await;
         let mut a = c.enroll(&l, &t).await;
         // Start ~32 days back so windows cross day and month boundaries.
-        let start = Utc::now() - Duration::days(32);
+        let start = c.now() - Duration::days(32);
         a.cursor = DateTime::from_timestamp(start.timestamp() - start.timestamp() % 60, 0).unwrap();
         agents.push(a);
     }
@@ -49,7 +49,7 @@ async fn check(plan: Plan) -> Result<(), TestCaseError> {
         let a = &mut agents[*ai];
         a.cursor += Duration::minutes(*gap);
         a.window = Duration::minutes(*len);
-        if a.cursor + a.window > Utc::now() {
+        if a.cursor + a.window > c.now() {
             continue;
         }
         let counters: Vec<(&str, u64)> = METRICS

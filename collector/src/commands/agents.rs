@@ -18,7 +18,7 @@ pub async fn agents_add(ctx: &Ctx, license: &str, key_hex: &str) -> CmdResult {
     }
     let id = ctx
         .store
-        .add_agent(license.to_string(), key.to_bytes(), chrono::Utc::now())
+        .add_agent(license.to_string(), key.to_bytes(), ctx.store.clock().now())
         .await?;
     ctx.audit("agents add", &id, "ok").await?;
     Ok(Output::new(json!({"agent_id": id}), format!("{id}\n")))
@@ -35,7 +35,7 @@ pub async fn agents_list(ctx: &Ctx, filter: AgentFilter, status: Option<String>)
     let rows = ctx.store.list_agents(filter).await?;
     let rows = views::agents_with_status(
         rows,
-        chrono::Utc::now(),
+        ctx.store.clock().now(),
         server::DEFAULT_SILENT_AFTER_SECS,
         only,
     );
@@ -68,7 +68,7 @@ pub async fn agents_list(ctx: &Ctx, filter: AgentFilter, status: Option<String>)
 pub async fn agents_revoke(ctx: &Ctx, id: &str) -> CmdResult {
     check_id("agent", id)?;
     ctx.store
-        .revoke_agent(id.to_string(), chrono::Utc::now())
+        .revoke_agent(id.to_string(), ctx.store.clock().now())
         .await?;
     ctx.audit("agents revoke", id, "ok").await?;
     Ok(Output::new(

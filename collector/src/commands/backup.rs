@@ -62,7 +62,7 @@ async fn audit(db: &Path, action: &str, target: &Path) -> Result<(), CommandErro
     let store = SqliteStore::open(db)?;
     store
         .audit(AuditEntry {
-            at: chrono::Utc::now(),
+            at: store.clock().now(),
             actor: "cli".into(),
             action: action.into(),
             target: target.display().to_string(),

@@ -17,7 +17,7 @@ pub async fn customers_cancel(
     now_flag: bool,
 ) -> CmdResult {
     check_id("customer", id)?;
-    let now = chrono::Utc::now();
+    let now = ctx.store.clock().now();
     let delay = match (purge_after, now_flag) {
         (Some(_), true) => return Err(usage_err("--purge-after and --now exclude each other")),
         (_, true) => 0,

@@ -66,7 +66,7 @@ pub async fn licenses_issue(ctx: &Ctx, a: IssueArgs) -> CmdResult {
         .iter()
         .map(|m| parse_metric_arg(m))
         .collect::<Result<Vec<_>, _>>()?;
-    let now = chrono::Utc::now();
+    let now = ctx.store.clock().now();
     let not_after = parse_instant(&a.expires).map_err(|e| usage_err(format!("--expires: {e}")))?;
     let not_before = match &a.not_before {
         Some(s) => parse_instant(s).map_err(|e| usage_err(format!("--not-before: {e}")))?,
@@ -145,7 +145,7 @@ pub async fn licenses_issue(ctx: &Ctx, a: IssueArgs) -> CmdResult {
 
 pub async fn licenses_list(ctx: &Ctx, customer: Option<String>) -> CmdResult {
     let rows = ctx.store.list_licenses(customer).await?;
-    let now = chrono::Utc::now();
+    let now = ctx.store.clock().now();
     let json = views::list(&rows, |l| views::license(l, now));
     let text = json
         .as_array()
@@ -189,7 +189,7 @@ pub async fn licenses_alerts(ctx: &Ctx, id: &str, alert: &str) -> CmdResult {
 pub async fn licenses_revoke(ctx: &Ctx, id: &str) -> CmdResult {
     check_id("license", id)?;
     ctx.store
-        .revoke_license(id.to_string(), chrono::Utc::now())
+        .revoke_license(id.to_string(), ctx.store.clock().now())
         .await?;
     ctx.audit("licenses revoke", id, "ok").await?;
     Ok(Output::new(

@@ -99,7 +99,7 @@ impl Ctx {
     ) -> Result<(), CommandError> {
         self.store
             .audit(AuditEntry {
-                at: chrono::Utc::now(),
+                at: self.store.clock().now(),
                 actor: "cli".into(),
                 action: action.into(),
                 target: target.into(),
@@ -144,7 +144,7 @@ pub async fn init(dir: DataDir, database: Option<&str>) -> CmdResult {
         .await?;
     let token = ids::new_secret("tally");
     let id = ids::new_id("tok");
-    let now = chrono::Utc::now();
+    let now = store.clock().now();
     store
         .create_token(
             id.clone(),
@@ -175,7 +175,7 @@ pub async fn customers_add(ctx: &Ctx, name: &str) -> CmdResult {
     }
     let c = ctx
         .store
-        .add_customer(name.to_string(), chrono::Utc::now())
+        .add_customer(name.to_string(), ctx.store.clock().now())
         .await?;
     ctx.audit("customers add", &c.id, "ok").await?;
     Ok(Output::new(

@@ -31,7 +31,7 @@ fn month_arg(s: &str) -> Result<i64, CommandError> {
 pub async fn periods_close(ctx: &Ctx, month: &str) -> CmdResult {
     let m = month_arg(month)?;
     let vendor = ctx.vendor_key()?;
-    let c = periods::close(ctx.store.as_ref(), &vendor, m, chrono::Utc::now()).await?;
+    let c = periods::close(ctx.store.as_ref(), &vendor, m, ctx.store.clock().now()).await?;
     periods::audit_close(ctx.store.as_ref(), &c, "cli").await?;
     let text = if c.already_done {
         format!(
@@ -142,7 +142,8 @@ pub async fn retention_apply(ctx: &Ctx, retain: Option<&str>) -> CmdResult {
         Some(d) => super::duration_arg("retain-reports", d)?,
     };
     let expired =
-        crate::lifecycle::expire_due(ctx.store.as_ref(), secs, chrono::Utc::now(), "cli").await?;
+        crate::lifecycle::expire_due(ctx.store.as_ref(), secs, ctx.store.clock().now(), "cli")
+            .await?;
     let text = if expired.is_empty() {
         "no closed month is due for retention\n".to_string()
     } else {

@@ -93,7 +93,7 @@ fn parse_digest(s: &str) -> Result<Digest, CommandError> {
 
 pub async fn quarantine_release(ctx: &Ctx, digest: &str) -> CmdResult {
     let d = parse_digest(digest)?;
-    let counted = ctx.store.release(d, chrono::Utc::now()).await?;
+    let counted = ctx.store.release(d, ctx.store.clock().now()).await?;
     let status = if counted {
         "released"
     } else {
@@ -108,7 +108,7 @@ pub async fn quarantine_release(ctx: &Ctx, digest: &str) -> CmdResult {
 
 pub async fn quarantine_discard(ctx: &Ctx, digest: &str) -> CmdResult {
     let d = parse_digest(digest)?;
-    ctx.store.discard(d, chrono::Utc::now()).await?;
+    ctx.store.discard(d, ctx.store.clock().now()).await?;
     ctx.audit("quarantine discard", &d.to_hex(), "discarded")
         .await?;
     Ok(Output::new(

@@ -22,7 +22,7 @@ pub async fn tokens_create(ctx: &Ctx, role: &str, name: Option<String>) -> CmdRe
             hash_secret(&token),
             role.clone(),
             name,
-            chrono::Utc::now(),
+            ctx.store.clock().now(),
         )
         .await?;
     ctx.audit("tokens create", &id, &format!("ok role={role}"))
@@ -53,7 +53,7 @@ pub async fn tokens_list(ctx: &Ctx) -> CmdResult {
 pub async fn tokens_revoke(ctx: &Ctx, id: &str) -> CmdResult {
     check_id("token", id)?;
     ctx.store
-        .revoke_token(id.to_string(), chrono::Utc::now())
+        .revoke_token(id.to_string(), ctx.store.clock().now())
         .await?;
     ctx.audit("tokens revoke", id, "ok").await?;
     Ok(Output::new(

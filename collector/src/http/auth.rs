@@ -98,7 +98,7 @@ pub async fn auth_and_audit(
         outcome.push_str(" cross_tenant_denied");
     }
     let entry = AuditEntry {
-        at: chrono::Utc::now(),
+        at: state.store.clock().now(),
         actor,
         action,
         target,

@@ -203,7 +203,7 @@ pub async fn licenses(
     let params = only(&p, &["customer"])?;
     let scope = caller.scope(id_param(&params, "customer")?)?;
     let rows = st.store.list_licenses(scope).await?;
-    let now = chrono::Utc::now();
+    let now = st.store.clock().now();
     Ok(Json(
         json!({"licenses": views::list(&rows, |l| views::license(l, now))}),
     ))
@@ -229,7 +229,7 @@ pub async fn agents(
     };
     let rows = views::agents_with_status(
         st.store.list_agents(filter).await?,
-        chrono::Utc::now(),
+        st.store.clock().now(),
         st.silent_after_secs,
         only,
     );
@@ -355,7 +355,7 @@ pub async fn release(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let d = digest_param(&digest)?;
-    let counted = st.store.release(d, chrono::Utc::now()).await?;
+    let counted = st.store.release(d, st.store.clock().now()).await?;
     Ok(Json(json!({"digest": d.to_hex(), "counted": counted})))
 }
 
@@ -367,7 +367,7 @@ pub async fn discard(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let d = digest_param(&digest)?;
-    st.store.discard(d, chrono::Utc::now()).await?;
+    st.store.discard(d, st.store.clock().now()).await?;
     Ok(Json(json!({"digest": d.to_hex(), "discarded": true})))
 }
 
@@ -431,7 +431,7 @@ pub async fn agent_reports(
     };
     let rows = views::agents_with_status(
         st.store.list_agents(filter).await?,
-        chrono::Utc::now(),
+        st.store.clock().now(),
         st.silent_after_secs,
         None,
     );
@@ -503,7 +503,7 @@ pub async fn summary(
             parse_month(v).ok_or_else(|| ApiError::bad_param("period: not YYYY-MM"))?,
         ),
         None => {
-            let now = chrono::Utc::now().timestamp();
+            let now = st.store.clock().now().timestamp();
             (
                 crate::calendar::month_label(now),
                 crate::calendar::month_of(now),

@@ -37,11 +37,26 @@ fn db(e: impl std::fmt::Display) -> String {
     format!("store error: {e}")
 }
 
-/// "Now" for a check, on a whole hour, with windows placed in the hours before it.
-fn now() -> DateTime<Utc> {
-    Utc::now()
-        .duration_trunc(Duration::hours(1))
-        .unwrap_or_else(|_| Utc::now())
+/// "Now" for a check: the store's clock, on a whole hour, with windows placed in the hours
+/// before it. The harness gives each store a clock set to [`NOW`], so no check depends on
+/// the date the suite runs on.
+fn now(s: &Subject) -> DateTime<Utc> {
+    let t = s.store.clock().now();
+    t.duration_trunc(Duration::hours(1)).unwrap_or(t)
+}
+
+/// Where the harness sets each store's clock ([`clock`]): the middle of a month, a whole
+/// hour plus a few minutes, so every check's windows (at most a few days before now) lie in
+/// the same month as "now", and "last month" is a whole month in the past.
+pub const NOW: &str = "2026-06-17T14:05:00Z";
+
+/// The clock the harness gives every store under test: it reads [`NOW`] when made and
+/// then runs forward (see [`crate::clock`]).
+pub fn clock() -> crate::clock::Clock {
+    let at = DateTime::parse_from_rfc3339(NOW)
+        .expect("NOW is RFC 3339")
+        .with_timezone(&Utc);
+    crate::clock::Clock::starting_at(at)
 }
 
 async fn seed(s: &Subject, name: &str, metrics: &[(&str, Option<u64>)]) -> Result<Fixture, String> {
@@ -51,7 +66,7 @@ async fn seed(s: &Subject, name: &str, metrics: &[(&str, Option<u64>)]) -> Resul
             name,
             license_id: &format!("lic_{name}"),
             metrics,
-            now: now(),
+            now: now(&s),
         },
     )
     .await
@@ -130,7 +145,7 @@ pub async fn migrations_from_an_empty_database(s: Subject) -> CheckResult {
 /// other copy `DUPLICATE`, rollups equal to one submission.
 pub async fn exactly_once_under_concurrent_duplicates(s: Subject) -> CheckResult {
     let mut f = seed(&s, "dup", &[("api.convert", None), ("api.render", None)]).await?;
-    let start = now() - Duration::hours(60);
+    let start = now(&s) - Duration::hours(60);
     let reports: Vec<AuthenticReport> = (0..60)
         .map(|i| {
             f.next(
@@ -147,7 +162,7 @@ pub async fn exactly_once_under_concurrent_duplicates(s: Subject) -> CheckResult
             let mut out = Vec::new();
             for chunk in reports.chunks(10) {
                 let got = store
-                    .ingest(chunk.to_vec(), Utc::now(), Source::Online)
+                    .ingest(chunk.to_vec(), store.clock().now(), Source::Online)
                     .await;
                 out.push(got.map(|o| chunk.iter().map(|r| r.digest).zip(o).collect::<Vec<_>>()));
             }
@@ -196,18 +211,18 @@ pub async fn exactly_once_under_concurrent_duplicates(s: Subject) -> CheckResult
 /// listed as an anomaly, never counted.
 pub async fn forks_are_kept_and_never_counted(s: Subject) -> CheckResult {
     let mut f = seed(&s, "fork", &[("api.convert", None)]).await?;
-    let ws = now() - Duration::hours(3);
+    let ws = now(&s) - Duration::hours(3);
     let first = f.next(ws, 3600, &[("api.convert", 5)]);
     let clone = f.report(1, None, ws, 3600, &[("api.convert", 500)]);
     let out = s
         .store
-        .ingest(vec![first.clone()], Utc::now(), Source::Online)
+        .ingest(vec![first.clone()], s.store.clock().now(), Source::Online)
         .await
         .map_err(db)?;
     ensure!(out[0].outcome == Outcome::Accepted, "first: {:?}", out[0]);
     let out = s
         .store
-        .ingest(vec![clone.clone()], Utc::now(), Source::Online)
+        .ingest(vec![clone.clone()], s.store.clock().now(), Source::Online)
         .await
         .map_err(db)?;
     ensure!(
@@ -237,7 +252,7 @@ pub async fn forks_are_kept_and_never_counted(s: Subject) -> CheckResult {
 /// A sequence jump opens a gap; the missing reports close it, piece by piece.
 pub async fn gaps_open_and_close(s: Subject) -> CheckResult {
     let mut f = seed(&s, "gap", &[("api.convert", None)]).await?;
-    let start = now() - Duration::hours(10);
+    let start = now(&s) - Duration::hours(10);
     let r: Vec<AuthenticReport> = (0..4)
         .map(|i| f.next(start + Duration::hours(i), 3600, &[("api.convert", 1)]))
         .collect();
@@ -257,7 +272,7 @@ pub async fn gaps_open_and_close(s: Subject) -> CheckResult {
     ] {
         let out = s
             .store
-            .ingest(batch, Utc::now(), Source::Online)
+            .ingest(batch, s.store.clock().now(), Source::Online)
             .await
             .map_err(db)?;
         ensure!(
@@ -273,11 +288,11 @@ pub async fn gaps_open_and_close(s: Subject) -> CheckResult {
 /// A quarantined report released twice is counted once.
 pub async fn quarantine_release_counts_once(s: Subject) -> CheckResult {
     let mut f = seed(&s, "rel", &[("api.convert", None)]).await?;
-    let ws = now() - Duration::hours(2);
+    let ws = now(&s) - Duration::hours(2);
     let r = f.next(ws, 3600, &[("api.unlicensed", 7)]);
     let out = s
         .store
-        .ingest(vec![r.clone()], Utc::now(), Source::Online)
+        .ingest(vec![r.clone()], s.store.clock().now(), Source::Online)
         .await
         .map_err(db)?;
     ensure!(
@@ -292,7 +307,7 @@ pub async fn quarantine_release_counts_once(s: Subject) -> CheckResult {
     // A resend (its first receipt lost) is a duplicate that still says why it is not counted.
     let again = s
         .store
-        .ingest(vec![r.clone()], Utc::now(), Source::Online)
+        .ingest(vec![r.clone()], s.store.clock().now(), Source::Online)
         .await
         .map_err(db)?;
     ensure!(
@@ -302,11 +317,17 @@ pub async fn quarantine_release_counts_once(s: Subject) -> CheckResult {
         again[0]
     );
     ensure!(
-        s.store.release(r.digest, Utc::now()).await.map_err(db)?,
+        s.store
+            .release(r.digest, s.store.clock().now())
+            .await
+            .map_err(db)?,
         "first release must count"
     );
     ensure!(
-        !s.store.release(r.digest, Utc::now()).await.map_err(db)?,
+        !s.store
+            .release(r.digest, s.store.clock().now())
+            .await
+            .map_err(db)?,
         "second release must not"
     );
     let totals = rollup_totals(&s, UsageFilter::default()).await?;
@@ -316,7 +337,7 @@ pub async fn quarantine_release_counts_once(s: Subject) -> CheckResult {
     );
     let again = s
         .store
-        .ingest(vec![r], Utc::now(), Source::Online)
+        .ingest(vec![r], s.store.clock().now(), Source::Online)
         .await
         .map_err(db)?;
     ensure!(
@@ -367,15 +388,15 @@ pub async fn collector_key_is_bound_once(s: Subject) -> CheckResult {
 /// Eight concurrent releases of one quarantined report: exactly one counts it.
 pub async fn concurrent_releases_count_once(s: Subject) -> CheckResult {
     let mut f = seed(&s, "relc", &[("api.convert", None)]).await?;
-    let r = f.next(now() - Duration::hours(2), 3600, &[("api.unlicensed", 9)]);
+    let r = f.next(now(&s) - Duration::hours(2), 3600, &[("api.unlicensed", 9)]);
     s.store
-        .ingest(vec![r.clone()], Utc::now(), Source::Online)
+        .ingest(vec![r.clone()], s.store.clock().now(), Source::Online)
         .await
         .map_err(db)?;
     let tasks: Vec<_> = (0..8)
         .map(|_| {
             let store = s.store.clone();
-            tokio::spawn(async move { store.release(r.digest, Utc::now()).await })
+            tokio::spawn(async move { store.release(r.digest, store.clock().now()).await })
         })
         .collect();
     let mut counted = 0;
@@ -398,7 +419,7 @@ pub async fn concurrent_releases_count_once(s: Subject) -> CheckResult {
 /// is the highest seq.
 pub async fn gaps_close_under_concurrent_neighbours(s: Subject) -> CheckResult {
     let mut f = seed(&s, "gapc", &[("api.convert", None)]).await?;
-    let start = now() - Duration::hours(40);
+    let start = now(&s) - Duration::hours(40);
     let reports: Vec<AuthenticReport> = (0..30)
         .map(|i| f.next(start + Duration::hours(i), 3600, &[("api.convert", 1)]))
         .collect();
@@ -409,7 +430,11 @@ pub async fn gaps_close_under_concurrent_neighbours(s: Subject) -> CheckResult {
         .into_iter()
         .map(|i| {
             let (store, r) = (s.store.clone(), reports[i].clone());
-            tokio::spawn(async move { store.ingest(vec![r], Utc::now(), Source::Online).await })
+            tokio::spawn(async move {
+                store
+                    .ingest(vec![r], store.clock().now(), Source::Online)
+                    .await
+            })
         })
         .collect();
     for t in tasks {
@@ -448,22 +473,22 @@ pub async fn sums_never_wrap(s: Subject) -> CheckResult {
     let f = seed(&s, "wrap", &[("api.convert", None)]).await?;
     let mut a = f;
     let mut b = a
-        .enroll_new_agent(s.store.as_ref(), now())
+        .enroll_new_agent(s.store.as_ref(), now(&s))
         .await
         .map_err(db)?;
-    let ws = now() - Duration::hours(3);
+    let ws = now(&s) - Duration::hours(3);
     let big = tally_proto::limits::MAX_QUANTITY - 5;
     let first = a.next(ws, 3600, &[("api.convert", big)]);
     let second = b.next(ws, 3600, &[("api.convert", 10)]);
     let out = s
         .store
-        .ingest(vec![first.clone()], Utc::now(), Source::Online)
+        .ingest(vec![first.clone()], s.store.clock().now(), Source::Online)
         .await
         .map_err(db)?;
     ensure!(out[0].outcome == Outcome::Accepted, "first: {:?}", out[0]);
     let out = s
         .store
-        .ingest(vec![second.clone()], Utc::now(), Source::Online)
+        .ingest(vec![second.clone()], s.store.clock().now(), Source::Online)
         .await
         .map_err(db)?;
     ensure!(
@@ -478,7 +503,7 @@ pub async fn sums_never_wrap(s: Subject) -> CheckResult {
     );
     ensure!(
         matches!(
-            s.store.release(second.digest, Utc::now()).await,
+            s.store.release(second.digest, s.store.clock().now()).await,
             Err(super::StoreError::Conflict(_))
         ),
         "releasing the overflowing report must be refused"
@@ -503,11 +528,11 @@ pub async fn rollups_equal_a_brute_force_sum(s: Subject) -> CheckResult {
     let mut agents = vec![a, b];
     agents.push(
         agents[0]
-            .enroll_new_agent(s.store.as_ref(), now())
+            .enroll_new_agent(s.store.as_ref(), now(&s))
             .await
             .map_err(db)?,
     );
-    let start = now() - Duration::hours(100);
+    let start = now(&s) - Duration::hours(100);
     let mut all = Vec::new();
     for i in 0..90i64 {
         let agent = &mut agents[(i % 3) as usize];
@@ -523,7 +548,7 @@ pub async fn rollups_equal_a_brute_force_sum(s: Subject) -> CheckResult {
     for chunk in all.chunks(17) {
         let out = s
             .store
-            .ingest(chunk.to_vec(), Utc::now(), Source::Online)
+            .ingest(chunk.to_vec(), s.store.clock().now(), Source::Online)
             .await
             .map_err(db)?;
         ensure!(
@@ -572,7 +597,7 @@ pub async fn rollups_equal_a_brute_force_sum(s: Subject) -> CheckResult {
 pub async fn tenant_filters(s: Subject) -> CheckResult {
     let mut a = seed(&s, "ten_a", &[("api.convert", None)]).await?;
     let mut b = seed(&s, "ten_b", &[("api.convert", None)]).await?;
-    let ws = now() - Duration::hours(5);
+    let ws = now(&s) - Duration::hours(5);
     let ra = a.next(ws, 3600, &[("api.convert", 3)]);
     let rb = b.next(ws, 3600, &[("api.convert", 4)]);
     // Each gets a gap (seq 3 without 2) and a quarantined report.
@@ -581,7 +606,7 @@ pub async fn tenant_filters(s: Subject) -> CheckResult {
     let ga = a.next(ws + Duration::hours(2), 3600, &[("api.unlicensed", 1)]);
     let gb = b.next(ws + Duration::hours(2), 3600, &[("api.unlicensed", 1)]);
     s.store
-        .ingest(vec![ra, rb, ga, gb], Utc::now(), Source::Online)
+        .ingest(vec![ra, rb, ga, gb], s.store.clock().now(), Source::Online)
         .await
         .map_err(db)?;
     for (who, other) in [(&a, &b), (&b, &a)] {
@@ -637,13 +662,46 @@ pub async fn tenant_filters(s: Subject) -> CheckResult {
     Ok(())
 }
 
+/// Receipt and close times come from the store's clock (the harness sets it to [`NOW`]),
+/// never from another clock: a caller's earlier time is raised to it, and a close is
+/// timed by it too.
+pub async fn times_come_from_the_store_clock(s: Subject) -> CheckResult {
+    let mut f = seed(&s, "clk", &[("api.convert", None)]).await?;
+    let before = s.store.clock().now();
+    let r = f.next(now(&s) - Duration::hours(2), 3600, &[("api.convert", 1)]);
+    let out = s
+        .store
+        .ingest(vec![r], before - Duration::days(3), Source::Online)
+        .await
+        .map_err(db)?;
+    let after = s.store.clock().now();
+    let got = out[0].received_at;
+    ensure!(
+        got >= before - Duration::seconds(1) && got <= after + Duration::seconds(1),
+        "receipt time {got}, the store's clock read {before} .. {after}"
+    );
+    let (last, _) = last_and_this_month(&s);
+    let p = s
+        .store
+        .begin_close(last, before - Duration::days(3))
+        .await
+        .map_err(db)?;
+    let closed = p.closed_at;
+    let after = s.store.clock().now();
+    ensure!(
+        closed >= got && closed <= after + Duration::seconds(1),
+        "close time {closed}, receipt {got}, the store's clock read {after}"
+    );
+    Ok(())
+}
+
 /// Audit entries are kept, newest first, with the actor as given (a token id, never a
 /// secret).
 pub async fn audit_entries(s: Subject) -> CheckResult {
     for i in 0..3 {
         s.store
             .audit(AuditEntry {
-                at: Utc::now(),
+                at: s.store.clock().now(),
                 actor: format!("tok_{i}"),
                 action: "GET /v1/usage".into(),
                 target: format!("t{i}"),
@@ -683,7 +741,7 @@ pub async fn credits_report_each_metric_of_the_month(s: Subject) -> CheckResult 
         ],
     )
     .await?;
-    let received = Utc::now();
+    let received = s.store.clock().now();
     let ws = received - Duration::minutes(20);
     let r = f.next(ws, 600, &[("api.convert", 5), ("api.render", 2)]);
     let out = s
@@ -691,10 +749,13 @@ pub async fn credits_report_each_metric_of_the_month(s: Subject) -> CheckResult 
         .ingest(vec![r], received, Source::Online)
         .await
         .map_err(db)?;
-    // Credits are for the month of receipt; the report counts in the month of its window.
-    let same_month = crate::calendar::month_of(ws.timestamp())
-        == crate::calendar::month_of(received.timestamp());
-    let q = |n: u64| if same_month { n } else { 0 };
+    // Credits are for the month of receipt; the report counts in the month of its window,
+    // which the harness's clock puts in the same month.
+    ensure!(
+        same_month(ws, received),
+        "window {ws} and receipt {received}"
+    );
+    let q = |n: u64| n;
     let got: Vec<(&str, Option<u64>, u64)> = out[0]
         .credits
         .iter()
@@ -714,14 +775,14 @@ pub async fn credits_report_each_metric_of_the_month(s: Subject) -> CheckResult 
 pub async fn cancellation_purges_one_customer_only(s: Subject) -> CheckResult {
     let mut a = seed(&s, "can_a", &[("api.convert", None)]).await?;
     let mut b = seed(&s, "can_b", &[("api.convert", None)]).await?;
-    let ws = now() - Duration::hours(6);
+    let ws = now(&s) - Duration::hours(6);
     let mut reports = Vec::new();
     for i in 0..4 {
         reports.push(a.next(ws + Duration::hours(i), 3600, &[("api.convert", 3)]));
         reports.push(b.next(ws + Duration::hours(i), 3600, &[("api.convert", 5)]));
     }
     s.store
-        .ingest(reports, Utc::now(), Source::Online)
+        .ingest(reports, s.store.clock().now(), Source::Online)
         .await
         .map_err(db)?;
     s.store
@@ -730,7 +791,7 @@ pub async fn cancellation_purges_one_customer_only(s: Subject) -> CheckResult {
             [42; 32],
             crate::roles::Role::Customer(a.customer_id.clone()),
             "portal".into(),
-            Utc::now(),
+            s.store.clock().now(),
         )
         .await
         .map_err(db)?;
@@ -740,8 +801,11 @@ pub async fn cancellation_purges_one_customer_only(s: Subject) -> CheckResult {
     };
     let b_before = rollup_totals(&s, only(&b)).await?;
     // Both customers have a closed statement; the purge removes only a's.
-    let (last, _) = last_and_this_month();
-    s.store.begin_close(last, Utc::now()).await.map_err(db)?;
+    let (last, _) = last_and_this_month(&s);
+    s.store
+        .begin_close(last, s.store.clock().now())
+        .await
+        .map_err(db)?;
     s.store
         .finish_close(
             last,
@@ -752,7 +816,7 @@ pub async fn cancellation_purges_one_customer_only(s: Subject) -> CheckResult {
         )
         .await
         .map_err(db)?;
-    let t0 = Utc::now();
+    let t0 = s.store.clock().now();
     let c = s
         .store
         .cancel_customer(a.customer_id.clone(), t0, t0 + Duration::days(30))
@@ -867,23 +931,26 @@ fn at(t: i64) -> Result<DateTime<Utc>, String> {
     DateTime::from_timestamp(t, 0).ok_or_else(|| format!("time {t} out of range"))
 }
 
-/// The start of `hours` consecutive hourly windows that all lie in one calendar month and
-/// end at least an hour before now: `hours + 1` hours ago, or, when that block would span
-/// the turn of a month, the same block ending before this month started (checks that add
-/// a month's usage up must not depend on the date they run).
-fn hours_in_one_month(hours: i64) -> Result<DateTime<Utc>, String> {
-    let start = now() - Duration::hours(hours + 1);
-    let end = start + Duration::hours(hours);
-    let month = |t: DateTime<Utc>| crate::calendar::month_of(t.timestamp());
-    if month(start) == month(end - Duration::seconds(1)) {
-        return Ok(start);
-    }
-    at(month(now()) - (hours + 1) * 3600)
+/// The start of `hours` consecutive hourly windows that end an hour before now, all in the
+/// month of now (checks that add up a month's usage). An error if the store's clock leaves
+/// no room for them: the harness must set it as [`clock`] does.
+fn hours_in_one_month(s: &Subject, hours: i64) -> Result<DateTime<Utc>, String> {
+    let start = now(s) - Duration::hours(hours + 1);
+    ensure!(
+        same_month(start, now(s)),
+        "the store's clock ({}) leaves no room for {hours} hours in its month",
+        now(s)
+    );
+    Ok(start)
+}
+
+fn same_month(a: DateTime<Utc>, b: DateTime<Utc>) -> bool {
+    crate::calendar::month_of(a.timestamp()) == crate::calendar::month_of(b.timestamp())
 }
 
 /// The month before the current one, and the current one (unix seconds of their starts).
-fn last_and_this_month() -> (i64, i64) {
-    let this = crate::calendar::month_of(now().timestamp());
+fn last_and_this_month(s: &Subject) -> (i64, i64) {
+    let this = crate::calendar::month_of(now(s).timestamp());
     (crate::calendar::month_of(this - 1), this)
 }
 
@@ -896,17 +963,17 @@ fn seqs(reports: &[super::CountedReport]) -> Vec<u64> {
 /// idempotent; a stored statement never changes; a purge removes the customer's statements.
 pub async fn closing_a_month_bills_late_reports_on_the_next(s: Subject) -> CheckResult {
     let mut f = seed(&s, "close", &[("api.convert", Some(100))]).await?;
-    let (last, this) = last_and_this_month();
+    let (last, this) = last_and_this_month(&s);
     let end = this - 10 * 3600;
     let mut before = Vec::new();
     for i in 0..3 {
         before.push(f.next(at(end + i * 3600)?, 3600, &[("api.convert", 5)]));
     }
     s.store
-        .ingest(before.clone(), Utc::now(), Source::Import)
+        .ingest(before.clone(), s.store.clock().now(), Source::Import)
         .await
         .map_err(db)?;
-    let t_close = Utc::now();
+    let t_close = s.store.clock().now();
     let p = s.store.begin_close(last, t_close).await.map_err(db)?;
     ensure!(p.month == last && !p.done, "begin_close: {p:?}");
     let again = s
@@ -923,7 +990,11 @@ pub async fn closing_a_month_bills_late_reports_on_the_next(s: Subject) -> Check
     let own = f.next(at(this + 3600)?, 3600, &[("api.convert", 1)]);
     let out = s
         .store
-        .ingest(vec![late.clone(), own.clone()], Utc::now(), Source::Import)
+        .ingest(
+            vec![late.clone(), own.clone()],
+            s.store.clock().now(),
+            Source::Import,
+        )
         .await
         .map_err(db)?;
     ensure!(
@@ -933,11 +1004,14 @@ pub async fn closing_a_month_bills_late_reports_on_the_next(s: Subject) -> Check
     // A quarantined report of last month released after the close: billed on this month.
     let q = f.next(at(end + 4 * 3600)?, 3600, &[("api.unlicensed", 2)]);
     s.store
-        .ingest(vec![q.clone()], Utc::now(), Source::Import)
+        .ingest(vec![q.clone()], s.store.clock().now(), Source::Import)
         .await
         .map_err(db)?;
     ensure!(
-        s.store.release(q.digest, Utc::now()).await.map_err(db)?,
+        s.store
+            .release(q.digest, s.store.clock().now())
+            .await
+            .map_err(db)?,
         "release must count"
     );
     let cust = f.customer_id.clone();
@@ -1029,12 +1103,12 @@ pub async fn closing_a_month_bills_late_reports_on_the_next(s: Subject) -> Check
     );
     // A purge removes the customer's statements too.
     s.store
-        .cancel_customer(cust.clone(), Utc::now(), Utc::now())
+        .cancel_customer(cust.clone(), s.store.clock().now(), s.store.clock().now())
         .await
         .map_err(db)?;
     let purged = s
         .store
-        .purge_due(Utc::now() + Duration::seconds(1))
+        .purge_due(s.store.clock().now() + Duration::seconds(1))
         .await
         .map_err(db)?;
     ensure!(
@@ -1056,12 +1130,12 @@ pub async fn closing_a_month_bills_late_reports_on_the_next(s: Subject) -> Check
 /// returns (what its statements are built from) never changes afterwards, and every
 /// accepted report is billed on exactly one of the two months.
 pub async fn close_is_serialized_with_ingest(s: Subject) -> CheckResult {
-    let (last, this) = last_and_this_month();
+    let (last, this) = last_and_this_month(&s);
     let base = seed(&s, "race", &[("api.convert", None)]).await?;
     let mut agents = vec![base];
     for _ in 0..5 {
         let a = agents[0]
-            .enroll_new_agent(s.store.as_ref(), now())
+            .enroll_new_agent(s.store.as_ref(), now(&s))
             .await
             .map_err(db)?;
         agents.push(a);
@@ -1076,7 +1150,9 @@ pub async fn close_is_serialized_with_ingest(s: Subject) -> CheckResult {
             for i in 0..per_agent {
                 let ws = DateTime::from_timestamp(start + i * 3600, 0).unwrap_or_default();
                 let r = a.next(ws, 3600, &[("api.convert", 1)]);
-                let out = store.ingest(vec![r], Utc::now(), Source::Import).await;
+                let out = store
+                    .ingest(vec![r], store.clock().now(), Source::Import)
+                    .await;
                 match out {
                     Ok(o) if o[0].outcome == Outcome::Accepted => n += 1,
                     other => return Err(format!("ingest: {other:?}")),
@@ -1086,7 +1162,10 @@ pub async fn close_is_serialized_with_ingest(s: Subject) -> CheckResult {
         }));
     }
     tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-    s.store.begin_close(last, Utc::now()).await.map_err(db)?;
+    s.store
+        .begin_close(last, s.store.clock().now())
+        .await
+        .map_err(db)?;
     let customer = s.store.list_customers(None).await.map_err(db)?[0]
         .id
         .clone();
@@ -1129,7 +1208,7 @@ pub async fn close_is_serialized_with_ingest(s: Subject) -> CheckResult {
 /// is summarized per agent; a second run removes nothing.
 pub async fn retention_keeps_totals_and_dedup(s: Subject) -> CheckResult {
     let mut f = seed(&s, "ret", &[("api.convert", None)]).await?;
-    let (last, this) = last_and_this_month();
+    let (last, this) = last_and_this_month(&s);
     let end = this - 10 * 3600;
     let mut old = Vec::new();
     for i in 0..3 {
@@ -1140,10 +1219,10 @@ pub async fn retention_keeps_totals_and_dedup(s: Subject) -> CheckResult {
     let mut all = old.clone();
     all.extend([held.clone(), own.clone()]);
     s.store
-        .ingest(all, Utc::now(), Source::Import)
+        .ingest(all, s.store.clock().now(), Source::Import)
         .await
         .map_err(db)?;
-    let t_close = Utc::now();
+    let t_close = s.store.clock().now();
     let p = s.store.begin_close(last, t_close).await.map_err(db)?;
     let cust = f.customer_id.clone();
     s.store
@@ -1154,16 +1233,16 @@ pub async fn retention_keeps_totals_and_dedup(s: Subject) -> CheckResult {
     let before = p.closed_at - Duration::seconds(1);
     ensure!(
         s.store
-            .expire_reports(before, Utc::now())
+            .expire_reports(before, s.store.clock().now())
             .await
             .map_err(db)?
             .is_empty(),
         "a month closed after the cutoff must keep its reports"
     );
-    let later = Utc::now() + Duration::days(1);
+    let later = s.store.clock().now() + Duration::days(1);
     let done = s
         .store
-        .expire_reports(later, Utc::now())
+        .expire_reports(later, s.store.clock().now())
         .await
         .map_err(db)?;
     ensure!(
@@ -1176,7 +1255,7 @@ pub async fn retention_keeps_totals_and_dedup(s: Subject) -> CheckResult {
     );
     ensure!(
         s.store
-            .expire_reports(later, Utc::now())
+            .expire_reports(later, s.store.clock().now())
             .await
             .map_err(db)?
             .is_empty(),
@@ -1222,7 +1301,7 @@ pub async fn retention_keeps_totals_and_dedup(s: Subject) -> CheckResult {
     // A resent removed report is still a duplicate, counted once.
     let again = s
         .store
-        .ingest(old.clone(), Utc::now(), Source::Import)
+        .ingest(old.clone(), s.store.clock().now(), Source::Import)
         .await
         .map_err(db)?;
     ensure!(
@@ -1235,14 +1314,17 @@ pub async fn retention_keeps_totals_and_dedup(s: Subject) -> CheckResult {
     );
     ensure!(
         !s.store
-            .release(old[0].digest, Utc::now())
+            .release(old[0].digest, s.store.clock().now())
             .await
             .map_err(db)?,
         "releasing a counted, removed report must change nothing"
     );
     // The quarantined report kept its body and can still be released (billed this month).
     ensure!(
-        s.store.release(held.digest, Utc::now()).await.map_err(db)?,
+        s.store
+            .release(held.digest, s.store.clock().now())
+            .await
+            .map_err(db)?,
         "the quarantined report must still be releasable"
     );
     let late = s
@@ -1286,11 +1368,11 @@ pub async fn alerts_fire_once_per_threshold(s: Subject) -> CheckResult {
         "license alerts: {:?}",
         lic[0].alerts
     );
-    let ws = hours_in_one_month(3)?;
+    let ws = hours_in_one_month(&s, 3)?;
     let a = f.next(ws, 3600, &[("api.convert", 30), ("api.render", 1000)]);
     let b = f.next(ws + Duration::hours(1), 3600, &[("api.convert", 30)]);
     s.store
-        .ingest(vec![a, b.clone()], Utc::now(), Source::Online)
+        .ingest(vec![a, b.clone()], s.store.clock().now(), Source::Online)
         .await
         .map_err(db)?;
     let got = s.store.alerts(None, 10).await.map_err(db)?;
@@ -1306,7 +1388,7 @@ pub async fn alerts_fire_once_per_threshold(s: Subject) -> CheckResult {
     );
     // A resend counts nothing and alerts nothing.
     s.store
-        .ingest(vec![b], Utc::now(), Source::Online)
+        .ingest(vec![b], s.store.clock().now(), Source::Online)
         .await
         .map_err(db)?;
     ensure!(
@@ -1320,14 +1402,17 @@ pub async fn alerts_fire_once_per_threshold(s: Subject) -> CheckResult {
         &[("api.convert", 45), ("api.unlicensed", 1)],
     );
     s.store
-        .ingest(vec![q.clone()], Utc::now(), Source::Online)
+        .ingest(vec![q.clone()], s.store.clock().now(), Source::Online)
         .await
         .map_err(db)?;
     ensure!(
         s.store.alerts(None, 10).await.map_err(db)?.len() == 1,
         "a quarantined report alerted"
     );
-    s.store.release(q.digest, Utc::now()).await.map_err(db)?;
+    s.store
+        .release(q.digest, s.store.clock().now())
+        .await
+        .map_err(db)?;
     let got = s.store.alerts(None, 10).await.map_err(db)?;
     ensure!(
         percents(&got) == vec![50, 100],
@@ -1344,7 +1429,7 @@ pub async fn alerts_fire_once_per_threshold(s: Subject) -> CheckResult {
     );
     // The outbox: both due and claimed at once (another claim gets neither until the
     // claim lapses); one fails and waits; the other is delivered and gone.
-    let t = Utc::now() + Duration::seconds(5);
+    let t = s.store.clock().now() + Duration::seconds(5);
     let lease = t + Duration::seconds(30);
     let due = s.store.claim_due_alerts(t, lease, 10).await.map_err(db)?;
     ensure!(due.len() == 2, "due: {due:?}");
@@ -1397,13 +1482,13 @@ pub async fn alerts_under_concurrent_ingest(s: Subject) -> CheckResult {
     let mut agents = vec![base];
     for _ in 0..7 {
         let a = agents[0]
-            .enroll_new_agent(s.store.as_ref(), now())
+            .enroll_new_agent(s.store.as_ref(), now(&s))
             .await
             .map_err(db)?;
         agents.push(a);
     }
     let per_agent = 15i64; // 8 × 15 = 120: every threshold up to 120% is crossed
-    let start = hours_in_one_month(per_agent)?;
+    let start = hours_in_one_month(&s, per_agent)?;
     let mut tasks = Vec::new();
     for mut a in agents {
         let store = s.store.clone();
@@ -1411,7 +1496,7 @@ pub async fn alerts_under_concurrent_ingest(s: Subject) -> CheckResult {
             for i in 0..per_agent {
                 let r = a.next(start + Duration::hours(i), 3600, &[("api.convert", 1)]);
                 let o = store
-                    .ingest(vec![r], Utc::now(), Source::Online)
+                    .ingest(vec![r], store.clock().now(), Source::Online)
                     .await
                     .map_err(|e| e.to_string())?;
                 if o[0].outcome != Outcome::Accepted {
@@ -1437,7 +1522,7 @@ pub async fn alerts_under_concurrent_ingest(s: Subject) -> CheckResult {
 /// too, with why — and pages back by seq.
 pub async fn agent_history_newest_first(s: Subject) -> CheckResult {
     let mut f = seed(&s, "hist", &[("api.convert", None)]).await?;
-    let ws = now() - Duration::hours(5);
+    let ws = now(&s) - Duration::hours(5);
     let r1 = f.next(ws, 3600, &[("api.convert", 1)]);
     let r2 = f.next(ws + Duration::hours(1), 3600, &[("api.convert", 2)]);
     let fork = f.report(
@@ -1451,7 +1536,7 @@ pub async fn agent_history_newest_first(s: Subject) -> CheckResult {
     s.store
         .ingest(
             vec![r1, r2.clone(), fork.clone(), r3.clone()],
-            Utc::now(),
+            s.store.clock().now(),
             Source::Online,
         )
         .await
@@ -1536,7 +1621,8 @@ macro_rules! conformance_tests {
             retention_keeps_totals_and_dedup,
             alerts_fire_once_per_threshold,
             alerts_under_concurrent_ingest,
-            agent_history_newest_first
+            agent_history_newest_first,
+            times_come_from_the_store_clock
         );
     };
     (@each $fresh:expr; $($check:ident),+) => {

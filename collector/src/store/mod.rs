@@ -84,7 +84,9 @@ pub async fn open(
     create: bool,
 ) -> StoreResult<Arc<dyn Store>> {
     match check_database_url(database)? {
-        Database::Postgres(url) => Ok(Arc::new(postgres::PostgresStore::connect(&url).await?)),
+        Database::Postgres(url) => Ok(Arc::new(
+            postgres::PostgresStore::connect(&url, crate::clock::Clock::system()).await?,
+        )),
         Database::Sqlite => {
             if !create && !dir.db().exists() {
                 return Err(StoreError::Invalid(format!(
@@ -317,6 +319,10 @@ pub struct StoredReport {
 /// The storage interface of the collector. See the module docs for its invariants.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// The store's clock: "now" for every time that decides billing, in the store and
+    /// for its callers (see [`crate::clock`]).
+    fn clock(&self) -> crate::clock::Clock;
+
     /// Succeeds when the store can answer queries now (for `/readyz`).
     async fn ping(&self) -> StoreResult<()>;
 

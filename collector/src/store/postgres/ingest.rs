@@ -74,9 +74,11 @@ pub(super) struct Sums {
 /// close, which takes it exclusively, waits for them and they wait for it) and reads the
 /// closed months, in the statement after the lock so the snapshot includes every close that
 /// committed before it. Also returns the database's clock, read after the lock: every
-/// collector's receipt times come from that one clock, as close times do.
+/// collector's receipt times come from that one clock, as close times do (shifted by the
+/// store clock's offset, zero in production).
 pub(super) async fn lock_periods<C: GenericClient>(
     c: &C,
+    clock_offset_micros: i64,
 ) -> StoreResult<(std::collections::BTreeSet<i64>, Instant)> {
     execute(
         c,
@@ -86,8 +88,8 @@ pub(super) async fn lock_periods<C: GenericClient>(
     .await?;
     let row = query_opt(
         c,
-        "SELECT ARRAY(SELECT month FROM periods), (extract(epoch FROM clock_timestamp()) * 1000000)::int8",
-        &[],
+        "SELECT ARRAY(SELECT month FROM periods), (extract(epoch FROM clock_timestamp()) * 1000000)::int8 + $1",
+        &[&clock_offset_micros],
     )
     .await?
     .ok_or_else(|| StoreError::Database("no row from the periods read".into()))?;
@@ -353,9 +355,10 @@ pub(super) async fn ingest_batch<C: GenericClient>(
     c: &C,
     reports: &[AuthenticReport],
     source: Source,
+    clock_offset_micros: i64,
 ) -> StoreResult<Vec<StoredOutcome>> {
     // 1. Hold off closes, then lock the agents, in id order.
-    let (closed, db_now) = lock_periods(c).await?;
+    let (closed, db_now) = lock_periods(c, clock_offset_micros).await?;
     // The receipt time is the database's clock, not this node's: close times come from it
     // too, so every receipt is ordered against every close whichever collector wrote them.
     let received_at = db_now;

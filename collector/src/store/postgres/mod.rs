@@ -24,6 +24,7 @@ mod queries;
 mod schema;
 
 use super::*;
+use crate::clock::Clock;
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::time::Duration;
@@ -89,13 +90,18 @@ const POOL_SIZE: usize = 16;
 /// The PostgreSQL implementation of [`Store`].
 pub struct PostgresStore {
     pool: Pool,
+    /// Receipt and close times are the database server's clock (shared by every
+    /// collector) plus this clock's offset, which is zero in production (see
+    /// [`crate::clock`]).
+    clock: Clock,
 }
 
 impl PostgresStore {
     /// Connects to the database `url` names and brings its schema up to date (safe when
     /// several collectors start at once). A database that cannot be reached is
     /// [`StoreError::Unavailable`]; the URL (which may hold a password) is never echoed.
-    pub async fn connect(url: &str) -> StoreResult<PostgresStore> {
+    /// `clock` is [`Clock::system`] in production; tests shift it to choose their date.
+    pub async fn connect(url: &str, clock: Clock) -> StoreResult<PostgresStore> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Invalid(format!("--database: not a valid PostgreSQL URL: {e}"))
         })?;
@@ -140,7 +146,7 @@ impl PostgresStore {
             .recycle_timeout(Some(Duration::from_secs(5)))
             .build()
             .map_err(|e| StoreError::Invalid(format!("--database: {e}")))?;
-        let store = PostgresStore { pool };
+        let store = PostgresStore { pool, clock };
         let mut client = store.client().await.map_err(|e| match e {
             StoreError::Unavailable(m) => {
                 StoreError::Unavailable(format!("cannot reach PostgreSQL at {server}: {m}"))
@@ -266,6 +272,10 @@ pub(super) fn is_retryable(message: &str) -> bool {
 
 #[async_trait]
 impl Store for PostgresStore {
+    fn clock(&self) -> Clock {
+        self.clock
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         let c = self.client().await?;
         c.simple_query("SELECT 1").await?;
@@ -322,8 +332,11 @@ impl Store for PostgresStore {
         if reports.is_empty() {
             return Ok(Vec::new());
         }
-        in_transaction!(self, |tx| ingest::ingest_batch(&tx, &reports, source)
-            .await?)
+        let offset = self.clock.offset_micros();
+        in_transaction!(self, |tx| ingest::ingest_batch(
+            &tx, &reports, source, offset
+        )
+        .await?)
     }
 
     async fn enroll(
@@ -512,7 +525,8 @@ impl Store for PostgresStore {
     /// The close time comes from the database's clock, not `_now` (see
     /// `periods::begin_close`).
     async fn begin_close(&self, month: i64, _now: Instant) -> StoreResult<PeriodRecord> {
-        in_transaction!(self, |tx| periods::begin_close(&tx, month).await?)
+        let offset = self.clock.offset_micros();
+        in_transaction!(self, |tx| periods::begin_close(&tx, month, offset).await?)
     }
 
     async fn license_limits(

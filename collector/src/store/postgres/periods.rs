@@ -39,16 +39,20 @@ pub(super) async fn periods<C: GenericClient>(c: &C) -> StoreResult<Vec<PeriodRe
     .collect())
 }
 
-pub(super) async fn begin_close<C: GenericClient>(c: &C, month: i64) -> StoreResult<PeriodRecord> {
+pub(super) async fn begin_close<C: GenericClient>(
+    c: &C,
+    month: i64,
+    clock_offset_micros: i64,
+) -> StoreResult<PeriodRecord> {
     execute(c, "SELECT pg_advisory_xact_lock($1)", &[&PERIODS_LOCK]).await?;
     // The database's clock (never a node's), after the lock: later than every receipt time
     // of the ingests that committed before (they read the same clock earlier).
     execute(
         c,
         "INSERT INTO periods (month, closed_at)
-         VALUES ($1, (extract(epoch FROM clock_timestamp()) * 1000000)::int8)
+         VALUES ($1, (extract(epoch FROM clock_timestamp()) * 1000000)::int8 + $2)
          ON CONFLICT (month) DO NOTHING",
-        &[&month],
+        &[&month, &clock_offset_micros],
     )
     .await?;
     let row = query_opt(

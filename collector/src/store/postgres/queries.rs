@@ -137,7 +137,7 @@ pub(super) async fn release<C: GenericClient>(
 ) -> StoreResult<bool> {
     let d = digest.as_bytes().as_slice();
     // Counting may bill a closed month's report as an adjustment: hold off closes first.
-    let (closed, _) = super::ingest::lock_periods(c).await?;
+    let (closed, _) = super::ingest::lock_periods(c, 0).await?;
     let row = query_opt(
         c,
         "SELECT status, license_id, bytes, agent_id FROM reports WHERE digest = $1 FOR UPDATE",

@@ -8,6 +8,7 @@
 
 use super::super::{AuthenticReport, StoreError, StoreResult, StoredOutcome};
 use crate::calendar::{hour_of, month_of};
+use crate::clock::Clock;
 use crate::rules::{self, Decision, LicenseTerms, Neighbour, SeqChange, Source};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
@@ -285,9 +286,10 @@ pub(super) fn ingest_batch(
     reports: &[AuthenticReport],
     received_at: Instant,
     source: Source,
+    clock: Clock,
 ) -> StoreResult<Vec<StoredOutcome>> {
     // Inside the writer: a close (also a writer transaction) is strictly before or after.
-    let received_at = received_at.max(chrono::Utc::now());
+    let received_at = received_at.max(clock.now());
     let now = received_at.timestamp();
     let mut licenses: HashMap<String, LicenseTerms> = HashMap::new();
     let mut rollups = RollupCache::default();

@@ -11,6 +11,7 @@ mod queries;
 mod schema;
 
 use super::*;
+use crate::clock::Clock;
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -75,6 +76,8 @@ const MAX_IDLE_READERS: usize = 64;
 pub struct SqliteStore {
     writer: Writer,
     readers: Arc<ReadPool>,
+    /// "Now" inside the writer (receipt and close times).
+    clock: Clock,
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -96,8 +99,14 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and runs pending migrations.
+    /// Opens (creating if needed) the database at `path` and runs pending migrations. Its
+    /// clock is the system's.
     pub fn open(path: &Path) -> StoreResult<SqliteStore> {
+        Self::open_with_clock(path, Clock::system())
+    }
+
+    /// Like [`SqliteStore::open`], with `clock` as its "now" (tests choose their date).
+    pub fn open_with_clock(path: &Path, clock: Clock) -> StoreResult<SqliteStore> {
         let mut conn = Connection::open(path)?;
         configure(&conn)?;
         schema::migrate(&mut conn)?;
@@ -109,6 +118,7 @@ impl SqliteStore {
                 path: path.to_path_buf(),
                 idle: Mutex::new(Vec::new()),
             }),
+            clock,
         })
     }
 
@@ -138,6 +148,10 @@ fn secs(t: Instant) -> i64 {
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn clock(&self) -> Clock {
+        self.clock
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.read(|c| {
             c.query_row("SELECT 1", [], |_| Ok(()))?;
@@ -195,8 +209,9 @@ impl Store for SqliteStore {
         if reports.is_empty() {
             return Ok(Vec::new());
         }
+        let clock = self.clock;
         self.writer
-            .write(move |c| ingest::ingest_batch(c, &reports, received_at, source))
+            .write(move |c| ingest::ingest_batch(c, &reports, received_at, source, clock))
             .await
     }
 
@@ -376,8 +391,9 @@ impl Store for SqliteStore {
     }
 
     async fn begin_close(&self, month: i64, now: Instant) -> StoreResult<PeriodRecord> {
+        let clock = self.clock;
         self.writer
-            .write(move |c| periods::begin_close(c, month, now))
+            .write(move |c| periods::begin_close(c, month, now, clock))
             .await
     }
 

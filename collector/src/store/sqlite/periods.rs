@@ -7,6 +7,7 @@ use super::super::{
     retained_by_agent,
 };
 use crate::calendar::next_month;
+use crate::clock::Clock;
 use crate::rules::LicenseLimit;
 use rusqlite::{Connection, OptionalExtension, params};
 use tally_proto::Digest;
@@ -33,9 +34,10 @@ pub(super) fn begin_close(
     conn: &Connection,
     month: i64,
     now: Instant,
+    clock: Clock,
 ) -> StoreResult<PeriodRecord> {
     // Inside the writer: every ingest before this has its (earlier) receipt time.
-    let now = now.max(chrono::Utc::now()).timestamp_micros();
+    let now = now.max(clock.now()).timestamp_micros();
     conn.execute(
         "INSERT INTO periods (month, closed_at) VALUES (?1, ?2) ON CONFLICT (month) DO NOTHING",
         params![month, now],
