@@ -101,7 +101,7 @@ fn event(v: &Value, at: &str) -> Result<Event, ApiError> {
 
 /// Parses `{"metric", …}` or `{"events": [ … ]}`. A repeated key anywhere is malformed.
 pub fn parse_events(body: &[u8]) -> Result<Vec<Event>, ApiError> {
-    let v: Value = tally_runtime::json::parse(body)
+    let v: Value = tally_proto::json::parse(body)
         .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
     let o = v
         .as_object()

@@ -19,8 +19,8 @@ impl RunningAgent {
                 dir.path().display()
             ))
         };
-        let v = tally_runtime::ports::read(dir.path())
-            .ok_or_else(not_running)?
+        let bytes = tally_runtime::ports::read(dir.path()).ok_or_else(not_running)?;
+        let v = tally_proto::json::parse(&bytes)
             .map_err(|e| CommandError::Runtime(format!("{}: {e}", dir.ports().display())))?;
         let listen = v["listen"]
             .as_str()
@@ -53,7 +53,7 @@ impl RunningAgent {
             .bytes()
             .await
             .map_err(|e| CommandError::Runtime(e.to_string()))?;
-        let v = tally_runtime::json::parse(&bytes)
+        let v = tally_proto::json::parse(&bytes)
             .map_err(|e| CommandError::Runtime(format!("the agent answered: {e}")))?;
         let message = |fallback: &str| {
             v["error"]["message"]

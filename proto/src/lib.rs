@@ -9,6 +9,7 @@ pub mod batch_signer;
 pub mod bundle;
 pub mod digest;
 pub mod enroll;
+pub mod json;
 pub mod keys;
 pub mod license;
 pub mod limits;

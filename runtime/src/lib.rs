@@ -1,4 +1,4 @@
-//! `tally-runtime`: the plumbing both binaries share — strict JSON, the group-commit SQLite
+//! `tally-runtime`: the plumbing both binaries share — the group-commit SQLite
 //! writer, HTTP serving with limits for untrusted clients, the command-line contract,
 //! `ports.json` and shutdown signals. It knows nothing of reports, licenses or billing; it
 //! must never depend on `tally-proto`, the agent or the collector.
@@ -6,7 +6,6 @@
 pub mod cli;
 pub mod datadir;
 pub mod http_serve;
-pub mod json;
 pub mod ports;
 pub mod shutdown;
 pub mod sqlite_writer;

@@ -351,6 +351,15 @@ async fn a_closed_month_is_signed_frozen_and_verifiable_by_the_customers_agent()
     line.seqs = vec![(first, first), (first + 2, last)];
     line.reports -= 1;
     line.quantities[0].quantity += 4;
+    // The total raised to match, so the statement adds up and only the agent's own
+    // receipts can tell.
+    let l = s
+        .lines
+        .iter_mut()
+        .find(|l| l.metric == "api.convert")
+        .unwrap();
+    l.used += 4;
+    l.overage = l.limit.map_or(0, |limit| l.used.saturating_sub(limit));
     let tampered = tmp.path().join("tampered.json");
     std::fs::write(&tampered, s.sign(&vendor)).unwrap();
     let (code, out, err) = agent_cmd(
@@ -367,4 +376,53 @@ async fn a_closed_month_is_signed_frozen_and_verifiable_by_the_customers_agent()
         "the changed quantity must be named: {out}"
     );
     assert!(err.contains("differs from my receipts"), "{err}");
+
+    // A dishonest vendor's edits that leave every agent line honest, re-signed: the billed
+    // total raised, and an adjustment invented with no agent line behind it. The statement
+    // does not add up, and every verifier says so (exit 1), naming the metric.
+    let honest = Statement::verify(&frozen, &vendor.verifying_key()).unwrap();
+    let mut inflated = honest.clone();
+    let l = inflated
+        .lines
+        .iter_mut()
+        .find(|l| l.metric == "api.convert")
+        .unwrap();
+    l.used += 5;
+    l.overage = l.limit.map_or(0, |limit| l.used.saturating_sub(limit));
+    let mut invented = honest.clone();
+    invented
+        .adjustments
+        .push(tally_proto::statement::Adjustment {
+            metric: "api.convert".into(),
+            period: "2000-01".into(),
+            quantity: 7,
+        });
+    invented
+        .adjustments
+        .sort_by(|a, b| (&a.metric, &a.period).cmp(&(&b.metric, &b.period)));
+    for (name, doc) in [("inflated", inflated), ("invented", invented)] {
+        let path = tmp.path().join(format!("{name}.json"));
+        std::fs::write(&path, doc.sign(&vendor)).unwrap();
+        let (code, out, err) = agent_cmd(&adata, &["statements", "verify", path.to_str().unwrap()]);
+        assert_eq!(code, 1, "agent, {name}: {out}{err}");
+        assert!(
+            err.contains("does not add up") && err.contains("api.convert: used"),
+            "agent, {name}: {err}"
+        );
+        let (code, out, err) = collector_cmd(
+            &cdata,
+            &[
+                "statements",
+                "verify",
+                path.to_str().unwrap(),
+                "--vendor-key",
+                &vendor_hex,
+            ],
+        );
+        assert_eq!(code, 1, "collector, {name}: {out}{err}");
+        assert!(
+            err.contains("does not add up") && err.contains("api.convert: used"),
+            "collector, {name}: {err}"
+        );
+    }
 }

@@ -59,11 +59,9 @@ pub async fn statements_verify(
         StatementSource::File(_) => usage(format!("{origin}: {m}")),
         StatementSource::Fetch { .. } => runtime(format!("{origin}: {m}")),
     };
-    // Strict JSON first: a repeated key would be read differently by other parsers.
-    tally_runtime::json::parse(&bytes)
-        .map_err(|e| malformed(format!("not a statement document: {e}")))?;
     // `Agent::load` verified the stored license with the stored collector key, so this is
-    // the license's `vendor_key`.
+    // the license's `vendor_key`. `verify` parses strictly (a repeated key is malformed)
+    // and checks the arithmetic after the signature.
     let statement = Statement::verify(&bytes, &agent.collector_key).map_err(|e| match e {
         StatementError::Malformed(_) => malformed(e.to_string()),
         e => runtime(format!("{origin}: {e}")),
@@ -228,7 +226,7 @@ async fn fetch(
         body.extend_from_slice(&chunk);
     }
     if !status.is_success() {
-        let message = tally_runtime::json::parse(&body)
+        let message = tally_proto::json::parse(&body)
             .ok()
             .and_then(|v| v["error"]["message"].as_str().map(printable))
             .unwrap_or_else(|| "no error message".into());

@@ -151,6 +151,9 @@ pub fn closed_statement(
         rs.sort_by_key(|r| r.seq);
         agents.push(agent_line(agent_id, &rs)?);
     }
+    // Sorted by key id, the order every verifier requires (the customer knows its agents
+    // by key id, not by the collector's agent id).
+    agents.sort_by(|a, b| a.key_id.cmp(&b.key_id));
     Ok(Statement {
         customer: f.customer.to_string(),
         period: month_label(f.month),
@@ -280,7 +283,7 @@ mod tests {
     fn rep(agent: &str, seq: u64, window_start: i64, counters: &[(&str, u64)]) -> CountedReport {
         CountedReport {
             agent_id: agent.into(),
-            agent_key: [agent.as_bytes()[0]; 32],
+            agent_key: [agent.as_bytes()[agent.len() - 1]; 32],
             license_id: "lic_1".into(),
             seq,
             digest: Digest([seq as u8; 32]),
@@ -342,7 +345,11 @@ mod tests {
             }]
         );
         assert_eq!(s.agents.len(), 2);
-        let a = &s.agents[0];
+        assert!(s.agents[0].key_id < s.agents[1].key_id, "sorted by key id");
+        // What the builder makes adds up by the rules every verifier applies.
+        s.check_arithmetic().unwrap();
+        let by_id = |id: &str| s.agents.iter().find(|a| a.agent_id == id).unwrap();
+        let a = by_id("agt_a");
         assert_eq!(
             (a.agent_id.as_str(), a.first_seq, a.last_seq, a.reports),
             ("agt_a", 1, 9, 3)
@@ -364,7 +371,7 @@ mod tests {
         let in_order = [Digest([1; 32]), Digest([2; 32]), Digest([9; 32])];
         assert_eq!(a.root, hex::encode(merkle_root(&in_order).0));
         assert_eq!(a.key_id, tally_proto::keys::key_id(&[b'a'; 32]));
-        let b = &s.agents[1];
+        let b = by_id("agt_b");
         assert_eq!((b.first_seq, b.last_seq, b.reports), (4, 5, 2));
         // Totals never wrap.
         let huge = vec![

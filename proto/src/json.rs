@@ -1,5 +1,5 @@
-//! Strict JSON: every JSON document Tally reads from outside goes through [`parse`], which
-//! refuses a repeated object key.
+//! Strict JSON: the JSON documents Tally reads from outside (the agent's event bodies,
+//! closed statements) go through [`parse`], which refuses a repeated object key.
 //!
 //! Why: `{"metric": "api.render", "metric": "api.convert"}` is valid to serde_json (the
 //! last key wins), but other parsers keep the first, so a proxy or audit log in front of
