@@ -5,6 +5,7 @@ use crate::datadir::{AgentFiles, DataDir};
 use crate::store::{AgentStore, Event, Recorded, StoreError};
 use backon::BackoffBuilder;
 use ed25519_dalek::{SigningKey, VerifyingKey};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,8 @@ pub const MAX_EVENTS_PER_CALL: usize = 10_000;
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// Most reports per `Submit` when a backlog exists.
 pub const DELIVERY_BATCH: u32 = 100;
+/// Most backoff waits [`DeliveryStats`] keeps (the newest).
+pub const RECORDED_WAITS: usize = 32;
 
 /// Why an event was not recorded. Nothing of its call is counted.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,34 @@ pub struct DeliveryStats {
     pub last_success: AtomicU64,
     pub last_attempt_ok: std::sync::atomic::AtomicBool,
     pub last_error: Mutex<String>,
+    /// The waits the delivery loop chose after each failure since the last success, in
+    /// milliseconds, oldest first; only the newest [`RECORDED_WAITS`] are kept.
+    pub backoff_ms: Mutex<VecDeque<u64>>,
+}
+
+impl DeliveryStats {
+    /// Records a wait chosen after a failed delivery.
+    pub fn record_wait(&self, wait: Duration) {
+        let mut w = self.backoff_ms.lock().unwrap_or_else(|p| p.into_inner());
+        if w.len() == RECORDED_WAITS {
+            w.pop_front();
+        }
+        w.push_back(wait.as_millis() as u64);
+    }
+
+    /// Forgets the recorded waits (a delivery succeeded).
+    pub fn clear_waits(&self) {
+        self.backoff_ms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// The recorded waits in milliseconds, oldest first.
+    pub fn waits_ms(&self) -> Vec<u64> {
+        let w = self.backoff_ms.lock().unwrap_or_else(|p| p.into_inner());
+        w.iter().copied().collect()
+    }
 }
 
 /// Static configuration of a running agent.
@@ -229,7 +260,8 @@ pub async fn window_loop(agent: Arc<Agent>) {
 }
 
 /// The delivery backoff schedule (docs/protocol.md §6.6): initial 1 s, factor 2, cap 5 min, jitter, no
-/// give-up.
+/// give-up. backon's jitter adds `base × U[0, 1)` to each base delay, so the k-th wait
+/// (k = 0, 1, 2…) lies in `[b, 2b)` with `b = min(2^k s, 300 s)`.
 pub fn backoff() -> impl Iterator<Item = Duration> {
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_secs(1))
@@ -263,6 +295,7 @@ pub async fn delivery_loop(agent: Arc<Agent>) {
         match submit(&agent, url, pending.iter().map(|r| r.signed()).collect()).await {
             Ok(n) => {
                 schedule = backoff();
+                agent.stats.clear_waits();
                 agent.stats.delivered.fetch_add(n, Ordering::Relaxed);
                 agent
                     .stats
@@ -279,6 +312,7 @@ pub async fn delivery_loop(agent: Arc<Agent>) {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()) = e.clone();
                 let delay = schedule.next().unwrap_or(Duration::from_secs(300));
+                agent.stats.record_wait(delay);
                 tracing::warn!(collector = %url, error = %e, retry_in_ms = delay.as_millis() as u64, "Delivery failed; will retry.");
                 endpoint += 1; // fail over to the next collector, if several
                 tokio::time::sleep(delay).await;
@@ -332,4 +366,68 @@ async fn submit(agent: &Agent, url: &str, reports: Vec<pb::SignedReport>) -> Res
         .await
         .map_err(|e| e.to_string())?;
     Ok(n as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The interval the k-th wait of a fresh schedule lies in: `[b, 2b)`, `b = min(2^k, 300) s`
+    /// (backon 1.6 adds `b × rng.f32()`, `f32()` in `[0, 1)`).
+    fn wait_bounds(k: u32) -> (Duration, Duration) {
+        let b = Duration::from_secs(2u64.saturating_pow(k).min(300));
+        (b, 2 * b)
+    }
+
+    #[test]
+    fn backoff_follows_the_schedule_with_jitter() {
+        const FIRST: usize = 15;
+        let mut seen = vec![(Duration::MAX, Duration::ZERO); FIRST];
+        for _ in 0..2000 {
+            let mut s = backoff();
+            for (k, (lo, hi)) in seen.iter_mut().enumerate() {
+                let d = s.next().expect("the schedule never ends");
+                let (min, max) = wait_bounds(k as u32);
+                assert!(
+                    min <= d && d < max,
+                    "wait {k} is {d:?}, not in [{min:?}, {max:?})"
+                );
+                *lo = (*lo).min(d);
+                *hi = (*hi).max(d);
+            }
+        }
+        // The jitter is there: over 2000 schedules each wait spreads over most of its interval.
+        for (k, (lo, hi)) in seen.iter().enumerate() {
+            let (min, _) = wait_bounds(k as u32);
+            assert!(*hi - *lo > min / 2, "wait {k} only spans {lo:?}..{hi:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_never_ends_and_stays_capped() {
+        let mut s = backoff();
+        for k in 0..10_000u32 {
+            let d = s
+                .next()
+                .unwrap_or_else(|| panic!("the schedule ended after {k} waits"));
+            let (min, max) = wait_bounds(k);
+            assert!(min <= d && d < max, "wait {k} is {d:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_waits_recorded_are_bounded_and_cleared() {
+        let s = DeliveryStats::default();
+        for i in 0..(RECORDED_WAITS as u64 + 5) {
+            s.record_wait(Duration::from_millis(i));
+        }
+        let w = s.waits_ms();
+        assert_eq!(w.len(), RECORDED_WAITS);
+        assert_eq!(
+            (w[0], w[RECORDED_WAITS - 1]),
+            (5, RECORDED_WAITS as u64 + 4)
+        );
+        s.clear_waits();
+        assert!(s.waits_ms().is_empty());
+    }
 }

@@ -105,12 +105,14 @@ pub fn license_status(agent: &Agent, now: DateTime<Utc>) -> LicenseStatus {
     }
 }
 
-/// Delivery statistics of the running agent as JSON.
+/// Delivery statistics of the running agent as JSON (`backoff_ms`: the waits chosen after
+/// each failure since the last success, oldest first, at most the newest 32).
 pub fn stats_json(agent: &Agent) -> serde_json::Value {
     let s = &agent.stats;
     serde_json::json!({
         "attempts": s.attempts.load(Ordering::Relaxed),
         "failures": s.failures.load(Ordering::Relaxed),
+        "backoff_ms": s.waits_ms(),
         "delivered": s.delivered.load(Ordering::Relaxed),
         "last_success": s.last_success.load(Ordering::Relaxed),
         "last_error": s.last_error.lock().map(|e| e.clone()).unwrap_or_default(),

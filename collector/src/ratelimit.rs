@@ -33,19 +33,27 @@ impl AgentRateLimiter {
 
     /// Takes `n` tokens from every key's bucket, or none at all if any bucket lacks them.
     pub fn try_take(&self, wants: &HashMap<[u8; 32], usize>) -> bool {
-        let now = Instant::now();
+        self.try_take_at(wants, Instant::now())
+    }
+
+    /// [`AgentRateLimiter::try_take`] at the instant `now` (tests inject it). Each bucket
+    /// refills at `rate` tokens per second since its last successful take, up to `burst`; a
+    /// key never seen starts full. A refused call changes no bucket.
+    pub fn try_take_at(&self, wants: &HashMap<[u8; 32], usize>, now: Instant) -> bool {
         let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let refill = |tokens: f64, at: Instant| {
+            (tokens + now.saturating_duration_since(at).as_secs_f64() * self.rate).min(self.burst)
+        };
         if b.len() > 100_000 {
             // Forget full buckets of idle agents so the map stays bounded.
-            let burst = self.burst;
-            let rate = self.rate;
-            b.retain(|_, (t, at)| (*t + now.duration_since(*at).as_secs_f64() * rate) < burst);
+            b.retain(|_, (t, at)| refill(*t, *at) < self.burst);
         }
         let mut refilled = Vec::with_capacity(wants.len());
         for (key, n) in wants {
-            let (tokens, at) = b.get(key).copied().unwrap_or((self.burst, now));
-            let tokens =
-                (tokens + now.duration_since(at).as_secs_f64() * self.rate).min(self.burst);
+            let tokens = match b.get(key) {
+                Some(&(t, at)) => refill(t, at),
+                None => self.burst,
+            };
             if tokens < *n as f64 {
                 return false;
             }
@@ -61,9 +69,128 @@ impl AgentRateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// One call: whole seconds after the start, `(key byte, n)` per key, the decision.
+    type Step = (u64, &'static [(u8, usize)], bool);
+
+    /// Runs each case's steps in order against a fresh limiter of `rate` reports/s, at
+    /// injected instants (no real time passes).
+    fn run(cases: &[(&str, f64, &[Step])]) {
+        for (name, rate, steps) in cases {
+            let l = AgentRateLimiter::new(*rate);
+            let t0 = Instant::now();
+            for (i, (at, wants, ok)) in steps.iter().enumerate() {
+                let w: HashMap<[u8; 32], usize> =
+                    wants.iter().map(|&(k, n)| ([k; 32], n)).collect();
+                let now = t0 + Duration::from_secs(*at);
+                assert_eq!(
+                    l.try_take_at(&w, now),
+                    *ok,
+                    "{name}, step {i}: at {at} s, wants {wants:?}"
+                );
+            }
+        }
+    }
 
     #[test]
-    fn bucket_throttles_one_key_only() {
+    fn ratelimit_decisions() {
+        run(&[
+            // Burst is max(2 × rate, 500).
+            (
+                "burst spent, then refused",
+                10.0,
+                &[(0, &[(1, 500)], true), (0, &[(1, 1)], false)],
+            ),
+            (
+                "burst is 2 × rate above 250/s",
+                1000.0,
+                &[(0, &[(1, 2000)], true), (0, &[(1, 1)], false)],
+            ),
+            (
+                "more than the burst at once",
+                10.0,
+                &[(0, &[(1, 501)], false), (0, &[(1, 500)], true)],
+            ),
+            // 10/s for 5 s is exactly 50 tokens; a refused call does not move the bucket's time.
+            (
+                "refill is rate × seconds",
+                10.0,
+                &[
+                    (0, &[(1, 500)], true),
+                    (4, &[(1, 41)], false),
+                    (5, &[(1, 51)], false),
+                    (5, &[(1, 50)], true),
+                    (5, &[(1, 1)], false),
+                    (6, &[(1, 10)], true),
+                    (6, &[(1, 1)], false),
+                ],
+            ),
+            (
+                "a refused call takes nothing from any key",
+                10.0,
+                &[
+                    (0, &[(1, 450)], true),
+                    (0, &[(1, 100), (2, 10), (3, 10), (4, 10)], false),
+                    (0, &[(2, 500)], true),
+                    (0, &[(3, 500)], true),
+                    (0, &[(4, 500)], true),
+                    (0, &[(1, 50)], true),
+                    (0, &[(1, 1)], false),
+                ],
+            ),
+            (
+                "a call that fits takes from every key",
+                10.0,
+                &[
+                    (0, &[(1, 100), (2, 200)], true),
+                    (0, &[(1, 401)], false),
+                    (0, &[(2, 301)], false),
+                    (0, &[(1, 400), (2, 300)], true),
+                ],
+            ),
+            (
+                "another key is unaffected",
+                10.0,
+                &[
+                    (0, &[(1, 500)], true),
+                    (0, &[(1, 1)], false),
+                    (0, &[(2, 500)], true),
+                ],
+            ),
+            // 1000 s at 10/s would be 10 000 tokens: the bucket holds the burst at most.
+            (
+                "refill is capped at the burst",
+                10.0,
+                &[
+                    (0, &[(1, 1)], true),
+                    (1000, &[(1, 501)], false),
+                    (1000, &[(1, 500)], true),
+                    (1000, &[(1, 1)], false),
+                ],
+            ),
+        ]);
+    }
+
+    #[test]
+    fn ratelimit_all_or_nothing_whatever_the_key_order() {
+        // Keys are visited in the map's (random) order: repeat so the short key also comes
+        // after the others.
+        for _ in 0..50 {
+            run(&[(
+                "all or nothing",
+                10.0,
+                &[
+                    (0, &[(9, 499)], true),
+                    (0, &[(1, 10), (2, 10), (9, 2), (3, 10)], false),
+                    (0, &[(1, 500), (2, 500), (3, 500), (9, 1)], true),
+                ],
+            )]);
+        }
+    }
+
+    #[test]
+    fn ratelimit_try_take_uses_the_real_clock() {
         let l = AgentRateLimiter::new(10.0);
         let a = HashMap::from([([1u8; 32], 400usize)]);
         let b = HashMap::from([([2u8; 32], 1usize)]);

@@ -1,7 +1,9 @@
-//! Delivery under failure: a 30 s collector outage (backlog grows, then drains in sequence
-//! order, with a bounded number of connection attempts: backoff, not a hot loop); the
-//! offline path (export → import → import-receipts) counting once alongside online
-//! delivery; and `reports verify` catching one flipped byte.
+//! Delivery under failure: a collector outage (the backlog grows; the waits the agent chose
+//! between attempts, shown in its live status as `delivery.backoff_ms`, follow the backoff
+//! schedule 1, 2, 4, 8 s… with jitter — backoff, not a hot loop, whatever the machine's
+//! speed; then the backlog drains in sequence order); the offline path (export → import →
+//! import-receipts) counting once alongside online delivery; and `reports verify` catching
+//! one flipped byte.
 
 use std::time::Duration;
 use tally_tests::{
@@ -29,31 +31,59 @@ async fn collector_outage_backs_off_then_drains_in_order() {
     post(1).await;
     agent.drain(30).await;
 
-    // Outage: stop the collector, keep recording for 30 s.
+    // Outage: stop the collector and keep recording until the agent has chosen 4 waits in
+    // a row (about 1 + 2 + 4 s after the first failure; 3 min is only the give-up).
+    let outage = std::time::Instant::now();
     d.collector.kill9();
-    let before = agent.status().await["delivery"]["attempts"]
-        .as_u64()
-        .unwrap();
     let mut expected = 1;
-    let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
+    let give_up = std::time::Instant::now() + Duration::from_secs(180);
+    let s = loop {
         post(2).await;
         expected += 2;
+        let s = agent.status().await;
+        if s["delivery"]["backoff_ms"].as_array().unwrap().len() >= 4 {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < give_up,
+            "no 4 consecutive backoff waits within 3 min of the outage: {s}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    let s = agent.status().await;
-    let during = s["delivery"]["attempts"].as_u64().unwrap() - before;
+    };
+    let waits: Vec<u64> = s["delivery"]["backoff_ms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_u64().unwrap())
+        .collect();
     let backlog = s["reports"]["pending"].as_u64().unwrap_or(0);
-    println!("attempts during the 30 s outage: {during}; backlog: {backlog}");
-    // The schedule waits at least 1, 2, 4, 8, 16 s between attempts (jitter only adds), so
-    // at most 6 attempts fit in 30 s; one more may have been in flight when it began.
-    assert!(during <= 7, "{during} attempts in 30 s: not backing off");
-    assert!(during >= 2, "{during} attempts: the agent stopped trying");
+    println!("waits chosen during the outage (ms): {waits:?}; backlog: {backlog}");
+    // The k-th wait since the last success (k = 0, 1, 2…) is b = min(2^k, 300) s plus
+    // jitter of less than b: in [b, 2b).
+    for (k, &w) in waits.iter().enumerate() {
+        let b = 1000 * 2u64.pow(k as u32).min(300);
+        assert!(
+            (b..2 * b).contains(&w),
+            "wait {k} is {w} ms, not in [{b}, {}) ms: {waits:?}",
+            2 * b
+        );
+    }
+    // The agent really waited: all but the newest wait are over. (A lower bound only: a
+    // slow machine makes the outage longer, never shorter.)
+    let slept: u64 = waits[..waits.len() - 1].iter().sum();
     assert!(
-        backlog >= 20,
+        outage.elapsed() >= Duration::from_millis(slept),
+        "waits {waits:?} recorded {:?} into the outage: the agent retried sooner",
+        outage.elapsed()
+    );
+    assert!(
+        s["delivery"]["failures"].as_u64().unwrap() >= waits.len() as u64,
+        "{s}"
+    );
+    assert!(
+        backlog > 0,
         "the backlog should grow during the outage: {s}"
     );
-    assert!(s["delivery"]["failures"].as_u64().unwrap() >= during - 1);
     let lic: serde_json::Value = reqwest::get(format!("{}/v1/license", agent.url()))
         .await
         .unwrap()

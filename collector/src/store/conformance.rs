@@ -66,7 +66,7 @@ async fn seed(s: &Subject, name: &str, metrics: &[(&str, Option<u64>)]) -> Resul
             name,
             license_id: &format!("lic_{name}"),
             metrics,
-            now: now(&s),
+            now: now(s),
         },
     )
     .await
