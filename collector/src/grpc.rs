@@ -50,13 +50,8 @@ impl Ingest for IngestService {
                 "enrollment_token must be 1 to 128 bytes",
             ));
         }
-        let key = signing::verifying_key(&r.agent_key)
+        let key = signing::trusted_key(&r.agent_key)
             .map_err(|e| Status::invalid_argument(format!("agent_key: {e}")))?;
-        if key.is_weak() {
-            return Err(Status::invalid_argument(
-                "agent_key is a weak (small-order) key",
-            ));
-        }
         verify_proof(&key, &r.license_id, &r.enrollment_token, &r.proof)
             .map_err(|e| Status::permission_denied(format!("enrollment proof: {e}")))?;
         let hash = ids::hash_secret(&r.enrollment_token);

@@ -133,7 +133,7 @@ impl License {
         signed: &pb::SignedLicense,
         expected_vendor: Option<&VerifyingKey>,
     ) -> Result<(License, VerifyingKey), LicenseError> {
-        let key = signing::verifying_key(&signed.vendor_key)?;
+        let key = signing::trusted_key(&signed.vendor_key)?;
         if let Some(expected) = expected_vendor
             && expected != &key
         {

@@ -52,6 +52,12 @@ pub enum SignatureError {
     BadKeyLength(usize),
     #[error("public key is not a valid ed25519 point")]
     BadKey,
+    #[error("public key is not in canonical encoding")]
+    NonCanonicalKey,
+    #[error("public key is a weak (small-order) key")]
+    WeakKey,
+    #[error("public key has a torsion component (it is not in the prime-order subgroup)")]
+    TorsionKey,
     #[error("signature does not verify")]
     Mismatch,
 }
@@ -62,6 +68,27 @@ pub fn verifying_key(bytes: &[u8]) -> Result<VerifyingKey, SignatureError> {
         .try_into()
         .map_err(|_| SignatureError::BadKeyLength(bytes.len()))?;
     VerifyingKey::from_bytes(&arr).map_err(|_| SignatureError::BadKey)
+}
+
+/// Parses a public key that is to sign anything Tally bills or trusts (an agent key at
+/// enrollment, a vendor key in a license): a canonical encoding of a point of the
+/// prime-order subgroup other than the identity. A key with a torsion component (`aB + T`,
+/// `T` of small order) is refused: signatures by it can verify under one ed25519 rule and
+/// not under another, and batch verification does not check keys at all. Checked once,
+/// where the key is first seen (about a scalar multiplication), never per report.
+pub fn trusted_key(bytes: &[u8]) -> Result<VerifyingKey, SignatureError> {
+    let key = verifying_key(bytes)?;
+    let point = key.to_edwards();
+    if point.compress().as_bytes() != bytes {
+        return Err(SignatureError::NonCanonicalKey);
+    }
+    if point.is_small_order() {
+        return Err(SignatureError::WeakKey);
+    }
+    if !point.is_torsion_free() {
+        return Err(SignatureError::TorsionKey);
+    }
+    Ok(key)
 }
 
 /// Parses a 64-byte signature.
@@ -87,8 +114,8 @@ pub fn verify(
 /// Verifies many signatures at once. Returns `true` only if every one verifies; callers fall
 /// back to one-by-one verification on `false` to find the bad ones.
 ///
-/// Batch verification does not check for weak keys, so keys must be rejected with
-/// `is_weak()` when they are enrolled (the collector does).
+/// Batch verification does not check keys, so every key must have passed [`trusted_key`]
+/// when it was enrolled (the collector does).
 pub fn verify_batch(messages: &[&[u8]], sigs: &[Signature], keys: &[VerifyingKey]) -> bool {
     ed25519_dalek::verify_batch(messages, sigs, keys).is_ok()
 }
@@ -97,4 +124,45 @@ pub fn verify_batch(messages: &[&[u8]], sigs: &[Signature], keys: &[VerifyingKey
 /// failed).
 pub fn verify_message(key: &VerifyingKey, message: &[u8], sig: &Signature) -> bool {
     key.verify_strict(message, sig).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use curve25519_dalek_batch::constants::EIGHT_TORSION;
+    use curve25519_dalek_batch::edwards::{CompressedEdwardsY, EdwardsPoint};
+    use curve25519_dalek_batch::scalar::Scalar;
+
+    #[test]
+    fn trusted_keys_are_canonical_prime_order_points() {
+        let clean = EdwardsPoint::mul_base(&Scalar::from(123_456_789u64));
+        let bytes = clean.compress().to_bytes();
+        assert!(trusted_key(&bytes).is_ok());
+        // Each torsion component, of order 2, 4 and 8, added to it: refused.
+        for t in &EIGHT_TORSION[1..] {
+            let mixed = (clean + t).compress().to_bytes();
+            assert!(verifying_key(&mixed).is_ok(), "a valid point");
+            assert_eq!(trusted_key(&mixed), Err(SignatureError::TorsionKey));
+        }
+        // Small-order points themselves (the identity included): weak.
+        for t in &EIGHT_TORSION {
+            assert_eq!(
+                trusted_key(&t.compress().to_bytes()),
+                Err(SignatureError::WeakKey)
+            );
+        }
+        // A non-canonical encoding of a valid point: the identity (x = 0) with the sign bit
+        // of x set ("-0") decodes, but encodes back without the bit.
+        let mut neg_zero = EdwardsPoint::default().compress().to_bytes();
+        neg_zero[31] |= 0x80;
+        let p = CompressedEdwardsY(neg_zero)
+            .decompress()
+            .expect("-0 decodes");
+        assert_ne!(p.compress().to_bytes(), neg_zero);
+        assert_eq!(trusted_key(&neg_zero), Err(SignatureError::NonCanonicalKey));
+        assert_eq!(
+            trusted_key(&[0u8; 31]),
+            Err(SignatureError::BadKeyLength(31))
+        );
+    }
 }
