@@ -17,6 +17,7 @@
 //! a receipt.
 
 pub mod arithmetic;
+pub mod audit;
 
 use crate::Digest;
 use crate::signing::{self, Domain, SignatureError};
