@@ -138,6 +138,32 @@ enum StatementsCmd {
         #[arg(long, env = "TALLY_API_URL", value_name = "URL")]
         api: Option<String>,
     },
+    /// Audit a whole closed statement as the customer: its signature and arithmetic, every
+    /// agent line's key against your own list of agents (a key not in it is a phantom
+    /// install), and every line re-derived from the signed reports the billing API serves
+    /// as its evidence (exit 1 naming each difference).
+    ///
+    /// The billing API token comes from TALLY_API_TOKEN only (never a flag).
+    Audit {
+        /// A statement document (JSON) saved from the billing API.
+        #[arg(
+            value_name = "FILE",
+            required_unless_present = "fetch",
+            conflicts_with = "fetch"
+        )]
+        file: Option<PathBuf>,
+        /// Fetch the statement of this month (YYYY-MM) for the license's customer.
+        #[arg(long, value_name = "YYYY-MM")]
+        fetch: Option<String>,
+        /// The collector's billing API URL, e.g. https://billing.example.com (the evidence
+        /// always comes from it).
+        #[arg(long, env = "TALLY_API_URL", value_name = "URL")]
+        api: Option<String>,
+        /// Your agents: one key id per line, as 'tally-agent status' prints key_id on each
+        /// of your machines ('#' starts a comment).
+        #[arg(long, value_name = "FILE")]
+        agents: PathBuf,
+    },
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -247,6 +273,29 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                 }
             };
             commands::statements_verify(&open(&dir)?, source, cli.common.json).await?
+        }
+        Command::Statements(StatementsCmd::Audit {
+            file,
+            fetch,
+            api,
+            agents,
+        }) => {
+            let source = match (file, fetch) {
+                (Some(file), _) => commands::StatementSource::File(file),
+                (None, Some(month)) => commands::StatementSource::Fetch {
+                    month,
+                    api: None,
+                    token: None,
+                },
+                (None, None) => {
+                    return Err(CommandError::Usage(
+                        "give a statement FILE or --fetch YYYY-MM".into(),
+                    ));
+                }
+            };
+            let token = std::env::var(commands::API_TOKEN_ENV).ok();
+            commands::statements_audit(&open(&dir)?, source, api, token, &agents, cli.common.json)
+                .await?
         }
         Command::Export { out: file, since } => commands::export(&open(&dir)?, &file, since)?,
         Command::ImportReceipts { file } => commands::import_receipts(&open(&dir)?, &file).await?,

@@ -119,7 +119,7 @@ pub fn stats_json(agent: &Agent) -> serde_json::Value {
     })
 }
 
-/// `status` as JSON: reports per delivery state, the open window's counters, the reports
+/// `status` as JSON: the agent's key id and public key, reports per delivery state, the open window's counters, the reports
 /// the collector did not count (and why), the license status, and (when `live`, from the
 /// running agent) its delivery statistics.
 pub fn status_json(agent: &Agent, live: bool) -> Result<serde_json::Value, StatusError> {
@@ -132,7 +132,11 @@ pub fn status_json(agent: &Agent, live: bool) -> Result<serde_json::Value, Statu
         .filter(|r| r.state.not_counted())
         .map(|r| json!({"seq": r.seq, "state": r.state.as_str(), "reason": r.reason, "detail": r.detail}))
         .collect();
+    let public = agent.key.verifying_key().to_bytes();
     let mut v = json!({
+        // How the customer lists its agents for `statements audit --agents`.
+        "key_id": tally_proto::keys::key_id(&public),
+        "public_key": hex::encode(public),
         "license": license_status(agent, chrono::Utc::now()).to_json(),
         "reports": states,
         "open_window": open.into_iter().map(|(m, q)| json!({"metric": m, "quantity": q})).collect::<Vec<_>>(),

@@ -99,6 +99,8 @@ pub fn alert(a: &AlertRecord) -> Value {
 pub fn agent(a: &AgentRecord, status: AgentStatus) -> Value {
     json!({
         "agent_id": a.agent_id,
+        // The id the customer knows its agent by (`tally-agent status`), as on statements.
+        "key_id": tally_proto::keys::key_id(&a.key),
         "key": hex::encode(a.key),
         "license_id": a.license_id,
         "customer_id": a.customer_id,

@@ -240,6 +240,13 @@ impl Store for CountsDuplicatesTwice {
     ) -> StoreResult<Vec<AlertRecord>> {
         self.0.claim_due_alerts(now, lease_until, limit).await
     }
+    async fn statement_evidence(
+        &self,
+        customer: String,
+        month: i64,
+    ) -> StoreResult<Vec<EvidenceRow>> {
+        self.0.statement_evidence(customer, month).await
+    }
     async fn alert_attempted(
         &self,
         id: String,

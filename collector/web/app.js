@@ -315,7 +315,8 @@ async function statement(box, customer, month) {
 
 function agentRows(agents) {
   return agents.map((a) => el('tr', { 'data-agent': a.agent_id },
-    el('td', {}, el('a', { href: `#/agents/${a.agent_id}` }, a.agent_id)), el('td', {}, a.customer_id), el('td', {}, a.license_id),
+    el('td', {}, el('a', { href: `#/agents/${a.agent_id}` }, a.agent_id)),
+    el('td', { class: 'mono', 'data-field': 'key_id' }, a.key_id), el('td', {}, a.customer_id), el('td', {}, a.license_id),
     el('td', { class: `status-${a.status}`, 'data-field': 'status' }, a.status),
     el('td', { class: 'num', 'data-field': 'last_seq' }, String(a.last_seq)),
     el('td', {}, a.last_seen || 'never')));
@@ -323,7 +324,8 @@ function agentRows(agents) {
 
 function agentTable(agents) {
   return el('table', { id: 'agents' },
-    el('thead', {}, el('tr', {}, el('th', {}, 'Agent'), el('th', {}, 'Customer'), el('th', {}, 'License'),
+    el('thead', {}, el('tr', {}, el('th', {}, 'Agent'), el('th', { title: "what 'tally-agent status' shows as key_id" }, 'Key id'),
+      el('th', {}, 'Customer'), el('th', {}, 'License'),
       el('th', {}, 'Status'), el('th', { class: 'num' }, 'Last seq'), el('th', {}, 'Last report'))),
     el('tbody', {}, agentRows(agents)));
 }

@@ -64,6 +64,25 @@ fn agent_fetch(data: &Path, month: &str, api: &str, token: &str) -> (i32, String
     )
 }
 
+/// `tally-agent statements audit ARGS…` with the token in the environment.
+fn agent_audit(data: &Path, args: &[&str], token: &str) -> (i32, String, String) {
+    let out = Command::new(workspace_bin("tally-agent"))
+        .arg("--data")
+        .arg(data)
+        .args(["statements", "audit"])
+        .args(args)
+        .env("TALLY_API_TOKEN", token)
+        .env_remove("TALLY_DATA")
+        .env_remove("TALLY_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_month_is_signed_frozen_and_verifiable_by_the_customers_agent() {
     let tmp = tempfile::tempdir().unwrap();
@@ -238,6 +257,105 @@ async fn a_closed_month_is_signed_frozen_and_verifiable_by_the_customers_agent()
         "another customer's token must not fetch this statement: {err}"
     );
     assert!(err.contains("not found"), "{err}");
+
+    // The customer audits the whole bill: its inventory is the key id `status` shows.
+    let status = agent_json(&adata, &["status"]);
+    let key_id = status["key_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        status["public_key"].as_str().map(str::len),
+        Some(64),
+        "{status}"
+    );
+    let inventory = tmp.path().join("our-agents.txt");
+    std::fs::write(&inventory, format!("# site A\n{key_id}\n")).unwrap();
+    let inv = inventory.to_str().unwrap();
+    let (code, out, err) = agent_audit(
+        &adata,
+        &["--fetch", &period, "--api", &api, "--agents", inv],
+        &customer_token,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("matches") && out.contains("3 signed reports verified"),
+        "{out}"
+    );
+    // Another customer's token gets no evidence of this one (404), and the attempt is
+    // in the audit log.
+    let (status_code, body) = get(
+        collector.http,
+        &format!("/v1/statements/{customer}/{period}/evidence"),
+        &other_token,
+    )
+    .await;
+    assert_eq!(status_code, 404, "{}", String::from_utf8_lossy(&body));
+    let (_, audit_log) = get(collector.http, "/v1/audit?limit=5", &admin).await;
+    let audit_log = String::from_utf8_lossy(&audit_log).into_owned();
+    assert!(
+        audit_log.contains("evidence") && audit_log.contains("cross_tenant_denied"),
+        "{audit_log}"
+    );
+    // A phantom install: a line for a key the customer never had, the total raised to
+    // match and re-signed with the vendor key (it adds up, and this agent's own line is
+    // honest): the audit names it.
+    let vendor = tally_proto::keys::read(&cdata.join("vendor.key")).unwrap();
+    let mut phantom = Statement::verify(&frozen, &vendor.verifying_key()).unwrap();
+    let mut line = phantom.agents[0].clone();
+    line.agent_id = "agt_phantom".into();
+    line.key_id = "ffffffffffffffff".into();
+    phantom.agents.push(line);
+    phantom.lines[0].used += 23;
+    phantom.lines[0].overage += 23;
+    let phantom_file = tmp.path().join("phantom.json");
+    std::fs::write(&phantom_file, phantom.sign(&vendor)).unwrap();
+    let (code, out, err) = agent_cmd(
+        &adata,
+        &["statements", "verify", phantom_file.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "one agent alone cannot see a phantom: {out}{err}");
+    let (code, out, err) = agent_audit(
+        &adata,
+        &[
+            phantom_file.to_str().unwrap(),
+            "--api",
+            &api,
+            "--agents",
+            inv,
+        ],
+        &customer_token,
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("key id ffffffffffffffff is not one of our agents (a phantom install)"),
+        "{out}"
+    );
+    assert!(
+        err.contains("not backed by our agents' signatures"),
+        "{err}"
+    );
+    // An inventory that lacks the real agent: its line is named too.
+    std::fs::write(&inventory, "0123456789abcdef\n").unwrap();
+    let (code, out, _) = agent_audit(
+        &adata,
+        &["--fetch", &period, "--api", &api, "--agents", inv],
+        &customer_token,
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("key id {key_id} is not one of our agents")),
+        "{out}"
+    );
+    // A malformed inventory is bad input.
+    std::fs::write(&inventory, "site-a\n").unwrap();
+    let (code, _, err) = agent_audit(
+        &adata,
+        &["--fetch", &period, "--api", &api, "--agents", inv],
+        &customer_token,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with("error: --agents") && err.contains("not a key id"),
+        "{err}"
+    );
 
     // Late reports of the closed month: an adjustment of this month; the closed statement
     // does not change by a byte.

@@ -287,6 +287,16 @@ async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
         .json(&format!("/v1/agents?customer={acme}"), &admin)
         .await;
     assert_eq!(seq, agents["agents"][0]["last_seq"].to_string());
+    // Each agent's key id, as `tally-agent status` shows it and statements name it.
+    let key_id = b
+        .text("#customer-agents tr [data-field=key_id]")
+        .await
+        .unwrap();
+    assert_eq!(
+        Some(key_id.as_str()),
+        agents["agents"][0]["key_id"].as_str()
+    );
+    assert_eq!(key_id.len(), 16, "{key_id}");
     b.screenshot(&shots.join("usage.png")).await;
     b.eval("document.getElementById('usage-csv').click(); true")
         .await;

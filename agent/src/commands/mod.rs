@@ -1,5 +1,5 @@
 //! The agent's operator commands: `init`, `run`, `status`, `license`, `reports
-//! list|show|verify`, `statements verify`, `export`, `import-receipts`, and
+//! list|show|verify`, `statements verify|audit`, `export`, `import-receipts`, and
 //! `record`/`flush` against a running agent. `main.rs` parses arguments; these functions do
 //! the work and return what to print.
 
@@ -13,12 +13,14 @@ use tally_proto::receipt::ReceiptBody;
 pub use tally_runtime::cli::{CmdResult, CommandError, Output};
 use tally_runtime::cli::{runtime, usage};
 
+mod audit;
 mod init;
 mod live;
 mod reports;
 mod run;
 mod statements;
 
+pub use audit::statements_audit;
 pub use init::{InitArgs, init};
 pub use live::{flush, license, record, status};
 pub use reports::{report_json, reports_list, reports_show, reports_verify};

@@ -15,7 +15,7 @@ use tally_proto::statement::{Statement, StatementError};
 pub const API_TOKEN_ENV: &str = "TALLY_API_TOKEN";
 
 /// Largest statement document accepted (a statement has one line per agent).
-const MAX_STATEMENT_BYTES: usize = 16 << 20;
+pub(super) const MAX_STATEMENT_BYTES: usize = 16 << 20;
 
 /// Where the statement comes from.
 pub enum StatementSource {
@@ -162,7 +162,7 @@ pub async fn statements_verify(
 
 /// GETs the statement of `month` for the license's customer; returns the body and a name
 /// for messages (the URL, which holds no secret).
-async fn fetch(
+pub(super) async fn fetch(
     agent: &Agent,
     month: &str,
     api: Option<&str>,
@@ -174,9 +174,22 @@ async fn fetch(
             month.chars().take(32).collect::<String>()
         )));
     }
+    let path = format!("/v1/statements/{}/{month}", agent.license.customer_id);
+    get_api(api, token, &path, MAX_STATEMENT_BYTES).await
+}
+
+/// GETs `path` from the billing API at `api` with the bearer `token`, reading at most
+/// `max_bytes`; returns the body and the URL (which holds no secret) for messages. Only
+/// https, or plain http to this machine: the token must not cross a network in clear.
+pub(super) async fn get_api(
+    api: Option<&str>,
+    token: Option<&str>,
+    path: &str,
+    max_bytes: usize,
+) -> Result<(Vec<u8>, String), CommandError> {
     let api = api
         .filter(|a| !a.is_empty())
-        .ok_or_else(|| usage("--fetch needs the billing API's URL: --api URL or TALLY_API_URL"))?
+        .ok_or_else(|| usage("the billing API's URL is needed: --api URL or TALLY_API_URL"))?
         .trim_end_matches('/');
     let url = reqwest::Url::parse(api).map_err(|e| usage(format!("--api {api}: {e}")))?;
     let loopback = matches!(
@@ -197,10 +210,10 @@ async fn fetch(
     }
     let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
         usage(format!(
-            "--fetch needs the billing API token in {API_TOKEN_ENV} (never on the command line)"
+            "the billing API token is needed in {API_TOKEN_ENV} (never on the command line)"
         ))
     })?;
-    let target = format!("{api}/v1/statements/{}/{month}", agent.license.customer_id);
+    let target = format!("{api}{path}");
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()
@@ -218,9 +231,9 @@ async fn fetch(
         .await
         .map_err(|e| runtime(format!("{target}: reading the answer: {e}")))?
     {
-        if body.len() + chunk.len() > MAX_STATEMENT_BYTES {
+        if body.len() + chunk.len() > max_bytes {
             return Err(runtime(format!(
-                "{target}: the answer is larger than {MAX_STATEMENT_BYTES} bytes"
+                "{target}: the answer is larger than {max_bytes} bytes"
             )));
         }
         body.extend_from_slice(&chunk);

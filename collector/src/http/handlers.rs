@@ -181,6 +181,68 @@ pub async fn statement(
     })
 }
 
+/// `GET /v1/statements/{customer}/{month}/evidence`: what each agent line of a closed
+/// statement counts, report by report, with the agent's public key and signatures (or the
+/// digest alone where retention removed the body), so the customer can re-derive the whole
+/// bill from signatures (`tally-agent statements audit`). Scoped like the statement:
+/// another customer's is 404, and audited. Only closed months have evidence.
+pub async fn statement_evidence(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<tally_proto::statement::audit::Evidence>, ApiError> {
+    use tally_proto::statement::audit::{AgentEvidence, Evidence, ReportEvidence};
+    let Path((customer, period)) = path.map_err(|e| ApiError::bad_param(e.body_text()))?;
+    if !is_valid_id(&customer) {
+        return Err(ApiError::bad_param("customer: not a valid id"));
+    }
+    only(&pairs(raw)?, &[])?;
+    let month = parse_month(&period).ok_or_else(|| {
+        ApiError::bad_param(format!(
+            "period: {:?} is not YYYY-MM",
+            period.chars().take(32).collect::<String>()
+        ))
+    })?;
+    let customer = caller.scope(Some(&customer))?.unwrap_or(customer);
+    if !st.store.customer_exists(customer.clone()).await? {
+        return Err(ApiError::NotFound(format!("customer {customer} not found")));
+    }
+    if st
+        .store
+        .closed_statement(customer.clone(), month)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::NotFound(format!(
+            "{period} has no closed statement for {customer}: only a closed statement has evidence"
+        )));
+    }
+    let mut agents: Vec<AgentEvidence> = Vec::new();
+    for row in st.store.statement_evidence(customer.clone(), month).await? {
+        if agents.last().is_none_or(|a| a.agent_id != row.agent_id) {
+            agents.push(AgentEvidence {
+                agent_id: row.agent_id.clone(),
+                key_id: tally_proto::keys::key_id(&row.agent_key),
+                key: hex::encode(row.agent_key),
+                reports: Vec::new(),
+            });
+        }
+        let body = (!row.bytes.is_empty()).then_some((&row.bytes[..], &row.signature[..]));
+        if let Some(a) = agents.last_mut() {
+            a.reports
+                .push(ReportEvidence::new(row.seq, &row.digest, body));
+        }
+    }
+    // In the statement's order of agent lines.
+    agents.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+    Ok(Json(Evidence {
+        customer,
+        period,
+        agents,
+    }))
+}
+
 pub async fn customers(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,

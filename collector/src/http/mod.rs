@@ -48,6 +48,10 @@ pub fn app(state: AppState) -> Router {
             "/v1/statements/{customer}/{month}",
             get(handlers::statement),
         )
+        .route(
+            "/v1/statements/{customer}/{month}/evidence",
+            get(handlers::statement_evidence),
+        )
         .route("/v1/customers", get(handlers::customers))
         .route("/v1/licenses", get(handlers::licenses))
         .route("/v1/agents", get(handlers::agents))

@@ -309,6 +309,42 @@ pub struct QuarantineRecord {
 }
 
 /// A stored report, raw (for audits and tests that re-check totals by brute force).
+/// One report a statement bills, as its evidence shows it.
+#[derive(Debug, Clone)]
+pub struct EvidenceRow {
+    pub agent_id: String,
+    pub agent_key: [u8; 32],
+    pub seq: u64,
+    pub digest: Digest,
+    /// The signed bytes; empty when retention removed the body.
+    pub bytes: Vec<u8>,
+    /// Empty with `bytes`.
+    pub signature: Vec<u8>,
+}
+
+impl EvidenceRow {
+    pub(crate) fn from_columns(
+        agent_id: String,
+        agent_key: &[u8],
+        seq: i64,
+        digest: &[u8],
+        bytes: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> StoreResult<EvidenceRow> {
+        Ok(EvidenceRow {
+            agent_id,
+            agent_key: agent_key
+                .try_into()
+                .map_err(|_| StoreError::Database("stored agent key is not 32 bytes".into()))?,
+            seq: seq as u64,
+            digest: Digest::from_slice(digest)
+                .ok_or_else(|| StoreError::Database("stored digest is not 32 bytes".into()))?,
+            bytes,
+            signature,
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StoredReport {
     pub digest: Digest,
@@ -446,6 +482,14 @@ pub trait Store: Send + Sync + 'static {
         month: i64,
         only_late: bool,
     ) -> StoreResult<Vec<CountedReport>>;
+    /// The evidence of a customer-month's statement: the same reports as
+    /// [`Store::counted_reports`] (not only late), ordered by agent then seq, with their
+    /// signed bytes and signatures (empty once retention removed them).
+    async fn statement_evidence(
+        &self,
+        customer: String,
+        month: i64,
+    ) -> StoreResult<Vec<EvidenceRow>>;
     /// Stores the closed statements of `month` (`(customer, document)`) and marks the month
     /// done, in one transaction. A statement already stored stays as it is, byte for byte.
     async fn finish_close(&self, month: i64, statements: Vec<(String, Vec<u8>)>)

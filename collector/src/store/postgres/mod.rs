@@ -538,6 +538,15 @@ impl Store for PostgresStore {
         periods::license_limits(&c, &customer, month).await
     }
 
+    async fn statement_evidence(
+        &self,
+        customer: String,
+        month: i64,
+    ) -> StoreResult<Vec<EvidenceRow>> {
+        let c = self.client().await?;
+        periods::statement_evidence(&c, &customer, month).await
+    }
+
     async fn counted_reports(
         &self,
         customer: String,

@@ -9,7 +9,7 @@ use super::{execute, query, query_opt};
 use crate::calendar::next_month;
 use crate::rules::LicenseLimit;
 use crate::store::{
-    CountedReport, Expiry, PeriodRecord, RetainedDigest, StoreResult, counted_report,
+    CountedReport, EvidenceRow, Expiry, PeriodRecord, RetainedDigest, StoreResult, counted_report,
     retained_by_agent,
 };
 use deadpool_postgres::GenericClient;
@@ -126,6 +126,38 @@ pub(super) async fn counted_reports<C: GenericClient>(
             )
         })
         .collect()
+}
+
+/// The SQL of [`crate::store::Store::statement_evidence`]: `counted_reports`' predicate
+/// for a month's own and late reports, with the bodies.
+pub(super) async fn statement_evidence<C: GenericClient>(
+    c: &C,
+    customer: &str,
+    month: i64,
+) -> StoreResult<Vec<EvidenceRow>> {
+    query(
+        c,
+        "SELECT a.id, a.key, r.seq, r.digest, r.bytes, r.signature
+         FROM licenses l JOIN agents a ON a.license_id = l.id JOIN reports r ON r.agent_id = a.id
+         WHERE l.customer_id = $1 AND r.status = 'accepted'
+           AND ((r.billed_month IS NULL AND r.window_start >= $2 AND r.window_start < $3)
+                OR r.billed_month = $2)
+         ORDER BY a.id, r.seq",
+        &[&customer, &month, &next_month(month)],
+    )
+    .await?
+    .into_iter()
+    .map(|r| {
+        EvidenceRow::from_columns(
+            r.get(0),
+            r.get::<_, &[u8]>(1),
+            r.get(2),
+            r.get::<_, &[u8]>(3),
+            r.get(4),
+            r.get(5),
+        )
+    })
+    .collect()
 }
 
 pub(super) async fn finish_close<C: GenericClient>(

@@ -406,6 +406,15 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn statement_evidence(
+        &self,
+        customer: String,
+        month: i64,
+    ) -> StoreResult<Vec<EvidenceRow>> {
+        self.read(move |c| periods::statement_evidence(c, &customer, month))
+            .await
+    }
+
     async fn counted_reports(
         &self,
         customer: String,

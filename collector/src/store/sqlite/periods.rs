@@ -3,7 +3,7 @@
 //! with every ingest and release by construction.
 
 use super::super::{
-    CountedReport, Expiry, PeriodRecord, RetainedDigest, StoreResult, counted_report,
+    CountedReport, EvidenceRow, Expiry, PeriodRecord, RetainedDigest, StoreResult, counted_report,
     retained_by_agent,
 };
 use crate::calendar::next_month;
@@ -107,6 +107,36 @@ pub(super) fn counted_reports(
             r.get(3)?,
             r.get_ref(4)?.as_blob().unwrap_or_default(),
             r.get_ref(5)?.as_blob().unwrap_or_default(),
+        )?);
+    }
+    Ok(out)
+}
+
+/// The SQL of [`super::super::Store::statement_evidence`]: `counted_reports`' predicate
+/// for a month's own and late reports, with the bodies.
+pub(super) fn statement_evidence(
+    conn: &Connection,
+    customer: &str,
+    month: i64,
+) -> StoreResult<Vec<EvidenceRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.id, a.key, r.seq, r.digest, r.bytes, r.signature
+         FROM licenses l JOIN agents a ON a.license_id = l.id CROSS JOIN reports r ON r.agent_id = a.id
+         WHERE l.customer_id = ?1 AND r.status = 'accepted'
+           AND ((r.billed_month IS NULL AND r.window_start >= ?2 AND r.window_start < ?3)
+                OR r.billed_month = ?2)
+         ORDER BY a.id, r.seq",
+    )?;
+    let mut rows = stmt.query(params![customer, month, next_month(month)])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(EvidenceRow::from_columns(
+            r.get(0)?,
+            r.get_ref(1)?.as_blob().unwrap_or_default(),
+            r.get(2)?,
+            r.get_ref(3)?.as_blob().unwrap_or_default(),
+            r.get(4)?,
+            r.get(5)?,
         )?);
     }
     Ok(out)
