@@ -19,6 +19,7 @@ use ed25519_dalek::SigningKey;
 use std::collections::BTreeSet;
 use std::time::Duration;
 use tally_proto::statement::Adjustment;
+use tally_proto::statement::audit::{AgentEvidence, Evidence, ReportEvidence};
 use tally_proto::time::{Instant, rfc3339};
 
 /// How often `serve` looks for months due for closing.
@@ -124,6 +125,49 @@ pub async fn statement(
 
 /// Closes every month due at `now` (see [`rules::months_due`]) and finishes any close a
 /// crash interrupted, each recorded in the audit log as done by `actor`.
+/// The evidence of `customer`'s closed statement of `month` (what each agent line counts,
+/// report by report with the agent's key and signatures; digests alone where retention
+/// removed the body), in the statement's order of agent lines. `None` if the month has no
+/// closed statement for the customer.
+pub async fn evidence(
+    store: &dyn Store,
+    customer: &str,
+    month: i64,
+) -> Result<Option<Evidence>, StoreError> {
+    if store
+        .closed_statement(customer.to_string(), month)
+        .await?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let mut agents: Vec<AgentEvidence> = Vec::new();
+    for row in store
+        .statement_evidence(customer.to_string(), month)
+        .await?
+    {
+        if agents.last().is_none_or(|a| a.agent_id != row.agent_id) {
+            agents.push(AgentEvidence {
+                agent_id: row.agent_id.clone(),
+                key_id: tally_proto::keys::key_id(&row.agent_key),
+                key: hex::encode(row.agent_key),
+                reports: Vec::new(),
+            });
+        }
+        let body = (!row.bytes.is_empty()).then_some((&row.bytes[..], &row.signature[..]));
+        if let Some(a) = agents.last_mut() {
+            a.reports
+                .push(ReportEvidence::new(row.seq, &row.digest, body));
+        }
+    }
+    agents.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+    Ok(Some(Evidence {
+        customer: customer.to_string(),
+        period: crate::calendar::month_label(month),
+        agents,
+    }))
+}
+
 pub async fn close_due(
     store: &dyn Store,
     vendor: &SigningKey,

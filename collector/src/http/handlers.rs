@@ -192,7 +192,6 @@ pub async fn statement_evidence(
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<tally_proto::statement::audit::Evidence>, ApiError> {
-    use tally_proto::statement::audit::{AgentEvidence, Evidence, ReportEvidence};
     let Path((customer, period)) = path.map_err(|e| ApiError::bad_param(e.body_text()))?;
     if !is_valid_id(&customer) {
         return Err(ApiError::bad_param("customer: not a valid id"));
@@ -208,39 +207,14 @@ pub async fn statement_evidence(
     if !st.store.customer_exists(customer.clone()).await? {
         return Err(ApiError::NotFound(format!("customer {customer} not found")));
     }
-    if st
-        .store
-        .closed_statement(customer.clone(), month)
+    crate::periods::evidence(st.store.as_ref(), &customer, month)
         .await?
-        .is_none()
-    {
-        return Err(ApiError::NotFound(format!(
-            "{period} has no closed statement for {customer}: only a closed statement has evidence"
-        )));
-    }
-    let mut agents: Vec<AgentEvidence> = Vec::new();
-    for row in st.store.statement_evidence(customer.clone(), month).await? {
-        if agents.last().is_none_or(|a| a.agent_id != row.agent_id) {
-            agents.push(AgentEvidence {
-                agent_id: row.agent_id.clone(),
-                key_id: tally_proto::keys::key_id(&row.agent_key),
-                key: hex::encode(row.agent_key),
-                reports: Vec::new(),
-            });
-        }
-        let body = (!row.bytes.is_empty()).then_some((&row.bytes[..], &row.signature[..]));
-        if let Some(a) = agents.last_mut() {
-            a.reports
-                .push(ReportEvidence::new(row.seq, &row.digest, body));
-        }
-    }
-    // In the statement's order of agent lines.
-    agents.sort_by(|a, b| a.key_id.cmp(&b.key_id));
-    Ok(Json(Evidence {
-        customer,
-        period,
-        agents,
-    }))
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "{period} has no closed statement for {customer}: only a closed statement has evidence"
+            ))
+        })
 }
 
 pub async fn customers(

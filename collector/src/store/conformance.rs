@@ -695,6 +695,102 @@ pub async fn times_come_from_the_store_clock(s: Subject) -> CheckResult {
     Ok(())
 }
 
+/// A closed statement's evidence is exactly what its agent lines count: the customer's
+/// audit of it matches, with every signature verified, and still matches by digest once
+/// retention removed the bodies; an open month has none.
+pub async fn evidence_backs_the_closed_statement(s: Subject) -> CheckResult {
+    let a = seed(&s, "ev", &[("api.convert", Some(5))]).await?;
+    let b = a
+        .enroll_new_agent(s.store.as_ref(), now(&s))
+        .await
+        .map_err(db)?;
+    let (last, this) = last_and_this_month(&s);
+    let mut reports = Vec::new();
+    for (mut f, n) in [(a, 3i64), (b, 2)] {
+        for i in 0..n {
+            // Late in last month: within the 35 days an online report may be old.
+            let mut r = f.next(
+                at(this - 3 * 86_400 + i * 3600)?,
+                3600,
+                &[("api.convert", 2)],
+            );
+            r.signature = tally_proto::signing::sign(
+                &f.key,
+                tally_proto::signing::Domain::UsageReport,
+                &r.bytes,
+            )
+            .to_vec();
+            reports.push((f.key.verifying_key().to_bytes(), r));
+        }
+        // This month's report is on no closed statement.
+        reports.push((
+            f.key.verifying_key().to_bytes(),
+            f.next(at(this + 3600)?, 60, &[]),
+        ));
+    }
+    let customer = s.store.list_customers(None).await.map_err(db)?[0]
+        .id
+        .clone();
+    let inventory: std::collections::BTreeSet<String> = reports
+        .iter()
+        .map(|(k, _)| tally_proto::keys::key_id(k))
+        .collect();
+    s.store
+        .ingest(
+            reports.into_iter().map(|(_, r)| r).collect(),
+            s.store.clock().now(),
+            Source::Online,
+        )
+        .await
+        .map_err(db)?;
+    ensure!(
+        crate::periods::evidence(s.store.as_ref(), &customer, last)
+            .await
+            .map_err(db)?
+            .is_none(),
+        "evidence of a month not closed"
+    );
+    let vendor = tally_proto::keys::generate();
+    crate::periods::close(s.store.as_ref(), &vendor, last, s.store.clock().now())
+        .await
+        .map_err(db)?;
+    let doc = s
+        .store
+        .closed_statement(customer.clone(), last)
+        .await
+        .map_err(db)?
+        .ok_or("no closed statement")?;
+    let statement = tally_proto::statement::Statement::verify(&doc, &vendor.verifying_key())
+        .map_err(|e| e.to_string())?;
+    let audit = |ev: &tally_proto::statement::audit::Evidence| {
+        tally_proto::statement::audit::audit(&statement, &inventory, ev)
+    };
+    let ev = crate::periods::evidence(s.store.as_ref(), &customer, last)
+        .await
+        .map_err(db)?
+        .ok_or("no evidence of a closed month")?;
+    let out = audit(&ev);
+    ensure!(
+        out.matches() && out.verified == 5 && out.removed == 0,
+        "audit of the evidence: {out:?}"
+    );
+    // Retention removes the bodies; the evidence still backs every line by digest.
+    s.store
+        .expire_reports(s.store.clock().now(), s.store.clock().now())
+        .await
+        .map_err(db)?;
+    let ev = crate::periods::evidence(s.store.as_ref(), &customer, last)
+        .await
+        .map_err(db)?
+        .ok_or("no evidence after retention")?;
+    let out = audit(&ev);
+    ensure!(
+        out.matches() && out.verified == 0 && out.removed == 5,
+        "audit after retention: {out:?}"
+    );
+    Ok(())
+}
+
 /// Audit entries are kept, newest first, with the actor as given (a token id, never a
 /// secret).
 pub async fn audit_entries(s: Subject) -> CheckResult {
@@ -1622,7 +1718,8 @@ macro_rules! conformance_tests {
             alerts_fire_once_per_threshold,
             alerts_under_concurrent_ingest,
             agent_history_newest_first,
-            times_come_from_the_store_clock
+            times_come_from_the_store_clock,
+            evidence_backs_the_closed_statement
         );
     };
     (@each $fresh:expr; $($check:ident),+) => {
