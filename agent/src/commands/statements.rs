@@ -263,7 +263,7 @@ mod tests {
     use tally_proto::Digest;
     use tally_proto::license::{License, LicensedMetric};
     use tally_proto::receipt::{Outcome, ReceiptBody};
-    use tally_proto::statement::{AgentLine, Quantity, merkle_root};
+    use tally_proto::statement::{AgentLine, Line, Quantity, merkle_root};
 
     const OCT_5: i64 = 1_791_194_400; // 2026-10-05T10:00:00Z
 
@@ -340,7 +340,12 @@ mod tests {
             closed: true,
             closed_at: "2026-11-03T00:00:00Z".into(),
             key_id: tally_proto::keys::key_id(&vendor.verifying_key().to_bytes()),
-            lines: vec![],
+            lines: vec![Line {
+                metric: "api.convert".into(),
+                used: 7,
+                limit: None,
+                overage: 0,
+            }],
             adjustments: vec![],
             agents: vec![AgentLine {
                 agent_id: "agt_1".into(),
@@ -380,9 +385,11 @@ mod tests {
         );
         assert_eq!(out.json["matches"], json!(true));
 
-        // One quantity changed, signed again: one difference, exit 1.
+        // One quantity changed (and the total with it, so the bill adds up), signed again:
+        // one difference, exit 1.
         let mut changed = statement.clone();
         changed.agents[0].quantities[0].quantity = 8;
+        changed.lines[0].used = 8;
         let e = statements_verify(&agent, file(dir.path(), &changed.sign(&vendor)), false)
             .await
             .unwrap_err();
