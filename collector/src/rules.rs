@@ -322,8 +322,23 @@ pub fn release(status: &str, report: Option<&Report>) -> Release {
     }
 }
 
-/// One license's limit of a metric in a statement month: `None` is unlimited.
-pub type LicenseLimit = (String, Option<u64>);
+/// One license's limit of one metric (`None`: unlimited), as a store finds it for a month:
+/// a candidate, whether it applies is [`statement_lines`]' decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LicenseLimit {
+    pub license_id: String,
+    pub metric: String,
+    pub limit: Option<u64>,
+}
+
+/// Usage of one metric counted on one license in a month (stores may split a sum over
+/// several rows: they add up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LicenseUsage {
+    pub license_id: String,
+    pub metric: String,
+    pub quantity: u64,
+}
 
 /// A statement line, as the rules total it (the store's `StatementLine` carries it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,6 +346,9 @@ pub struct Line {
     pub metric: String,
     pub used: u64,
     pub limit: Option<u64>,
+    /// The licenses the limit comes from, sorted (empty: unlimited because nothing limits
+    /// it, or a license that leaves it unlimited counted it — see [`statement_lines`]).
+    pub licenses: Vec<String>,
 }
 
 impl Line {
@@ -340,52 +358,87 @@ impl Line {
     }
 }
 
-/// A customer-month's statement lines from what the store found: the limits of every
-/// license of the customer valid during some part of the month (one entry per license and
-/// metric) and the usage rows of the month (one per license, metric and whatever else the
-/// store splits sums by). Per metric: used is the sum; the limit is the sum of the
-/// licenses' limits, or unlimited if any license leaves it unlimited or none licenses it
-/// (usage counted without a license this month, e.g. a released quarantine). Sorted by
-/// metric. `Err` names a total that would overflow 64 bits.
+/// A customer-month's statement lines from what the store found: the limits of the
+/// customer's licenses whose term (grace included) touches the month, and the month's
+/// usage per license. The rule (docs/operations.md, "How limits combine"):
+///
+/// - A license **applies** to the month when it counted usage in it (a quantity above 0 of
+///   any metric). One that counted nothing — never enrolled, revoked before any usage, or
+///   idle — contributes no limit: issuing a license by mistake and revoking it cannot raise
+///   a customer's allowance, and an unused unlimited license cannot erase one.
+/// - Per metric, over the applying licenses: unlimited if one of them leaves the metric
+///   unlimited and counted usage of it; otherwise the sum of their limits of it (pooled:
+///   one customer, one allowance); unlimited if none of them limits it (usage licensed by
+///   no applying license, e.g. a released quarantine).
+/// - `used` is the sum of the month's usage. Lines: every metric an applying license lists,
+///   and every metric used; sorted by metric. `Err` names a total that would overflow.
 pub fn statement_lines(
     limits: &[LicenseLimit],
-    used: &[(String, u64)],
+    used: &[LicenseUsage],
 ) -> Result<Vec<Line>, String> {
     use std::collections::{BTreeMap, BTreeSet};
     let overflow = |m: &str| format!("the statement total of {m} overflows 64 bits");
-    let mut lines: BTreeMap<&str, Line> = BTreeMap::new();
-    let mut unlimited: BTreeSet<&str> = BTreeSet::new();
-    for (metric, limit) in limits {
-        let line = lines.entry(metric).or_insert_with(|| Line {
-            metric: metric.clone(),
-            used: 0,
-            limit: Some(0),
-        });
-        match limit {
-            None => {
-                unlimited.insert(metric);
-            }
+    // What each license counted, per metric.
+    let mut counted: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+    for u in used {
+        let e = counted.entry((&u.license_id, &u.metric)).or_insert(0);
+        *e = e
+            .checked_add(u.quantity)
+            .ok_or_else(|| overflow(&u.metric))?;
+        let t = totals.entry(&u.metric).or_insert(0);
+        *t = t
+            .checked_add(u.quantity)
+            .ok_or_else(|| overflow(&u.metric))?;
+    }
+    let applying: BTreeSet<&str> = counted
+        .iter()
+        .filter(|(_, q)| **q > 0)
+        .map(|((l, _), _)| *l)
+        .collect();
+    // Per metric: the applying licenses' limits, and whether one erases them.
+    let mut limited: BTreeMap<&str, (u64, BTreeSet<&str>)> = BTreeMap::new();
+    let mut erased: BTreeSet<&str> = BTreeSet::new();
+    let mut listed: BTreeSet<&str> = BTreeSet::new();
+    for l in limits
+        .iter()
+        .filter(|l| applying.contains(l.license_id.as_str()))
+    {
+        listed.insert(&l.metric);
+        match l.limit {
             Some(q) => {
-                let sum = line.limit.unwrap_or(0).checked_add(*q);
-                line.limit = Some(sum.ok_or_else(|| overflow(metric))?);
+                let e = limited.entry(&l.metric).or_insert((0, BTreeSet::new()));
+                e.0 = e.0.checked_add(q).ok_or_else(|| overflow(&l.metric))?;
+                e.1.insert(&l.license_id);
+            }
+            None => {
+                if counted
+                    .get(&(l.license_id.as_str(), l.metric.as_str()))
+                    .is_some_and(|q| *q > 0)
+                {
+                    erased.insert(&l.metric);
+                }
             }
         }
     }
-    for (metric, q) in used {
-        // Used but licensed by no license this month: created unlimited.
-        let line = lines.entry(metric).or_insert_with(|| Line {
-            metric: metric.clone(),
-            used: 0,
-            limit: None,
-        });
-        line.used = line.used.checked_add(*q).ok_or_else(|| overflow(metric))?;
-    }
-    for m in unlimited {
-        if let Some(l) = lines.get_mut(m) {
-            l.limit = None;
-        }
-    }
-    Ok(lines.into_values().collect())
+    let metrics: BTreeSet<&str> = listed.into_iter().chain(totals.keys().copied()).collect();
+    Ok(metrics
+        .into_iter()
+        .map(|m| {
+            let (limit, licenses) = match limited.get(m) {
+                Some((q, from)) if !erased.contains(m) => {
+                    (Some(*q), from.iter().map(|l| l.to_string()).collect())
+                }
+                _ => (None, Vec::new()),
+            };
+            Line {
+                metric: m.to_string(),
+                used: totals.get(m).copied().unwrap_or(0),
+                limit,
+                licenses,
+            }
+        })
+        .collect())
 }
 
 /// What the store found for an enrollment: the license (if it exists), the token (if one
@@ -560,53 +613,117 @@ pub fn license_status(
 mod tests {
 
     #[test]
-    fn statement_lines_sum_limits_and_usage_per_metric() {
-        let l = |m: &str, q: Option<u64>| (m.to_string(), q);
-        let u = |m: &str, q: u64| (m.to_string(), q);
-        let line = |m: &str, used: u64, limit: Option<u64>| Line {
+    fn statement_lines_apply_the_limits_of_licenses_that_counted_usage() {
+        let l = |lic: &str, m: &str, q: Option<u64>| LicenseLimit {
+            license_id: lic.into(),
+            metric: m.into(),
+            limit: q,
+        };
+        let u = |lic: &str, m: &str, q: u64| LicenseUsage {
+            license_id: lic.into(),
+            metric: m.into(),
+            quantity: q,
+        };
+        let line = |m: &str, used: u64, limit: Option<u64>, from: &[&str]| Line {
             metric: m.into(),
             used,
             limit,
+            licenses: from.iter().map(|s| s.to_string()).collect(),
         };
-        type Case = (Vec<LicenseLimit>, Vec<(String, u64)>, Result<Vec<Line>, ()>);
+        type Case = (
+            &'static str,
+            Vec<LicenseLimit>,
+            Vec<LicenseUsage>,
+            Result<Vec<Line>, ()>,
+        );
         let cases: Vec<Case> = vec![
-            // Two licenses' limits add up; usage rows (per license or shard) add up.
             (
-                vec![l("a", Some(10)), l("a", Some(5))],
-                vec![u("a", 3), u("a", 4)],
-                Ok(vec![line("a", 7, Some(15))]),
+                "two licenses on one metric, both counting: their limits pool",
+                vec![l("A", "a", Some(10)), l("B", "a", Some(5))],
+                vec![u("A", "a", 3), u("B", "a", 4), u("B", "a", 1)],
+                Ok(vec![line("a", 8, Some(15), &["A", "B"])]),
             ),
-            // One unlimited license makes the metric unlimited.
             (
-                vec![l("a", Some(10)), l("a", None)],
-                vec![u("a", 30)],
-                Ok(vec![line("a", 30, None)]),
+                "licenses issued by mistake and revoked, or never enrolled: no usage, no limit",
+                vec![
+                    l("A", "a", Some(10)),
+                    l("B", "a", Some(10)),
+                    l("C", "a", Some(10)),
+                ],
+                vec![u("A", "a", 12)],
+                Ok(vec![line("a", 12, Some(10), &["A"])]),
             ),
-            // Licensed, unused: a line with 0.
             (
-                vec![l("b", Some(2))],
+                "an unenrolled unlimited license does not erase a limit",
+                vec![l("A", "a", Some(1000)), l("U", "a", None)],
+                vec![u("A", "a", 1200)],
+                Ok(vec![line("a", 1200, Some(1000), &["A"])]),
+            ),
+            (
+                "an unlimited license that counts other metrics only does not erase it either",
+                vec![
+                    l("A", "a", Some(1000)),
+                    l("U", "a", None),
+                    l("U", "b", None),
+                ],
+                vec![u("A", "a", 1200), u("U", "b", 1)],
+                Ok(vec![
+                    line("a", 1200, Some(1000), &["A"]),
+                    line("b", 1, None, &[]),
+                ]),
+            ),
+            (
+                "an unlimited license that counted the metric makes it unlimited",
+                vec![l("A", "a", Some(10)), l("U", "a", None)],
+                vec![u("A", "a", 20), u("U", "a", 10)],
+                Ok(vec![line("a", 30, None, &[])]),
+            ),
+            (
+                "revoked mid-month after counting, or in grace into the next month: it applies",
+                vec![l("R", "a", Some(100)), l("R", "b", Some(7))],
+                vec![u("R", "a", 150)],
+                Ok(vec![
+                    line("a", 150, Some(100), &["R"]),
+                    line("b", 0, Some(7), &["R"]),
+                ]),
+            ),
+            (
+                "a month without usage has no lines",
+                vec![l("A", "a", Some(10))],
                 vec![],
-                Ok(vec![line("b", 0, Some(2))]),
+                Ok(vec![]),
             ),
-            // Used but licensed by no license this month: unlimited.
-            (vec![], vec![u("c", 9)], Ok(vec![line("c", 9, None)])),
-            // Sorted by metric.
             (
-                vec![l("z", None), l("a", None)],
-                vec![],
-                Ok(vec![line("a", 0, None), line("z", 0, None)]),
+                "usage licensed by no applying license: unlimited",
+                vec![l("A", "a", Some(10))],
+                vec![u("A", "a", 1), u("X", "c", 9)],
+                Ok(vec![
+                    line("a", 1, Some(10), &["A"]),
+                    line("c", 9, None, &[]),
+                ]),
             ),
-            // Totals past 64 bits are refused, never wrapped.
-            (vec![], vec![u("a", u64::MAX), u("a", 1)], Err(())),
             (
-                vec![l("a", Some(u64::MAX)), l("a", Some(1))],
+                "a usage row of 0 does not make a license apply",
+                vec![l("A", "a", Some(10)), l("B", "a", Some(10))],
+                vec![u("A", "a", 11), u("B", "a", 0)],
+                Ok(vec![line("a", 11, Some(10), &["A"])]),
+            ),
+            (
+                "totals past 64 bits are refused, never wrapped",
                 vec![],
+                vec![u("A", "a", u64::MAX), u("B", "a", 1)],
+                Err(()),
+            ),
+            (
+                "limits past 64 bits are refused",
+                vec![l("A", "a", Some(u64::MAX)), l("B", "a", Some(1))],
+                vec![u("A", "a", 1), u("B", "a", 1)],
                 Err(()),
             ),
         ];
-        for (limits, used, want) in cases {
+        for (name, limits, used, want) in cases {
             let got = statement_lines(&limits, &used).map_err(|_| ());
-            assert_eq!(got, want, "limits {limits:?}, used {used:?}");
+            assert_eq!(got, want, "{name}");
         }
     }
 

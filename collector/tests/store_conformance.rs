@@ -187,7 +187,7 @@ impl Store for CountsDuplicatesTwice {
         &self,
         customer: String,
         month: i64,
-    ) -> StoreResult<Vec<(String, Option<u64>)>> {
+    ) -> StoreResult<Vec<tally_collector::rules::LicenseLimit>> {
         self.0.license_limits(customer, month).await
     }
     async fn counted_reports(

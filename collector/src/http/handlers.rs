@@ -516,7 +516,7 @@ fn view_lines(view: StatementView) -> Result<(bool, Value, Value), ApiError> {
         StatementView::Open { lines, adjustments } => {
             let lines: Vec<Value> = lines
                 .into_iter()
-                .map(|l| json!({"metric": l.metric, "used": l.used, "limit": l.limit, "overage": l.overage()}))
+                .map(|l| json!({"metric": l.metric, "used": l.used, "limit": l.limit, "overage": l.overage(), "licenses": l.licenses}))
                 .collect();
             (false, Value::Array(lines), json!(adjustments))
         }

@@ -7,7 +7,7 @@
 //! (or released from quarantine) later counts on the first later month that is still open,
 //! as an *adjustment* naming the month it belongs to.
 
-use super::{LicenseLimit, statement_lines};
+use super::{LicenseLimit, LicenseUsage, statement_lines};
 use crate::calendar::{month_label, month_of, next_month};
 use std::collections::{BTreeMap, BTreeSet};
 use tally_proto::Digest;
@@ -126,12 +126,16 @@ pub fn closed_statement(
     f: &CloseFacts<'_>,
     reports: &[CountedReport],
 ) -> Result<Statement, String> {
-    let mut own: Vec<(String, u64)> = Vec::new();
+    let mut own: Vec<LicenseUsage> = Vec::new();
     for r in reports
         .iter()
         .filter(|r| month_of(r.window_start) == f.month)
     {
-        own.extend(r.counters.iter().cloned());
+        own.extend(r.counters.iter().map(|(metric, q)| LicenseUsage {
+            license_id: r.license_id.clone(),
+            metric: metric.clone(),
+            quantity: *q,
+        }));
     }
     let lines = statement_lines(f.limits, &own)?
         .into_iter()
@@ -295,7 +299,11 @@ mod tests {
     #[test]
     fn closed_statement_splits_own_usage_adjustments_and_agents() {
         let oct = month(9);
-        let limits = vec![("api.convert".to_string(), Some(10))];
+        let limits = vec![LicenseLimit {
+            license_id: "lic_1".into(),
+            metric: "api.convert".into(),
+            limit: Some(10),
+        }];
         let f = CloseFacts {
             customer: "cus_a",
             month: oct,

@@ -791,6 +791,47 @@ pub async fn evidence_backs_the_closed_statement(s: Subject) -> CheckResult {
     Ok(())
 }
 
+/// A month's candidate limits are those of every license of the customer whose term,
+/// grace included, touches the month: one that ended the day before the month began but
+/// whose grace runs into it may still count usage then, so its limit is a candidate; one
+/// whose grace ended before the month is not.
+pub async fn limits_include_licenses_in_grace(s: Subject) -> CheckResult {
+    let f = seed(&s, "grace", &[("api.convert", Some(7))]).await?;
+    let (last, this) = last_and_this_month(&s);
+    for (id, not_after, grace) in [
+        ("lic_grace_in", this - 86_400, 3 * 86_400),
+        ("lic_grace_out", this - 3 * 86_400, 86_400),
+    ] {
+        f.issue_license(
+            s.store.as_ref(),
+            id,
+            &[("api.convert", Some(5))],
+            at(last)?,
+            at(not_after)?,
+            grace,
+            now(&s),
+        )
+        .await
+        .map_err(db)?;
+    }
+    let got: Vec<(String, Option<u64>)> = s
+        .store
+        .license_limits(f.customer_id.clone(), this)
+        .await
+        .map_err(db)?
+        .into_iter()
+        .map(|l| (l.license_id, l.limit))
+        .collect();
+    ensure!(
+        got == vec![
+            ("lic_grace".to_string(), Some(7)),
+            ("lic_grace_in".to_string(), Some(5))
+        ],
+        "candidate limits of this month: {got:?}"
+    );
+    Ok(())
+}
+
 /// Audit entries are kept, newest first, with the actor as given (a token id, never a
 /// secret).
 pub async fn audit_entries(s: Subject) -> CheckResult {
@@ -1159,7 +1200,11 @@ pub async fn closing_a_month_bills_late_reports_on_the_next(s: Subject) -> Check
             .license_limits(cust.clone(), last)
             .await
             .map_err(db)?
-            == vec![("api.convert".to_string(), Some(100))],
+            == vec![crate::rules::LicenseLimit {
+                license_id: f.license_id.clone(),
+                metric: "api.convert".into(),
+                limit: Some(100),
+            }],
         "license limits of last month"
     );
     // Usage by hour still tells when it happened: every accepted report is in the rollups.
@@ -1719,7 +1764,8 @@ macro_rules! conformance_tests {
             alerts_under_concurrent_ingest,
             agent_history_newest_first,
             times_come_from_the_store_clock,
-            evidence_backs_the_closed_statement
+            evidence_backs_the_closed_statement,
+            limits_include_licenses_in_grace
         );
     };
     (@each $fresh:expr; $($check:ident),+) => {

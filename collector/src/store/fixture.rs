@@ -34,6 +34,49 @@ pub struct Seed<'a> {
 }
 
 impl Fixture {
+    /// Issues another license to this fixture's customer, with the term given (no agent).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn issue_license(
+        &self,
+        store: &dyn Store,
+        license_id: &str,
+        metrics: &[(&str, Option<u64>)],
+        not_before: DateTime<Utc>,
+        not_after: DateTime<Utc>,
+        grace_secs: u64,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        let license = License {
+            license_id: license_id.into(),
+            customer_id: self.customer_id.clone(),
+            metrics: metrics
+                .iter()
+                .map(|(m, limit)| LicensedMetric {
+                    metric: m.to_string(),
+                    limit: *limit,
+                })
+                .collect(),
+            not_before,
+            not_after,
+            grace_secs,
+            collector_endpoint: "http://127.0.0.1:1".into(),
+        };
+        let signed = license.sign(&tally_proto::keys::generate());
+        store
+            .issue_license(
+                NewLicense {
+                    license,
+                    signed: prost::Message::encode_to_vec(&signed),
+                    token_hash: rand_hash(),
+                    enrollments: 1,
+                    token_expires: now,
+                    alerts: Vec::new(),
+                },
+                now,
+            )
+            .await
+    }
+
     /// Adds the customer, issues the license and enrolls a fresh agent key on it.
     pub async fn seed(store: &dyn Store, s: Seed<'_>) -> StoreResult<Fixture> {
         let customer = store.add_customer(s.name.into(), s.now).await?;

@@ -103,7 +103,7 @@ pub async fn open(
 /// A statement's lines from the rows a store found (the rule is `rules::statement_lines`).
 pub(crate) fn statement_from_rows(
     limits: &[crate::rules::LicenseLimit],
-    used: &[(String, u64)],
+    used: &[crate::rules::LicenseUsage],
 ) -> StoreResult<Vec<StatementLine>> {
     crate::rules::statement_lines(limits, used).map_err(StoreError::Invalid)
 }
@@ -467,7 +467,8 @@ pub trait Store: Send + Sync + 'static {
     /// statement. Idempotent: a month already being closed keeps its first close time,
     /// which is what is returned.
     async fn begin_close(&self, month: i64, now: Instant) -> StoreResult<PeriodRecord>;
-    /// `(metric, limit)` of every license of `customer` valid during some part of `month`.
+    /// The per-metric limits of every license of `customer` whose term, grace included,
+    /// touches `month` (candidates: `rules::statement_lines` decides which apply).
     async fn license_limits(
         &self,
         customer: String,

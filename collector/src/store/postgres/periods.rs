@@ -73,14 +73,18 @@ pub(super) async fn license_limits<C: GenericClient>(
     let end = next_month(month);
     Ok(query(
         c,
-        "SELECT m.metric, m.quota FROM license_metrics m JOIN licenses l ON l.id = m.license_id
-         WHERE l.customer_id = $1 AND l.not_before < $3 AND l.not_after >= $2
-           AND (l.revoked_at IS NULL OR l.revoked_at > $2)",
+        "SELECT l.id, m.metric, m.quota FROM license_metrics m JOIN licenses l ON l.id = m.license_id
+         WHERE l.customer_id = $1 AND l.not_before < $3 AND l.not_after + l.grace_secs >= $2
+         ORDER BY l.id, m.metric",
         &[&customer, &month, &end],
     )
     .await?
     .into_iter()
-    .map(|r| (r.get(0), r.get::<_, Option<i64>>(1).map(|q| q as u64)))
+    .map(|r| LicenseLimit {
+        license_id: r.get(0),
+        metric: r.get(1),
+        limit: r.get::<_, Option<i64>>(2).map(|q| q as u64),
+    })
     .collect())
 }
 

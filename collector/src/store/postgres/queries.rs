@@ -46,15 +46,19 @@ pub(super) async fn statement<C: GenericClient>(
 ) -> StoreResult<Vec<StatementLine>> {
     let limits = super::periods::license_limits(c, customer, month).await?;
     // One row per license and shard.
-    let used: Vec<(String, u64)> = query(
+    let used: Vec<crate::rules::LicenseUsage> = query(
         c,
-        "SELECT u.metric, u.quantity FROM monthly_usage u JOIN licenses l ON l.id = u.license_id
+        "SELECT u.license_id, u.metric, u.quantity FROM monthly_usage u JOIN licenses l ON l.id = u.license_id
          WHERE l.customer_id = $1 AND u.month = $2",
         &[&customer, &month],
     )
     .await?
     .into_iter()
-    .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+    .map(|r| crate::rules::LicenseUsage {
+        license_id: r.get(0),
+        metric: r.get(1),
+        quantity: r.get::<_, i64>(2) as u64,
+    })
     .collect();
     crate::store::statement_from_rows(&limits, &used)
 }

@@ -47,11 +47,15 @@ pub(super) fn statement(
     let limits = super::periods::license_limits(conn, customer, month)?;
     let used = conn
         .prepare_cached(
-            "SELECT u.metric, u.quantity FROM monthly_usage u JOIN licenses l ON l.id = u.license_id
+            "SELECT u.license_id, u.metric, u.quantity FROM monthly_usage u JOIN licenses l ON l.id = u.license_id
              WHERE l.customer_id = ?1 AND u.month = ?2",
         )?
         .query_map(params![customer, month], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            Ok(crate::rules::LicenseUsage {
+                license_id: r.get(0)?,
+                metric: r.get(1)?,
+                quantity: r.get::<_, i64>(2)? as u64,
+            })
         })?
         .collect::<Result<Vec<_>, _>>()?;
     crate::store::statement_from_rows(&limits, &used)
