@@ -111,6 +111,10 @@ pub fn run_main<F>(json_out: bool, command: F) -> !
 where
     F: Future<Output = Result<Option<Output>, CommandError>>,
 {
+    // Everything either binary creates (data directories, databases and their journals,
+    // backups, license files, ports.json) is private to its user: the data directory holds
+    // token hashes, customers and usage. Key files are 0600 by construction as well.
+    crate::datadir::private_by_default();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

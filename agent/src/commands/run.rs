@@ -55,14 +55,23 @@ pub fn load(
 }
 
 pub async fn run(dir: &DataDir, o: RunOptions) -> Result<(), CommandError> {
+    // What `init` stored fills in what the command line left out (and proves `dir` is an
+    // agent's directory).
+    let stored = load(dir, o.interval_secs, Vec::new(), TlsFiles::default())?;
+    // One running agent per data directory, held until this process ends: a second one
+    // would overwrite ports.json and leave `record` and `flush` pointing at it.
+    let _lock = dir
+        .lock()
+        .map_err(|e| CommandError::Runtime(e.to_string()))?;
+    if let Some(warning) = dir.looser_than_private() {
+        tracing::warn!(warning, "The data directory is not private.");
+    }
     let listener = tokio::net::TcpListener::bind(&o.listen)
         .await
         .map_err(|e| CommandError::Usage(format!("--listen {}: cannot bind: {e}", o.listen)))?;
     let addr = listener
         .local_addr()
         .map_err(|e| CommandError::Runtime(e.to_string()))?;
-    // What `init` stored fills in what the command line left out.
-    let stored = load(dir, o.interval_secs, Vec::new(), TlsFiles::default())?;
     let collectors = if o.collectors.is_empty() {
         stored_collectors(&stored.store)
     } else {

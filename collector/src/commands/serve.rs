@@ -25,6 +25,15 @@ pub struct ServeOptions {
 }
 
 pub async fn serve(ctx: Ctx, o: ServeOptions) -> Result<(), CommandError> {
+    // One `serve` per data directory, held until this process ends (a second one would
+    // overwrite ports.json and run its own lifecycle loops on the same files).
+    let _lock = ctx
+        .dir
+        .lock()
+        .map_err(|e| CommandError::Runtime(e.to_string()))?;
+    if let Some(warning) = ctx.dir.looser_than_private() {
+        tracing::warn!(warning, "The data directory is not private.");
+    }
     if !(o.agent_rate >= 0.0 && o.agent_rate.is_finite()) {
         return Err(CommandError::Usage(
             "--agent-rate must be a number ≥ 0".into(),
