@@ -105,6 +105,9 @@ pub enum StatementView {
         lines: Vec<StatementLine>,
         adjustments: Vec<Adjustment>,
     },
+    /// A closed month in which nothing was billed to the customer: closed like every
+    /// customer's, with no signed statement (there is nothing to sign).
+    ClosedEmpty { closed_at: Instant },
 }
 
 pub async fn statement(
@@ -114,6 +117,17 @@ pub async fn statement(
 ) -> Result<StatementView, CloseError> {
     if let Some(doc) = store.closed_statement(customer.to_string(), month).await? {
         return Ok(StatementView::Closed(doc));
+    }
+    // A month closes for every customer at once; one with nothing billed has no document.
+    if let Some(p) = store
+        .periods()
+        .await?
+        .into_iter()
+        .find(|p| p.month == month && p.done)
+    {
+        return Ok(StatementView::ClosedEmpty {
+            closed_at: p.closed_at,
+        });
     }
     let lines = store.statement(customer.to_string(), month).await?;
     let late = store

@@ -583,3 +583,73 @@ async fn a_months_limit_comes_from_the_licenses_that_counted_usage() {
         "{v}"
     );
 }
+
+/// A closed month is closed for every customer: one with nothing billed in it reads closed
+/// (no signed statement, and says why), not open; a month that has not begun is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_month_reads_closed_for_everyone_and_future_months_are_refused() {
+    let c = InProcessCollector::start().await;
+    let a = c.add_customer("A").await;
+    let this = tally_collector::calendar::month_of(c.now().timestamp());
+    let last = tally_collector::calendar::month_of(this - 1);
+    let label = tally_collector::calendar::month_label;
+    let vendor = tally_proto::keys::read(&c.dir.path().join("data").join("vendor.key")).unwrap();
+    let closed = tally_collector::periods::close(c.ctx.store.as_ref(), &vendor, last, c.now())
+        .await
+        .unwrap();
+    assert_eq!(closed.statements, 0, "nothing billed, nothing signed");
+    let (s, v) = get(
+        &c,
+        &format!("/v1/statements/{a}/{}", label(last)),
+        Some(&c.admin_token),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["closed"], true, "{v}");
+    assert!(
+        v["closed_at"].is_string() && v["signature"].is_null(),
+        "{v}"
+    );
+    assert_eq!(
+        (v["lines"].clone(), v["adjustments"].clone()),
+        (serde_json::json!([]), serde_json::json!([]))
+    );
+    assert!(
+        v["note"].as_str().unwrap().contains("no signed statement"),
+        "{v}"
+    );
+    let (_, v) = get(
+        &c,
+        &format!("/v1/summary?period={}", label(last)),
+        Some(&c.admin_token),
+    )
+    .await;
+    assert_eq!(v["customers"][0]["closed"], true, "{v}");
+    // This month is open; next month has not begun.
+    let (_, v) = get(
+        &c,
+        &format!("/v1/statements/{a}/{}", label(this)),
+        Some(&c.admin_token),
+    )
+    .await;
+    assert_eq!(v["closed"], false, "{v}");
+    let next = label(tally_collector::calendar::next_month(this));
+    for path in [
+        format!("/v1/statements/{a}/{next}"),
+        format!("/v1/summary?period={next}"),
+    ] {
+        let (s, v) = get(&c, &path, Some(&c.admin_token)).await;
+        assert_eq!(
+            (s, error_code(&v)),
+            (400, "invalid_parameter"),
+            "{path}: {v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("has not begun"),
+            "{v}"
+        );
+    }
+}

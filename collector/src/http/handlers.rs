@@ -153,6 +153,7 @@ pub async fn statement(
     if !st.store.customer_exists(customer.clone()).await? {
         return Err(ApiError::NotFound(format!("customer {customer} not found")));
     }
+    not_in_the_future(&st, &period, month)?;
     let view = crate::periods::statement(st.store.as_ref(), &customer, month).await?;
     if csv {
         let (_, lines, adjustments) = view_lines(view)?;
@@ -167,6 +168,16 @@ pub async fn statement(
         StatementView::Closed(doc) => {
             ([(header::CONTENT_TYPE, "application/json")], doc).into_response()
         }
+        StatementView::ClosedEmpty { closed_at } => Json(json!({
+            "customer": customer,
+            "period": period,
+            "closed": true,
+            "closed_at": tally_proto::time::rfc3339(closed_at),
+            "lines": [],
+            "adjustments": [],
+            "note": "nothing was billed to this customer in this closed month, so there is no signed statement",
+        }))
+        .into_response(),
         open @ StatementView::Open { .. } => {
             let (_, lines, adjustments) = view_lines(open)?;
             Json(json!({
@@ -513,6 +524,7 @@ fn view_lines(view: StatementView) -> Result<(bool, Value, Value), ApiError> {
             })?;
             (true, v["lines"].clone(), v["adjustments"].clone())
         }
+        StatementView::ClosedEmpty { .. } => (true, json!([]), json!([])),
         StatementView::Open { lines, adjustments } => {
             let lines: Vec<Value> = lines
                 .into_iter()
@@ -521,6 +533,19 @@ fn view_lines(view: StatementView) -> Result<(bool, Value, Value), ApiError> {
             (false, Value::Array(lines), json!(adjustments))
         }
     })
+}
+
+/// A month after the current one (by the store's clock) has no statement yet: 400, not an
+/// empty one that looks like a bill.
+fn not_in_the_future(st: &AppState, period: &str, month: i64) -> Result<(), ApiError> {
+    let this = crate::calendar::month_of(st.store.clock().now().timestamp());
+    if month > this {
+        return Err(ApiError::bad_param(format!(
+            "period: {period} has not begun (this month is {})",
+            crate::calendar::month_label(this)
+        )));
+    }
+    Ok(())
 }
 
 /// `GET /v1/summary?period=YYYY-MM` (default: this month): every visible customer's
@@ -546,6 +571,7 @@ pub async fn summary(
             )
         }
     };
+    not_in_the_future(&st, &period, month)?;
     let scope = caller.scope(None)?;
     let mut out = Vec::new();
     for c in st.store.list_customers(scope).await? {
