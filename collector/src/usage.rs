@@ -3,7 +3,7 @@
 
 use crate::calendar::{day_of, hour_of, month_of};
 use crate::ids::is_valid_id;
-use crate::store::{HourlyUsage, UsageFilter};
+use crate::store::{HourlyUsage, Store, StoreError, UsageFilter};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use tally_proto::metric::validate_metric_name;
@@ -267,4 +267,62 @@ mod tests {
             assert!(parse_query(&kv(&bad), false).is_err(), "{bad:?}");
         }
     }
+}
+
+/// A usage filter that names nothing that exists: a typo must not read as "no usage".
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// The customer, license or metric named (the message says which).
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Checks that the filter's customer and license exist (the license being the customer's,
+/// when both are given), and, when the query found no usage, that its metric is one some
+/// license in scope lists (usage of an unlisted metric, from a released quarantine, is
+/// still found: the check only explains an empty answer).
+pub async fn check_filter(
+    store: &dyn Store,
+    f: &UsageFilter,
+    found_rows: bool,
+) -> Result<(), FilterError> {
+    if let Some(c) = &f.customer
+        && !store.customer_exists(c.clone()).await?
+    {
+        return Err(FilterError::NotFound(format!("customer {c} not found")));
+    }
+    if f.license.is_none() && (f.metric.is_none() || found_rows) {
+        return Ok(());
+    }
+    let licenses = store.list_licenses(f.customer.clone()).await?;
+    let in_scope: Vec<_> = licenses
+        .iter()
+        .filter(|l| f.license.as_ref().is_none_or(|id| &l.license_id == id))
+        .collect();
+    if let Some(id) = &f.license
+        && in_scope.is_empty()
+    {
+        return Err(FilterError::NotFound(match &f.customer {
+            Some(c) => format!("license {id} not found for customer {c}"),
+            None => format!("license {id} not found"),
+        }));
+    }
+    if let Some(m) = &f.metric
+        && !found_rows
+        && !in_scope
+            .iter()
+            .any(|l| l.metrics.iter().any(|lm| &lm.metric == m))
+    {
+        return Err(FilterError::NotFound(format!(
+            "metric {m} is in no license{}",
+            match (&f.license, &f.customer) {
+                (Some(l), _) => format!(" (looked in {l})"),
+                (None, Some(c)) => format!(" of customer {c}"),
+                (None, None) => String::new(),
+            }
+        )));
+    }
+    Ok(())
 }

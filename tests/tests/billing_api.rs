@@ -653,3 +653,60 @@ async fn a_closed_month_reads_closed_for_everyone_and_future_months_are_refused(
         );
     }
 }
+
+/// A filter that names nothing that exists is an error, not an empty success: a typo in a
+/// customer, license or metric must not read as "no usage" (API: 404; CLI: exit 2).
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_filters_that_name_nothing_are_errors() {
+    let c = InProcessCollector::start().await;
+    let a = c.add_customer("A").await;
+    let (lic, _) = c.issue_license(&a, &["api.convert", "api.render"]).await;
+    let admin = Some(c.admin_token.as_str());
+    for (query, needle) in [
+        (
+            "customer=cus_nope".to_string(),
+            "customer cus_nope not found",
+        ),
+        ("customer=Example".to_string(), "customer Example not found"),
+        ("license=lic_nope".to_string(), "license lic_nope not found"),
+        (
+            format!("customer={a}&license=lic_nope"),
+            "license lic_nope not found for customer",
+        ),
+        (
+            "metric=api.nope".to_string(),
+            "metric api.nope is in no license",
+        ),
+        (
+            format!("license={lic}&metric=api.nope"),
+            "metric api.nope is in no license",
+        ),
+    ] {
+        let (s, v) = get(&c, &format!("/v1/usage?{query}"), admin).await;
+        assert_eq!((s, error_code(&v)), (404, "not_found"), "{query}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(needle),
+            "{query}: {v}"
+        );
+    }
+    // Real names with no usage: an empty answer, as before.
+    for query in [
+        format!("customer={a}"),
+        format!("license={lic}"),
+        format!("customer={a}&license={lic}&metric=api.render"),
+    ] {
+        let (s, v) = get(&c, &format!("/v1/usage?{query}"), admin).await;
+        assert_eq!(s, 200, "{query}: {v}");
+        assert_eq!(v["rows"], serde_json::json!([]), "{query}");
+    }
+    // The command line says the same, as bad input.
+    let e = tally_collector::commands::usage(
+        &c.ctx,
+        vec![("customer".into(), "Example".into())],
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.exit_code(), 2, "{e}");
+    assert!(e.to_string().contains("customer Example not found"), "{e}");
+}

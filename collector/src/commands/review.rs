@@ -19,6 +19,12 @@ pub async fn usage(ctx: &Ctx, pairs: Vec<(String, String)>, json_out: bool) -> C
         q.format = Format::Table;
     }
     let rows = ctx.store.hourly_usage(q.filter.clone()).await?;
+    usage::check_filter(ctx.store.as_ref(), &q.filter, !rows.is_empty())
+        .await
+        .map_err(|e| match e {
+            usage::FilterError::NotFound(m) => usage_err(m),
+            usage::FilterError::Store(e) => e.into(),
+        })?;
     let rows =
         usage::aggregate(&rows, q.granularity).map_err(|e| CommandError::Runtime(e.to_string()))?;
     let text = match (json_out, q.format) {

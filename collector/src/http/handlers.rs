@@ -112,6 +112,12 @@ pub async fn usage(
         usage::parse_query(&pairs(raw)?, false).map_err(|e| ApiError::bad_param(e.to_string()))?;
     q.filter.customer = caller.scope(q.filter.customer.as_deref())?;
     let rows = st.store.hourly_usage(q.filter.clone()).await?;
+    usage::check_filter(st.store.as_ref(), &q.filter, !rows.is_empty())
+        .await
+        .map_err(|e| match e {
+            usage::FilterError::NotFound(m) => ApiError::NotFound(m),
+            usage::FilterError::Store(e) => e.into(),
+        })?;
     let rows = usage::aggregate(&rows, q.granularity).map_err(|e| ApiError::BadRequest {
         code: "overflow",
         message: e.to_string(),
