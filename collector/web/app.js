@@ -4,7 +4,8 @@
 // from the same /v1 API any client uses, called with the token the user typed. The token
 // lives in sessionStorage (gone when the tab closes) and travels only in the
 // Authorization header: never in a URL, never in a cookie. The DOM is built with
-// textContent only, so nothing the API returns is ever parsed as HTML.
+// textContent only, so nothing the API returns is ever parsed as HTML. Integers the API
+// sends beyond 2^53 stay exact (BigInt), so a quantity is shown digit for digit.
 
 const TOKEN_KEY = 'tally.token';
 const main = document.getElementById('main');
@@ -16,19 +17,41 @@ let me = null; // {token_id, role, customer}
 
 // --- small helpers -------------------------------------------------------------------
 
+// Children as nodes: null, undefined and false are "nothing here" (`cond ? x : null`), never
+// the text "null"; anything else is text.
+function nodes(children) {
+  return children.flat(Infinity)
+    .filter((c) => c !== undefined && c !== null && c !== false)
+    .map((c) => (c instanceof Node ? c : document.createTextNode(String(c))));
+}
+
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === undefined || v === null) continue;
+    if (v === undefined || v === null || v === false) continue;
     if (k === 'class') e.className = v;
     else if (k === 'on') for (const [ev, f] of Object.entries(v)) e.addEventListener(ev, f);
     else e.setAttribute(k, String(v));
   }
-  for (const c of children.flat()) {
-    if (c === undefined || c === null) continue;
-    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  }
+  e.append(...nodes(children));
   return e;
+}
+
+// `parent.replaceChildren`, with `el`'s rule for children (the DOM's own prints "null").
+function fill(parent, ...children) {
+  parent.replaceChildren(...nodes(children));
+}
+
+// A table with a "Nothing here." row when there are no rows, in a box that scrolls sideways
+// if the table must be wider than the page (the page itself never does). `headers`: text
+// or <th> elements.
+function table(attrs, headers, rows, empty = 'Nothing here.') {
+  const body = rows.length ? rows
+    : el('tr', { class: 'empty' }, el('td', { colspan: Math.max(1, headers.length), class: 'muted' }, empty));
+  return el('div', { class: 'scroll' },
+    el('table', attrs,
+      headers.length ? el('thead', {}, el('tr', {}, headers.map((h) => (h instanceof Node ? h : el('th', {}, h))))) : null,
+      el('tbody', {}, body)));
 }
 
 class ApiError extends Error {
@@ -57,10 +80,20 @@ async function api(path, options = {}) {
     } catch (_) { /* not JSON */ }
     throw new ApiError(r.status, code, message);
   }
-  return options.text ? text : JSON.parse(text);
+  return options.text ? text : parseJson(text);
 }
 
-const fmt = (n) => (n === null || n === undefined ? 'unlimited' : Number(n).toLocaleString('en-US'));
+// JSON.parse, except that an integer beyond 2^53 (which a number would round) is read from
+// its source text as a BigInt.
+function parseJson(text) {
+  return JSON.parse(text, (_key, v, context) => (
+    typeof v === 'number' && !Number.isSafeInteger(v) && context && /^-?\d+$/.test(context.source)
+      ? BigInt(context.source) : v));
+}
+
+// A quantity as text, exact (a number or a BigInt); null is an unlimited limit.
+const fmt = (n) => (n === null || n === undefined ? 'unlimited'
+  : (typeof n === 'bigint' ? n : Number(n)).toLocaleString('en-US'));
 const enc = encodeURIComponent;
 
 function monthOf(d) {
@@ -75,7 +108,7 @@ function isoDay(d) { return d.toISOString().slice(0, 10); }
 
 function showError(where, e) {
   const notFound = e instanceof ApiError && e.status === 404;
-  where.replaceChildren(el('p', { class: 'error', 'data-error': notFound ? 'not_found' : (e.code || 'error') },
+  fill(where, el('p', { class: 'error', 'data-error': notFound ? 'not_found' : (e.code || 'error') },
     notFound ? `Not found: ${e.message}` : `Error: ${e.message}`));
 }
 
@@ -91,7 +124,7 @@ function download(name, text, type) {
 // --- sign-in ------------------------------------------------------------------------
 
 function renderSignIn(message) {
-  nav.replaceChildren();
+  fill(nav);
   who.textContent = '';
   signoutButton.hidden = true;
   const input = el('input', { type: 'password', id: 'token', autocomplete: 'off', placeholder: 'tally_…' });
@@ -106,7 +139,7 @@ function renderSignIn(message) {
     sessionStorage.setItem(TOKEN_KEY, input.value.trim());
     await start();
   });
-  main.replaceChildren(form);
+  fill(main, form);
 }
 
 function signOut() {
@@ -134,21 +167,21 @@ async function start() {
     ? [['Usage & statements', `#/customers/${me.customer}`], ['Agents', '#/agents']]
     : [['Customers', '#/'], ['Agents', '#/agents'], ['Anomalies', '#/anomalies'],
        ['Quarantine', '#/quarantine'], ['Audit log', '#/audit']];
-  nav.replaceChildren(...links.map(([t, h]) => el('a', { href: h }, t)));
+  fill(nav, links.map(([t, h]) => el('a', { href: h }, t)));
   route();
 }
 
 // --- views --------------------------------------------------------------------------
 
 async function overview() {
-  main.replaceChildren(el('h1', {}, `Customers — ${thisMonth()}`), el('p', { class: 'muted' }, 'Loading…'));
+  fill(main, el('h1', {}, `Customers — ${thisMonth()}`), el('p', { class: 'muted' }, 'Loading…'));
   const month = thisMonth();
   const { customers } = await api(`/v1/summary?period=${month}`);
   const rows = [];
   for (const c of customers) {
     const lines = c.lines.length ? c.lines : [{ metric: '—', used: 0, limit: null, overage: 0 }];
     for (const l of lines) {
-      const pct = l.limit ? Math.min(100, (100 * l.used) / l.limit) : 0;
+      const pct = l.limit ? Math.min(100, (100 * Number(l.used)) / Number(l.limit)) : 0;
       rows.push(el('tr', { 'data-customer': c.id, 'data-metric': l.metric },
         el('td', {}, el('a', { href: `#/customers/${c.id}` }, c.name)),
         el('td', {}, l.metric),
@@ -159,12 +192,9 @@ async function overview() {
         el('td', { class: 'num', 'data-field': 'overage' }, fmt(l.overage))));
     }
   }
-  main.replaceChildren(el('h1', {}, `Customers — ${month}`),
-    el('table', { id: 'overview' },
-      el('thead', {}, el('tr', {}, el('th', {}, 'Customer'), el('th', {}, 'Metric'),
-        el('th', { class: 'num' }, 'Used'), el('th', { class: 'num' }, 'Limit'), el('th', {}, ''),
-        el('th', { class: 'num' }, 'Overage'))),
-      el('tbody', {}, rows)));
+  fill(main, el('h1', {}, `Customers — ${month}`),
+    table({ id: 'overview' }, ['Customer', 'Metric', el('th', { class: 'num' }, 'Used'),
+      el('th', { class: 'num' }, 'Limit'), '', el('th', { class: 'num' }, 'Overage')], rows));
   main.append(await alertsTable(''));
   // Bar widths through the CSSOM (the CSP allows no inline style attributes).
   for (const s of main.querySelectorAll('[data-pct]')) s.style.width = `${s.getAttribute('data-pct')}%`;
@@ -175,18 +205,17 @@ async function alertsTable(customer) {
   const q = customer ? `?customer=${enc(customer)}&limit=50` : '?limit=50';
   const { alerts } = await api(`/v1/alerts${q}`);
   return el('div', { class: 'card', id: 'alerts' }, el('h2', {}, 'Usage alerts'),
-    alerts.length ? el('table', {},
-      el('thead', {}, el('tr', {}, ['Crossed', 'Customer', 'Metric', 'Month', 'Threshold', 'Used', 'Limit', 'Webhook'].map((h) => el('th', {}, h)))),
-      el('tbody', {}, alerts.map((a) => el('tr', { 'data-alert': a.id, 'data-customer': a.customer },
+    table({}, ['Crossed', 'Customer', 'Metric', 'Month', 'Threshold', 'Used', 'Limit', 'Webhook'],
+      alerts.map((a) => el('tr', { 'data-alert': a.id, 'data-customer': a.customer },
         el('td', {}, a.crossed_at), el('td', {}, a.customer), el('td', {}, a.metric), el('td', {}, a.period),
         el('td', { class: 'num', 'data-field': 'threshold' }, `${a.threshold_percent}%`),
         el('td', { class: 'num' }, fmt(a.used)), el('td', { class: 'num' }, fmt(a.limit)),
-        el('td', {}, a.delivered_at ? `delivered ${a.delivered_at}` : 'pending')))))
-      : el('p', { class: 'muted' }, 'No threshold crossed.'));
+        el('td', {}, a.delivered_at ? `delivered ${a.delivered_at}` : 'pending'))),
+      'Nothing here: no threshold crossed.'));
 }
 
 async function customerView(id, params) {
-  main.replaceChildren(el('p', { class: 'muted' }, 'Loading…'));
+  fill(main, el('p', { class: 'muted' }, 'Loading…'));
   const { customers } = await api(`/v1/customers`);
   const c = customers.find((x) => x.id === id);
   if (!c) throw new ApiError(404, 'not_found', `customer ${id} not found`);
@@ -195,14 +224,14 @@ async function customerView(id, params) {
   const statementBox = el('div', { class: 'card', id: 'statement' });
   const agentsBox = el('div', { class: 'card', id: 'customer-agents' });
   const alertsBox = el('div', {});
-  main.replaceChildren(el('h1', { 'data-customer-name': c.name }, c.name),
+  fill(main, el('h1', { 'data-customer-name': c.name }, c.name),
     el('p', { class: 'muted' }, c.id), usageBox, statementBox, alertsBox, agentsBox);
   main.setAttribute('data-view', 'customer');
   await Promise.all([
     usageChart(usageBox, id, params),
     statement(statementBox, id, month),
     agentsTable(agentsBox, id),
-    alertsTable(id).then((t) => alertsBox.replaceChildren(t)),
+    alertsTable(id).then((t) => fill(alertsBox, t)),
   ]);
 }
 
@@ -236,7 +265,7 @@ async function usageChart(box, customer, params) {
   const csv = el('button', { id: 'usage-csv', type: 'button' }, 'Download CSV');
   const chart = el('div', { id: 'chart' });
   const total = el('p', {}, 'Total: ', el('strong', { id: 'usage-total' }, '…'));
-  box.replaceChildren(el('h2', {}, 'Usage'),
+  fill(box, el('h2', {}, 'Usage'),
     el('div', { class: 'controls' },
       el('label', {}, 'Metric', select), el('label', {}, 'Granularity', gSelect),
       el('label', {}, 'From', fromIn), el('label', {}, 'To', toIn),
@@ -252,7 +281,7 @@ async function usageChart(box, customer, params) {
     api(`/v1/usage?${q(from, to)}`),
     api(`/v1/usage?${q(prevFrom, from)}`),
   ]);
-  const sum = cur.rows.reduce((a, r) => a + r.quantity, 0);
+  const sum = cur.rows.reduce((a, r) => a + BigInt(r.quantity), 0n);
   total.lastChild.textContent = fmt(sum);
   total.lastChild.setAttribute('data-value', String(sum));
   csv.addEventListener('click', async () => {
@@ -268,20 +297,48 @@ async function usageChart(box, customer, params) {
     for (let m = from.slice(0, 7); `${m}-01` < to; m = addMonths(m, 1)) xs.push(Date.parse(`${m}-01T00:00:00Z`) / 1000);
   }
   const at = (rows, shift) => {
-    const by = new Map(rows.map((r) => [Date.parse(r.period_start) / 1000 + shift, r.quantity]));
+    const by = new Map(rows.map((r) => [Date.parse(r.period_start) / 1000 + shift, Number(r.quantity)]));
     return xs.map((x) => by.get(x) || 0);
   };
   const shift = step ? span / 1000 : 0;
   const data = [xs, at(cur.rows, 0), at(prev.rows, shift)];
+  // The x axis ends where the last period does, so its bar or step is drawn whole.
+  const end = step ? toD / 1000 : Date.parse(`${addMonths(from.slice(0, 7), xs.length)}-01T00:00:00Z`) / 1000;
   const width = Math.max(400, Math.min(1100, box.clientWidth - 40));
+  const style = chartStyle(granularity);
+  // eslint-disable-next-line no-undef
+  const paths = uPlot.paths;
   const opts = {
     width, height: 300,
-    series: [{}, { label: metric, stroke: '#2457c5', width: 2 }, { label: 'previous period', stroke: '#98a2b3', dash: [6, 4] }],
-    axes: [{}, { size: 70 }],
+    scales: { x: { time: true, range: (_u, min) => [xs.length ? xs[0] : min, end] } },
+    series: [{},
+      style === 'bars'
+        ? { label: metric, stroke: '#2457c5', fill: 'rgba(36, 87, 197, 0.55)', width: 1, paths: paths.bars({ size: [0.8, Infinity], align: 1 }) }
+        : { label: metric, stroke: '#2457c5', width: 2, paths: paths.stepped({ align: 1, extend: true }) },
+      { label: 'previous period', stroke: '#98a2b3', dash: [6, 4], paths: paths.stepped({ align: 1, extend: true }) }],
+    // The y axis as wide as its longest label (quantities may have 19 digits).
+    axes: [style === 'bars' ? periodAxis(xs, granularity, width) : {},
+      { size: (_u, labels) => Math.max(50, 24 + 8 * Math.max(0, ...(labels || []).map((l) => String(l).length))) }],
   };
   // eslint-disable-next-line no-undef
   new uPlot(opts, data, chart);
+  chart.setAttribute('data-chart-style', style);
   chart.setAttribute('data-chart-ready', String(xs.length));
+}
+
+// Days and months: a tick at the start of each period's bar (every k-th, to fit), named by
+// its UTC date, as the API's periods are.
+function periodAxis(xs, granularity, width) {
+  const every = Math.ceil(xs.length / Math.max(1, Math.floor(width / 90)));
+  const label = (t) => new Date(t * 1000).toISOString().slice(0, granularity === 'month' ? 7 : 10);
+  return { splits: () => xs.filter((_, i) => i % every === 0), values: (_u, ticks) => ticks.map(label) };
+}
+
+// Each value is one period's total, so it is drawn flat over its period, never as a line
+// ramping from the period before: bars for days and months, steps for hours (a year of
+// hours is thousands of bars, thinner than a pixel).
+function chartStyle(granularity) {
+  return granularity === 'hour' ? 'steps' : 'bars';
 }
 
 async function statement(box, customer, month) {
@@ -300,16 +357,16 @@ async function statement(box, customer, month) {
     const text = await api(`/v1/statements/${enc(customer)}/${enc(month)}?format=csv`, { text: true });
     download(`statement-${customer}-${month}.csv`, text, 'text/csv');
   });
-  box.replaceChildren(
+  fill(box,
     el('h2', {}, 'Statement ', el('span', { id: 'statement-period' }, month), ' ',
-      el('span', { class: `badge${s.closed ? ' closed' : ''}`, id: 'statement-state' }, s.closed ? 'closed, signed' : 'open')),
-    el('p', {}, nav2(-1, '← previous month'), ' · ', nav2(1, 'next month →'), ' · ', csv),
-    el('table', { id: 'statement-lines' },
-      el('thead', {}, el('tr', {}, el('th', {}, 'Metric'), el('th', { class: 'num' }, 'Used'),
-        el('th', { class: 'num' }, 'Limit'), el('th', { class: 'num' }, 'Overage'))),
-      el('tbody', {}, lines.length ? lines : el('tr', {}, el('td', { colspan: 4, class: 'muted' }, 'no usage')))),
+      el('span', { class: `badge${s.closed ? ' closed' : ''}`, id: 'statement-state' },
+        s.closed ? (s.signature ? 'closed, signed' : 'closed, nothing billed') : 'open')),
+    // A month that has not begun has no statement (the API refuses it).
+    el('p', {}, nav2(-1, '← previous month'), ' · ', month < thisMonth() ? [nav2(1, 'next month →'), ' · '] : null, csv),
+    table({ id: 'statement-lines' }, ['Metric', el('th', { class: 'num' }, 'Used'),
+      el('th', { class: 'num' }, 'Limit'), el('th', { class: 'num' }, 'Overage')], lines, 'No usage.'),
     adjustments.length ? el('h2', {}, 'Adjustments (late usage of closed months)') : null,
-    adjustments.length ? el('table', { id: 'statement-adjustments' }, el('tbody', {}, adjustments)) : null,
+    adjustments.length ? table({ id: 'statement-adjustments' }, ['Metric', 'Month', el('th', { class: 'num' }, 'Quantity')], adjustments) : null,
     s.closed ? el('p', { class: 'muted' }, `Closed ${s.closed_at}, signed by vendor key ${s.key_id}.`) : null);
 }
 
@@ -323,21 +380,18 @@ function agentRows(agents) {
 }
 
 function agentTable(agents) {
-  return el('table', { id: 'agents' },
-    el('thead', {}, el('tr', {}, el('th', {}, 'Agent'), el('th', { title: "what 'tally-agent status' shows as key_id" }, 'Key id'),
-      el('th', {}, 'Customer'), el('th', {}, 'License'),
-      el('th', {}, 'Status'), el('th', { class: 'num' }, 'Last seq'), el('th', {}, 'Last report'))),
-    el('tbody', {}, agentRows(agents)));
+  return table({ id: 'agents' }, ['Agent', el('th', { title: "what 'tally-agent status' shows as key_id" }, 'Key id'),
+    'Customer', 'License', 'Status', el('th', { class: 'num' }, 'Last seq'), 'Last report'], agentRows(agents));
 }
 
 async function agentsTable(box, customer) {
   const { agents } = await api(`/v1/agents?customer=${enc(customer)}`);
-  box.replaceChildren(el('h2', {}, 'Agents'), agentTable(agents));
+  fill(box, el('h2', {}, 'Agents'), agentTable(agents));
 }
 
 async function agentsView() {
   const { agents } = await api('/v1/agents');
-  main.replaceChildren(el('h1', {}, 'Agents'), agentTable(agents));
+  fill(main, el('h1', {}, 'Agents'), agentTable(agents));
   main.setAttribute('data-view', 'agents');
 }
 
@@ -346,21 +400,21 @@ async function agentView(id, params) {
   const q = before ? `?limit=100&before_seq=${enc(before)}` : '?limit=100';
   const { agent, reports, gaps } = await api(`/v1/agents/${enc(id)}/reports${q}`);
   const oldest = reports.length ? reports[reports.length - 1].seq : null;
-  main.replaceChildren(el('h1', {}, `Agent ${agent.agent_id}`),
+  fill(main, el('h1', {}, `Agent ${agent.agent_id}`),
     el('p', {}, el('span', { class: `status-${agent.status}`, id: 'agent-status' }, agent.status),
       ` · customer ${agent.customer_id} · license ${agent.license_id} · last seq `,
       el('span', { id: 'agent-last-seq' }, String(agent.last_seq)), ` · last report ${agent.last_seen || 'never'}`),
     el('h2', {}, 'Gaps'),
-    gaps.length ? el('table', { id: 'gaps' }, el('tbody', {}, gaps.map((g) => el('tr', {},
+    gaps.length ? table({ id: 'gaps' }, [], gaps.map((g) => el('tr', {},
       el('td', {}, `seq ${g.seq_from}–${g.seq_to}`), el('td', {}, g.closed_at ? `closed ${g.closed_at}` : 'open'),
-      el('td', {}, `opened ${g.opened_at}`))))) : el('p', { class: 'muted' }, 'No gap: every seq arrived.'),
+      el('td', {}, `opened ${g.opened_at}`)))) : el('p', { class: 'muted' }, 'No gap: every seq arrived.'),
     el('h2', {}, 'Reports'),
-    el('table', { id: 'agent-reports' },
-      el('thead', {}, el('tr', {}, ['Seq', 'Window', 'Received', 'Outcome', 'Reason', 'Digest'].map((h) => el('th', {}, h)))),
-      el('tbody', {}, reports.map((r) => el('tr', { 'data-seq': r.seq, 'data-status': r.status },
+    table({ id: 'agent-reports' }, ['Seq', 'Window', 'Received', 'Outcome', 'Reason', 'Digest'],
+      reports.map((r) => el('tr', { 'data-seq': r.seq, 'data-status': r.status },
         el('td', { class: 'num' }, r.fork ? `${r.seq} (fork)` : String(r.seq)),
         el('td', {}, `${r.window_start} – ${r.window_end}`), el('td', {}, r.received_at),
-        el('td', { 'data-field': 'status' }, r.status), el('td', {}, r.reason), el('td', {}, r.digest.slice(0, 16)))))),
+        el('td', { 'data-field': 'status' }, r.status), el('td', { class: 'wrap' }, r.reason),
+        el('td', { class: 'mono' }, r.digest.slice(0, 16))))),
     oldest && oldest > 1 && reports.length === 100
       ? el('p', {}, el('a', { href: `#/agents/${agent.agent_id}?before_seq=${oldest}` }, 'older reports →')) : null);
   main.setAttribute('data-view', 'agent');
@@ -368,13 +422,12 @@ async function agentView(id, params) {
 
 async function anomaliesView() {
   const { anomalies } = await api('/v1/anomalies');
-  main.replaceChildren(el('h1', {}, 'Anomalies'),
-    el('table', { id: 'anomalies' },
-      el('thead', {}, el('tr', {}, ['Kind', 'Customer', 'Agent', 'Seqs', 'Detail', 'Opened', 'Closed'].map((h) => el('th', {}, h)))),
-      el('tbody', {}, anomalies.map((a) => el('tr', {},
+  fill(main, el('h1', {}, 'Anomalies'),
+    table({ id: 'anomalies' }, ['Kind', 'Customer', 'Agent', 'Seqs', 'Detail', 'Opened', 'Closed'],
+      anomalies.map((a) => el('tr', {},
         el('td', {}, a.kind), el('td', {}, a.customer_id), el('td', {}, a.agent_id),
         el('td', {}, a.seq_from === a.seq_to ? String(a.seq_from) : `${a.seq_from}–${a.seq_to}`),
-        el('td', {}, a.detail), el('td', {}, a.opened_at), el('td', {}, a.closed_at || 'open'))))));
+        el('td', { class: 'wrap' }, a.detail), el('td', {}, a.opened_at), el('td', {}, a.closed_at || 'open')))));
   main.setAttribute('data-view', 'anomalies');
 }
 
@@ -389,27 +442,27 @@ async function quarantineView() {
     }
   };
   const admin = me.role === 'admin';
-  main.replaceChildren(el('h1', {}, 'Quarantine'),
+  fill(main, el('h1', {}, 'Quarantine'),
     admin ? null : el('p', { class: 'muted' }, 'Only an admin token can release or discard.'),
-    el('table', { id: 'quarantine' },
-      el('thead', {}, el('tr', {}, ['Digest', 'Customer', 'Agent', 'Seq', 'Reason', 'Detail', ''].map((h) => el('th', {}, h)))),
-      el('tbody', {}, reports.map((r) => el('tr', { 'data-digest': r.digest },
-        el('td', {}, r.digest.slice(0, 16)), el('td', {}, r.customer_id), el('td', {}, r.agent_id),
-        el('td', { class: 'num' }, String(r.seq)), el('td', {}, r.reason), el('td', {}, r.detail),
+    table({ id: 'quarantine' }, ['Digest', 'Customer', 'Agent', 'Seq', 'Reason', 'Detail', ''],
+      reports.map((r) => el('tr', { 'data-digest': r.digest },
+        el('td', { class: 'mono' }, r.digest.slice(0, 16)), el('td', {}, r.customer_id), el('td', {}, r.agent_id),
+        el('td', { class: 'num' }, String(r.seq)), el('td', {}, r.reason), el('td', { class: 'wrap' }, r.detail),
         el('td', {}, admin ? [
           el('button', { type: 'button', 'data-action': 'release', on: { click: act(r.digest, 'release') } }, 'Release'), ' ',
           el('button', { type: 'button', 'data-action': 'discard', on: { click: act(r.digest, 'discard') } }, 'Discard'),
-        ] : ''))))));
+        ] : null)))));
   main.setAttribute('data-view', 'quarantine');
 }
 
 async function auditView() {
   const { entries } = await api('/v1/audit?limit=200');
-  main.replaceChildren(el('h1', {}, 'Audit log'),
-    el('table', { id: 'audit' },
-      el('thead', {}, el('tr', {}, ['At', 'Actor', 'Action', 'Target', 'Outcome'].map((h) => el('th', {}, h)))),
-      el('tbody', {}, entries.map((e) => el('tr', {},
-        el('td', {}, e.at), el('td', {}, e.actor), el('td', {}, e.action), el('td', {}, e.target), el('td', {}, e.outcome))))));
+  // Paths and queries are long words: they wrap anywhere rather than widen the page.
+  fill(main, el('h1', {}, 'Audit log'),
+    table({ id: 'audit' }, ['At', 'Actor', 'Action', 'Target', 'Outcome'],
+      entries.map((e) => el('tr', {},
+        el('td', { class: 'nowrap' }, e.at), el('td', { class: 'nowrap mono' }, e.actor), el('td', { class: 'wrap' }, e.action),
+        el('td', { class: 'wrap' }, e.target), el('td', {}, e.outcome)))));
   main.setAttribute('data-view', 'audit');
 }
 

@@ -1,11 +1,13 @@
 //! A real headless Chromium (Debian's `chromium`, installed on first use by
 //! `scripts/test-deps.sh`), driven over the Chrome DevTools Protocol: a few CDP commands
 //! over one WebSocket are all the UI tests need (navigate, evaluate JavaScript, capture a
-//! screenshot, allow downloads), so this small client stands in for a driver crate. The
-//! browser runs in its own temporary profile and is killed when dropped.
+//! screenshot, allow downloads, collect the page's errors), so this small client stands in
+//! for a driver crate. The browser runs in its own temporary profile and is killed when
+//! dropped.
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,6 +20,8 @@ pub struct Browser {
     child: Child,
     socket: Socket,
     next_id: u64,
+    /// Events kept since `watch_errors` (none before), drained by `errors`.
+    events: Option<Vec<Value>>,
     _profile: tempfile::TempDir,
 }
 
@@ -80,6 +84,7 @@ impl Browser {
             child,
             socket,
             next_id: 1,
+            events: None,
             _profile: profile,
         };
         b.call("Page.enable", json!({})).await;
@@ -87,7 +92,8 @@ impl Browser {
         b
     }
 
-    /// Sends one CDP command and waits for its answer (events in between are skipped).
+    /// Sends one CDP command and waits for its answer (events in between are skipped, or
+    /// kept for `errors` once `watch_errors` was called).
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
         let id = self.next_id;
         self.next_id += 1;
@@ -108,7 +114,66 @@ impl Browser {
                 assert!(v.get("error").is_none(), "{method}: {}", v["error"]);
                 return v["result"].clone();
             }
+            if let Some(events) = &mut self.events
+                && v.get("method").is_some()
+            {
+                events.push(v);
+            }
         }
+    }
+
+    /// From now on, keeps what `errors` reports: console errors, uncaught exceptions, and
+    /// requests that failed or were answered 4xx/5xx (a missing favicon among them).
+    pub async fn watch_errors(&mut self) {
+        self.events.get_or_insert_with(Vec::new);
+        self.call("Network.enable", json!({})).await;
+        self.call("Log.enable", json!({})).await;
+    }
+
+    /// The errors seen since the last call (or since `watch_errors`), one line each, with
+    /// the URL where there is one.
+    pub async fn errors(&mut self) -> Vec<String> {
+        // One round trip, so that everything the page did before this call has arrived.
+        self.eval("true").await;
+        let events = self.events.as_mut().map(std::mem::take).unwrap_or_default();
+        let mut urls = HashMap::new();
+        let mut out = Vec::new();
+        for e in events {
+            let p = &e["params"];
+            match e["method"].as_str().unwrap_or("") {
+                "Network.requestWillBeSent" => {
+                    urls.insert(p["requestId"].to_string(), p["request"]["url"].to_string());
+                }
+                "Network.responseReceived"
+                    if p["response"]["status"].as_u64().is_some_and(|s| s >= 400) =>
+                {
+                    out.push(format!(
+                        "HTTP {} for {}",
+                        p["response"]["status"], p["response"]["url"]
+                    ));
+                }
+                // A request the page itself dropped (a navigation away) is no error.
+                "Network.loadingFailed" if p["canceled"] != true => out.push(format!(
+                    "request failed ({}): {}",
+                    p["errorText"],
+                    urls.get(&p["requestId"].to_string())
+                        .map_or("?", String::as_str)
+                )),
+                "Log.entryAdded" if p["entry"]["level"] == "error" => out.push(format!(
+                    "console error: {} {}",
+                    p["entry"]["text"], p["entry"]["url"]
+                )),
+                "Runtime.consoleAPICalled" if p["type"] == "error" => {
+                    out.push(format!("console.error: {}", p["args"]));
+                }
+                "Runtime.exceptionThrown" => out.push(format!(
+                    "uncaught: {}",
+                    p["exceptionDetails"]["exception"]["description"]
+                )),
+                _ => {}
+            }
+        }
+        out
     }
 
     pub async fn goto(&mut self, url: &str) {

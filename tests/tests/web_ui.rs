@@ -4,7 +4,10 @@
 //! total moves; a billing token sees the quarantine but cannot act; a customer sees only
 //! its own customer (the other's name and numbers appear nowhere in the DOM, and a
 //! hand-typed URL for it says "not found"); the usage CSV download is the API's
-//! `format=csv`. Screenshots of each view go to the folder printed at the start.
+//! `format=csv`. Every view, for every role, prints no "null" or "undefined" and logs no
+//! browser error (no missing favicon); usage per day and per month is drawn as bars; the
+//! audit log fits a 1400 px window; empty tables say so; quantities above 2^53 are shown
+//! exactly. Screenshots of each view go to the folder printed at the start.
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
@@ -95,6 +98,67 @@ async fn api_used(api: &Api, token: &str, customer: &str, metric: &str) -> u64 {
         .find(|l| l["metric"] == metric)
         .map(|l| l["used"].as_u64().unwrap())
         .unwrap_or(0)
+}
+
+/// Goes to `hash` and waits until `ready` (a JavaScript condition true only once the new view
+/// is drawn).
+async fn visit(b: &mut Browser, hash: &str, ready: &str) {
+    let h = serde_json::to_string(hash).unwrap();
+    b.eval(&format!("location.hash = {h}; true")).await;
+    b.wait_for(ready).await;
+}
+
+/// The page as drawn shows no "null" or "undefined" (a missing value printed as text, such as
+/// "nullnullnull"), and the browser logged no error since the last check: no failed or 4xx
+/// request (a missing favicon among them), no console error, no uncaught exception.
+async fn check_clean(b: &mut Browser, view: &str) {
+    let text = b.eval("document.body.innerText").await;
+    let text = text.as_str().unwrap();
+    let printed: Vec<&str> = text
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| {
+            let w = w.to_ascii_lowercase();
+            w.starts_with("null") || w.starts_with("undefined")
+        })
+        .collect();
+    assert!(
+        printed.is_empty(),
+        "{view}: the page prints {printed:?}:\n{text}"
+    );
+    let errors = b.errors().await;
+    assert!(errors.is_empty(), "{view}: the browser logged {errors:#?}");
+}
+
+/// The admin's and billing's views beside the ones the test drives: each clean.
+async fn check_staff_views(b: &mut Browser, role: &str) {
+    for view in ["agents", "anomalies", "quarantine", "audit", "overview"] {
+        let hash = if view == "overview" {
+            "#/"
+        } else {
+            &format!("#/{view}")
+        };
+        visit(
+            b,
+            hash,
+            &format!("document.querySelector('main[data-view={view}]')"),
+        )
+        .await;
+        check_clean(b, &format!("{role}, {view}")).await;
+    }
+}
+
+/// The chart of the customer view at `granularity`, once drawn: its path style.
+async fn chart_style(b: &mut Browser, customer: &str, granularity: &str) -> Value {
+    visit(
+        b,
+        &format!("#/customers/{customer}?granularity={granularity}"),
+        &format!(
+            "document.getElementById('granularity')?.value === '{granularity}' && document.querySelector('#chart[data-chart-ready] canvas')"
+        ),
+    )
+    .await;
+    b.eval("document.getElementById('chart').getAttribute('data-chart-style')")
+        .await
 }
 
 fn number(s: &str) -> u64 {
@@ -229,6 +293,7 @@ async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
     );
 
     let mut b = Browser::start().await;
+    b.watch_errors().await;
     let downloads = tmp.path().join("downloads");
     std::fs::create_dir_all(&downloads).unwrap();
     b.allow_downloads(&downloads).await;
@@ -238,6 +303,17 @@ async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
     b.wait_for("document.getElementById('signin-error')").await;
     let e = b.text("#signin-error").await.unwrap();
     assert!(e.contains("not valid"), "{e}");
+    // Its 401 from /v1/whoami is the point; nothing else failed (the browser asks for the
+    // favicon once, on this first load).
+    let errors = b.errors().await;
+    let unexpected: Vec<&String> = errors
+        .iter()
+        .filter(|e| !e.contains("/v1/whoami"))
+        .collect();
+    assert!(
+        unexpected.is_empty() && !errors.is_empty(),
+        "sign-in page: the browser logged {errors:#?}"
+    );
 
     // Admin: the overview's numbers are the API's.
     sign_in(&mut b, &base, &admin).await;
@@ -262,6 +338,7 @@ async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
     let api_alerts = api.json("/v1/alerts", &admin).await;
     assert_eq!(api_alerts["alerts"].as_array().unwrap().len(), 1);
     b.screenshot(&shots.join("overview.png")).await;
+    check_clean(&mut b, "admin, overview").await;
 
     // A customer's usage chart, statement and agents; the CSV download is the API's CSV.
     b.eval(&format!(
@@ -298,6 +375,7 @@ async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
     );
     assert_eq!(key_id.len(), 16, "{key_id}");
     b.screenshot(&shots.join("usage.png")).await;
+    check_clean(&mut b, "admin, customer, hourly usage").await;
     b.eval("document.getElementById('usage-csv').click(); true")
         .await;
     let file = downloaded(&downloads, "usage-").await;
@@ -318,6 +396,21 @@ async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
         csv.starts_with("customer,license,metric,period_start,quantity"),
         "{csv}"
     );
+    // A day's or a month's usage is a total for that period: a bar, not a line ramping up
+    // from the period before. Hours are steps (a total held for the hour).
+    let style = chart_style(&mut b, &acme, "day").await;
+    assert!(style == "bars", "daily usage drawn as {style}");
+    let total = b
+        .eval("document.getElementById('usage-total').getAttribute('data-value')")
+        .await;
+    assert_eq!(total.as_str(), Some("350"));
+    b.screenshot(&shots.join("usage-day-bars.png")).await;
+    check_clean(&mut b, "admin, customer, daily usage").await;
+    let style = chart_style(&mut b, &acme, "month").await;
+    assert!(style == "bars", "monthly usage drawn as {style}");
+    check_clean(&mut b, "admin, customer, monthly usage").await;
+    let style = chart_style(&mut b, &acme, "hour").await;
+    assert!(style == "steps", "hourly usage drawn as {style}");
 
     // Admin releases one quarantined report from the page: Globex's total moves by 70.
     b.eval("location.hash = '#/quarantine'; true").await;
@@ -325,6 +418,7 @@ async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
         .await;
     let digest = hex::encode(tally_proto::Digest::of(&held[0].report).0);
     b.screenshot(&shots.join("quarantine.png")).await;
+    check_clean(&mut b, "admin, quarantine").await;
     b.eval(&format!(
         "document.querySelector(\"tr[data-digest='{digest}'] button[data-action=release]\").click(); true"
     ))
@@ -343,7 +437,10 @@ async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
         .await
         .unwrap();
     assert_eq!(number(&used), 112);
+    b.eval("document.getElementById('statement').scrollIntoView(); true")
+        .await;
     b.screenshot(&shots.join("statement.png")).await;
+    check_clean(&mut b, "admin, statement").await;
     // The statement's CSV download is the API's.
     b.eval("document.getElementById('statement-csv').click(); true")
         .await;
@@ -389,6 +486,34 @@ async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
         ])
     );
     b.screenshot(&shots.join("agent.png")).await;
+    check_clean(&mut b, "admin, agent").await;
+    check_staff_views(&mut b, "admin").await;
+    // The audit log (long paths and queries, no spaces) fits a 1400 px window: the page
+    // does not scroll sideways.
+    b.call(
+        "Emulation.setDeviceMetricsOverride",
+        serde_json::json!({"width": 1400, "height": 900, "deviceScaleFactor": 1, "mobile": false}),
+    )
+    .await;
+    visit(
+        &mut b,
+        "#/audit",
+        "document.querySelector('main[data-view=audit]')",
+    )
+    .await;
+    let widths = b
+        .eval("[document.documentElement.scrollWidth, window.innerWidth]")
+        .await;
+    assert!(
+        widths[0].as_u64() <= widths[1].as_u64() && widths[1] == 1400,
+        "the audit page is wider than its 1400 px window: [scrollWidth, innerWidth] = {widths}"
+    );
+    b.screenshot(&shots.join("audit-1400.png")).await;
+    b.call(
+        "Emulation.clearDeviceMetricsOverride",
+        serde_json::json!({}),
+    )
+    .await;
     sign_out(&mut b).await;
 
     // Billing sees the quarantine but has no buttons, and the API refuses it anyway.
@@ -409,6 +534,8 @@ async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
         buttons, 0,
         "a billing token must not get release/discard buttons"
     );
+    check_clean(&mut b, "billing, quarantine").await;
+    check_staff_views(&mut b, "billing").await;
     let other = hex::encode(tally_proto::Digest::of(&held[1].report).0);
     let r = reqwest::Client::new()
         .post(format!("{base}/v1/quarantine/{other}/release"))
@@ -452,12 +579,21 @@ async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
         if own == &acme {
             b.screenshot(&shots.join("portal.png")).await;
         }
+        check_clean(&mut b, &format!("customer {own_used}, own page")).await;
+        visit(
+            &mut b,
+            "#/agents",
+            "document.querySelector('main[data-view=agents]')",
+        )
+        .await;
+        check_clean(&mut b, &format!("customer {own_used}, agents")).await;
         b.eval(&format!("location.hash = '#/customers/{other}'; true"))
             .await;
         b.wait_for("document.querySelector('[data-error=not_found]')")
             .await;
         let html = b.eval("document.documentElement.outerHTML").await;
         assert!(!html.as_str().unwrap().contains(other_name));
+        check_clean(&mut b, &format!("customer {own_used}, another's page")).await;
         sign_out(&mut b).await;
     }
 
@@ -478,6 +614,183 @@ async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
     let e = b.text("#signin-error").await.unwrap();
     assert!(e.contains("not valid"), "{e}");
     println!("screenshots: {}", shots.display());
+}
+
+/// A fresh customer, nothing reported yet: the anomalies, the quarantine, the customer's
+/// alerts and its agent's reports each show a "Nothing here" row, not a bare header. Then
+/// reports of 2^53 + 1 (the first integer a JavaScript number cannot hold) and 2: the
+/// overview, the statement and the usage total show the API's exact digits, not a rounded
+/// float.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_tables_say_so_and_quantities_above_2_pow_53_are_exact() {
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let cdata = tmp.path().join("collector");
+    let admin = collector_json(&cdata, &["init"])["admin_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let customer = collector_json(&cdata, &["customers", "add", "Hooli"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let nb = tally_proto::time::rfc3339(Utc::now() - Duration::days(40));
+    let license = collector_json(
+        &cdata,
+        &[
+            "licenses",
+            "issue",
+            "--customer",
+            &customer,
+            "--metric",
+            "api.convert",
+            "--metric",
+            "storage.bytes=1000",
+            "--expires",
+            "2099-01-01",
+            "--not-before",
+            &nb,
+        ],
+    )["license_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut agent = agent_on(&license);
+    collector_json(
+        &cdata,
+        &[
+            "agents",
+            "add",
+            "--license",
+            &license,
+            "--key",
+            &hex::encode(agent.key_bytes()),
+        ],
+    );
+    let collector = CollectorProcess::spawn(&cdata);
+    let base = format!("http://{}", collector.http);
+    let api = Api { base: base.clone() };
+    let agents = api
+        .json(&format!("/v1/agents?customer={customer}"), &admin)
+        .await;
+    let agent_id = agents["agents"][0]["agent_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let mut b = Browser::start().await;
+    b.watch_errors().await;
+    sign_in(&mut b, &base, &admin).await;
+    b.wait_for("document.querySelector('main[data-view=overview]')")
+        .await;
+    let empty = [
+        ("#/anomalies", "anomalies", "#anomalies"),
+        ("#/quarantine", "quarantine", "#quarantine"),
+        (&format!("#/agents/{agent_id}"), "agent", "#agent-reports"),
+        (&format!("#/customers/{customer}"), "customer", "#alerts"),
+    ];
+    for (hash, view, table) in empty {
+        visit(
+            &mut b,
+            hash,
+            &format!("document.querySelector('main[data-view={view}] {table}')"),
+        )
+        .await;
+        let rows = b
+            .eval(&format!(
+                "Array.from(document.querySelectorAll('{table} tbody tr')).map(r => r.textContent)"
+            ))
+            .await;
+        assert!(
+            rows.as_array().is_some_and(|r| r.len() == 1)
+                && rows[0].as_str().unwrap_or("").starts_with("Nothing here"),
+            "{view}: the empty table {table} has the rows {rows}"
+        );
+        if view == "quarantine" {
+            b.screenshot(&shots.join("quarantine-empty.png")).await;
+        }
+        check_clean(&mut b, &format!("{view}, empty")).await;
+    }
+
+    // 2^53 + 1 and 2 of api.convert (unlimited); 2^53 + 1 of storage.bytes (limit 1000).
+    let big = (1u64 << 53) + 1;
+    let reports = vec![
+        agent
+            .next(&[("api.convert", big), ("storage.bytes", big)])
+            .1,
+        agent.next(&[("api.convert", 2)]).1,
+    ];
+    assert_eq!(
+        submit(collector.grpc, reports).await,
+        [pb::Outcome::Accepted as i32; 2]
+    );
+    let (status, raw) = api
+        .get(&format!("/v1/statements/{customer}/{}", month()), &admin)
+        .await;
+    assert_eq!(status, 200, "{raw}");
+    let (convert, bytes, overage) = (big + 2, big, big - 1000);
+    for (metric, used) in [("api.convert", convert), ("storage.bytes", bytes)] {
+        assert_eq!(api_used(&api, &admin, &customer, metric).await, used);
+        assert!(raw.contains(&format!("\"used\":{used}")), "{raw}");
+    }
+    assert!(raw.contains(&format!("\"overage\":{overage}")), "{raw}");
+
+    visit(
+        &mut b,
+        "#/",
+        "document.querySelector('main[data-view=overview]')",
+    )
+    .await;
+    for (metric, field, want) in [
+        ("api.convert", "used", convert),
+        ("storage.bytes", "used", bytes),
+        ("storage.bytes", "overage", overage),
+    ] {
+        let shown = b
+            .text(&format!(
+                "#overview tr[data-metric='{metric}'] [data-field={field}]"
+            ))
+            .await
+            .unwrap();
+        assert!(
+            number(&shown) == want,
+            "overview {metric} {field}: the page shows {shown}, the API {want}"
+        );
+    }
+    check_clean(&mut b, "overview, quantities above 2^53").await;
+    visit(
+        &mut b,
+        &format!("#/customers/{customer}?granularity=hour"),
+        "document.querySelector('#chart[data-chart-ready]') && document.querySelector('#statement-lines')",
+    )
+    .await;
+    for (metric, field, want) in [
+        ("api.convert", "used", convert),
+        ("storage.bytes", "used", bytes),
+        ("storage.bytes", "overage", overage),
+    ] {
+        let shown = b
+            .text(&format!(
+                "#statement-lines tr[data-metric='{metric}'] [data-field={field}]"
+            ))
+            .await
+            .unwrap();
+        assert!(
+            number(&shown) == want,
+            "statement {metric} {field}: the page shows {shown}, the API {want}"
+        );
+    }
+    let total = b
+        .eval("[document.getElementById('usage-total').getAttribute('data-value'), document.getElementById('usage-total').textContent]")
+        .await;
+    let want = convert.to_string();
+    assert!(
+        total[0] == want.as_str() && total[1].as_str().map(number) == Some(convert),
+        "usage total: the page shows {total}, the API {want}"
+    );
+    b.screenshot(&shots.join("big-quantities.png")).await;
+    check_clean(&mut b, "customer, quantities above 2^53").await;
 }
 
 /// Benchmark mode: the usage page of a customer with a year of hourly data (8,760 reports,

@@ -37,6 +37,12 @@ const ASSETS: &[Asset] = &[
         content_type: "text/css; charset=utf-8",
         body: include_bytes!("../../web/style.css"),
     },
+    // Without it, every page load is a 404 for `/favicon.ico` in the browser's console.
+    Asset {
+        name: "favicon.svg",
+        content_type: "image/svg+xml",
+        body: include_bytes!("../../web/favicon.svg"),
+    },
     Asset {
         name: "uPlot.iife.min.js",
         content_type: "text/javascript; charset=utf-8",
@@ -152,5 +158,7 @@ mod tests {
             "{page}"
         );
         assert!(!page.contains("onclick") && !page.contains("javascript:"));
+        // The browser asks for `/favicon.ico` (a 404) unless the page names an icon.
+        assert!(page.contains("rel=\"icon\" type=\"image/svg+xml\" href=\"/assets/favicon."));
     }
 }
