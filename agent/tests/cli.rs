@@ -52,6 +52,12 @@ fn bad_arguments_and_license_files() {
             "not an initialized agent directory",
         ),
         (vec!["reports", "show", "abc"], "invalid value"),
+        // clap's whole message on the one line: what is missing, and its suggestion.
+        (vec!["record"], "were not provided: <METRIC>"),
+        (
+            vec!["status", "--jsno"],
+            "a similar argument exists: '--json'",
+        ),
     ];
     for (args, needle) in cases {
         let (code, out, err) = run(&data, &args);

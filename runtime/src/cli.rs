@@ -82,21 +82,45 @@ pub fn parse<C: clap::Parser>(bin: &str) -> C {
         Ok(c) => c,
         Err(e) if !e.use_stderr() => e.exit(),
         Err(e) => {
-            let rendered = e.render().to_string();
-            let first = rendered
-                .lines()
-                .next()
-                .unwrap_or("error: invalid arguments");
-            eprintln!("{first} (hint: see '{bin} --help')");
+            eprintln!(
+                "{} (hint: see '{bin} --help')",
+                one_line(&e.render().to_string())
+            );
             std::process::exit(2);
         }
     }
 }
 
+/// clap's message on one line: its first line (`error: …`) and what follows it (what is
+/// missing, a suggestion such as "a similar argument exists"), without the usage block.
+fn one_line(rendered: &str) -> String {
+    let mut parts = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty());
+    let first = parts
+        .next()
+        .unwrap_or("error: invalid arguments")
+        .to_string();
+    parts.fold(first, |acc, p| {
+        if acc.ends_with(':') {
+            format!("{acc} {p}")
+        } else if p.starts_with("tip:") {
+            format!("{acc}; {p}")
+        } else {
+            format!("{acc}, {p}")
+        }
+    })
+}
+
 /// Logs to stderr, filtered by `TALLY_LOG` (default `info`).
 pub fn init_logging() {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal; never escape codes in a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
                 .unwrap_or_else(|_| "info".into()),

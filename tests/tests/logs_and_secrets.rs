@@ -107,6 +107,12 @@ async fn secrets_never_reach_the_logs() {
         log.len() > 500,
         "trace logging produced almost nothing:\n{log}"
     );
+    // A log file is read by people and tools: no terminal colour codes in it.
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in a log written to a file:\n{}",
+        &log[..log.len().min(300)]
+    );
     let agent_secret = hex::encode(agent.key.to_bytes());
     for secret in [
         &admin,
