@@ -178,19 +178,26 @@ struct ServeArgs {
 
 #[derive(Subcommand)]
 enum CustomersCmd {
+    /// Add a customer; prints its id.
     Add {
+        /// The customer's name, as people know it.
         name: String,
     },
+    /// List customers.
     List,
     /// Revoke the customer's licenses, agents and tokens now; purge all its data later.
     Cancel {
+        /// The customer's id.
         id: String,
         /// How long to keep the data before purging it (default 30d).
         #[arg(long, value_name = "DURATION")]
         purge_after: Option<String>,
-        /// Purge now instead.
+        /// Purge now instead (cannot be undone: needs --yes).
         #[arg(long)]
         now: bool,
+        /// Confirms --now.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -198,22 +205,27 @@ enum CustomersCmd {
 enum LicensesCmd {
     /// Issue a license file and an enrollment token.
     Issue {
-        #[arg(long)]
+        /// The customer's id (as 'customers add' printed it).
+        #[arg(long, value_name = "ID")]
         customer: String,
         /// METRIC or METRIC=LIMIT (per calendar month, UTC); repeat for several.
         #[arg(long = "metric", value_name = "METRIC[=LIMIT]", required = true)]
         metrics: Vec<String>,
-        /// YYYY-MM-DD or RFC 3339.
-        #[arg(long)]
+        /// Last day of validity, YYYY-MM-DD (the license runs to the end of that day, UTC),
+        /// or an exact RFC 3339 time.
+        #[arg(long, value_name = "DATE")]
         expires: String,
         /// YYYY-MM-DD or RFC 3339; default now.
-        #[arg(long)]
+        #[arg(long, value_name = "DATE")]
         not_before: Option<String>,
+        /// How long after --expires agents may still report (and reports still count),
+        /// e.g. 7d; 0 for none.
         #[arg(long, default_value = "7d")]
         grace: String,
         /// How many agents may enroll with the token.
         #[arg(long, default_value_t = 1)]
         enrollments: u32,
+        /// How long the enrollment token stays usable, e.g. 7d.
         #[arg(long, default_value = "7d")]
         token_ttl: String,
         /// The collector URL agents deliver to.
@@ -226,11 +238,15 @@ enum LicensesCmd {
         #[arg(long, value_name = "80%,100%")]
         alert: Option<String>,
     },
+    /// List licenses (all, or one customer's).
     List {
-        #[arg(long)]
+        /// Only this customer's (its id).
+        #[arg(long, value_name = "ID")]
         customer: Option<String>,
     },
+    /// Revoke a license: its agents' reports stop counting, its token stops enrolling.
     Revoke {
+        /// The license id.
         id: String,
     },
     /// Replace a license's usage alert thresholds (`none`: no alerts).
@@ -245,7 +261,8 @@ enum LicensesCmd {
 enum AgentsCmd {
     /// Enroll an agent key by hand (air-gapped sites: `tally-agent init --offline`).
     Add {
-        #[arg(long)]
+        /// The license the key enrolls on (its id).
+        #[arg(long, value_name = "ID")]
         license: String,
         /// The agent's public key in hex.
         #[arg(long)]
@@ -267,15 +284,20 @@ enum AgentsCmd {
 
 #[derive(Subcommand)]
 enum TokensCmd {
+    /// Create an API token; its secret is printed once.
     Create {
         /// admin, billing or customer:<id>.
         #[arg(long)]
         role: String,
+        /// A name for people (who holds it, what for).
         #[arg(long)]
         name: Option<String>,
     },
+    /// List tokens (never their secrets).
     List,
+    /// Revoke a token.
     Revoke {
+        /// The token's id.
         id: String,
     },
 }
@@ -384,7 +406,17 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                     id,
                     purge_after,
                     now,
-                } => commands::customers_cancel(&ctx, &id, purge_after.as_deref(), now).await?,
+                    yes,
+                } => {
+                    if now && !yes {
+                        return Err(CommandError::Usage(format!(
+                            "customers cancel {id} --now purges all of the customer's reports, \
+                             usage and statements at once and cannot be undone; add --yes to \
+                             confirm"
+                        )));
+                    }
+                    commands::customers_cancel(&ctx, &id, purge_after.as_deref(), now).await?
+                }
             }
         }
         Command::Licenses(c) => {

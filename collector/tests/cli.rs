@@ -91,6 +91,12 @@ fn json_documents_have_the_contract_field_names() {
     );
     let license = lic["license_id"].as_str().unwrap();
     assert!(Path::new(lic["file"].as_str().unwrap()).exists());
+    // A date is the last day of validity: the license runs to the end of it.
+    let listed = json(&data, &["licenses", "list"]);
+    assert_eq!(
+        listed[0]["not_after"], "2099-01-02T00:00:00Z",
+        "--expires 2099-01-01 ends at the end of that day: {listed}"
+    );
     assert!(
         lic["enrollment_token"]
             .as_str()
@@ -266,6 +272,48 @@ fn bad_arguments_exit_2_with_one_error_line_and_change_nothing() {
         vec!["import", "/nonexistent/file"],
     ];
     let before = snapshot(&data);
+    // Errors say it in the flags' words.
+    for (args, needle) in [
+        (
+            vec![
+                "licenses",
+                "issue",
+                "--customer",
+                &customer,
+                "--metric",
+                "api.convert",
+                "--expires",
+                "2020-01-01",
+            ],
+            "--expires 2020-01-01 is in the past",
+        ),
+        (
+            vec![
+                "licenses",
+                "issue",
+                "--customer",
+                &customer,
+                "--metric",
+                "api.convert",
+                "--expires",
+                "2099-01-01",
+                "--not-before",
+                "2099-02-01",
+            ],
+            "--expires 2099-01-01 must be after --not-before",
+        ),
+        (
+            vec!["customers", "cancel", &customer, "--now"],
+            "add --yes to confirm",
+        ),
+    ] {
+        let (code, _, err) = run(&data, &args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(needle),
+            "{args:?}: {err}"
+        );
+    }
     for args in cases {
         let (code, out, err) = run(&data, &args);
         assert_eq!(code, 2, "{args:?} should exit 2; stderr: {err}");

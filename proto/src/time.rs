@@ -43,6 +43,19 @@ pub fn parse_instant(s: &str) -> Result<Instant, TimeParseError> {
         .map_err(|_| shown())
 }
 
+/// Parses the *end* of a period: a date `YYYY-MM-DD` is the end of that day (UTC), i.e.
+/// the first instant of the next day, so "expires 2027-12-31" includes all of that day; an
+/// RFC 3339 time is that instant.
+pub fn parse_end_instant(s: &str) -> Result<Instant, TimeParseError> {
+    let t = parse_instant(s)?;
+    if NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok() {
+        return t
+            .checked_add_signed(chrono::Duration::days(1))
+            .ok_or_else(|| TimeParseError::Date(s.chars().take(64).collect()));
+    }
+    Ok(t)
+}
+
 /// Parses a duration written `1s`, `15m`, `1h`, `7d` into seconds (at least 1).
 pub fn parse_duration_secs(s: &str) -> Result<u64, TimeParseError> {
     let err = || TimeParseError::Duration(s.chars().take(64).collect());

@@ -93,7 +93,10 @@ async fn cancel_now_revokes_and_purges_one_customer_only() {
     assert_eq!(usage(c, &a.token).await, (200, 30));
     assert_eq!(usage(c, &b.token).await, (200, 50));
 
-    let out = collector_json(&d.cdata, &["customers", "cancel", &a.customer, "--now"]);
+    let out = collector_json(
+        &d.cdata,
+        &["customers", "cancel", &a.customer, "--now", "--yes"],
+    );
     assert_eq!(out["revoked"]["licenses"], 1, "{out}");
     assert_eq!(out["revoked"]["agents"], 1, "{out}");
     assert_eq!(out["revoked"]["tokens"], 1, "{out}");
@@ -189,10 +192,15 @@ async fn cancel_later_revokes_at_once_and_keeps_the_data_until_the_purge() {
                 "cancel",
                 a.customer.as_str(),
                 "--now",
+                "--yes",
                 "--purge-after",
                 "1d",
             ],
             "exclude each other",
+        ),
+        (
+            vec!["customers", "cancel", a.customer.as_str(), "--now"],
+            "add --yes to confirm",
         ),
         (
             vec![

@@ -9,7 +9,7 @@ use serde_json::json;
 use std::path::PathBuf;
 use tally_proto::license::{License, LicensedMetric, armor};
 use tally_proto::metric::validate_metric_name;
-use tally_proto::time::{parse_duration_secs, parse_instant};
+use tally_proto::time::{parse_duration_secs, parse_end_instant, parse_instant};
 
 /// Parameters of `licenses issue`, as given on the command line.
 pub struct IssueArgs {
@@ -67,11 +67,28 @@ pub async fn licenses_issue(ctx: &Ctx, a: IssueArgs) -> CmdResult {
         .map(|m| parse_metric_arg(m))
         .collect::<Result<Vec<_>, _>>()?;
     let now = ctx.store.clock().now();
-    let not_after = parse_instant(&a.expires).map_err(|e| usage_err(format!("--expires: {e}")))?;
+    // A date is the end of that day: "--expires 2027-12-31" includes the 31st.
+    let not_after =
+        parse_end_instant(&a.expires).map_err(|e| usage_err(format!("--expires: {e}")))?;
     let not_before = match &a.not_before {
         Some(s) => parse_instant(s).map_err(|e| usage_err(format!("--not-before: {e}")))?,
         None => now,
     };
+    // In the flags' words, before the license's own checks say it in its fields' words.
+    if not_after <= now {
+        return Err(usage_err(format!(
+            "--expires {} is in the past (it ends at {})",
+            a.expires,
+            tally_proto::time::rfc3339(not_after)
+        )));
+    }
+    if not_after <= not_before {
+        return Err(usage_err(format!(
+            "--expires {} must be after --not-before ({})",
+            a.expires,
+            tally_proto::time::rfc3339(not_before)
+        )));
+    }
     let grace_secs = if a.grace == "0" {
         0
     } else {
@@ -96,9 +113,6 @@ pub async fn licenses_issue(ctx: &Ctx, a: IssueArgs) -> CmdResult {
         collector_endpoint: a.endpoint.clone(),
     };
     license.validate().map_err(|e| usage_err(e.to_string()))?;
-    if not_after <= now {
-        return Err(usage_err("--expires is in the past"));
-    }
     let signed = license.sign(&ctx.vendor_key()?);
     let token = ids::new_secret("enr");
     let out = a.out.unwrap_or_else(|| {
