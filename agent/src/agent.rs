@@ -302,6 +302,13 @@ pub async fn delivery_loop(agent: Arc<Agent>) {
                     .last_success
                     .store(chrono::Utc::now().timestamp() as u64, Ordering::Relaxed);
                 agent.stats.last_attempt_ok.store(true, Ordering::Relaxed);
+                // Recovered: the last error no longer describes delivery.
+                agent
+                    .stats
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
             }
             Err(e) => {
                 agent.stats.failures.fetch_add(1, Ordering::Relaxed);

@@ -114,8 +114,20 @@ pub fn stats_json(agent: &Agent) -> serde_json::Value {
         "failures": s.failures.load(Ordering::Relaxed),
         "backoff_ms": s.waits_ms(),
         "delivered": s.delivered.load(Ordering::Relaxed),
-        "last_success": s.last_success.load(Ordering::Relaxed),
-        "last_error": s.last_error.lock().map(|e| e.clone()).unwrap_or_default(),
+        // RFC 3339 like every other time; null before the first success.
+        "last_success": match s.last_success.load(Ordering::Relaxed) {
+            0 => serde_json::Value::Null,
+            t => chrono::DateTime::from_timestamp(t as i64, 0)
+                .map(tally_proto::time::rfc3339)
+                .into(),
+        },
+        // The error of the failing streak, if delivery is failing now (a success clears it).
+        "last_error": s
+            .last_error
+            .lock()
+            .ok()
+            .filter(|e| !e.is_empty())
+            .map(|e| e.clone()),
     })
 }
 

@@ -84,6 +84,12 @@ async fn collector_outage_backs_off_then_drains_in_order() {
         backlog > 0,
         "the backlog should grow during the outage: {s}"
     );
+    assert!(
+        s["delivery"]["last_error"]
+            .as_str()
+            .is_some_and(|e| !e.is_empty()),
+        "a failing delivery shows its error: {s}"
+    );
     let lic: serde_json::Value = reqwest::get(format!("{}/v1/license", agent.url()))
         .await
         .unwrap()
@@ -102,6 +108,15 @@ async fn collector_outage_backs_off_then_drains_in_order() {
     );
     agent.drain(120).await;
     assert_eq!(d.totals().await.get("api.convert"), Some(&expected));
+    // Recovered: no stale error, and the last success is a time like every other.
+    let s = agent.status().await;
+    assert!(s["delivery"]["last_error"].is_null(), "{s}");
+    assert!(
+        s["delivery"]["last_success"]
+            .as_str()
+            .is_some_and(|t| tally_proto::time::parse_instant(t).is_ok()),
+        "{s}"
+    );
     // In sequence order: the collector never saw a gap.
     let anomalies: serde_json::Value = reqwest::Client::new()
         .get(format!("http://{http}/v1/anomalies"))

@@ -34,13 +34,14 @@ pub fn reports_list(agent: &Agent) -> CmdResult {
     let mut arr = Vec::new();
     for r in &rows {
         let j = report_json(r)?;
+        let n = j["counters"].as_array().map_or(0, Vec::len);
         text.push_str(&format!(
-            "{}\t{}\t{} – {}\t{} counters\t{}\n",
+            "{}\t{}\t{} – {}\t{n} counter{}\t{}\n",
             r.seq,
             r.state.as_str(),
             j["window_start"].as_str().unwrap_or(""),
             j["window_end"].as_str().unwrap_or(""),
-            j["counters"].as_array().map_or(0, Vec::len),
+            if n == 1 { "" } else { "s" },
             r.digest
         ));
         arr.push(json!({"seq": r.seq, "digest": r.digest.to_hex(), "state": r.state.as_str(), "reason": r.reason}));

@@ -95,7 +95,7 @@ pub async fn run(dir: &DataDir, o: RunOptions) -> Result<(), CommandError> {
     if !addr.ip().is_loopback() {
         tracing::warn!(%addr, "Recording API listens on a non-loopback address in plain text.");
     }
-    tracing::info!(%addr, interval = o.interval_secs, collectors = ?agent.collectors, "Agent running.");
+    tracing::info!(%addr, interval = %format!("{}s", o.interval_secs), collectors = ?agent.collectors, "Agent running.");
     crate::server::run(agent, listener, tally_runtime::shutdown::signal())
         .await
         .map_err(|e| CommandError::Runtime(e.to_string()))
