@@ -4,7 +4,8 @@
 # Everything stays in ./quickstart-data (removed and recreated on each run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --quiet -p tally-collector -p tally-agent
+echo "== building tally-collector and tally-agent (a few minutes the first time)"
+cargo build -p tally-collector -p tally-agent
 C=target/debug/tally-collector
 A=target/debug/tally-agent
 D=${TALLY_QUICKSTART_DIR:-./quickstart-data}
@@ -58,7 +59,8 @@ for _ in $(seq 1 100); do
 done
 $A --data "$D/agent" reports list
 $A --data "$D/agent" reports verify
-$A --data "$D/agent" license | head -4
+echo "license status (as the product sees it):"
+$A --data "$D/agent" --json license | python3 -c 'import json,sys; l=json.load(sys.stdin); print("  state", l["state"], "- lease until", l["lease_until"])'
 
 echo "== billing: usage and statement"
 curl -fsS -H "Authorization: Bearer $admin" "http://$http/v1/usage?granularity=month&format=csv"
