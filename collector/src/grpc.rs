@@ -55,7 +55,8 @@ impl Ingest for IngestService {
         verify_proof(&key, &r.license_id, &r.enrollment_token, &r.proof)
             .map_err(|e| Status::permission_denied(format!("enrollment proof: {e}")))?;
         let hash = ids::hash_secret(&r.enrollment_token);
-        let (agent_id, signed) = self
+        let key_id = tally_proto::keys::key_id(&key.to_bytes());
+        let enrolled = self
             .store
             .enroll(
                 r.license_id.clone(),
@@ -63,8 +64,25 @@ impl Ingest for IngestService {
                 key.to_bytes(),
                 self.store.clock().now(),
             )
-            .await
-            .map_err(store_status)?;
+            .await;
+        // Every enrollment that proved its key is in the audit log, granted or not (the
+        // actor is the agent key's id: the token is a secret and never written).
+        let outcome = match &enrolled {
+            Ok((agent_id, _)) => format!("ok {agent_id}"),
+            Err(e) => format!("refused: {e}"),
+        };
+        let audit = self
+            .store
+            .audit(crate::store::AuditEntry {
+                at: self.store.clock().now(),
+                actor: format!("agent key {key_id}"),
+                action: "Enroll".into(),
+                target: r.license_id.clone(),
+                outcome: outcome.chars().take(200).collect(),
+            })
+            .await;
+        let (agent_id, signed) = enrolled.map_err(store_status)?;
+        audit.map_err(store_status)?;
         let license = <pb::SignedLicense as prost::Message>::decode(signed.as_slice())
             .map_err(|_| Status::internal("stored license does not decode"))?;
         self.metrics.enrollment();

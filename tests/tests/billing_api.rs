@@ -710,3 +710,52 @@ async fn usage_filters_that_name_nothing_are_errors() {
     assert_eq!(e.exit_code(), 2, "{e}");
     assert!(e.to_string().contains("customer Example not found"), "{e}");
 }
+
+/// Online enrollment is in the audit log (granted and refused), by the agent key's id:
+/// never the enrollment token.
+#[tokio::test(flavor = "multi_thread")]
+async fn enrollment_is_audited() {
+    let c = InProcessCollector::start().await;
+    let a = c.add_customer("A").await;
+    let (lic, tok) = c.issue_license(&a, &["api.convert"]).await;
+    let agent = c.enroll(&lic, &tok).await;
+    let key_id = tally_proto::keys::key_id(&agent.key_bytes());
+    // A second key with a token that is not the license's: refused, and audited too.
+    let other = tally_tests::TestAgent::at(&lic, c.now());
+    let proof = tally_proto::enroll::prove(&other.key, &lic, "enr_wrong");
+    let err = c
+        .client()
+        .await
+        .enroll(pb::EnrollRequest {
+            license_id: lic.clone(),
+            enrollment_token: "enr_wrong".into(),
+            agent_key: other.key_bytes().to_vec(),
+            proof: proof.to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_ne!(err.code(), tonic::Code::Ok);
+    let (s, v) = get(&c, "/v1/audit?limit=20", Some(&c.admin_token)).await;
+    assert_eq!(s, 200, "{v}");
+    let entries = v["entries"].as_array().unwrap();
+    let enrolls: Vec<&Value> = entries.iter().filter(|e| e["action"] == "Enroll").collect();
+    assert_eq!(enrolls.len(), 2, "{v}");
+    assert!(
+        enrolls
+            .iter()
+            .any(|e| e["actor"] == format!("agent key {key_id}").as_str()
+                && e["target"] == lic.as_str()
+                && e["outcome"].as_str().unwrap().starts_with("ok agt_")),
+        "{v}"
+    );
+    assert!(
+        enrolls
+            .iter()
+            .any(|e| e["outcome"].as_str().unwrap().starts_with("refused")),
+        "{v}"
+    );
+    assert!(
+        !v.to_string().contains(&tok) && !v.to_string().contains("enr_wrong"),
+        "{v}"
+    );
+}
