@@ -137,6 +137,10 @@ enum StatementsCmd {
         /// The collector's billing API URL, e.g. http://127.0.0.1:8080 (with --fetch).
         #[arg(long, env = "TALLY_API_URL", value_name = "URL")]
         api: Option<String>,
+        /// CA certificates (PEM) to trust for the billing API besides the public roots
+        /// (default: the CA given to 'init', if any).
+        #[arg(long, env = "TALLY_CA", value_name = "FILE")]
+        ca: Option<PathBuf>,
     },
     /// Audit a whole closed statement as the customer: its signature and arithmetic, every
     /// agent line's key against your own list of agents (a key not in it is a phantom
@@ -163,6 +167,10 @@ enum StatementsCmd {
         /// of your machines ('#' starts a comment).
         #[arg(long, value_name = "FILE")]
         agents: PathBuf,
+        /// CA certificates (PEM) to trust for the billing API besides the public roots
+        /// (default: the CA given to 'init', if any).
+        #[arg(long, env = "TALLY_CA", value_name = "FILE")]
+        ca: Option<PathBuf>,
     },
 }
 
@@ -255,7 +263,12 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                 ReportsCmd::Verify => commands::reports_verify(&agent)?,
             }
         }
-        Command::Statements(StatementsCmd::Verify { file, fetch, api }) => {
+        Command::Statements(StatementsCmd::Verify {
+            file,
+            fetch,
+            api,
+            ca,
+        }) => {
             let source = match (file, fetch) {
                 (Some(file), _) => commands::StatementSource::File(file),
                 (None, Some(month)) => commands::StatementSource::Fetch {
@@ -272,13 +285,14 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                     ));
                 }
             };
-            commands::statements_verify(&open(&dir)?, source, cli.common.json).await?
+            commands::statements_verify(&open(&dir)?, source, ca, cli.common.json).await?
         }
         Command::Statements(StatementsCmd::Audit {
             file,
             fetch,
             api,
             agents,
+            ca,
         }) => {
             let source = match (file, fetch) {
                 (Some(file), _) => commands::StatementSource::File(file),
@@ -294,8 +308,16 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                 }
             };
             let token = std::env::var(commands::API_TOKEN_ENV).ok();
-            commands::statements_audit(&open(&dir)?, source, api, token, &agents, cli.common.json)
-                .await?
+            commands::statements_audit(
+                &open(&dir)?,
+                source,
+                api,
+                token,
+                ca,
+                &agents,
+                cli.common.json,
+            )
+            .await?
         }
         Command::Export { out: file, since } => commands::export(&open(&dir)?, &file, since)?,
         Command::ImportReceipts { file } => commands::import_receipts(&open(&dir)?, &file).await?,

@@ -186,6 +186,39 @@ async fn private_ca_and_mutual_tls() {
     let v: serde_json::Value =
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!(v["rows"][0]["quantity"], 7, "{v}");
+
+    // The agent fetches a statement from that HTTPS billing API: with another CA it cannot
+    // connect; with --ca, or by default the CA given to init, it gets an answer (this
+    // month's statement is open: not signed, which the agent says).
+    let api = format!("https://localhost:{}", collector.http.port());
+    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    let verify = |ca: Option<&str>| {
+        let mut cmd = std::process::Command::new(tally_tests::workspace_bin("tally-agent"));
+        cmd.arg("--data")
+            .arg(&adata)
+            .args(["statements", "verify", "--fetch", &month, "--api", &api])
+            .env("TALLY_API_TOKEN", &admin)
+            .env_remove("TALLY_CA");
+        if let Some(ca) = ca {
+            cmd.args(["--ca", ca]);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = verify(Some(&f("ca2.pem")));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot reach the billing API"), "{err}");
+    for ca in [Some(f("ca1.pem")), None] {
+        let (code, err) = verify(ca.as_deref());
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("open statement"), "--ca {ca:?}: {err}");
+    }
+    let (code, err) = verify(Some(&f("agent.key")));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--ca") && err.contains("certificate"), "{err}");
 }
 
 /// A minimal HTTPS GET with a private CA (raw tokio-rustls, ring provider), returning the

@@ -56,9 +56,11 @@ pub async fn statements_audit(
     source: StatementSource,
     api: Option<String>,
     token: Option<String>,
+    ca: Option<std::path::PathBuf>,
     inventory_file: &Path,
     json_out: bool,
 ) -> CmdResult {
+    let ca = ca.or_else(|| super::stored_tls(&agent.store).ca);
     let inventory = read_inventory(inventory_file)?;
     let (bytes, origin) = match &source {
         StatementSource::File(path) => {
@@ -67,7 +69,14 @@ pub async fn statements_audit(
             (b, path.display().to_string())
         }
         StatementSource::Fetch { month, .. } => {
-            fetch(agent, month, api.as_deref(), token.as_deref()).await?
+            fetch(
+                agent,
+                month,
+                api.as_deref(),
+                token.as_deref(),
+                ca.as_deref(),
+            )
+            .await?
         }
     };
     if bytes.len() > MAX_STATEMENT_BYTES {
@@ -91,8 +100,14 @@ pub async fn statements_audit(
         "/v1/statements/{}/{}/evidence",
         statement.customer, statement.period
     );
-    let (body, target) =
-        get_api(api.as_deref(), token.as_deref(), &path, MAX_EVIDENCE_BYTES).await?;
+    let (body, target) = get_api(
+        api.as_deref(),
+        token.as_deref(),
+        ca.as_deref(),
+        &path,
+        MAX_EVIDENCE_BYTES,
+    )
+    .await?;
     let evidence: Evidence = tally_proto::json::parse(&body)
         .map_err(|e| e.to_string())
         .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()))

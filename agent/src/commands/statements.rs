@@ -40,8 +40,10 @@ pub enum StatementSource {
 pub async fn statements_verify(
     agent: &Agent,
     source: StatementSource,
+    ca: Option<PathBuf>,
     json_out: bool,
 ) -> CmdResult {
+    let ca = ca.or_else(|| super::stored_tls(&agent.store).ca);
     let (bytes, origin, fetched_month) = match &source {
         StatementSource::File(path) => {
             let b = std::fs::read(path)
@@ -49,7 +51,14 @@ pub async fn statements_verify(
             (b, path.display().to_string(), None)
         }
         StatementSource::Fetch { month, api, token } => {
-            let (b, origin) = fetch(agent, month, api.as_deref(), token.as_deref()).await?;
+            let (b, origin) = fetch(
+                agent,
+                month,
+                api.as_deref(),
+                token.as_deref(),
+                ca.as_deref(),
+            )
+            .await?;
             (b, origin, Some(month.as_str()))
         }
     };
@@ -167,6 +176,7 @@ pub(super) async fn fetch(
     month: &str,
     api: Option<&str>,
     token: Option<&str>,
+    ca: Option<&std::path::Path>,
 ) -> Result<(Vec<u8>, String), CommandError> {
     if Period::of_month(month, 0).is_none() {
         return Err(usage(format!(
@@ -175,15 +185,17 @@ pub(super) async fn fetch(
         )));
     }
     let path = format!("/v1/statements/{}/{month}", agent.license.customer_id);
-    get_api(api, token, &path, MAX_STATEMENT_BYTES).await
+    get_api(api, token, ca, &path, MAX_STATEMENT_BYTES).await
 }
 
 /// GETs `path` from the billing API at `api` with the bearer `token`, reading at most
 /// `max_bytes`; returns the body and the URL (which holds no secret) for messages. Only
 /// https, or plain http to this machine: the token must not cross a network in clear.
+/// `ca`: a PEM file of CA certificates trusted besides the public roots (a private CA).
 pub(super) async fn get_api(
     api: Option<&str>,
     token: Option<&str>,
+    ca: Option<&std::path::Path>,
     path: &str,
     max_bytes: usize,
 ) -> Result<(Vec<u8>, String), CommandError> {
@@ -214,8 +226,23 @@ pub(super) async fn get_api(
         ))
     })?;
     let target = format!("{api}{path}");
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(60));
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca)
+            .map_err(|e| usage(format!("--ca {}: cannot read: {e}", ca.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| usage(format!("--ca {}: not PEM certificates: {e}", ca.display())))?;
+        if certs.is_empty() {
+            return Err(usage(format!(
+                "--ca {}: holds no certificate",
+                ca.display()
+            )));
+        }
+        for c in certs {
+            builder = builder.add_root_certificate(c);
+        }
+    }
+    let client = builder
         .build()
         .map_err(|e| runtime(format!("HTTP client: {e}")))?;
     let mut resp = client
@@ -376,7 +403,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (agent, vendor, statement) = setup(dir.path()).await;
         let doc = statement.sign(&vendor);
-        let out = statements_verify(&agent, file(dir.path(), &doc), false)
+        let out = statements_verify(&agent, file(dir.path(), &doc), None, false)
             .await
             .unwrap();
         assert_eq!(
@@ -390,9 +417,14 @@ mod tests {
         let mut changed = statement.clone();
         changed.agents[0].quantities[0].quantity = 8;
         changed.lines[0].used = 8;
-        let e = statements_verify(&agent, file(dir.path(), &changed.sign(&vendor)), false)
-            .await
-            .unwrap_err();
+        let e = statements_verify(
+            &agent,
+            file(dir.path(), &changed.sign(&vendor)),
+            None,
+            false,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.exit_code(), 1);
         assert!(
             e.to_string()
@@ -404,7 +436,7 @@ mod tests {
         let tampered = String::from_utf8(doc.clone())
             .unwrap()
             .replace("\"quantity\":7", "\"quantity\":6");
-        let e = statements_verify(&agent, file(dir.path(), tampered.as_bytes()), false)
+        let e = statements_verify(&agent, file(dir.path(), tampered.as_bytes()), None, false)
             .await
             .unwrap_err();
         assert_eq!(e.exit_code(), 1);
@@ -412,14 +444,14 @@ mod tests {
         let other = tally_proto::keys::generate();
         let mut foreign = statement.clone();
         foreign.key_id = tally_proto::keys::key_id(&other.verifying_key().to_bytes());
-        let e = statements_verify(&agent, file(dir.path(), &foreign.sign(&other)), false)
+        let e = statements_verify(&agent, file(dir.path(), &foreign.sign(&other)), None, false)
             .await
             .unwrap_err();
         assert!(
             e.exit_code() == 1 && e.to_string().contains("but the vendor key is"),
             "{e}"
         );
-        let e = statements_verify(&agent, file(dir.path(), b"{\"a\":1,\"a\":2}"), false)
+        let e = statements_verify(&agent, file(dir.path(), b"{\"a\":1,\"a\":2}"), None, false)
             .await
             .unwrap_err();
         assert!(
@@ -461,13 +493,13 @@ mod tests {
             api: Some(url.clone() + "/"),
             token: token.map(str::to_string),
         };
-        let out = statements_verify(&agent, fetch(Some("tok-secret"), "2026-10"), true)
+        let out = statements_verify(&agent, fetch(Some("tok-secret"), "2026-10"), None, true)
             .await
             .unwrap();
         assert_eq!(out.json["matches"], json!(true));
         assert_eq!(out.json["reports"], json!(2));
 
-        let e = statements_verify(&agent, fetch(Some("tok-wrong"), "2026-10"), false)
+        let e = statements_verify(&agent, fetch(Some("tok-wrong"), "2026-10"), None, false)
             .await
             .unwrap_err();
         assert_eq!(e.exit_code(), 1);
@@ -476,14 +508,14 @@ mod tests {
                 && !e.to_string().contains("tok-wrong"),
             "{e}"
         );
-        let e = statements_verify(&agent, fetch(None, "2026-10"), false)
+        let e = statements_verify(&agent, fetch(None, "2026-10"), None, false)
             .await
             .unwrap_err();
         assert!(
             e.exit_code() == 2 && e.to_string().contains(API_TOKEN_ENV),
             "{e}"
         );
-        let e = statements_verify(&agent, fetch(Some("tok-secret"), "2026-13"), false)
+        let e = statements_verify(&agent, fetch(Some("tok-secret"), "2026-13"), None, false)
             .await
             .unwrap_err();
         assert_eq!(e.exit_code(), 2, "{e}");
@@ -493,7 +525,9 @@ mod tests {
             api: Some("http://billing.example.com".into()),
             token: Some("tok-secret".into()),
         };
-        let e = statements_verify(&agent, remote, false).await.unwrap_err();
+        let e = statements_verify(&agent, remote, None, false)
+            .await
+            .unwrap_err();
         assert!(
             e.exit_code() == 2 && e.to_string().contains("clear text"),
             "{e}"
