@@ -339,6 +339,18 @@ fn uninitialized_directory_and_double_init_are_clear_errors() {
     let (code, _, err) = run(&data, &["init"]);
     assert_eq!(code, 2);
     assert!(err.contains("already initialized"), "{err}");
+    // Empty lists say so (in text; `--json` gives an empty array).
+    for (args, says) in [
+        (vec!["quarantine", "list"], "no report is in quarantine\n"),
+        (vec!["periods", "list"], "no month is closed yet\n"),
+    ] {
+        let (code, out, err) = run(&data, &args);
+        assert_eq!((code, out.as_str()), (0, says), "{args:?}: {err}");
+        let mut j = vec!["--json"];
+        j.extend(&args);
+        let (_, out, _) = run(&data, &j);
+        assert_eq!(out.trim(), "[]", "{args:?}");
+    }
 }
 
 #[test]

@@ -127,6 +127,16 @@ async fn backups_taken_while_ingesting_are_consistent_and_restore() {
     let (last, last_out) = files.last().unwrap();
     let r = collector_json(&restored, &["restore", last.to_str().unwrap()]);
     assert_eq!(r["usage"], last_out["usage"]);
+    // Before the key is copied: read-only commands work on the restored directory, and one
+    // that signs names the missing file.
+    let rows = collector_json(&restored, &["usage", "--granularity", "month"]);
+    assert!(!rows["rows"].as_array().unwrap().is_empty(), "{rows}");
+    let (code, _, err) = tally_tests::collector_cmd(&restored, &["periods", "close", "2000-01"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("vendor.key") && err.contains("missing"),
+        "{err}"
+    );
     std::fs::copy(d.cdata.join("vendor.key"), restored.join("vendor.key")).unwrap();
     let again = CollectorProcess::spawn(&restored);
     let usage: serde_json::Value = reqwest::Client::new()

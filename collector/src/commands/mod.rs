@@ -71,13 +71,9 @@ impl Ctx {
     /// Opens an initialized data directory and its store (`database`: see
     /// [`crate::store::open`]).
     pub async fn open(dir: DataDir, database: Option<&str>) -> Result<Ctx, CommandError> {
-        if !dir.vendor_key().exists() {
-            return Err(usage_err(format!(
-                "{} is not an initialized data directory (hint: run 'tally-collector --data {} init' first)",
-                dir.path().display(),
-                dir.path().display()
-            )));
-        }
+        // The store is what makes a directory initialized: a restored one has it before
+        // its vendor key is copied back, and read-only commands work on it. (A missing
+        // database says "run init first".) Commands that sign ask for the key and name it.
         let store = crate::store::open(&dir, database, false).await?;
         Ok(Ctx { dir, store })
     }
@@ -88,7 +84,15 @@ impl Ctx {
     }
 
     pub fn vendor_key(&self) -> Result<ed25519_dalek::SigningKey, CommandError> {
-        keys::read(&self.dir.vendor_key()).map_err(|e| CommandError::Runtime(e.to_string()))
+        let path = self.dir.vendor_key();
+        if !path.exists() {
+            return Err(CommandError::Runtime(format!(
+                "{} is missing: this command signs with the vendor key (hint: copy vendor.key, \
+                 mode 0600, from the node that ran init — after a restore, from your key backup)",
+                path.display()
+            )));
+        }
+        keys::read(&path).map_err(|e| CommandError::Runtime(e.to_string()))
     }
 
     pub(crate) async fn audit(

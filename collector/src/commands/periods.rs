@@ -81,6 +81,11 @@ pub async fn periods_list(ctx: &Ctx) -> CmdResult {
             )
         })
         .collect::<String>();
+    let text = if text.is_empty() {
+        "no month is closed yet\n".to_string()
+    } else {
+        text
+    };
     Ok(Output::new(json!(json), text))
 }
 

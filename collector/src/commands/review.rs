@@ -90,6 +90,11 @@ pub async fn quarantine_list(ctx: &Ctx) -> CmdResult {
             )
         })
         .collect::<String>();
+    let text = if text.is_empty() {
+        "no report is in quarantine\n".to_string()
+    } else {
+        text
+    };
     Ok(Output::new(views::list(&rows, views::quarantined), text))
 }
 

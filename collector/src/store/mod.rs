@@ -90,7 +90,7 @@ pub async fn open(
         Database::Sqlite => {
             if !create && !dir.db().exists() {
                 return Err(StoreError::Invalid(format!(
-                    "{} has no database (hint: run 'tally-collector --data {} init' first)",
+                    "{} is not an initialized data directory: it has no database (hint: run 'tally-collector --data {} init' first)",
                     dir.path().display(),
                     dir.path().display()
                 )));
