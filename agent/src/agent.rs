@@ -2,6 +2,7 @@
 //! windows into signed reports, and delivering the outbox with backoff.
 
 use crate::datadir::{AgentFiles, DataDir};
+use crate::store::DeliveryState;
 use crate::store::{AgentStore, Event, Recorded, StoreError};
 use backon::BackoffBuilder;
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -367,11 +368,22 @@ async fn submit(agent: &Agent, url: &str, reports: Vec<pb::SignedReport>) -> Res
         }
         verified.push((body, r));
     }
+    let not_enrolled = verified
+        .iter()
+        .filter(|(b, _)| DeliveryState::after(b.outcome, &b.reason) == DeliveryState::Pending)
+        .count();
     agent
         .store
         .store_receipts(verified)
         .await
         .map_err(|e| e.to_string())?;
+    if not_enrolled > 0 {
+        // Kept for another try, with backoff: resending at once would only be refused again.
+        return Err(format!(
+            "the collector does not know this agent's key yet (unknown_agent): {not_enrolled} \
+             report(s) wait until the vendor enrolls it ('tally-collector agents add')"
+        ));
+    }
     Ok(n as u64)
 }
 

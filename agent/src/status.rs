@@ -137,13 +137,20 @@ pub fn stats_json(agent: &Agent) -> serde_json::Value {
 pub fn status_json(agent: &Agent, live: bool) -> Result<serde_json::Value, StatusError> {
     use serde_json::json;
     let (states, open) = agent.store.summary()?;
-    let not_counted: Vec<serde_json::Value> = agent
-        .store
-        .reports_since(1)?
-        .into_iter()
+    let reports = agent.store.reports_since(1)?;
+    let not_counted: Vec<serde_json::Value> = reports
+        .iter()
         .filter(|r| r.state.not_counted())
         .map(|r| json!({"seq": r.seq, "state": r.state.as_str(), "reason": r.reason, "detail": r.detail}))
         .collect();
+    // Refused `unknown_agent`: kept, exported and sent again until the vendor enrolls the key.
+    let waiting = reports
+        .iter()
+        .filter(|r| {
+            r.state == crate::store::DeliveryState::Pending
+                && r.reason == tally_proto::reason::Reason::UnknownAgent.as_str()
+        })
+        .count();
     let public = agent.key.verifying_key().to_bytes();
     let mut v = json!({
         // How the customer lists its agents for `statements audit --agents`.
@@ -153,6 +160,7 @@ pub fn status_json(agent: &Agent, live: bool) -> Result<serde_json::Value, Statu
         "reports": states,
         "open_window": open.into_iter().map(|(m, q)| json!({"metric": m, "quantity": q})).collect::<Vec<_>>(),
         "not_counted": not_counted,
+        "waiting_for_enrollment": waiting,
     });
     if live {
         v["delivery"] = stats_json(agent);

@@ -407,16 +407,30 @@ async fn offline_enrollment_with_agents_add() {
             .status()
             .is_success()
     );
-    let s = agent.drain(60).await;
+    // … and kept, not given up: waiting for enrollment (said in status), still exported.
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let s = loop {
+        let s = agent.status().await;
+        if s["waiting_for_enrollment"].as_u64().unwrap_or(0) >= 1 {
+            break s;
+        }
+        assert!(std::time::Instant::now() < give_up, "{s}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
     assert!(
-        s["not_counted"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["reason"] == "unknown_agent"),
+        s["not_counted"].as_array().unwrap().is_empty(),
+        "unknown_agent is not final: {s}"
+    );
+    assert!(
+        s["delivery"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unknown_agent")),
         "{s}"
     );
-    // … after `agents add`, they count.
+    let bundle = d.tmp.path().join("waiting.bundle");
+    let exported = agent_json(&d.adata, &["export", "--out", bundle.to_str().unwrap()]);
+    assert!(exported["reports"].as_u64().unwrap() >= 1, "{exported}");
+    // … after `agents add`, they count: the first ones too.
     collector_json(
         &d.cdata,
         &["agents", "add", "--license", &d.license, "--key", key],
@@ -430,6 +444,7 @@ async fn offline_enrollment_with_agents_add() {
             .status()
             .is_success()
     );
-    agent.drain(60).await;
-    assert_eq!(d.totals().await.get("api.convert"), Some(&3));
+    let s = agent.drain(120).await;
+    assert_eq!(d.totals().await.get("api.convert"), Some(&5), "{s}");
+    assert_eq!(s["waiting_for_enrollment"], 0, "{s}");
 }

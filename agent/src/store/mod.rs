@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tally_proto::Digest;
 use tally_proto::pb;
+use tally_proto::reason::Reason;
 use tally_proto::receipt::{Outcome, ReceiptBody};
 use tally_proto::report::{Counter, Report};
 use tally_runtime::sqlite_writer::{WriteFailed, Writer};
@@ -112,8 +113,13 @@ impl DeliveryState {
     /// The state a receipt with `outcome` and `reason` leaves its report in. A `DUPLICATE`
     /// with a reason is a resend of a report the collector stored but does not count (its
     /// first receipt was lost): not counted, like the quarantine it names.
+    ///
+    /// `REFUSED unknown_agent` is not final: the collector does not know the agent's key
+    /// *yet* (an air-gapped site whose reports were imported before the vendor ran `agents
+    /// add`). The report stays pending — exported again, delivered again — until it is.
     pub fn after(outcome: Outcome, reason: &str) -> DeliveryState {
         match outcome {
+            Outcome::Refused if reason == Reason::UnknownAgent.as_str() => DeliveryState::Pending,
             Outcome::Duplicate if !reason.is_empty() => DeliveryState::Quarantined,
             Outcome::Accepted | Outcome::Duplicate => DeliveryState::Delivered,
             Outcome::Quarantined => DeliveryState::Quarantined,
@@ -468,6 +474,11 @@ mod tests {
             Quarantined
         );
         assert_eq!(DeliveryState::after(Outcome::Refused, "malformed"), Refused);
+        // Not enrolled yet: kept for another try.
+        assert_eq!(
+            DeliveryState::after(Outcome::Refused, "unknown_agent"),
+            Pending
+        );
     }
 
     #[tokio::test]

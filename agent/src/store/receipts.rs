@@ -10,7 +10,26 @@ pub(super) fn receipts_tx(
     let (mut stored, mut unknown) = (0, 0);
     let mut newest: Option<&ReceiptBody> = None;
     for (body, raw) in receipts {
-        let state = DeliveryState::after(body.outcome, &body.reason).as_str();
+        let state = DeliveryState::after(body.outcome, &body.reason);
+        if state == DeliveryState::Pending {
+            // Still undelivered (not enrolled yet): remember why, keep no receipt.
+            let n = c
+                .prepare_cached(
+                    "UPDATE reports SET reason = ?2, detail = ?3 WHERE digest = ?1 AND state = 'pending'",
+                )?
+                .execute(params![
+                    body.report_digest.as_bytes().as_slice(),
+                    body.reason,
+                    body.detail
+                ])?;
+            if n == 0 {
+                unknown += 1;
+            } else {
+                stored += 1;
+            }
+            continue;
+        }
+        let state = state.as_str();
         let n = c
             .prepare_cached(
                 "UPDATE reports SET state = ?2, reason = ?3, detail = ?4, receipt_body = ?5, receipt_signature = ?6,
