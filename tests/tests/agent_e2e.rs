@@ -119,6 +119,24 @@ async fn ten_thousand_events_from_three_kinds_of_callers_count_exactly() {
     let (code, out, err) = tally_tests::agent_cmd(&d.adata, &["reports", "verify"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("ok:"), "{out}");
+    // For a person, text; `--json` for scripts.
+    let (code, out, err) = tally_tests::agent_cmd(&d.adata, &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("agent key id ") && out.contains("reports: ") && out.contains("delivery: "),
+        "{out}"
+    );
+    let (_, out, _) = tally_tests::agent_cmd(&d.adata, &["license"]);
+    assert!(
+        out.starts_with(&format!("license {}: active", d.license)),
+        "{out}"
+    );
+    assert!(out.contains("  api.convert: used "), "{out}");
+    let (code, out, err) = tally_tests::agent_cmd(&d.adata, &["record", "api.convert", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "recorded 1, already recorded 0 (committed)\n");
+    let v = tally_tests::agent_json(&d.adata, &["status"]);
+    assert!(v["key_id"].is_string(), "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

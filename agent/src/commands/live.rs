@@ -34,7 +34,11 @@ pub async fn record(
     let v = RunningAgent::find(dir)?
         .call(Method::POST, "/v1/events", Some(body))
         .await?;
-    Ok(Output::json_only(v))
+    let text = format!(
+        "recorded {}, already recorded {} (committed)\n",
+        v["recorded"], v["duplicates"]
+    );
+    Ok(Output::new(v, text))
 }
 
 /// `flush`: the running agent closes its open window now.
@@ -47,21 +51,101 @@ pub async fn flush(dir: &DataDir) -> CmdResult {
 
 /// `status`: from the running agent (with delivery statistics), else from the database.
 pub async fn status(dir: &DataDir) -> CmdResult {
-    match live(dir, "/v1/status").await {
-        Some(v) => Ok(Output::json_only(v)),
-        None => Ok(Output::json_only(
-            crate::status::status_json(&open(dir)?, false).map_err(super::runtime)?,
-        )),
+    let v = match live(dir, "/v1/status").await {
+        Some(v) => v,
+        None => crate::status::status_json(&open(dir)?, false).map_err(super::runtime)?,
+    };
+    let text = status_text(&v);
+    Ok(Output::new(v, text))
+}
+
+/// `status` for a person (`--json` gives the document).
+fn status_text(v: &Value) -> String {
+    let s = |v: &Value| match v {
+        Value::String(t) => t.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let mut t = format!(
+        "agent key id {} (public key {})\n",
+        s(&v["key_id"]),
+        s(&v["public_key"])
+    );
+    t += &license_text(&v["license"]);
+    let states: Vec<String> = v["reports"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, n)| format!("{k} {n}")).collect())
+        .unwrap_or_default();
+    t += &format!(
+        "reports: {}\n",
+        if states.is_empty() {
+            "none yet".into()
+        } else {
+            states.join(", ")
+        }
+    );
+    for c in v["open_window"].as_array().into_iter().flatten() {
+        t += &format!("open window: {} {}\n", s(&c["metric"]), c["quantity"]);
     }
+    if v["waiting_for_enrollment"].as_u64().unwrap_or(0) > 0 {
+        t += &format!(
+            "waiting for enrollment: {} report(s) (the collector does not know this key yet)\n",
+            v["waiting_for_enrollment"]
+        );
+    }
+    for r in v["not_counted"].as_array().into_iter().flatten() {
+        t += &format!(
+            "not counted: seq {} {} {} {}\n",
+            r["seq"],
+            s(&r["state"]),
+            s(&r["reason"]),
+            s(&r["detail"])
+        );
+    }
+    if let Some(d) = v.get("delivery") {
+        t += &format!(
+            "delivery: {} attempts, {} failures, last success {}{}\n",
+            d["attempts"],
+            d["failures"],
+            s(&d["last_success"]),
+            d["last_error"]
+                .as_str()
+                .map(|e| format!(", failing now: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    t
+}
+
+/// A license status for a person: state, lease, and each metric's use of its limit.
+fn license_text(l: &Value) -> String {
+    let mut t = format!(
+        "license {}: {}, lease until {}\n",
+        l["license_id"].as_str().unwrap_or("-"),
+        l["state"].as_str().unwrap_or("-"),
+        l["lease_until"].as_str().unwrap_or("-")
+    );
+    for c in l["credits"].as_array().into_iter().flatten() {
+        let limit = match &c["limit"] {
+            Value::Null => "unlimited".to_string(),
+            n => n.to_string(),
+        };
+        t += &format!(
+            "  {}: used {} of {limit} this month\n",
+            c["metric"].as_str().unwrap_or("-"),
+            c["used"]
+        );
+    }
+    t
 }
 
 /// `license`: from the running agent, else from the database.
 pub async fn license(dir: &DataDir) -> CmdResult {
     let agent = open(dir)?;
-    Ok(match live(dir, "/v1/license").await {
-        Some(v) => Output::json_only(v),
-        None => {
-            Output::json_only(crate::status::license_status(&agent, chrono::Utc::now()).to_json())
-        }
-    })
+    let v = match live(dir, "/v1/license").await {
+        Some(v) => v,
+        None => crate::status::license_status(&agent, chrono::Utc::now()).to_json(),
+    };
+    let text = license_text(&v);
+    Ok(Output::new(v, text))
 }
