@@ -79,6 +79,14 @@ enum RetentionCmd {
         #[arg(long, value_name = "DURATION")]
         retain_reports: Option<String>,
     },
+    /// What retention removed, per agent and month: the seq range, the count and the
+    /// Merkle root of the removed reports' digests (what a statement's line is checked
+    /// against once the bodies are gone).
+    List {
+        /// Only this agent's (its id).
+        #[arg(long, value_name = "ID")]
+        agent: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -537,6 +545,10 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
         Command::Retention(RetentionCmd::Apply { retain_reports }) => {
             let ctx = Ctx::open(dir, database).await?;
             commands::retention_apply(&ctx, retain_reports.as_deref()).await?
+        }
+        Command::Retention(RetentionCmd::List { agent }) => {
+            let ctx = Ctx::open(dir, database).await?;
+            commands::retention_list(&ctx, agent).await?
         }
         Command::Statements(StatementsCmd::Verify { file, vendor_key }) => {
             use tally_collector::datadir::CollectorFiles;

@@ -191,11 +191,14 @@ pub async fn close_due(
 ) -> Result<Vec<Closed>, CloseError> {
     let periods = store.periods().await?;
     let closed: BTreeSet<i64> = periods.iter().map(|p| p.month).collect();
-    let first = store
-        .list_customers(None)
-        .await?
+    // The first month that can hold usage: the oldest customer's, or an earlier license
+    // start (a license may be backdated, and reports of its term imported later).
+    let customers = store.list_customers(None).await?;
+    let licenses = store.list_licenses(None).await?;
+    let first = customers
         .iter()
         .map(|c| c.created_at.timestamp())
+        .chain(licenses.iter().map(|l| l.not_before.timestamp()))
         .min();
     let mut months: Vec<i64> = periods
         .iter()
@@ -355,6 +358,35 @@ mod tests {
             .unwrap();
         let s = tally_proto::statement::Statement::verify(&doc, &vendor.verifying_key()).unwrap();
         assert_eq!(s.period, crate::calendar::month_label(last));
+    }
+
+    #[tokio::test]
+    async fn months_before_the_customer_existed_close_when_a_license_covers_them() {
+        let (_dir, store) = store();
+        let vendor = tally_proto::keys::generate();
+        let now = store.clock().now();
+        // A customer created now, with a license backdated 60 days: usage of the months
+        // before may be imported, so they close too.
+        crate::store::fixture::Fixture::seed(
+            store.as_ref(),
+            crate::store::fixture::Seed {
+                name: "late",
+                license_id: "lic_late",
+                metrics: &[("api.convert", None)],
+                now,
+            },
+        )
+        .await
+        .unwrap();
+        let this = month_of(now.timestamp());
+        let backdated = month_of((now - Duration::days(60)).timestamp());
+        let later = now + Duration::days(40);
+        let closed = close_due(store.as_ref(), &vendor, 0, later, "lifecycle")
+            .await
+            .unwrap();
+        let months: Vec<i64> = closed.iter().map(|c| c.month).collect();
+        assert_eq!(months.first(), Some(&backdated), "{months:?}");
+        assert!(months.contains(&this), "{months:?}");
     }
 
     #[tokio::test]

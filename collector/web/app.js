@@ -161,7 +161,7 @@ async function start() {
       : `Cannot sign in: ${e.message}`);
   }
   signoutButton.hidden = false;
-  who.textContent = me.role === 'customer' ? `customer ${me.customer}` : me.role;
+  fill(who, await whoLabel());
   who.setAttribute('data-role', me.role);
   const links = me.role === 'customer'
     ? [['Usage & statements', `#/customers/${me.customer}`], ['Agents', '#/agents']]
@@ -169,6 +169,22 @@ async function start() {
        ['Quarantine', '#/quarantine'], ['Audit log', '#/audit']];
   fill(nav, links.map(([t, h]) => el('a', { href: h }, t)));
   route();
+}
+
+// The header's "who": a role, or in the customer portal the customer's name (its id beside
+// it, secondary). Without the name (the API did not answer), the id alone.
+async function whoLabel() {
+  if (me.role !== 'customer') return me.role;
+  const names = await customerNames().catch(() => new Map());
+  const name = names.get(me.customer);
+  return name ? [el('span', { class: 'who-name' }, name), ' ', el('span', { class: 'muted who-id' }, me.customer)]
+    : `customer ${me.customer}`;
+}
+
+// Customer id → name, as /v1/customers answers this token (a customer token: its own).
+async function customerNames() {
+  const { customers } = await api('/v1/customers');
+  return new Map(customers.map((c) => [c.id, c.name]));
 }
 
 // --- views --------------------------------------------------------------------------
@@ -201,16 +217,33 @@ async function overview() {
   main.setAttribute('data-view', 'overview');
 }
 
+// An alert is per license: one license's usage of a metric against that license's own
+// limit, so it may differ from the statement, which pools the licenses. In the customer
+// portal the customer is implicit and the webhook (the vendor's) is not shown at all; for
+// staff an undelivered alert says "not delivered" (the API cannot tell whether a webhook
+// is configured, so it is not "pending").
 async function alertsTable(customer) {
+  const portal = me.role === 'customer';
   const q = customer ? `?customer=${enc(customer)}&limit=50` : '?limit=50';
-  const { alerts } = await api(`/v1/alerts${q}`);
+  const [{ alerts }, names] = await Promise.all([api(`/v1/alerts${q}`), portal ? new Map() : customerNames()]);
+  const headers = ['Crossed', portal ? null : 'Customer', 'License', 'Metric', 'Month',
+    el('th', { class: 'num' }, 'Threshold'), el('th', { class: 'num' }, 'Used'), el('th', { class: 'num' }, 'Limit'),
+    portal ? null : el('th', { title: 'Delivery to the vendor\'s webhook ("not delivered" also when none is configured)' }, 'Webhook')];
   return el('div', { class: 'card', id: 'alerts' }, el('h2', {}, 'Usage alerts'),
-    table({}, ['Crossed', 'Customer', 'Metric', 'Month', 'Threshold', 'Used', 'Limit', 'Webhook'],
+    el('p', { class: 'muted caption', id: 'alerts-caption' },
+      'Each alert is per license, against that license\'s monthly limit: its "used" counts that license only, ',
+      'so it can differ from the statement, which pools all licenses that counted usage in the month.'),
+    table({}, headers.filter(Boolean),
       alerts.map((a) => el('tr', { 'data-alert': a.id, 'data-customer': a.customer },
-        el('td', {}, a.crossed_at), el('td', {}, a.customer), el('td', {}, a.metric), el('td', {}, a.period),
+        el('td', {}, a.crossed_at),
+        portal ? null : el('td', { 'data-field': 'customer' },
+          el('a', { href: `#/customers/${a.customer}`, title: a.customer }, names.get(a.customer) || a.customer)),
+        el('td', { class: 'mono', 'data-field': 'license' }, a.license),
+        el('td', {}, a.metric), el('td', {}, a.period),
         el('td', { class: 'num', 'data-field': 'threshold' }, `${a.threshold_percent}%`),
         el('td', { class: 'num' }, fmt(a.used)), el('td', { class: 'num' }, fmt(a.limit)),
-        el('td', {}, a.delivered_at ? `delivered ${a.delivered_at}` : 'pending'))),
+        portal ? null : el('td', { 'data-field': 'webhook' },
+          a.delivered_at ? `delivered ${a.delivered_at}` : 'not delivered'))),
       'Nothing here: no threshold crossed.'));
 }
 
@@ -341,13 +374,25 @@ function chartStyle(granularity) {
   return granularity === 'hour' ? 'steps' : 'bars';
 }
 
+// The licenses a pooled limit comes from (an open statement's line names them; none: no
+// license limits the metric).
+function licenseList(ids) {
+  if (!ids.length) return el('span', { class: 'muted', title: 'no license limits this metric' }, '—');
+  return ids.map((id, i) => [i ? ', ' : null, el('span', { class: 'mono', 'data-license': id }, id)]);
+}
+
+// A statement pools every license that counted usage in the month (an alert is per license).
+// An open one names, per line, the licenses its limit comes from; a closed one (the signed
+// document) does not, so neither does the page.
 async function statement(box, customer, month) {
   const s = await api(`/v1/statements/${enc(customer)}/${enc(month)}`);
+  const open = !s.closed;
   const lines = s.lines.map((l) => el('tr', { 'data-metric': l.metric },
     el('td', {}, l.metric),
     el('td', { class: 'num', 'data-field': 'used' }, fmt(l.used)),
     el('td', { class: 'num', 'data-field': 'limit' }, fmt(l.limit)),
-    el('td', { class: 'num', 'data-field': 'overage' }, fmt(l.overage))));
+    el('td', { class: 'num', 'data-field': 'overage' }, fmt(l.overage)),
+    open ? el('td', { 'data-field': 'licenses' }, licenseList(l.licenses || [])) : null));
   const adjustments = (s.adjustments || []).map((a) => el('tr', {},
     el('td', {}, a.metric), el('td', {}, a.period), el('td', { class: 'num' }, fmt(a.quantity))));
   const nav2 = (k, label) => el('a', { href: `#/customers/${customer}?month=${addMonths(month, k)}` }, label);
@@ -363,8 +408,13 @@ async function statement(box, customer, month) {
         s.closed ? (s.signature ? 'closed, signed' : 'closed, nothing billed') : 'open')),
     // A month that has not begun has no statement (the API refuses it).
     el('p', {}, nav2(-1, '← previous month'), ' · ', month < thisMonth() ? [nav2(1, 'next month →'), ' · '] : null, csv),
+    el('p', { class: 'muted caption', id: 'statement-caption' },
+      `This statement covers all licenses that counted usage in ${month}, pooled: a line's used is their total `,
+      'and its limit the sum of their limits', open ? ' ("Limit from" names them).' : '.'),
     table({ id: 'statement-lines' }, ['Metric', el('th', { class: 'num' }, 'Used'),
-      el('th', { class: 'num' }, 'Limit'), el('th', { class: 'num' }, 'Overage')], lines, 'No usage.'),
+      el('th', { class: 'num' }, 'Limit'), el('th', { class: 'num' }, 'Overage'),
+      open ? el('th', { title: 'the licenses that counted usage in the month and limit the metric' }, 'Limit from') : null]
+      .filter(Boolean), lines, 'No usage.'),
     adjustments.length ? el('h2', {}, 'Adjustments (late usage of closed months)') : null,
     adjustments.length ? table({ id: 'statement-adjustments' }, ['Metric', 'Month', el('th', { class: 'num' }, 'Quantity')], adjustments) : null,
     s.closed ? el('p', { class: 'muted' }, `Closed ${s.closed_at}, signed by vendor key ${s.key_id}.`) : null);

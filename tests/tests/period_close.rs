@@ -422,6 +422,26 @@ async fn a_closed_month_is_signed_frozen_and_verifiable_by_the_customers_agent()
     let expired = collector_json(&cdata, &["retention", "apply", "--retain-reports", "1s"]);
     assert_eq!(expired[0]["period"], period.as_str(), "{expired}");
     assert!(expired[0]["reports"].as_u64().unwrap() >= 3, "{expired}");
+    // What was removed is listed per agent: the same root as the statement's line when
+    // the line counts exactly the removed reports.
+    let summaries = collector_json(&cdata, &["retention", "list"]);
+    let line = &doc["agents"][0];
+    assert!(
+        summaries
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["period"] == period.as_str()
+                && r["agent_id"] == line["agent_id"]
+                && r["first_seq"] == line["first_seq"]),
+        "{summaries} vs {line}"
+    );
+    let (code, out, _) = collector_cmd(&cdata, &["retention", "list"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(&period) && out.contains("reports\troot "),
+        "{out}"
+    );
     let (_, kept) = get(collector.http, &path, &admin).await;
     assert_eq!(kept, frozen, "retention changed a closed statement");
     let (_, usage_after) = get(

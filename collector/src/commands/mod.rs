@@ -22,7 +22,9 @@ pub use cancel::customers_cancel;
 pub use licenses::{
     IssueArgs, licenses_alerts, licenses_issue, licenses_list, licenses_revoke, parse_metric_arg,
 };
-pub use periods::{periods_close, periods_list, retention_apply, statements_verify};
+pub use periods::{
+    periods_close, periods_list, retention_apply, retention_list, statements_verify,
+};
 pub use review::{
     audit_list, import, quarantine_discard, quarantine_list, quarantine_release, usage,
 };

@@ -2,7 +2,7 @@
 //! hand (`serve` also closes them by itself after `--close-grace`) and checking a closed
 //! statement offline.
 
-use super::{CmdResult, CommandError, Ctx, Output, usage_err};
+use super::{CmdResult, CommandError, Ctx, Output, check_id, usage_err};
 use crate::calendar::{month_label, parse_month};
 use crate::periods::{self, CloseError};
 use serde_json::json;
@@ -141,6 +141,45 @@ pub fn statements_verify(file: &Path, vendor_key: Option<&str>, data_key: &Path)
 
 /// `retention apply [--retain-reports D]`: removes now the report bodies `serve` would remove
 /// (those of months closed at least D ago; default 400 days).
+/// `retention list [--agent ID]`: the per-agent, per-month summaries of removed reports.
+pub async fn retention_list(ctx: &Ctx, agent: Option<String>) -> CmdResult {
+    if let Some(a) = &agent {
+        check_id("agent", a)?;
+    }
+    let rows = ctx.store.retained_digests(agent).await?;
+    let json: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "agent_id": r.agent_id,
+                "period": month_label(r.month),
+                "first_seq": r.first_seq,
+                "last_seq": r.last_seq,
+                "reports": r.reports,
+                "root": r.root.to_hex(),
+            })
+        })
+        .collect();
+    let text = if rows.is_empty() {
+        "retention has removed no report yet\n".to_string()
+    } else {
+        rows.iter()
+            .map(|r| {
+                format!(
+                    "{}\t{}\tseq {}..{}\t{} reports\troot {}\n",
+                    month_label(r.month),
+                    r.agent_id,
+                    r.first_seq,
+                    r.last_seq,
+                    r.reports,
+                    r.root.to_hex()
+                )
+            })
+            .collect()
+    };
+    Ok(Output::new(json!(json), text))
+}
+
 pub async fn retention_apply(ctx: &Ctx, retain: Option<&str>) -> CmdResult {
     let secs = match retain {
         None => crate::lifecycle::DEFAULT_RETAIN_REPORTS_SECS,
