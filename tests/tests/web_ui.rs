@@ -7,7 +7,10 @@
 //! `format=csv`. Every view, for every role, prints no "null" or "undefined" and logs no
 //! browser error (no missing favicon); usage per day and per month is drawn as bars; the
 //! audit log fits a 1400 px window; empty tables say so; quantities above 2^53 are shown
-//! exactly. Screenshots of each view go to the folder printed at the start.
+//! exactly. Alerts name their customer (by name) and license, say "not delivered" rather
+//! than "pending" to staff and show no webhook at all in the portal, whose header names the
+//! customer; the alerts (per license) and the statement (licenses pooled, named per line)
+//! say which is which. Screenshots of each view go to the folder printed at the start.
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
@@ -159,6 +162,16 @@ async fn chart_style(b: &mut Browser, customer: &str, granularity: &str) -> Valu
     .await;
     b.eval("document.getElementById('chart').getAttribute('data-chart-style')")
         .await
+}
+
+/// The cells of the customer's alert row that name a field (`data-field`), by field (one row:
+/// these customers cross one threshold at most).
+async fn alert_cells(b: &mut Browser, customer: &str) -> Value {
+    b.eval(&format!(
+        "Object.fromEntries(Array.from(document.querySelectorAll('#alerts tr[data-customer=\"{customer}\"] [data-field]')) \
+         .map(e => [e.dataset.field, e.textContent]))"
+    ))
+    .await
 }
 
 fn number(s: &str) -> u64 {
@@ -337,6 +350,43 @@ async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
     assert_eq!(alert_rows, serde_json::json!(["30%"]));
     let api_alerts = api.json("/v1/alerts", &admin).await;
     assert_eq!(api_alerts["alerts"].as_array().unwrap().len(), 1);
+    // The alert names its customer as /v1/customers does and its license as the alert does;
+    // undelivered, its webhook cell says so (not "pending": the API cannot tell whether a
+    // webhook is configured at all). The table says what an alert compares.
+    let api_alert = &api_alerts["alerts"][0];
+    assert!(api_alert["delivered_at"].is_null(), "{api_alert}");
+    let names = api.json("/v1/customers", &admin).await;
+    let acme_name = names["customers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == acme.as_str())
+        .unwrap()["name"]
+        .clone();
+    assert_eq!(acme_name, "Acme Rockets");
+    let shown = alert_cells(&mut b, &acme).await;
+    assert_eq!(
+        shown["customer"], acme_name,
+        "the alert's customer: {shown}"
+    );
+    assert_eq!(
+        shown["license"], api_alert["license"],
+        "the alert's license: {shown}"
+    );
+    assert_eq!(api_alert["license"], la.as_str());
+    assert_eq!(
+        shown["webhook"], "not delivered",
+        "the alert's webhook: {shown}"
+    );
+    let caption = b.text("#alerts-caption").await.unwrap_or_default();
+    assert!(
+        caption.contains("per license") && caption.contains("that license's monthly limit"),
+        "the alerts' caption: {caption:?}"
+    );
+    b.eval("document.getElementById('alerts').scrollIntoView(); true")
+        .await;
+    b.screenshot(&shots.join("alerts-admin.png")).await;
+    b.eval("window.scrollTo(0, 0); true").await;
     b.screenshot(&shots.join("overview.png")).await;
     check_clean(&mut b, "admin, overview").await;
 
@@ -356,6 +406,30 @@ async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
         .await
         .unwrap();
     assert_eq!(number(&used), 350);
+    // The open statement pools every license that counted usage this month, and names them:
+    // each line's "limit from" licenses are the API's.
+    let caption = b.text("#statement-caption").await.unwrap_or_default();
+    assert!(
+        caption.contains("all licenses that counted usage") && caption.contains("pooled"),
+        "the statement's caption: {caption:?}"
+    );
+    let statement_json = api
+        .json(&format!("/v1/statements/{acme}/{}", month()), &admin)
+        .await;
+    let want: Vec<Value> = statement_json["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| serde_json::json!([l["metric"], l["licenses"]]))
+        .collect();
+    assert_eq!(want, [serde_json::json!(["api.convert", [la]])]);
+    let shown = b
+        .eval(
+            "Array.from(document.querySelectorAll('#statement-lines tbody tr')).map(r => [r.dataset.metric, \
+             (r.querySelector('[data-field=licenses]')?.innerText ?? '').split(', ').filter(Boolean)])",
+        )
+        .await;
+    assert_eq!(shown, Value::Array(want), "the statement's licenses");
     let seq = b
         .text("#customer-agents tr [data-field=last_seq]")
         .await
@@ -563,6 +637,55 @@ async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
             api_used(&api, own_token, own, "api.convert").await,
             own_used
         );
+        // The header names the customer as /v1/customers answers this token (its id beside
+        // it, secondary).
+        let mine = api.json("/v1/customers", own_token).await;
+        assert_eq!(mine["customers"].as_array().unwrap().len(), 1, "{mine}");
+        let name = mine["customers"][0]["name"].as_str().unwrap();
+        let header = b.text("#who").await.unwrap_or_default();
+        assert!(
+            header.contains(name) && header.contains(own.as_str()),
+            "the portal's header: {header:?}, the customer: {name}"
+        );
+        let id_muted = b.text("#who .muted").await;
+        assert_eq!(id_muted.as_deref(), Some(own.as_str()));
+        // No webhook (vendor-internal) anywhere: no column, no "pending"; no customer column
+        // (it is implicit); the license of each alert as the API says.
+        b.wait_for("document.querySelector('#alerts tbody tr')")
+            .await;
+        let alerts_text = b.eval("document.getElementById('alerts').innerText").await;
+        let alerts_text = alerts_text.as_str().unwrap().to_lowercase();
+        assert!(
+            !alerts_text.contains("webhook")
+                && !alerts_text.contains("pending")
+                && !alerts_text.contains("delivered"),
+            "the portal's alerts: {alerts_text}"
+        );
+        let body = b.eval("document.body.innerText").await;
+        assert!(
+            !body.as_str().unwrap().to_lowercase().contains("webhook"),
+            "the portal mentions a webhook: {body}"
+        );
+        let headers = b
+            .eval("Array.from(document.querySelectorAll('#alerts th')).map(h => h.textContent)")
+            .await;
+        assert!(
+            !headers.as_array().unwrap().iter().any(|h| h == "Customer"),
+            "{headers}"
+        );
+        let mine = api.json("/v1/alerts", own_token).await;
+        if own == &acme {
+            let shown = alert_cells(&mut b, own).await;
+            assert_eq!(mine["alerts"].as_array().unwrap().len(), 1, "{mine}");
+            assert_eq!(shown["license"], mine["alerts"][0]["license"], "{shown}");
+            assert!(shown.get("webhook").is_none(), "{shown}");
+            b.eval("document.getElementById('alerts').scrollIntoView(); true")
+                .await;
+            b.screenshot(&shots.join("alerts-portal.png")).await;
+            b.eval("window.scrollTo(0, 0); true").await;
+        } else {
+            assert_eq!(mine["alerts"], serde_json::json!([]));
+        }
         let html = b.eval("document.documentElement.outerHTML").await;
         let html = html.as_str().unwrap();
         assert!(!html.contains(other.as_str()) && !html.contains(other_name));
