@@ -759,3 +759,29 @@ async fn enrollment_is_audited() {
         "{v}"
     );
 }
+
+/// The audit log names the caller by its token id and, when the token has one, its name.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_log_names_tokens_by_id_and_name() {
+    let c = InProcessCollector::start().await;
+    let out =
+        tally_collector::commands::tokens_create(&c.ctx, "billing", Some("finance team".into()))
+            .await
+            .unwrap();
+    let (id, token) = (
+        out.json["id"].as_str().unwrap().to_string(),
+        out.json["token"].as_str().unwrap().to_string(),
+    );
+    let (s, _) = get(&c, "/v1/customers", Some(&token)).await;
+    assert_eq!(s, 200);
+    let (_, v) = get(&c, "/v1/audit?limit=5", Some(&c.admin_token)).await;
+    let entries = v["entries"].as_array().unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["actor"] == format!("{id} (finance team)").as_str()
+                && e["action"] == "GET /v1/customers"),
+        "{v}"
+    );
+    assert!(!v.to_string().contains(&token), "{v}");
+}

@@ -14,6 +14,9 @@ use axum::response::{IntoResponse, Response};
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub token_id: String,
+    /// The name given at `tokens create --name` (empty if none): for people reading the
+    /// audit log.
+    pub token_name: String,
     pub role: Role,
 }
 
@@ -72,6 +75,7 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, A
         Some(r) if r.revoked => Err(ApiError::Unauthorized("this token has been revoked".into())),
         Some(r) => Ok(Caller {
             token_id: r.id,
+            token_name: r.name,
             role: r.role,
         }),
     }
@@ -88,7 +92,12 @@ pub async fn auth_and_audit(
     let (actor, resp) = match authenticate(&state, req.headers()).await {
         Err(e) => ("anonymous".to_string(), e.into_response()),
         Ok(caller) => {
-            let actor = caller.token_id.clone();
+            // The token's id (never the token), with its name when it has one.
+            let actor = if caller.token_name.is_empty() {
+                caller.token_id.clone()
+            } else {
+                format!("{} ({})", caller.token_id, caller.token_name)
+            };
             req.extensions_mut().insert(caller);
             (actor, next.run(req).await)
         }
