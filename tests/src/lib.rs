@@ -26,7 +26,7 @@ use tally_proto::pb::ingest_client::IngestClient;
 use tally_proto::report::{Counter, Report};
 use tonic::transport::Channel;
 
-/// Where an [`InProcessCollector`]'s clock starts: the middle of a month, so a test's usage
+/// Where an [`InProcessCollector`]'s clock starts: late enough in a month that a test's usage
 /// (its [`TestAgent`]'s windows begin 20 days before now) lies in "this month" whatever the
 /// date the suite runs on.
 pub const TEST_NOW: &str = "2026-06-24T12:00:00Z";
