@@ -123,55 +123,68 @@ enum StatementsCmd {
     ///
     /// `--fetch` reads the billing API token from TALLY_API_TOKEN only: there is no flag
     /// for it, because a command line is visible to every user of the machine.
-    Verify {
-        /// A statement document (JSON) saved from the billing API.
-        #[arg(
-            value_name = "FILE",
-            required_unless_present = "fetch",
-            conflicts_with = "fetch"
-        )]
-        file: Option<PathBuf>,
-        /// Fetch the statement of this month (YYYY-MM) for the license's customer.
-        #[arg(long, value_name = "YYYY-MM")]
-        fetch: Option<String>,
-        /// The collector's billing API URL, e.g. http://127.0.0.1:8080 (with --fetch).
-        #[arg(long, env = "TALLY_API_URL", value_name = "URL")]
-        api: Option<String>,
-        /// CA certificates (PEM) to trust for the billing API besides the public roots
-        /// (default: the CA given to 'init', if any).
-        #[arg(long, env = "TALLY_CA", value_name = "FILE")]
-        ca: Option<PathBuf>,
-    },
+    Verify(StatementArgs),
     /// Audit a whole closed statement as the customer: its signature and arithmetic, every
     /// agent line's key against your own list of agents (a key not in it is a phantom
     /// install), and every line re-derived from the signed reports the billing API serves
-    /// as its evidence (exit 1 naming each difference).
+    /// as its evidence (exit 1 naming each difference). Needs the billing API (--api) even
+    /// with a FILE: the evidence comes from it.
     ///
     /// The billing API token comes from TALLY_API_TOKEN only (never a flag).
     Audit {
-        /// A statement document (JSON) saved from the billing API.
-        #[arg(
-            value_name = "FILE",
-            required_unless_present = "fetch",
-            conflicts_with = "fetch"
-        )]
-        file: Option<PathBuf>,
-        /// Fetch the statement of this month (YYYY-MM) for the license's customer.
-        #[arg(long, value_name = "YYYY-MM")]
-        fetch: Option<String>,
-        /// The collector's billing API URL, e.g. https://billing.example.com (the evidence
-        /// always comes from it).
-        #[arg(long, env = "TALLY_API_URL", value_name = "URL")]
-        api: Option<String>,
+        #[command(flatten)]
+        statement: StatementArgs,
         /// Your agents: one key id per line, as 'tally-agent status' prints key_id on each
         /// of your machines ('#' starts a comment).
         #[arg(long, value_name = "FILE")]
         agents: PathBuf,
-        /// CA certificates (PEM) to trust for the billing API besides the public roots
-        /// (default: the CA given to 'init', if any).
-        #[arg(long, env = "TALLY_CA", value_name = "FILE")]
-        ca: Option<PathBuf>,
     },
+}
+
+/// Which statement, and how to reach the billing API: what `statements verify` and
+/// `statements audit` share.
+#[derive(clap::Args)]
+struct StatementArgs {
+    /// A statement document (JSON) saved from the billing API.
+    #[arg(
+        value_name = "FILE",
+        required_unless_present = "fetch",
+        conflicts_with = "fetch"
+    )]
+    file: Option<PathBuf>,
+    /// Fetch the statement of this month (YYYY-MM) for the license's customer.
+    #[arg(long, value_name = "YYYY-MM")]
+    fetch: Option<String>,
+    /// The collector's billing API URL, e.g. https://billing.example.com.
+    #[arg(long, env = "TALLY_API_URL", value_name = "URL")]
+    api: Option<String>,
+    /// CA certificates (PEM) to trust for the billing API besides the public roots
+    /// (default: the CA given to 'init', if any).
+    #[arg(long, env = "TALLY_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
+}
+
+impl StatementArgs {
+    /// The statement's source, and the billing API with the token from the environment
+    /// only (a flag would show it to every user of the machine, `ps`).
+    fn split(self) -> Result<(commands::StatementSource, commands::BillingApi), CommandError> {
+        let source = match (self.file, self.fetch) {
+            (Some(file), _) => commands::StatementSource::File(file),
+            (None, Some(month)) => commands::StatementSource::Fetch(month),
+            // clap already requires one of them.
+            (None, None) => {
+                return Err(CommandError::Usage(
+                    "give a statement FILE or --fetch YYYY-MM".into(),
+                ));
+            }
+        };
+        let api = commands::BillingApi {
+            url: self.api,
+            token: std::env::var(commands::API_TOKEN_ENV).ok(),
+            ca: self.ca,
+        };
+        Ok((source, api))
+    }
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -263,61 +276,13 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                 ReportsCmd::Verify => commands::reports_verify(&agent)?,
             }
         }
-        Command::Statements(StatementsCmd::Verify {
-            file,
-            fetch,
-            api,
-            ca,
-        }) => {
-            let source = match (file, fetch) {
-                (Some(file), _) => commands::StatementSource::File(file),
-                (None, Some(month)) => commands::StatementSource::Fetch {
-                    month,
-                    api,
-                    // From the environment only: a flag would show the token to every
-                    // user of the machine (`ps`).
-                    token: std::env::var(commands::API_TOKEN_ENV).ok(),
-                },
-                // clap already requires one of them.
-                (None, None) => {
-                    return Err(CommandError::Usage(
-                        "give a statement FILE or --fetch YYYY-MM".into(),
-                    ));
-                }
-            };
-            commands::statements_verify(&open(&dir)?, source, ca, cli.common.json).await?
+        Command::Statements(StatementsCmd::Verify(args)) => {
+            let (source, api) = args.split()?;
+            commands::statements_verify(&open(&dir)?, source, api, cli.common.json).await?
         }
-        Command::Statements(StatementsCmd::Audit {
-            file,
-            fetch,
-            api,
-            agents,
-            ca,
-        }) => {
-            let source = match (file, fetch) {
-                (Some(file), _) => commands::StatementSource::File(file),
-                (None, Some(month)) => commands::StatementSource::Fetch {
-                    month,
-                    api: None,
-                    token: None,
-                },
-                (None, None) => {
-                    return Err(CommandError::Usage(
-                        "give a statement FILE or --fetch YYYY-MM".into(),
-                    ));
-                }
-            };
-            let token = std::env::var(commands::API_TOKEN_ENV).ok();
-            commands::statements_audit(
-                &open(&dir)?,
-                source,
-                api,
-                token,
-                ca,
-                &agents,
-                cli.common.json,
-            )
-            .await?
+        Command::Statements(StatementsCmd::Audit { statement, agents }) => {
+            let (source, api) = statement.split()?;
+            commands::statements_audit(&open(&dir)?, source, api, &agents, cli.common.json).await?
         }
         Command::Export { out: file, since } => commands::export(&open(&dir)?, &file, since)?,
         Command::ImportReceipts { file } => commands::import_receipts(&open(&dir)?, &file).await?,

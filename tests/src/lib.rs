@@ -545,14 +545,29 @@ impl Drop for CollectorProcess {
 
 /// Runs a `tally-agent` command and returns (exit code, stdout, stderr).
 pub fn agent_cmd(data: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(workspace_bin("tally-agent"))
-        .arg("--data")
+    agent_cmd_env(data, args, &[])
+}
+
+/// Like [`agent_cmd`], with variables set (`("X", Some(v))`) or removed (`("X", None)`),
+/// e.g. the billing API token, which commands read from the environment only.
+pub fn agent_cmd_env(
+    data: &Path,
+    args: &[&str],
+    env: &[(&str, Option<&str>)],
+) -> (i32, String, String) {
+    let mut cmd = Command::new(workspace_bin("tally-agent"));
+    cmd.arg("--data")
         .arg(data)
         .args(args)
         .env_remove("TALLY_DATA")
-        .env_remove("TALLY_CONFIG")
-        .output()
-        .expect("run tally-agent");
+        .env_remove("TALLY_CONFIG");
+    for (k, v) in env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = cmd.output().expect("run tally-agent");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -10,12 +10,11 @@
 use chrono::{Duration, Utc};
 use serde_json::{Value, json};
 use std::path::Path;
-use std::process::Command;
 use tally_collector::calendar::{month_label, month_of};
 use tally_proto::statement::Statement;
 use tally_tests::{
-    AgentProcess, CollectorProcess, agent_cmd, agent_json, collector_cmd, collector_json,
-    workspace_bin,
+    AgentProcess, CollectorProcess, agent_cmd, agent_cmd_env, agent_json, collector_cmd,
+    collector_json,
 };
 
 /// Records `events` (quantity each) on the agent, one HTTP call each, and waits until
@@ -48,39 +47,15 @@ async fn get(http_addr: std::net::SocketAddr, path: &str, token: &str) -> (u16, 
 
 /// `tally-agent statements verify --fetch MONTH` with the token in the environment.
 fn agent_fetch(data: &Path, month: &str, api: &str, token: &str) -> (i32, String, String) {
-    let out = Command::new(workspace_bin("tally-agent"))
-        .arg("--data")
-        .arg(data)
-        .args(["statements", "verify", "--fetch", month, "--api", api])
-        .env("TALLY_API_TOKEN", token)
-        .env_remove("TALLY_DATA")
-        .env_remove("TALLY_CONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let args = ["statements", "verify", "--fetch", month, "--api", api];
+    agent_cmd_env(data, &args, &[("TALLY_API_TOKEN", Some(token))])
 }
 
 /// `tally-agent statements audit ARGS…` with the token in the environment.
 fn agent_audit(data: &Path, args: &[&str], token: &str) -> (i32, String, String) {
-    let out = Command::new(workspace_bin("tally-agent"))
-        .arg("--data")
-        .arg(data)
-        .args(["statements", "audit"])
-        .args(args)
-        .env("TALLY_API_TOKEN", token)
-        .env_remove("TALLY_DATA")
-        .env_remove("TALLY_CONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut all = vec!["statements", "audit"];
+    all.extend_from_slice(args);
+    agent_cmd_env(data, &all, &[("TALLY_API_TOKEN", Some(token))])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

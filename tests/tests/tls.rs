@@ -193,20 +193,16 @@ async fn private_ca_and_mutual_tls() {
     let api = format!("https://localhost:{}", collector.http.port());
     let month = chrono::Utc::now().format("%Y-%m").to_string();
     let verify = |ca: Option<&str>| {
-        let mut cmd = std::process::Command::new(tally_tests::workspace_bin("tally-agent"));
-        cmd.arg("--data")
-            .arg(&adata)
-            .args(["statements", "verify", "--fetch", &month, "--api", &api])
-            .env("TALLY_API_TOKEN", &admin)
-            .env_remove("TALLY_CA");
+        let mut args = vec!["statements", "verify", "--fetch", &month, "--api", &api];
         if let Some(ca) = ca {
-            cmd.args(["--ca", ca]);
+            args.extend(["--ca", ca]);
         }
-        let out = cmd.output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let env = [
+            ("TALLY_API_TOKEN", Some(admin.as_str())),
+            ("TALLY_CA", None),
+        ];
+        let (code, _, err) = tally_tests::agent_cmd_env(&adata, &args, &env);
+        (code, err)
     };
     let (code, err) = verify(Some(&f("ca2.pem")));
     assert_eq!(code, 1, "{err}");

@@ -4,7 +4,7 @@
 //! the signed reports the billing API serves as its evidence
 //! (`tally_proto::statement::audit`).
 
-use super::statements::{MAX_STATEMENT_BYTES, StatementSource, fetch, get_api};
+use super::statements::{BillingApi, MAX_STATEMENT_BYTES, StatementSource, fetch, get_api};
 use super::{CmdResult, CommandError, Output, runtime, usage};
 use crate::agent::Agent;
 use serde_json::json;
@@ -50,17 +50,15 @@ pub fn read_inventory(path: &Path) -> Result<BTreeSet<String>, CommandError> {
 }
 
 /// `statements audit`. The statement comes from `source`; the evidence always from the
-/// billing API at `api` (the token from `TALLY_API_TOKEN`, in `source` or `token`).
+/// billing API `api` (the token from `TALLY_API_TOKEN`).
 pub async fn statements_audit(
     agent: &Agent,
     source: StatementSource,
-    api: Option<String>,
-    token: Option<String>,
-    ca: Option<std::path::PathBuf>,
+    api: BillingApi,
     inventory_file: &Path,
     json_out: bool,
 ) -> CmdResult {
-    let ca = ca.or_else(|| super::stored_tls(&agent.store).ca);
+    let api = api.with_default_ca(agent);
     let inventory = read_inventory(inventory_file)?;
     let (bytes, origin) = match &source {
         StatementSource::File(path) => {
@@ -68,16 +66,7 @@ pub async fn statements_audit(
                 .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
             (b, path.display().to_string())
         }
-        StatementSource::Fetch { month, .. } => {
-            fetch(
-                agent,
-                month,
-                api.as_deref(),
-                token.as_deref(),
-                ca.as_deref(),
-            )
-            .await?
-        }
+        StatementSource::Fetch(month) => fetch(agent, month, &api).await?,
     };
     if bytes.len() > MAX_STATEMENT_BYTES {
         return Err(usage(format!(
@@ -100,14 +89,7 @@ pub async fn statements_audit(
         "/v1/statements/{}/{}/evidence",
         statement.customer, statement.period
     );
-    let (body, target) = get_api(
-        api.as_deref(),
-        token.as_deref(),
-        ca.as_deref(),
-        &path,
-        MAX_EVIDENCE_BYTES,
-    )
-    .await?;
+    let (body, target) = get_api(&api, &path, MAX_EVIDENCE_BYTES).await?;
     let evidence: Evidence = tally_proto::json::parse(&body)
         .map_err(|e| e.to_string())
         .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()))

@@ -22,13 +22,29 @@ pub enum StatementSource {
     /// A statement document saved earlier.
     File(PathBuf),
     /// `GET {api}/v1/statements/{customer}/{month}`, the customer being the license's.
-    Fetch {
-        month: String,
-        api: Option<String>,
-        /// The billing API token, from [`API_TOKEN_ENV`] only (never a flag). Never printed
-        /// or logged (this type has no `Debug`).
-        token: Option<String>,
-    },
+    Fetch(String),
+}
+
+/// How to reach the billing API (for fetched statements and the audit's evidence).
+pub struct BillingApi {
+    /// `--api` / `TALLY_API_URL`.
+    pub url: Option<String>,
+    /// The billing API token, from [`API_TOKEN_ENV`] only (never a flag). Never printed or
+    /// logged (this type has no `Debug`).
+    pub token: Option<String>,
+    /// `--ca`: CA certificates (PEM) trusted besides the public roots; by default the CA
+    /// given to `init`, if any.
+    pub ca: Option<PathBuf>,
+}
+
+impl BillingApi {
+    /// `ca` filled in with the CA `init` stored, when none was given.
+    pub(super) fn with_default_ca(self, agent: &Agent) -> BillingApi {
+        BillingApi {
+            ca: self.ca.or_else(|| super::stored_tls(&agent.store).ca),
+            ..self
+        }
+    }
 }
 
 /// `statements verify`: verifies the statement's signature with the vendor key of the
@@ -40,25 +56,18 @@ pub enum StatementSource {
 pub async fn statements_verify(
     agent: &Agent,
     source: StatementSource,
-    ca: Option<PathBuf>,
+    api: BillingApi,
     json_out: bool,
 ) -> CmdResult {
-    let ca = ca.or_else(|| super::stored_tls(&agent.store).ca);
+    let api = api.with_default_ca(agent);
     let (bytes, origin, fetched_month) = match &source {
         StatementSource::File(path) => {
             let b = std::fs::read(path)
                 .map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
             (b, path.display().to_string(), None)
         }
-        StatementSource::Fetch { month, api, token } => {
-            let (b, origin) = fetch(
-                agent,
-                month,
-                api.as_deref(),
-                token.as_deref(),
-                ca.as_deref(),
-            )
-            .await?;
+        StatementSource::Fetch(month) => {
+            let (b, origin) = fetch(agent, month, &api).await?;
             (b, origin, Some(month.as_str()))
         }
     };
@@ -66,7 +75,7 @@ pub async fn statements_verify(
     // answered, and any signature problem, is a failure (exit 1).
     let malformed = |m: String| match source {
         StatementSource::File(_) => usage(format!("{origin}: {m}")),
-        StatementSource::Fetch { .. } => runtime(format!("{origin}: {m}")),
+        StatementSource::Fetch(_) => runtime(format!("{origin}: {m}")),
     };
     // `Agent::load` verified the stored license with the stored collector key, so this is
     // the license's `vendor_key`. `verify` parses strictly (a repeated key is malformed)
@@ -174,9 +183,7 @@ pub async fn statements_verify(
 pub(super) async fn fetch(
     agent: &Agent,
     month: &str,
-    api: Option<&str>,
-    token: Option<&str>,
-    ca: Option<&std::path::Path>,
+    api: &BillingApi,
 ) -> Result<(Vec<u8>, String), CommandError> {
     if Period::of_month(month, 0).is_none() {
         return Err(usage(format!(
@@ -185,7 +192,7 @@ pub(super) async fn fetch(
         )));
     }
     let path = format!("/v1/statements/{}/{month}", agent.license.customer_id);
-    get_api(api, token, ca, &path, MAX_STATEMENT_BYTES).await
+    get_api(api, &path, MAX_STATEMENT_BYTES).await
 }
 
 /// GETs `path` from the billing API at `api` with the bearer `token`, reading at most
@@ -193,13 +200,15 @@ pub(super) async fn fetch(
 /// https, or plain http to this machine: the token must not cross a network in clear.
 /// `ca`: a PEM file of CA certificates trusted besides the public roots (a private CA).
 pub(super) async fn get_api(
-    api: Option<&str>,
-    token: Option<&str>,
-    ca: Option<&std::path::Path>,
+    api: &BillingApi,
     path: &str,
     max_bytes: usize,
 ) -> Result<(Vec<u8>, String), CommandError> {
+    let ca = api.ca.as_deref();
+    let token = api.token.as_deref();
     let api = api
+        .url
+        .as_deref()
         .filter(|a| !a.is_empty())
         .ok_or_else(|| usage("the billing API's URL is needed: --api URL or TALLY_API_URL"))?
         .trim_end_matches('/');
@@ -392,6 +401,14 @@ mod tests {
         (agent, vendor, statement)
     }
 
+    fn no_api() -> BillingApi {
+        BillingApi {
+            url: None,
+            token: None,
+            ca: None,
+        }
+    }
+
     fn file(dir: &std::path::Path, doc: &[u8]) -> StatementSource {
         let p = dir.join("statement.json");
         std::fs::write(&p, doc).unwrap();
@@ -403,7 +420,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (agent, vendor, statement) = setup(dir.path()).await;
         let doc = statement.sign(&vendor);
-        let out = statements_verify(&agent, file(dir.path(), &doc), None, false)
+        let out = statements_verify(&agent, file(dir.path(), &doc), no_api(), false)
             .await
             .unwrap();
         assert_eq!(
@@ -420,7 +437,7 @@ mod tests {
         let e = statements_verify(
             &agent,
             file(dir.path(), &changed.sign(&vendor)),
-            None,
+            no_api(),
             false,
         )
         .await
@@ -436,24 +453,39 @@ mod tests {
         let tampered = String::from_utf8(doc.clone())
             .unwrap()
             .replace("\"quantity\":7", "\"quantity\":6");
-        let e = statements_verify(&agent, file(dir.path(), tampered.as_bytes()), None, false)
-            .await
-            .unwrap_err();
+        let e = statements_verify(
+            &agent,
+            file(dir.path(), tampered.as_bytes()),
+            no_api(),
+            false,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.exit_code(), 1);
         assert!(e.to_string().contains("statement signature"), "{e}");
         let other = tally_proto::keys::generate();
         let mut foreign = statement.clone();
         foreign.key_id = tally_proto::keys::key_id(&other.verifying_key().to_bytes());
-        let e = statements_verify(&agent, file(dir.path(), &foreign.sign(&other)), None, false)
-            .await
-            .unwrap_err();
+        let e = statements_verify(
+            &agent,
+            file(dir.path(), &foreign.sign(&other)),
+            no_api(),
+            false,
+        )
+        .await
+        .unwrap_err();
         assert!(
             e.exit_code() == 1 && e.to_string().contains("but the vendor key is"),
             "{e}"
         );
-        let e = statements_verify(&agent, file(dir.path(), b"{\"a\":1,\"a\":2}"), None, false)
-            .await
-            .unwrap_err();
+        let e = statements_verify(
+            &agent,
+            file(dir.path(), b"{\"a\":1,\"a\":2}"),
+            no_api(),
+            false,
+        )
+        .await
+        .unwrap_err();
         assert!(
             e.exit_code() == 2 && e.to_string().contains("duplicate"),
             "{e}"
@@ -488,18 +520,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (agent, vendor, statement) = setup(dir.path()).await;
         let url = api(statement.sign(&vendor)).await;
-        let fetch = |token: Option<&str>, month: &str| StatementSource::Fetch {
-            month: month.into(),
-            api: Some(url.clone() + "/"),
+        let with = |token: Option<&str>| BillingApi {
+            url: Some(url.clone() + "/"),
             token: token.map(str::to_string),
+            ca: None,
         };
-        let out = statements_verify(&agent, fetch(Some("tok-secret"), "2026-10"), None, true)
+        let fetch = |month: &str| StatementSource::Fetch(month.into());
+        let out = statements_verify(&agent, fetch("2026-10"), with(Some("tok-secret")), true)
             .await
             .unwrap();
         assert_eq!(out.json["matches"], json!(true));
         assert_eq!(out.json["reports"], json!(2));
 
-        let e = statements_verify(&agent, fetch(Some("tok-wrong"), "2026-10"), None, false)
+        let e = statements_verify(&agent, fetch("2026-10"), with(Some("tok-wrong")), false)
             .await
             .unwrap_err();
         assert_eq!(e.exit_code(), 1);
@@ -508,24 +541,24 @@ mod tests {
                 && !e.to_string().contains("tok-wrong"),
             "{e}"
         );
-        let e = statements_verify(&agent, fetch(None, "2026-10"), None, false)
+        let e = statements_verify(&agent, fetch("2026-10"), with(None), false)
             .await
             .unwrap_err();
         assert!(
             e.exit_code() == 2 && e.to_string().contains(API_TOKEN_ENV),
             "{e}"
         );
-        let e = statements_verify(&agent, fetch(Some("tok-secret"), "2026-13"), None, false)
+        let e = statements_verify(&agent, fetch("2026-13"), with(Some("tok-secret")), false)
             .await
             .unwrap_err();
         assert_eq!(e.exit_code(), 2, "{e}");
         // The token never crosses the network in clear text: plain http:// only to here.
-        let remote = StatementSource::Fetch {
-            month: "2026-10".into(),
-            api: Some("http://billing.example.com".into()),
+        let remote = BillingApi {
+            url: Some("http://billing.example.com".into()),
             token: Some("tok-secret".into()),
+            ca: None,
         };
-        let e = statements_verify(&agent, remote, None, false)
+        let e = statements_verify(&agent, fetch("2026-10"), remote, false)
             .await
             .unwrap_err();
         assert!(
