@@ -198,7 +198,7 @@ struct ConfigFile {
 
 fn main() {
     let cli: Cli = tally_runtime::cli::parse("tally-agent");
-    tally_runtime::cli::init_logging();
+    tally_runtime::cli::init_logging(cli.common.log_format);
     let json_out = cli.common.json;
     tally_runtime::cli::run_main(json_out, dispatch(cli))
 }

@@ -8,6 +8,7 @@ use crate::ingest::{Ingestor, SubmitError};
 use crate::metrics::Metrics;
 use crate::store::{Source, Store, StoreError};
 use std::sync::Arc;
+use std::time::Duration;
 use tally_proto::enroll::verify_proof;
 use tally_proto::limits::{MAX_REPORTS_PER_SUBMIT, MAX_SHORT_STRING, MAX_SUBMIT_BYTES};
 use tally_proto::pb;
@@ -19,6 +20,28 @@ pub struct IngestService {
     pub ingestor: Arc<Ingestor>,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
+    /// How long one `Enroll` or `Submit` may take.
+    pub call_deadline: Duration,
+}
+
+/// Default for [`IngestService::call_deadline`].
+pub const DEFAULT_CALL_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs `call` for at most `deadline`; past it the caller gets `DEADLINE_EXCEEDED`. Done
+/// here rather than with tonic's server-wide timeout, which answers `CANCELLED` (a status
+/// clients read as "the caller gave up", not "the server ran out of time").
+async fn within<T>(
+    deadline: Duration,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    tokio::time::timeout(deadline, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "the collector did not finish the call within {} s; retry",
+                deadline.as_secs()
+            )))
+        })
 }
 
 fn store_status(e: StoreError) -> Status {
@@ -36,6 +59,22 @@ fn store_status(e: StoreError) -> Status {
 #[tonic::async_trait]
 impl Ingest for IngestService {
     async fn enroll(
+        &self,
+        request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        within(self.call_deadline, self.enroll_call(request)).await
+    }
+
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        within(self.call_deadline, self.submit_call(request)).await
+    }
+}
+
+impl IngestService {
+    async fn enroll_call(
         &self,
         request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
@@ -93,7 +132,7 @@ impl Ingest for IngestService {
         }))
     }
 
-    async fn submit(
+    async fn submit_call(
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
@@ -184,11 +223,12 @@ pub fn router(
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
     }
-    // Limits against misbehaving clients: a deadline per call, a cap on concurrent streams per
-    // connection so one client cannot monopolise the server, keepalives that drop dead or
-    // stalled peers, and a bounded header list.
+    // Limits against misbehaving clients: a deadline per call (Ingest's own, see `within`;
+    // the server-wide one is a backstop for health and reflection and answers CANCELLED),
+    // a cap on concurrent streams per connection so one client cannot monopolise the
+    // server, keepalives that drop dead or stalled peers, and a bounded header list.
     Ok(builder
-        .timeout(std::time::Duration::from_secs(60))
+        .timeout(std::time::Duration::from_secs(300))
         .max_concurrent_streams(64)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))

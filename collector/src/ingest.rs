@@ -8,7 +8,7 @@
 
 use crate::metrics::Metrics;
 use crate::store::{AuthenticReport, Source, Store, StoreError};
-use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,9 +19,6 @@ use tally_proto::reason::Reason;
 use tally_proto::receipt::{Outcome, ReceiptBody};
 use tally_proto::report::{Report, ReportError};
 use tally_proto::signing::{self, Domain};
-
-/// Below this many reports a batch verification does not pay for itself.
-const BATCH_VERIFY_MIN: usize = 4;
 
 /// How many parsed agent keys [`KeyCache`] keeps before it starts over.
 const KEY_CACHE_MAX: usize = 100_000;
@@ -380,37 +377,21 @@ fn decode(s: pb::SignedReport, keys: &KeyCache) -> Slot {
     }))
 }
 
-/// Verifies every pending slot's signature; a failing one becomes `bad_signature`.
+/// Verifies every pending slot's signature, each alone under the one rule
+/// ([`signing::verify_message`]); a failing one becomes `bad_signature`. No batch
+/// equation: a report is never accepted by a check that its signature would fail alone.
 fn verify_all(mut slots: Vec<Slot>) -> Vec<Slot> {
-    let pending: Vec<usize> = (0..slots.len())
-        .filter(|i| matches!(slots[*i], Slot::Pending(_)))
-        .collect();
-    let messages: Vec<(usize, Vec<u8>, Signature, VerifyingKey)> = pending
-        .iter()
-        .filter_map(|&i| match &slots[i] {
-            Slot::Pending(c) => signing::signature(&c.signature)
-                .ok()
-                .map(|sig| (i, Domain::UsageReport.message(&c.bytes), sig, c.key)),
-            _ => None,
-        })
-        .collect();
-    let batch_ok = messages.len() >= BATCH_VERIFY_MIN && {
-        let msgs: Vec<&[u8]> = messages.iter().map(|m| m.1.as_slice()).collect();
-        let sigs: Vec<Signature> = messages.iter().map(|m| m.2).collect();
-        let keys: Vec<VerifyingKey> = messages.iter().map(|m| m.3).collect();
-        signing::verify_batch(&msgs, &sigs, &keys)
-    };
-    if !batch_ok {
-        for (i, msg, sig, key) in &messages {
-            if !signing::verify_message(key, msg, sig)
-                && let Slot::Pending(c) = &slots[*i]
-            {
-                slots[*i] = Slot::Refused(
-                    c.digest,
-                    Reason::BadSignature,
-                    "the signature does not verify for the agent key".into(),
-                );
-            }
+    for slot in &mut slots {
+        let Slot::Pending(c) = slot else { continue };
+        let ok = signing::signature(&c.signature).is_ok_and(|sig| {
+            signing::verify_message(&c.key, &Domain::UsageReport.message(&c.bytes), &sig)
+        });
+        if !ok {
+            *slot = Slot::Refused(
+                c.digest,
+                Reason::BadSignature,
+                "the signature does not verify for the agent key".into(),
+            );
         }
     }
     slots

@@ -48,6 +48,47 @@ pub async fn purge_due(
     Ok(purged)
 }
 
+/// Removes the license files in `dir` (`<license id>.license`, as `licenses issue` names
+/// them) of licenses the store no longer has: a purge run by another collector node on a
+/// shared database removed the licenses there, and only that node's files with them.
+/// Returns how many files went. Safe against a concurrent `licenses issue`: the files are
+/// listed *before* the store is asked, and a license is stored before its file is written,
+/// so every listed file of a live license is found.
+pub async fn sweep_license_files(store: &dyn Store, dir: &Path) -> StoreResult<usize> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(0); // no licenses/ on this node yet
+    };
+    let files: Vec<(String, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let path = e.path();
+            let id = path
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".license")?
+                .to_string();
+            crate::ids::is_valid_id(&id).then_some((id, path))
+        })
+        .collect();
+    if files.is_empty() {
+        return Ok(0);
+    }
+    let live: std::collections::HashSet<String> = store
+        .list_licenses(None)
+        .await?
+        .into_iter()
+        .map(|l| l.license_id)
+        .collect();
+    let mut removed = 0;
+    for (id, path) in files {
+        if !live.contains(&id) && std::fs::remove_file(&path).is_ok() {
+            tracing::info!(license = %id, "Removed the file of a purged license.");
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Default: report bodies are kept 400 days after their month closed.
 pub const DEFAULT_RETAIN_REPORTS_SECS: i64 = 400 * 86_400;
 
@@ -78,7 +119,8 @@ pub async fn expire_due(
     Ok(expired)
 }
 
-/// Runs [`purge_due`] and [`expire_due`] every [`PURGE_CHECK_EVERY`] until `stop` resolves.
+/// Runs [`purge_due`], [`expire_due`] and [`sweep_license_files`] every
+/// [`PURGE_CHECK_EVERY`] until `stop` resolves.
 pub async fn lifecycle_loop(
     store: std::sync::Arc<dyn Store>,
     licenses_dir: Option<PathBuf>,
@@ -95,6 +137,11 @@ pub async fn lifecycle_loop(
                 }
                 if let Err(e) = expire_due(store.as_ref(), retain_secs, store.clock().now(), "lifecycle").await {
                     tracing::error!(error = %e, "Removing expired report bodies failed; will retry.");
+                }
+                if let Some(dir) = &licenses_dir
+                    && let Err(e) = sweep_license_files(store.as_ref(), dir).await
+                {
+                    tracing::warn!(error = %e, "Looking for purged licenses' files failed; will retry.");
                 }
             }
             _ = &mut stop => break,

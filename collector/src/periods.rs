@@ -137,44 +137,73 @@ pub async fn statement(
     Ok(StatementView::Open { lines, adjustments })
 }
 
-/// Closes every month due at `now` (see [`rules::months_due`]) and finishes any close a
-/// crash interrupted, each recorded in the audit log as done by `actor`.
-/// The evidence of `customer`'s closed statement of `month` (what each agent line counts,
-/// report by report with the agent's key and signatures; digests alone where retention
-/// removed the body), in the statement's order of agent lines. `None` if the month has no
-/// closed statement for the customer.
+/// Which agent lines `customer`'s closed statement of `month` has, in the statement's
+/// order (by key id): `(agent id, key id)`. `None` if the month has no closed statement for
+/// the customer. The evidence of each comes from [`agent_evidence`], one at a time.
+pub async fn evidence_lines(
+    store: &dyn Store,
+    customer: &str,
+    month: i64,
+) -> Result<Option<Vec<(String, String)>>, StoreError> {
+    let Some(doc) = store.closed_statement(customer.to_string(), month).await? else {
+        return Ok(None);
+    };
+    // The document is the store's own, signed at close; read, not verified, here.
+    let malformed = |what: &str| StoreError::Database(format!("stored statement: {what}"));
+    let doc = tally_proto::json::parse(&doc).map_err(|e| malformed(e.message()))?;
+    let agents = doc["agents"]
+        .as_array()
+        .ok_or_else(|| malformed("no agents array"))?;
+    agents
+        .iter()
+        .map(|a| match (a["agent_id"].as_str(), a["key_id"].as_str()) {
+            (Some(id), Some(key_id)) => Ok((id.to_string(), key_id.to_string())),
+            _ => Err(malformed("an agent line without agent_id or key_id")),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// The evidence of one agent line (see [`evidence_lines`]): each report it counts with
+/// the agent's key and signature, or the digest alone where retention removed the body.
+pub async fn agent_evidence(
+    store: &dyn Store,
+    customer: &str,
+    month: i64,
+    agent_id: &str,
+) -> Result<AgentEvidence, StoreError> {
+    let rows = store
+        .statement_evidence(customer.to_string(), month, agent_id.to_string())
+        .await?;
+    let key = rows.first().map(|r| r.agent_key).unwrap_or_default();
+    Ok(AgentEvidence {
+        agent_id: agent_id.to_string(),
+        key_id: tally_proto::keys::key_id(&key),
+        key: hex::encode(key),
+        reports: rows
+            .iter()
+            .map(|row| {
+                let body = (!row.bytes.is_empty()).then_some((&row.bytes[..], &row.signature[..]));
+                ReportEvidence::new(row.seq, &row.digest, body)
+            })
+            .collect(),
+    })
+}
+
+/// The whole evidence of `customer`'s closed statement of `month`, in memory (the HTTP
+/// handler streams the same thing agent by agent). `None` if there is no closed statement.
 pub async fn evidence(
     store: &dyn Store,
     customer: &str,
     month: i64,
 ) -> Result<Option<Evidence>, StoreError> {
-    if store
-        .closed_statement(customer.to_string(), month)
-        .await?
-        .is_none()
-    {
+    let Some(lines) = evidence_lines(store, customer, month).await? else {
         return Ok(None);
+    };
+    let mut agents = Vec::with_capacity(lines.len());
+    for (agent_id, _) in &lines {
+        agents.push(agent_evidence(store, customer, month, agent_id).await?);
     }
-    let mut agents: Vec<AgentEvidence> = Vec::new();
-    for row in store
-        .statement_evidence(customer.to_string(), month)
-        .await?
-    {
-        if agents.last().is_none_or(|a| a.agent_id != row.agent_id) {
-            agents.push(AgentEvidence {
-                agent_id: row.agent_id.clone(),
-                key_id: tally_proto::keys::key_id(&row.agent_key),
-                key: hex::encode(row.agent_key),
-                reports: Vec::new(),
-            });
-        }
-        let body = (!row.bytes.is_empty()).then_some((&row.bytes[..], &row.signature[..]));
-        if let Some(a) = agents.last_mut() {
-            a.reports
-                .push(ReportEvidence::new(row.seq, &row.digest, body));
-        }
-    }
-    agents.sort_by(|a, b| a.key_id.cmp(&b.key_id));
     Ok(Some(Evidence {
         customer: customer.to_string(),
         period: crate::calendar::month_label(month),
@@ -182,6 +211,8 @@ pub async fn evidence(
     }))
 }
 
+/// Closes every month due at `now` (see [`rules::months_due`]) and finishes any close a
+/// crash interrupted, each recorded in the audit log as done by `actor`.
 pub async fn close_due(
     store: &dyn Store,
     vendor: &SigningKey,

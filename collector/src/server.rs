@@ -21,6 +21,9 @@ pub struct Collector {
     pub silent_after_secs: i64,
     /// Billing API per-call time limit.
     pub request_timeout: std::time::Duration,
+    /// gRPC `Enroll`/`Submit` per-call time limit; a call over it is answered
+    /// `DEADLINE_EXCEEDED` (the agent retries; a report stored meanwhile is a `DUPLICATE`).
+    pub grpc_call_deadline: std::time::Duration,
     /// TLS for gRPC ingest; plain TCP when `None` (loopback development).
     pub grpc_tls: Option<tonic::transport::ServerTlsConfig>,
     /// TLS for the billing API; plain HTTP when `None` (loopback development).
@@ -67,6 +70,7 @@ impl Collector {
             metrics,
             silent_after_secs: DEFAULT_SILENT_AFTER_SECS,
             request_timeout: crate::http::DEFAULT_REQUEST_TIMEOUT,
+            grpc_call_deadline: crate::grpc::DEFAULT_CALL_DEADLINE,
             grpc_tls: None,
             http_tls: None,
             licenses_dir: None,
@@ -117,6 +121,7 @@ pub async fn run(
         ingestor: collector.ingestor.clone(),
         store: collector.store.clone(),
         metrics: collector.metrics.clone(),
+        call_deadline: collector.grpc_call_deadline,
     };
     let grpc_server = router(service, collector.grpc_tls.clone())?.serve_with_incoming_shutdown(
         // The builder's `tcp_nodelay` does not apply to a listener passed in (tonic

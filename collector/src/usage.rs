@@ -199,19 +199,42 @@ pub fn aggregate(rows: &[HourlyUsage], g: Granularity) -> Result<Vec<UsageRow>, 
 
 pub const CSV_HEADER: &str = "customer,license,metric,period_start,quantity";
 
-/// CSV with the fixed header. Every field is an id, a metric name, a timestamp or a
-/// number, none of which can contain a comma, quote or newline, so no quoting is needed.
+/// CSV (RFC 4180, written by the `csv` crate) with the fixed header. Today every field is
+/// an id, a metric name, a timestamp or a number, none of which needs quoting; the writer
+/// quotes whatever would.
 pub fn to_csv(rows: &[UsageRow]) -> String {
-    let mut out = String::from(CSV_HEADER);
-    out.push('\n');
-    for r in rows {
-        let _ = writeln!(
-            out,
-            "{},{},{},{},{}",
-            r.customer, r.license, r.metric, r.period_start, r.quantity
-        );
+    csv_text(
+        CSV_HEADER.split(','),
+        rows.iter().map(|r| {
+            [
+                r.customer.clone(),
+                r.license.clone(),
+                r.metric.clone(),
+                r.period_start.clone(),
+                r.quantity.to_string(),
+            ]
+        }),
+    )
+}
+
+/// Writes `header` and `records` as CSV text (`\n` line ends, fields quoted when needed).
+pub fn csv_text<H, R, F>(header: H, records: R) -> String
+where
+    H: IntoIterator,
+    H::Item: AsRef<[u8]>,
+    R: IntoIterator<Item = F>,
+    F: IntoIterator,
+    F::Item: AsRef<[u8]>,
+{
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    // Writing to a Vec cannot fail, and every record has the header's field count.
+    let _ = w.write_record(header);
+    for r in records {
+        let _ = w.write_record(r);
     }
-    out
+    String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
 }
 
 pub fn to_table(rows: &[UsageRow]) -> String {

@@ -76,6 +76,17 @@ pub fn agent_report(r: &AgentReportRecord) -> Value {
         "received_at": time(r.received_at),
         "status": r.status,
         "reason": r.reason,
+        // What the report counted, from its signed bytes; null once retention removed them.
+        "counters": (!r.bytes.is_empty()).then(|| {
+            tally_proto::report::Report::decode(&r.bytes)
+                .map(|rep| {
+                    rep.counters
+                        .iter()
+                        .map(|c| json!({"metric": c.metric, "quantity": c.quantity}))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        }),
     })
 }
 

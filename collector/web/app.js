@@ -459,10 +459,12 @@ async function agentView(id, params) {
       el('td', {}, `seq ${g.seq_from}–${g.seq_to}`), el('td', {}, g.closed_at ? `closed ${g.closed_at}` : 'open'),
       el('td', {}, `opened ${g.opened_at}`)))) : el('p', { class: 'muted' }, 'No gap: every seq arrived.'),
     el('h2', {}, 'Reports'),
-    table({ id: 'agent-reports' }, ['Seq', 'Window', 'Received', 'Outcome', 'Reason', 'Digest'],
+    table({ id: 'agent-reports' }, ['Seq', 'Window', 'Received', 'Usage', 'Outcome', 'Reason', 'Digest'],
       reports.map((r) => el('tr', { 'data-seq': r.seq, 'data-status': r.status },
         el('td', { class: 'num' }, r.fork ? `${r.seq} (fork)` : String(r.seq)),
         el('td', {}, `${r.window_start} – ${r.window_end}`), el('td', {}, r.received_at),
+        el('td', { 'data-field': 'usage', class: 'wrap' }, r.counters === null ? 'removed (retention)'
+          : r.counters.length ? r.counters.map((c) => `${c.metric} ${fmt(c.quantity)}`).join(', ') : 'idle'),
         el('td', { 'data-field': 'status' }, r.status), el('td', { class: 'wrap' }, r.reason),
         el('td', { class: 'mono' }, r.digest.slice(0, 16))))),
     oldest && oldest > 1 && reports.length === 100

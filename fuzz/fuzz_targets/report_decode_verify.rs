@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = signing::verify(&key, Domain::UsageReport, &signed.report, &signed.signature);
         if let Ok(sig) = signing::signature(&signed.signature) {
             let msg = Domain::UsageReport.message(&signed.report);
-            let _ = signing::verify_batch(&[msg.as_slice()], &[sig], &[key]);
+            let _ = signing::verify_message(&key, &msg, &sig);
         }
     }
     // Whatever decodes re-encodes to something that decodes to the same report.

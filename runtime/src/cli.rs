@@ -19,6 +19,25 @@ pub struct CommonArgs {
     /// Print exactly one JSON document on stdout.
     #[arg(long, global = true)]
     pub json: bool,
+    /// How log lines on stderr are written: `text` for people, `json` for log collectors
+    /// (one JSON object per line: timestamp, level, the event's fields, target).
+    #[arg(
+        long,
+        global = true,
+        env = "TALLY_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// The format of log lines (`--log-format`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// Why a command failed; decides the exit code.
@@ -114,18 +133,26 @@ fn one_line(rendered: &str) -> String {
     })
 }
 
-/// Logs to stderr, filtered by `TALLY_LOG` (default `info`).
-pub fn init_logging() {
+/// Logs to stderr in `format`, filtered by `TALLY_LOG` (default `info`).
+pub fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
         // Colours only for a person at a terminal; never escape codes in a log file.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One object per line with the event's fields at the top level (`message` among
+        // them), so a log collector indexes them without unpacking; no span lists.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
 }
 
 /// Runs a command on a new tokio runtime, prints its output (`--json`: the one JSON

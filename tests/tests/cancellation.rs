@@ -222,3 +222,53 @@ async fn cancel_later_revokes_at_once_and_keeps_the_data_until_the_purge() {
     }
     assert_eq!(usage(c, &d.admin).await, (200, 8));
 }
+
+/// A purge run by another collector node (on a shared database) removes the licenses from
+/// the store but can only delete its own node's license files: every node's lifecycle
+/// sweep then removes the files of licenses the store no longer has, and no other file.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_node_removes_the_files_of_licenses_purged_elsewhere() {
+    use tally_collector::datadir::CollectorFiles as _;
+    let c = tally_tests::InProcessCollector::start().await;
+    let gone = c.add_customer("Gone").await;
+    let kept = c.add_customer("Kept").await;
+    let (gone_license, _) = c.issue_license(&gone, &["api.convert"]).await;
+    let (kept_license, _) = c.issue_license(&kept, &["api.convert"]).await;
+    let dir = c.ctx.dir.licenses();
+    let file = |id: &str| dir.join(format!("{id}.license"));
+    let stranger = dir.join("notes.txt");
+    std::fs::write(&stranger, "not a license file").unwrap();
+    assert!(file(&gone_license).exists() && file(&kept_license).exists());
+
+    // The other node cancels and purges (it has no access to this node's files).
+    let now = c.now();
+    c.ctx
+        .store
+        .cancel_customer(gone.clone(), now, now)
+        .await
+        .unwrap();
+    let purged = tally_collector::lifecycle::purge_due(c.ctx.store.as_ref(), now, "other", None)
+        .await
+        .unwrap();
+    assert_eq!(purged.len(), 1);
+    assert!(file(&gone_license).exists(), "this node still has the file");
+
+    let removed = tally_collector::lifecycle::sweep_license_files(c.ctx.store.as_ref(), &dir)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    assert!(!file(&gone_license).exists());
+    assert!(file(&kept_license).exists(), "a live license's file stays");
+    assert!(
+        stranger.exists(),
+        "files that are not license files are not ours"
+    );
+    // Nothing more to do the second time.
+    assert_eq!(
+        tally_collector::lifecycle::sweep_license_files(c.ctx.store.as_ref(), &dir)
+            .await
+            .unwrap(),
+        0
+    );
+    c.stop().await;
+}

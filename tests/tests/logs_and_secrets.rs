@@ -1,12 +1,56 @@
 //! No token or enrollment secret ever appears in a log line: a collector process runs at
 //! the most verbose log level while tokens are created, used, misused and revoked, and
-//! agents enroll; its whole stderr is then searched for every secret.
+//! agents enroll; its whole stderr is then searched for every secret. Once with text logs,
+//! once with `--log-format json` (via `TALLY_LOG_FORMAT`), where every line must also be
+//! one JSON object with its fields at the top level.
 
 use tally_proto::pb;
 use tally_tests::{CollectorProcess, TestAgent, collector_json, connect};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_never_reach_the_logs() {
+    let log = scenario("text").await;
+    assert!(!log.trim_start().starts_with('{'), "text logs are not JSON");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_object_per_line_and_hold_no_secret() {
+    let log = scenario("json").await;
+    let mut levels = std::collections::BTreeSet::new();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line}"));
+        assert!(v.is_object(), "{line}");
+        assert!(v["timestamp"].is_string(), "{line}");
+        assert!(v["target"].is_string(), "{line}");
+        levels.insert(
+            v["level"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{line}"))
+                .to_string(),
+        );
+        // Fields first: the event's fields are top-level members, not nested.
+        assert!(v.get("fields").is_none(), "{line}");
+    }
+    assert!(
+        levels.contains("INFO") && levels.contains("TRACE"),
+        "{levels:?}"
+    );
+    // The enrollment event carries its fields as members a log collector can index.
+    let enrolled = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "Agent enrolled.")
+        .expect("the enrollment is logged");
+    assert!(
+        enrolled.as_object().unwrap().len() > 4,
+        "fields beside timestamp, level, message, target: {enrolled}"
+    );
+}
+
+/// Runs the scenario against a collector logging at trace level in `format`, checks that
+/// no secret reached its stderr, and returns that stderr.
+async fn scenario(format: &str) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let admin = collector_json(&data, &["init"])["admin_token"]
@@ -55,7 +99,10 @@ async fn secrets_never_reach_the_logs() {
     );
     let revoked_token = revoked["token"].as_str().unwrap().to_string();
 
-    let proc = CollectorProcess::spawn_with_env(&data, &[("TALLY_LOG", "trace")]);
+    let proc = CollectorProcess::spawn_with_env(
+        &data,
+        &[("TALLY_LOG", "trace"), ("TALLY_LOG_FORMAT", format)],
+    );
     let http = reqwest::Client::new();
     for (token, path) in [
         (&admin, "/v1/usage"),
@@ -114,6 +161,11 @@ async fn secrets_never_reach_the_logs() {
         &log[..log.len().min(300)]
     );
     let agent_secret = hex::encode(agent.key.to_bytes());
+    let vendor_secret = hex::encode(
+        tally_proto::keys::read(&data.join("vendor.key"))
+            .unwrap()
+            .to_bytes(),
+    );
     for secret in [
         &admin,
         &cust_token,
@@ -121,6 +173,7 @@ async fn secrets_never_reach_the_logs() {
         &enrollment,
         &wrong,
         &agent_secret,
+        &vendor_secret,
     ] {
         assert!(
             !log.contains(secret.as_str()),
@@ -134,4 +187,5 @@ async fn secrets_never_reach_the_logs() {
             "a secret prefix appeared in the logs"
         );
     }
+    log
 }

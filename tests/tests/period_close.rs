@@ -65,7 +65,7 @@ async fn a_closed_month_is_signed_frozen_and_verifiable_by_the_customers_agent()
     let init = collector_json(&cdata, &["init"]);
     let admin = init["admin_token"].as_str().unwrap().to_string();
     let vendor_hex = init["collector_key"].as_str().unwrap().to_string();
-    let customer = collector_json(&cdata, &["customers", "add", "Acme"])["id"]
+    let customer = collector_json(&cdata, &["customers", "add", "Acme, \"Intl\""])["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -254,6 +254,30 @@ async fn a_closed_month_is_signed_frozen_and_verifiable_by_the_customers_agent()
         out.contains("matches") && out.contains("3 signed reports verified"),
         "{out}"
     );
+    // The evidence is streamed (agent line by agent line: no length known up front) and
+    // is one strict JSON document naming this agent's key and its three reports.
+    let r = reqwest::Client::new()
+        .get(format!(
+            "http://{}/v1/statements/{customer}/{period}/evidence",
+            collector.http
+        ))
+        .bearer_auth(&customer_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        r.headers().get("content-length").is_none()
+            && r.headers().get("transfer-encoding").map(|v| v.as_bytes()) == Some(b"chunked"),
+        "{:?}",
+        r.headers()
+    );
+    let ev: tally_proto::statement::audit::Evidence =
+        serde_json::from_value(tally_proto::json::parse(&r.bytes().await.unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(ev.agents.len(), 1);
+    assert_eq!(ev.agents[0].key_id, key_id);
+    assert_eq!(ev.agents[0].reports.len(), 3);
     // Another customer's token gets no evidence of this one (404), and the attempt is
     // in the audit log.
     let (status_code, body) = get(
@@ -356,12 +380,16 @@ async fn a_closed_month_is_signed_frozen_and_verifiable_by_the_customers_agent()
         json!([{"metric": "api.convert", "period": period, "quantity": 8}]),
         "{open}"
     );
-    // The CSV of both: the closed month's line, and this month's adjustment row.
+    // The CSV of both: the closed month's line, and this month's adjustment row, each
+    // with the customer's id and name (quoted: it holds a comma and quotes).
     let (_, closed_csv) = get(collector.http, &format!("{path}?format=csv"), &admin).await;
     let closed_csv = String::from_utf8(closed_csv).unwrap();
     assert_eq!(
         closed_csv,
-        format!("kind,metric,period,quantity,limit,overage\nusage,api.convert,{period},23,20,3\n")
+        format!(
+            "customer,customer_name,kind,metric,period,quantity,limit,overage\n\
+             {customer},\"Acme, \"\"Intl\"\"\",usage,api.convert,{period},23,20,3\n"
+        )
     );
     let (_, open_csv) = get(
         collector.http,
@@ -374,7 +402,9 @@ async fn a_closed_month_is_signed_frozen_and_verifiable_by_the_customers_agent()
     .await;
     let open_csv = String::from_utf8(open_csv).unwrap();
     assert!(
-        open_csv.ends_with(&format!("adjustment,api.convert,{period},8,,\n")),
+        open_csv.ends_with(&format!(
+            "{customer},\"Acme, \"\"Intl\"\"\",adjustment,api.convert,{period},8,,\n"
+        )),
         "{open_csv}"
     );
     // Usage by hour still says when it happened: the late usage is in the closed month.

@@ -540,23 +540,32 @@ async fn the_dashboard_and_portal_show_the_apis_numbers_to_each_role() {
     b.wait_for("document.querySelector('main[data-view=agent]')")
         .await;
     let shown = b
-        .eval("Array.from(document.querySelectorAll('#agent-reports tbody tr')).map(r => [Number(r.dataset.seq), r.dataset.status])")
+        .eval("Array.from(document.querySelectorAll('#agent-reports tbody tr')).map(r => [Number(r.dataset.seq), r.dataset.status, r.querySelector('[data-field=usage]').textContent])")
         .await;
     let history = api.json(&format!("/v1/agents/{gid}/reports"), &admin).await;
+    // The page shows what each report counted, as the API says (from the signed bytes).
     let want: Vec<Value> = history["reports"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| serde_json::json!([r["seq"], r["status"]]))
+        .map(|r| {
+            let usage: Vec<String> = r["counters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| format!("{} {}", c["metric"].as_str().unwrap(), c["quantity"]))
+                .collect();
+            serde_json::json!([r["seq"], r["status"], usage.join(", ")])
+        })
         .collect();
     assert_eq!(shown, Value::Array(want));
     assert_eq!(
         shown,
         serde_json::json!([
-            [4, "quarantined"],
-            [3, "accepted"],
-            [2, "accepted"],
-            [1, "accepted"]
+            [4, "quarantined", "api.convert 9, api.unlicensed 1"],
+            [3, "accepted", "api.convert 70, api.unlicensed 1"],
+            [2, "accepted", "api.convert 2"],
+            [1, "accepted", "api.convert 40"]
         ])
     );
     b.screenshot(&shots.join("agent.png")).await;

@@ -6,7 +6,7 @@ use crate::calendar::parse_month;
 use crate::ids::is_valid_id;
 use crate::periods::StatementView;
 use crate::rules::AgentStatus;
-use crate::store::AgentFilter;
+use crate::store::{AgentFilter, StoreError};
 use crate::usage::{self, Format};
 use crate::views;
 use axum::Json;
@@ -163,9 +163,17 @@ pub async fn statement(
     let view = crate::periods::statement(st.store.as_ref(), &customer, month).await?;
     if csv {
         let (_, lines, adjustments) = view_lines(view)?;
+        let name = st
+            .store
+            .list_customers(Some(customer.clone()))
+            .await?
+            .into_iter()
+            .next()
+            .map(|c| c.name)
+            .unwrap_or_default();
         return Ok((
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            statement_csv(&period, &lines, &adjustments),
+            statement_csv(&customer, &name, &period, &lines, &adjustments),
         )
             .into_response());
     }
@@ -203,12 +211,18 @@ pub async fn statement(
 /// digest alone where retention removed the body), so the customer can re-derive the whole
 /// bill from signatures (`tally-agent statements audit`). Scoped like the statement:
 /// another customer's is 404, and audited. Only closed months have evidence.
+///
+/// Streamed one agent line at a time (a customer with thousands of agents has hundreds of
+/// megabytes of evidence): the collector holds one agent's month of reports, never the
+/// whole answer. Errors found before the first byte are JSON errors as elsewhere; a store
+/// error after it cuts the response short (an ERROR log here), which a client sees as a
+/// truncated JSON document, never as a complete but partial one.
 pub async fn statement_evidence(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<tally_proto::statement::audit::Evidence>, ApiError> {
+) -> Result<Response, ApiError> {
     let Path((customer, period)) = path.map_err(|e| ApiError::bad_param(e.body_text()))?;
     if !is_valid_id(&customer) {
         return Err(ApiError::bad_param("customer: not a valid id"));
@@ -224,14 +238,54 @@ pub async fn statement_evidence(
     if !st.store.customer_exists(customer.clone()).await? {
         return Err(ApiError::NotFound(format!("customer {customer} not found")));
     }
-    crate::periods::evidence(st.store.as_ref(), &customer, month)
-        .await?
-        .map(Json)
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "{period} has no closed statement for {customer}: only a closed statement has evidence"
-            ))
-        })
+    let Some(lines) = crate::periods::evidence_lines(st.store.as_ref(), &customer, month).await?
+    else {
+        return Err(ApiError::NotFound(format!(
+            "{period} has no closed statement for {customer}: only a closed statement has evidence"
+        )));
+    };
+    // Two chunks in flight at most: the producer waits for the client.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
+    let head = format!(
+        "{{\"customer\":{},\"period\":{},\"agents\":[",
+        json!(customer),
+        json!(crate::calendar::month_label(month))
+    );
+    tokio::spawn(async move {
+        if tx.send(Ok(Bytes::from(head))).await.is_err() {
+            return;
+        }
+        for (i, (agent_id, _)) in lines.iter().enumerate() {
+            let chunk =
+                crate::periods::agent_evidence(st.store.as_ref(), &customer, month, agent_id)
+                    .await
+                    .and_then(|ev| {
+                        serde_json::to_vec(&ev).map_err(|e| StoreError::Database(e.to_string()))
+                    });
+            let chunk = match chunk {
+                Ok(mut body) => {
+                    if i > 0 {
+                        body.insert(0, b',');
+                    }
+                    Ok(Bytes::from(body))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, customer = %customer, period = %crate::calendar::month_label(month), "evidence cut short");
+                    Err(std::io::Error::other("evidence cut short"))
+                }
+            };
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                return;
+            }
+        }
+        let _ = tx.send(Ok(Bytes::from_static(b"]}"))).await;
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+        .into_response())
 }
 
 pub async fn customers(
@@ -591,29 +645,53 @@ pub async fn summary(
 /// A statement as CSV: `kind,metric,period,quantity,limit,overage`, one `usage` row per line
 /// (the statement's month) and one `adjustment` row per late usage of a closed month.
 /// Numbers are written as the JSON has them (exact integers; metric names hold no comma).
-fn statement_csv(period: &str, lines: &Value, adjustments: &Value) -> String {
+fn statement_csv(
+    customer: &str,
+    name: &str,
+    period: &str,
+    lines: &Value,
+    adjustments: &Value,
+) -> String {
     let num = |v: &Value| match v {
         Value::Null => String::new(),
         other => other.to_string(),
     };
     let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
-    let mut out = String::from("kind,metric,period,quantity,limit,overage\n");
-    for l in lines.as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "usage,{},{period},{},{},{}\n",
+    let usage = lines.as_array().into_iter().flatten().map(|l| {
+        [
+            customer.to_string(),
+            name.to_string(),
+            "usage".into(),
             text(&l["metric"]),
+            period.to_string(),
             num(&l["used"]),
             num(&l["limit"]),
-            num(&l["overage"])
-        ));
-    }
-    for a in adjustments.as_array().into_iter().flatten() {
-        out.push_str(&format!(
-            "adjustment,{},{},{},,\n",
+            num(&l["overage"]),
+        ]
+    });
+    let late = adjustments.as_array().into_iter().flatten().map(|a| {
+        [
+            customer.to_string(),
+            name.to_string(),
+            "adjustment".into(),
             text(&a["metric"]),
             text(&a["period"]),
-            num(&a["quantity"])
-        ));
-    }
-    out
+            num(&a["quantity"]),
+            String::new(),
+            String::new(),
+        ]
+    });
+    usage::csv_text(
+        [
+            "customer",
+            "customer_name",
+            "kind",
+            "metric",
+            "period",
+            "quantity",
+            "limit",
+            "overage",
+        ],
+        usage.chain(late),
+    )
 }

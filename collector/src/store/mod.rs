@@ -483,13 +483,15 @@ pub trait Store: Send + Sync + 'static {
         month: i64,
         only_late: bool,
     ) -> StoreResult<Vec<CountedReport>>;
-    /// The evidence of a customer-month's statement: the same reports as
-    /// [`Store::counted_reports`] (not only late), ordered by agent then seq, with their
-    /// signed bytes and signatures (empty once retention removed them).
+    /// The evidence of one agent's line on a customer-month's statement: the reports of
+    /// `agent` among [`Store::counted_reports`] (not only late), in seq order, with their
+    /// signed bytes and signatures (empty once retention removed them). One agent at a
+    /// time, so the evidence of a large customer is streamed, never held whole.
     async fn statement_evidence(
         &self,
         customer: String,
         month: i64,
+        agent: String,
     ) -> StoreResult<Vec<EvidenceRow>>;
     /// Stores the closed statements of `month` (`(customer, document)`) and marks the month
     /// done, in one transaction. A statement already stored stays as it is, byte for byte.
@@ -563,6 +565,9 @@ pub struct AgentReportRecord {
     pub status: String,
     /// Why it is not (or was not at first) counted; empty for a plain acceptance.
     pub reason: String,
+    /// The signed report bytes (its counters are read from them); empty once retention
+    /// removed the body.
+    pub bytes: Vec<u8>,
 }
 
 /// A threshold crossing.

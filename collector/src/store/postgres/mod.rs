@@ -542,9 +542,10 @@ impl Store for PostgresStore {
         &self,
         customer: String,
         month: i64,
+        agent: String,
     ) -> StoreResult<Vec<EvidenceRow>> {
         let c = self.client().await?;
-        periods::statement_evidence(&c, &customer, month).await
+        periods::statement_evidence(&c, &customer, month, &agent).await
     }
 
     async fn counted_reports(

@@ -138,16 +138,17 @@ pub(super) async fn statement_evidence<C: GenericClient>(
     c: &C,
     customer: &str,
     month: i64,
+    agent: &str,
 ) -> StoreResult<Vec<EvidenceRow>> {
     query(
         c,
         "SELECT a.id, a.key, r.seq, r.digest, r.bytes, r.signature
          FROM licenses l JOIN agents a ON a.license_id = l.id JOIN reports r ON r.agent_id = a.id
-         WHERE l.customer_id = $1 AND r.status = 'accepted'
+         WHERE l.customer_id = $1 AND a.id = $4 AND r.status = 'accepted'
            AND ((r.billed_month IS NULL AND r.window_start >= $2 AND r.window_start < $3)
                 OR r.billed_month = $2)
-         ORDER BY a.id, r.seq",
-        &[&customer, &month, &next_month(month)],
+         ORDER BY r.seq",
+        &[&customer, &month, &next_month(month), &agent],
     )
     .await?
     .into_iter()

@@ -230,7 +230,7 @@ pub(super) async fn agent_reports<C: GenericClient>(
     let before = before_seq.map_or(i64::MAX, |s| i64::try_from(s).unwrap_or(i64::MAX));
     Ok(query(
         c,
-        "SELECT seq, digest, fork, window_start, window_end, received_at, status, reason
+        "SELECT seq, digest, fork, window_start, window_end, received_at, status, reason, bytes
          FROM reports WHERE agent_id = $1 AND seq < $2 ORDER BY seq DESC, fork LIMIT $3",
         &[&agent_id, &before, &i64::from(limit)],
     )
@@ -245,6 +245,7 @@ pub(super) async fn agent_reports<C: GenericClient>(
         received_at: ts(r.get(5)),
         status: r.get(6),
         reason: r.get(7),
+        bytes: r.get::<_, Option<Vec<u8>>>(8).unwrap_or_default(),
     })
     .collect())
 }

@@ -410,8 +410,9 @@ impl Store for SqliteStore {
         &self,
         customer: String,
         month: i64,
+        agent: String,
     ) -> StoreResult<Vec<EvidenceRow>> {
-        self.read(move |c| periods::statement_evidence(c, &customer, month))
+        self.read(move |c| periods::statement_evidence(c, &customer, month, &agent))
             .await
     }
 

@@ -119,16 +119,17 @@ pub(super) fn statement_evidence(
     conn: &Connection,
     customer: &str,
     month: i64,
+    agent: &str,
 ) -> StoreResult<Vec<EvidenceRow>> {
     let mut stmt = conn.prepare_cached(
         "SELECT a.id, a.key, r.seq, r.digest, r.bytes, r.signature
          FROM licenses l JOIN agents a ON a.license_id = l.id CROSS JOIN reports r ON r.agent_id = a.id
-         WHERE l.customer_id = ?1 AND r.status = 'accepted'
+         WHERE l.customer_id = ?1 AND a.id = ?4 AND r.status = 'accepted'
            AND ((r.billed_month IS NULL AND r.window_start >= ?2 AND r.window_start < ?3)
                 OR r.billed_month = ?2)
-         ORDER BY a.id, r.seq",
+         ORDER BY r.seq",
     )?;
-    let mut rows = stmt.query(params![customer, month, next_month(month)])?;
+    let mut rows = stmt.query(params![customer, month, next_month(month), agent])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         out.push(EvidenceRow::from_columns(

@@ -262,7 +262,7 @@ pub(super) fn agent_reports(
     let t = |v: i64| tally_proto::time::Instant::from_timestamp(v, 0).unwrap_or_default();
     Ok(conn
         .prepare_cached(
-            "SELECT seq, digest, fork, window_start, window_end, received_at, status, reason
+            "SELECT seq, digest, fork, window_start, window_end, received_at, status, reason, bytes
              FROM reports WHERE agent_id = ?1 AND seq < ?2 ORDER BY seq DESC, fork LIMIT ?3",
         )?
         .query_map(params![agent_id, before, limit], |r| {
@@ -276,6 +276,7 @@ pub(super) fn agent_reports(
                 received_at: t(r.get(5)?),
                 status: r.get(6)?,
                 reason: r.get(7)?,
+                bytes: r.get::<_, Option<Vec<u8>>>(8)?.unwrap_or_default(),
             })
         })?
         .collect::<Result<_, _>>()?)
