@@ -373,7 +373,7 @@ mod tests {
         assert_eq!(
             audit
                 .iter()
-                .filter(|a| a.action == "periods close" && a.actor == "lifecycle")
+                .filter(|a| a.entry.action == "periods close" && a.entry.actor == "lifecycle")
                 .count(),
             2,
             "{audit:?}"

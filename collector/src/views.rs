@@ -4,7 +4,7 @@
 use crate::ingest::Verdict;
 use crate::rules::{self, AgentStatus};
 use crate::store::{
-    AgentRecord, AgentReportRecord, AlertRecord, AnomalyRecord, AuditEntry, CustomerRecord,
+    AgentRecord, AgentReportRecord, AlertRecord, AnomalyRecord, AuditRecord, CustomerRecord,
     LicenseRecord, QuarantineRecord, TokenListing,
 };
 use serde_json::{Value, json};
@@ -148,8 +148,19 @@ pub fn token(t: &TokenListing) -> Value {
     json!({"id": t.id, "role": t.role, "name": t.name, "created_at": time(t.created_at), "revoked": t.revoked})
 }
 
-pub fn audit(e: &AuditEntry) -> Value {
-    json!({"at": time(e.at), "actor": e.actor, "action": e.action, "target": e.target, "outcome": e.outcome})
+/// An audit row: `repeats` identical calls (reads grouped), the first `at`, the last
+/// `last_at`.
+pub fn audit(r: &AuditRecord) -> Value {
+    let e = &r.entry;
+    json!({
+        "at": time(e.at),
+        "actor": e.actor,
+        "action": e.action,
+        "target": e.target,
+        "outcome": e.outcome,
+        "repeats": r.repeats,
+        "last_at": time(r.last_at),
+    })
 }
 
 pub fn anomaly(a: &AnomalyRecord) -> Value {

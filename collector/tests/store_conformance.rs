@@ -141,7 +141,10 @@ impl Store for CountsDuplicatesTwice {
     async fn audit(&self, entry: AuditEntry) -> StoreResult<()> {
         self.0.audit(entry).await
     }
-    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditEntry>> {
+    async fn audit_repeatable(&self, entry: AuditEntry, since: Instant) -> StoreResult<()> {
+        self.0.audit_repeatable(entry, since).await
+    }
+    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditRecord>> {
         self.0.list_audit(limit).await
     }
     async fn hourly_usage(&self, filter: UsageFilter) -> StoreResult<Vec<HourlyUsage>> {
@@ -244,8 +247,9 @@ impl Store for CountsDuplicatesTwice {
         &self,
         customer: String,
         month: i64,
+        agent: String,
     ) -> StoreResult<Vec<EvidenceRow>> {
-        self.0.statement_evidence(customer, month).await
+        self.0.statement_evidence(customer, month, agent).await
     }
     async fn alert_attempted(
         &self,

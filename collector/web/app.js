@@ -510,11 +510,14 @@ async function quarantineView() {
 async function auditView() {
   const { entries } = await api('/v1/audit?limit=200');
   // Paths and queries are long words: they wrap anywhere rather than widen the page.
+  // Identical successful reads by one token within 10 minutes share a row ("Calls").
   fill(main, el('h1', {}, 'Audit log'),
-    table({ id: 'audit' }, ['At', 'Actor', 'Action', 'Target', 'Outcome'],
+    el('p', { class: 'muted' }, 'Every API call and admin action. Identical successful reads by the same token within 10 minutes are one row, with their count and the time of the last.'),
+    table({ id: 'audit' }, ['At', 'Actor', 'Action', 'Target', 'Outcome', 'Calls'],
       entries.map((e) => el('tr', {},
         el('td', { class: 'nowrap' }, e.at), el('td', { class: 'nowrap mono' }, e.actor), el('td', { class: 'wrap' }, e.action),
-        el('td', { class: 'wrap' }, e.target), el('td', {}, e.outcome)))));
+        el('td', { class: 'wrap' }, e.target), el('td', {}, e.outcome),
+        el('td', { class: 'num', 'data-field': 'calls' }, e.repeats > 1 ? `${e.repeats} (last ${e.last_at})` : '1')))));
   main.setAttribute('data-view', 'audit');
 }
 

@@ -68,7 +68,7 @@ async fn tokens_missing_invalid_revoked_are_401() {
     assert!(
         audit
             .iter()
-            .any(|e| e.actor == "anonymous" && e.outcome == "401")
+            .any(|e| e.entry.actor == "anonymous" && e.entry.outcome == "401")
     );
 }
 
@@ -223,14 +223,18 @@ async fn customer_tokens_are_isolated_and_attempts_audited() {
         .id;
     let denied: Vec<_> = audit
         .iter()
-        .filter(|e| e.outcome == "404 cross_tenant_denied")
+        .filter(|e| e.entry.outcome == "404 cross_tenant_denied")
         .collect();
     assert_eq!(denied.len(), 6, "{audit:#?}");
-    assert!(denied.iter().all(|e| e.actor == token_a_id));
+    assert!(denied.iter().all(|e| e.entry.actor == token_a_id));
+    assert!(
+        denied.iter().all(|e| e.repeats == 1),
+        "refusals never group"
+    );
     assert!(
         audit
             .iter()
-            .all(|e| !e.actor.contains(&token_a) && !e.target.contains(&token_a))
+            .all(|e| !e.entry.actor.contains(&token_a) && !e.entry.target.contains(&token_a))
     );
 
     // Statement for A: used 3 of unlimited.
@@ -784,4 +788,64 @@ async fn the_audit_log_names_tokens_by_id_and_name() {
         "{v}"
     );
     assert!(!v.to_string().contains(&token), "{v}");
+}
+
+/// Every API call is in the audit log, and a dashboard's repeated reads do not flood it:
+/// identical successful reads by one token share a row that counts them; anything else
+/// (another path or query, a refusal, a write) is a row of its own. The log is read back
+/// over the API, as the dashboard reads it.
+#[tokio::test(flavor = "multi_thread")]
+async fn identical_reads_share_an_audit_row_and_everything_else_has_its_own() {
+    let c = InProcessCollector::start().await;
+    let admin = c.admin_token.clone();
+    for _ in 0..3 {
+        assert_eq!(get(&c, "/v1/customers", Some(&admin)).await.0, 200);
+    }
+    assert_eq!(get(&c, "/v1/licenses", Some(&admin)).await.0, 200);
+    for _ in 0..2 {
+        assert_eq!(get(&c, "/v1/customers?nope=1", Some(&admin)).await.0, 400);
+    }
+    let http = reqwest::Client::new();
+    for _ in 0..2 {
+        let r = http
+            .post(c.http_url("/v1/reports:import"))
+            .bearer_auth(&admin)
+            .body("not a bundle")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+    }
+    let (s, log) = get(&c, "/v1/audit?limit=20", Some(&admin)).await;
+    assert_eq!(s, 200);
+    // (Older rows are `init`'s, by the command line.)
+    let rows: Vec<(String, String, String, u64)> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"].as_str().unwrap().contains(" /v1/"))
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_string(),
+                e["target"].as_str().unwrap().to_string(),
+                e["outcome"].as_str().unwrap().to_string(),
+                e["repeats"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let row = |a: &str, t: &str, o: &str, n: u64| (a.to_string(), t.to_string(), o.to_string(), n);
+    assert_eq!(
+        rows,
+        vec![
+            row("POST /v1/reports:import", "", "400", 1),
+            row("POST /v1/reports:import", "", "400", 1),
+            row("GET /v1/customers", "nope=1", "400", 1),
+            row("GET /v1/customers", "nope=1", "400", 1),
+            row("GET /v1/licenses", "", "200", 1),
+            row("GET /v1/customers", "", "200", 3),
+        ],
+        "{log}"
+    );
+    let group = &log["entries"][5];
+    assert!(group["last_at"].as_str() >= group["at"].as_str(), "{group}");
 }

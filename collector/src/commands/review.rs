@@ -132,9 +132,19 @@ pub async fn audit_list(ctx: &Ctx, limit: u32) -> CmdResult {
     let rows = ctx.store.list_audit(limit).await?;
     let text = rows
         .iter()
-        .map(|e| {
+        .map(|r| {
+            let e = &r.entry;
+            let repeats = if r.repeats > 1 {
+                format!(
+                    "\t×{} until {}",
+                    r.repeats,
+                    tally_proto::time::rfc3339(r.last_at)
+                )
+            } else {
+                String::new()
+            };
             format!(
-                "{}\t{}\t{}\t{}\t{}\n",
+                "{}\t{}\t{}\t{}\t{}{repeats}\n",
                 tally_proto::time::rfc3339(e.at),
                 e.actor,
                 e.action,

@@ -81,12 +81,28 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, A
     }
 }
 
-/// Authenticates `/v1` calls and writes one audit entry per call.
+/// How long a group of identical reads may run in the audit log: a row stands for the
+/// calls of up to this long after its first.
+pub const AUDIT_GROUP_WINDOW: chrono::Duration = chrono::Duration::minutes(10);
+
+/// Whether a call's audit entry may join a group of identical calls: successful reads
+/// only. A page of the dashboard makes several reads and is reloaded often; grouping them
+/// keeps every call in the log (as a count) without a row per call. Writes, refusals (401,
+/// 403, 404 — a cross-tenant attempt among them) and errors always get a row of their own.
+pub fn repeatable(method: &axum::http::Method, status: u16) -> bool {
+    matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD)
+        && (200..300).contains(&status)
+}
+
+/// Authenticates `/v1` calls and audits every call: one row per call, except that
+/// identical successful reads by the same token within [`AUDIT_GROUP_WINDOW`] count on one
+/// row ([`repeatable`]).
 pub async fn auth_and_audit(
     State(state): State<AppState>,
     mut req: Request,
     next: Next,
 ) -> Response {
+    let method = req.method().clone();
     let action = format!("{} {}", req.method(), req.uri().path());
     let target: String = req.uri().query().unwrap_or("").chars().take(512).collect();
     let (actor, resp) = match authenticate(&state, req.headers()).await {
@@ -102,18 +118,29 @@ pub async fn auth_and_audit(
             (actor, next.run(req).await)
         }
     };
-    let mut outcome = resp.status().as_u16().to_string();
-    if resp.extensions().get::<CrossTenantAttempt>().is_some() {
+    let status = resp.status().as_u16();
+    let cross_tenant = resp.extensions().get::<CrossTenantAttempt>().is_some();
+    let mut outcome = status.to_string();
+    if cross_tenant {
         outcome.push_str(" cross_tenant_denied");
     }
+    let at = state.store.clock().now();
     let entry = AuditEntry {
-        at: state.store.clock().now(),
+        at,
         actor,
         action,
         target,
         outcome,
     };
-    if let Err(e) = state.store.audit(entry).await {
+    let written = if repeatable(&method, status) && !cross_tenant {
+        state
+            .store
+            .audit_repeatable(entry, at - AUDIT_GROUP_WINDOW)
+            .await
+    } else {
+        state.store.audit(entry).await
+    };
+    if let Err(e) = written {
         tracing::error!(error = %e, "Audit entry could not be written.");
     }
     resp
@@ -136,5 +163,30 @@ pub async fn request_timeout(State(state): State<AppState>, req: Request, next: 
             axum::Json(serde_json::json!({"error": {"code": "timeout", "message": "the request took too long"}})),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repeatable;
+    use axum::http::Method;
+
+    #[test]
+    fn only_successful_reads_group() {
+        for (method, status, groups) in [
+            (Method::GET, 200, true),
+            (Method::HEAD, 204, true),
+            (Method::GET, 304, false),
+            (Method::GET, 400, false),
+            (Method::GET, 401, false),
+            (Method::GET, 404, false),
+            (Method::GET, 500, false),
+            (Method::POST, 200, false),
+            (Method::POST, 201, false),
+            (Method::DELETE, 200, false),
+            (Method::PUT, 200, false),
+        ] {
+            assert_eq!(repeatable(&method, status), groups, "{method} {status}");
+        }
     }
 }

@@ -850,19 +850,87 @@ pub async fn audit_entries(s: Subject) -> CheckResult {
             .map_err(db)?;
     }
     let list = s.store.list_audit(10).await.map_err(db)?;
-    let actors: Vec<&str> = list.iter().map(|e| e.actor.as_str()).collect();
+    let actors: Vec<&str> = list.iter().map(|e| e.entry.actor.as_str()).collect();
     ensure!(
         actors == ["tok_2", "tok_1", "tok_0"],
         "audit order: {actors:?}"
     );
     ensure!(
-        list.iter()
-            .all(|e| e.action == "GET /v1/usage" && e.outcome == "200"),
+        list.iter().all(|e| e.entry.action == "GET /v1/usage"
+            && e.entry.outcome == "200"
+            && e.repeats == 1),
         "{list:?}"
     );
     ensure!(
         s.store.list_audit(2).await.map_err(db)?.len() == 2,
         "limit not applied"
+    );
+    Ok(())
+}
+
+/// Repeatable calls (reads) group: the same actor, action, target and outcome again, while
+/// the newest such row began within the window, counts on that row; anything that differs,
+/// or comes after the window, or after another row for the key, is a row of its own.
+pub async fn repeated_reads_group_in_the_audit_log(s: Subject) -> CheckResult {
+    // Whole seconds, as the log keeps them.
+    let now = s.store.clock().now();
+    let t0 = tally_proto::time::Instant::from_timestamp(now.timestamp(), 0).unwrap_or(now);
+    let call = |actor: &str, target: &str, outcome: &str, secs: i64| AuditEntry {
+        at: t0 + chrono::Duration::seconds(secs),
+        actor: actor.into(),
+        action: "GET /v1/summary".into(),
+        target: target.into(),
+        outcome: outcome.into(),
+    };
+    let window = |secs: i64| t0 + chrono::Duration::seconds(secs - 600);
+    // Three identical reads within ten minutes of the first: one row.
+    for secs in [0, 5, 599] {
+        s.store
+            .audit_repeatable(call("tok_a", "", "200", secs), window(secs))
+            .await
+            .map_err(db)?;
+    }
+    // Another actor, another target, another outcome: rows of their own.
+    s.store
+        .audit_repeatable(call("tok_b", "", "200", 600), window(600))
+        .await
+        .map_err(db)?;
+    s.store
+        .audit_repeatable(call("tok_a", "month=2026-06", "200", 601), window(601))
+        .await
+        .map_err(db)?;
+    s.store
+        .audit_repeatable(call("tok_a", "", "404", 602), window(602))
+        .await
+        .map_err(db)?;
+    // The first group began more than ten minutes ago: a new row.
+    s.store
+        .audit_repeatable(call("tok_a", "", "200", 601), window(601))
+        .await
+        .map_err(db)?;
+    let list = s.store.list_audit(10).await.map_err(db)?;
+    let got: Vec<(&str, &str, &str, u64, i64, i64)> = list
+        .iter()
+        .map(|r| {
+            (
+                r.entry.actor.as_str(),
+                r.entry.target.as_str(),
+                r.entry.outcome.as_str(),
+                r.repeats,
+                (r.entry.at - t0).num_seconds(),
+                (r.last_at - t0).num_seconds(),
+            )
+        })
+        .collect();
+    ensure!(
+        got == [
+            ("tok_a", "", "200", 1, 601, 601),
+            ("tok_a", "", "404", 1, 602, 602),
+            ("tok_a", "month=2026-06", "200", 1, 601, 601),
+            ("tok_b", "", "200", 1, 600, 600),
+            ("tok_a", "", "200", 3, 0, 599),
+        ],
+        "audit rows: {got:?}"
     );
     Ok(())
 }
@@ -1753,6 +1821,7 @@ macro_rules! conformance_tests {
             rollups_equal_a_brute_force_sum,
             tenant_filters,
             audit_entries,
+            repeated_reads_group_in_the_audit_log,
             credits_report_each_metric_of_the_month,
             cancellation_purges_one_customer_only,
             collector_key_is_bound_once,

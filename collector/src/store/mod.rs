@@ -254,6 +254,17 @@ pub struct AuditEntry {
     pub outcome: String,
 }
 
+/// An audit log row as listed: one entry, or a group of identical repeatable calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    /// The first call (its `at`).
+    pub entry: AuditEntry,
+    /// How many identical calls the row stands for (1 for most).
+    pub repeats: u64,
+    /// When the last of them was made (`entry.at` when `repeats` is 1).
+    pub last_at: Instant,
+}
+
 /// An hourly rollup row: the unit every usage query is built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HourlyUsage {
@@ -422,7 +433,13 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_token(&self, id: String, now: Instant) -> StoreResult<()>;
     async fn token_by_hash(&self, hash: [u8; 32]) -> StoreResult<Option<TokenRecord>>;
     async fn audit(&self, entry: AuditEntry) -> StoreResult<()>;
-    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditEntry>>;
+    /// Audits a repeatable call (a read): if the newest row for the same actor, action,
+    /// target and outcome began at or after `since`, that row counts one more call (its
+    /// `repeats`, `last_at`); otherwise a new row. Which calls are repeatable, and the
+    /// window, are the caller's decision ([`crate::http`]'s audit middleware).
+    async fn audit_repeatable(&self, entry: AuditEntry, since: Instant) -> StoreResult<()>;
+    /// The newest `limit` rows, newest first.
+    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditRecord>>;
 
     // --- billing ----------------------------------------------------------------------
     async fn hourly_usage(&self, filter: UsageFilter) -> StoreResult<Vec<HourlyUsage>>;

@@ -503,24 +503,65 @@ pub(super) async fn audit<C: GenericClient>(c: &C, e: &AuditEntry) -> StoreResul
     Ok(())
 }
 
+/// See [`Store::audit_repeatable`]. One statement: the update of the newest matching row
+/// if it began at or after `since`, else the insert.
+pub(super) async fn audit_repeatable<C: GenericClient>(
+    c: &C,
+    e: &AuditEntry,
+    since: Instant,
+) -> StoreResult<()> {
+    execute(
+        c,
+        "WITH newest AS (
+             SELECT id, at FROM audit
+             WHERE actor = $2 AND action = $3 AND target = $4 AND outcome = $5
+             ORDER BY id DESC LIMIT 1
+         ), grouped AS (
+             UPDATE audit SET repeats = audit.repeats + 1, last_at = $1
+             FROM newest WHERE audit.id = newest.id AND newest.at >= $6
+             RETURNING audit.id
+         )
+         INSERT INTO audit (at, actor, action, target, outcome)
+         SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (SELECT 1 FROM grouped)",
+        &[
+            &e.at.timestamp(),
+            &e.actor,
+            &e.action,
+            &e.target,
+            &e.outcome,
+            &since.timestamp(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 pub(super) async fn list_audit<C: GenericClient>(
     c: &C,
     limit: u32,
-) -> StoreResult<Vec<AuditEntry>> {
+) -> StoreResult<Vec<AuditRecord>> {
     let rows = query(
         c,
-        "SELECT at, actor, action, target, outcome FROM audit ORDER BY id DESC LIMIT $1",
+        "SELECT at, actor, action, target, outcome, repeats, last_at
+         FROM audit ORDER BY id DESC LIMIT $1",
         &[&i64::from(limit)],
     )
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| AuditEntry {
-            at: ts(r.get(0)),
-            actor: r.get(1),
-            action: r.get(2),
-            target: r.get(3),
-            outcome: r.get(4),
+        .map(|r| {
+            let at = ts(r.get(0));
+            AuditRecord {
+                entry: AuditEntry {
+                    at,
+                    actor: r.get(1),
+                    action: r.get(2),
+                    target: r.get(3),
+                    outcome: r.get(4),
+                },
+                repeats: r.get::<_, i64>(5).max(1) as u64,
+                last_at: r.get::<_, Option<i64>>(6).map_or(at, ts),
+            }
         })
         .collect())
 }

@@ -441,7 +441,12 @@ impl Store for PostgresStore {
         admin::audit(&c, &entry).await
     }
 
-    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditEntry>> {
+    async fn audit_repeatable(&self, entry: AuditEntry, since: Instant) -> StoreResult<()> {
+        let c = self.client().await?;
+        admin::audit_repeatable(&c, &entry, since).await
+    }
+
+    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditRecord>> {
         let c = self.client().await?;
         admin::list_audit(&c, limit).await
     }

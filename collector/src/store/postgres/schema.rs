@@ -189,6 +189,12 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (customer_id, month)
     );
     "#,
+    // 3: repeated reads grouped into one audit row, as in the SQLite store's version 6.
+    r#"
+    ALTER TABLE audit ADD COLUMN repeats BIGINT NOT NULL DEFAULT 1;
+    ALTER TABLE audit ADD COLUMN last_at BIGINT;
+    CREATE INDEX audit_calls ON audit(actor, action, target, outcome, id);
+    "#,
 ];
 
 /// Brings the database up to the newest schema version.

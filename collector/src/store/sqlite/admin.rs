@@ -447,18 +447,52 @@ pub(super) fn audit(conn: &Connection, e: &AuditEntry) -> StoreResult<()> {
     Ok(())
 }
 
-pub(super) fn list_audit(conn: &Connection, limit: u32) -> StoreResult<Vec<AuditEntry>> {
+/// See [`Store::audit_repeatable`].
+pub(super) fn audit_repeatable(
+    conn: &Connection,
+    e: &AuditEntry,
+    since: Instant,
+) -> StoreResult<()> {
+    let grouped = conn
+        .prepare_cached(
+            "UPDATE audit SET repeats = repeats + 1, last_at = ?1
+             WHERE id = (SELECT id FROM audit
+                         WHERE actor = ?2 AND action = ?3 AND target = ?4 AND outcome = ?5
+                         ORDER BY id DESC LIMIT 1)
+               AND at >= ?6",
+        )?
+        .execute(params![
+            e.at.timestamp(),
+            e.actor,
+            e.action,
+            e.target,
+            e.outcome,
+            since.timestamp()
+        ])?;
+    if grouped == 0 {
+        audit(conn, e)?;
+    }
+    Ok(())
+}
+
+pub(super) fn list_audit(conn: &Connection, limit: u32) -> StoreResult<Vec<AuditRecord>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT at, actor, action, target, outcome FROM audit ORDER BY id DESC LIMIT ?1",
+        "SELECT at, actor, action, target, outcome, repeats, last_at
+         FROM audit ORDER BY id DESC LIMIT ?1",
     )?;
     let rows = stmt
         .query_map([limit], |r| {
-            Ok(AuditEntry {
-                at: ts(r.get(0)?),
-                actor: r.get(1)?,
-                action: r.get(2)?,
-                target: r.get(3)?,
-                outcome: r.get(4)?,
+            let at = ts(r.get(0)?);
+            Ok(AuditRecord {
+                entry: AuditEntry {
+                    at,
+                    actor: r.get(1)?,
+                    action: r.get(2)?,
+                    target: r.get(3)?,
+                    outcome: r.get(4)?,
+                },
+                repeats: r.get::<_, i64>(5)?.max(1) as u64,
+                last_at: r.get::<_, Option<i64>>(6)?.map_or(at, ts),
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;

@@ -318,7 +318,13 @@ impl Store for SqliteStore {
         self.writer.write(move |c| admin::audit(c, &entry)).await
     }
 
-    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditEntry>> {
+    async fn audit_repeatable(&self, entry: AuditEntry, since: Instant) -> StoreResult<()> {
+        self.writer
+            .write(move |c| admin::audit_repeatable(c, &entry, since))
+            .await
+    }
+
+    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditRecord>> {
         self.read(move |c| admin::list_audit(c, limit)).await
     }
 

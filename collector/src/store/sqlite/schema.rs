@@ -226,6 +226,12 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX alerts_pending ON alerts(next_attempt_at) WHERE delivered_at IS NULL;
     "#,
+    // 6: repeated reads grouped into one audit row (`repeats` calls, the last at `last_at`).
+    r#"
+    ALTER TABLE audit ADD COLUMN repeats INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE audit ADD COLUMN last_at INTEGER;
+    CREATE INDEX audit_calls ON audit(actor, action, target, outcome);
+    "#,
 ];
 
 /// The newest schema version this build writes.
