@@ -20,11 +20,11 @@ fn fresh_sqlite() -> Subject {
         SqliteStore::open_with_clock(&dir.path().join("collector.db"), conformance::clock())
             .expect("open"),
     );
-    // The directory must outlive the test; leaking one small temp dir per test is fine.
-    std::mem::forget(dir);
+    // The directory lives as long as the check, and is removed with it.
     Subject {
         store: store.clone(),
         inspect: store,
+        keep: Some(Arc::new(dir)),
     }
 }
 
@@ -271,6 +271,7 @@ async fn the_suite_fails_a_store_that_counts_a_duplicate_twice() {
     let broken = Subject {
         store: Arc::new(CountsDuplicatesTwice(inner.clone())),
         inspect: inner,
+        keep: None,
     };
     conformance::exactly_once_under_concurrent_duplicates(honest)
         .await

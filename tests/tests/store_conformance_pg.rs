@@ -17,6 +17,7 @@ async fn fresh_postgres() -> Subject {
     Subject {
         store: store.clone(),
         inspect: store,
+        keep: None,
     }
 }
 

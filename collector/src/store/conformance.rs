@@ -21,6 +21,9 @@ use tally_proto::report::Report;
 pub struct Subject {
     pub store: Arc<dyn Store>,
     pub inspect: Arc<dyn Inspect>,
+    /// Whatever must live as long as the check and go with it (a temporary directory
+    /// holding the database, removed when the check ends).
+    pub keep: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 pub type CheckResult = Result<(), String>;
@@ -865,6 +868,27 @@ pub async fn audit_entries(s: Subject) -> CheckResult {
         s.store.list_audit(2).await.map_err(db)?.len() == 2,
         "limit not applied"
     );
+    Ok(())
+}
+
+/// A database whose schema is newer than the build (a newer collector migrated it) is
+/// refused where the store is opened, naming both versions; at the build's own version it
+/// opens.
+pub async fn a_schema_newer_than_the_build_is_refused(s: Subject) -> CheckResult {
+    let build = s.inspect.build_schema_version();
+    s.inspect.migrate_again().await.map_err(db)?;
+    s.inspect.set_schema_version(build + 1).await.map_err(db)?;
+    match s.inspect.migrate_again().await {
+        Err(super::StoreError::Invalid(m)) => ensure!(
+            m.contains("newer")
+                && m.contains(&(build + 1).to_string())
+                && m.contains(&build.to_string()),
+            "the refusal should name both versions: {m}"
+        ),
+        other => return Err(format!("a newer schema was not refused: {other:?}")),
+    }
+    s.inspect.set_schema_version(build).await.map_err(db)?;
+    s.inspect.migrate_again().await.map_err(db)?;
     Ok(())
 }
 
@@ -1822,6 +1846,7 @@ macro_rules! conformance_tests {
             tenant_filters,
             audit_entries,
             repeated_reads_group_in_the_audit_log,
+            a_schema_newer_than_the_build_is_refused,
             credits_report_each_metric_of_the_month,
             cancellation_purges_one_customer_only,
             collector_key_is_bound_once,

@@ -644,6 +644,22 @@ impl Store for PostgresStore {
 
 #[async_trait]
 impl Inspect for PostgresStore {
+    fn build_schema_version(&self) -> usize {
+        schema::MIGRATIONS.len()
+    }
+
+    async fn set_schema_version(&self, version: usize) -> StoreResult<()> {
+        let c = self.client().await?;
+        let v = i32::try_from(version).unwrap_or(i32::MAX);
+        execute(&c, "UPDATE tally_schema SET version = $1", &[&v]).await?;
+        Ok(())
+    }
+
+    async fn migrate_again(&self) -> StoreResult<()> {
+        let mut c = self.client().await?;
+        schema::migrate(&mut c).await
+    }
+
     async fn stored_reports(&self) -> StoreResult<Vec<StoredReport>> {
         let c = self.client().await?;
         let rows = query(

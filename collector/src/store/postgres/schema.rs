@@ -13,7 +13,7 @@ use super::{StoreResult, query_opt};
 /// Arbitrary, fixed: the advisory lock key that serializes migrations.
 const MIGRATION_LOCK: i64 = 0x7461_6c6c_795f_6d69; // "tally_mi"
 
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: the whole schema of the SQLite store's version 3, plus the collector key, with
     // rollup and monthly sums split into shards.
     r#"

@@ -521,4 +521,25 @@ impl Inspect for SqliteStore {
     async fn stored_reports(&self) -> StoreResult<Vec<StoredReport>> {
         self.read(queries::stored_reports).await
     }
+
+    fn build_schema_version(&self) -> usize {
+        schema::VERSION
+    }
+
+    async fn set_schema_version(&self, version: usize) -> StoreResult<()> {
+        self.writer
+            .write(move |c| Ok(c.execute_batch(&format!("PRAGMA user_version = {version}"))?))
+            .await
+    }
+
+    async fn migrate_again(&self) -> StoreResult<()> {
+        let path = self.readers.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = Connection::open(&path)?;
+            configure(&conn)?;
+            schema::migrate(&mut conn)
+        })
+        .await
+        .map_err(|e| StoreError::Database(e.to_string()))?
+    }
 }

@@ -237,9 +237,19 @@ const MIGRATIONS: &[&str] = &[
 /// The newest schema version this build writes.
 pub const VERSION: usize = MIGRATIONS.len();
 
-/// Brings the database up to the newest schema version.
-pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    migrate_to(conn, MIGRATIONS.len())
+/// Brings the database up to the newest schema version. A database whose schema is newer
+/// than this build (a newer collector migrated it) is refused: this build would misread
+/// what it does not know, so it must not touch it.
+pub fn migrate(conn: &mut Connection) -> crate::store::StoreResult<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current as usize > MIGRATIONS.len() {
+        return Err(crate::store::StoreError::Invalid(format!(
+            "the database's schema is version {current}, newer than this build knows ({}); \
+             run a newer tally-collector",
+            MIGRATIONS.len()
+        )));
+    }
+    Ok(migrate_to(conn, MIGRATIONS.len())?)
 }
 
 /// Applies migrations up to and including version `target`.
