@@ -64,6 +64,46 @@ impl LicenseTerms {
     }
 }
 
+/// What became of a stored report. Stored in the database as its [`ReportStatus::as_str`]
+/// (the only place the strings appear).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportStatus {
+    /// Counted in the rollups and billed.
+    Accepted,
+    /// Kept, not counted, listed for review.
+    Quarantined,
+    /// Reviewed and refused for good: kept, never counted.
+    Discarded,
+}
+
+impl ReportStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ReportStatus::Accepted => "accepted",
+            ReportStatus::Quarantined => "quarantined",
+            ReportStatus::Discarded => "discarded",
+        }
+    }
+
+    /// The status a database column holds; `None` for anything else.
+    pub fn from_db(s: &str) -> Option<ReportStatus> {
+        [
+            ReportStatus::Accepted,
+            ReportStatus::Quarantined,
+            ReportStatus::Discarded,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for ReportStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A stored report of the same agent at or next to a new report's sequence number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Neighbour {
@@ -71,8 +111,8 @@ pub struct Neighbour {
     /// A second, different report for a taken seq (never counted unless released).
     pub fork: bool,
     pub digest: Digest,
-    /// `accepted`, `quarantined` or `discarded` (shown in a duplicate's detail).
-    pub status: String,
+    /// Shown in a duplicate's detail.
+    pub status: ReportStatus,
     /// Why it was quarantined (kept after a discard), if it is not counted.
     pub reason: Option<Reason>,
     pub prev_digest: Option<Digest>,
@@ -116,7 +156,7 @@ pub fn decide(
     if let Some(same) = near.iter().find(|n| n.seq == seq && n.digest == digest) {
         return Decision::Duplicate {
             detail: format!("already stored ({})", same.status),
-            not_counted: if same.status == "accepted" {
+            not_counted: if same.status == ReportStatus::Accepted {
                 None
             } else {
                 same.reason
@@ -308,17 +348,42 @@ pub enum Release {
     Refuse(String),
 }
 
-/// Decides a release of the report stored with `status` (`accepted`, `quarantined` or
-/// `discarded`); `report` is `None` when retention removed its body.
-pub fn release(status: &str, report: Option<&Report>) -> Release {
+/// Decides a release of the report stored with `status`; `report` is `None` when retention
+/// removed its body.
+pub fn release(status: ReportStatus, report: Option<&Report>) -> Release {
     match (status, report) {
-        ("accepted", _) => Release::AlreadyCounted,
-        ("discarded", _) => Release::Refuse("it was discarded; it cannot be released".into()),
+        (ReportStatus::Accepted, _) => Release::AlreadyCounted,
+        (ReportStatus::Discarded, _) => {
+            Release::Refuse("it was discarded; it cannot be released".into())
+        }
         (_, None) => Release::Refuse("its body was removed by retention".into()),
         (_, Some(report)) => match report.check_counters() {
             Err(e) => Release::Refuse(format!("it has invalid counters ({e}); discard it instead")),
             Ok(()) => Release::Count,
         },
+    }
+}
+
+/// What discarding a stored report does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discard {
+    /// Mark it discarded: kept, never counted, no longer under review.
+    Discard,
+    /// Already discarded: nothing changes (discarding twice is harmless).
+    AlreadyDiscarded,
+    /// It cannot be discarded; the message says why.
+    Refuse(String),
+}
+
+/// Decides a discard of the report stored with `status`: only a quarantined report can be
+/// discarded; a counted one stays counted (billing is never silently reduced).
+pub fn discard(status: ReportStatus) -> Discard {
+    match status {
+        ReportStatus::Quarantined => Discard::Discard,
+        ReportStatus::Discarded => Discard::AlreadyDiscarded,
+        ReportStatus::Accepted => {
+            Discard::Refuse("it is counted; only quarantined reports can be discarded".into())
+        }
     }
 }
 
@@ -862,7 +927,7 @@ mod tests {
             seq: 1,
             fork: false,
             digest: pred_digest(),
-            status: "accepted".into(),
+            status: ReportStatus::Accepted,
             reason: None,
             prev_digest: None,
             window_start: NOW - 2 * H,
@@ -1078,24 +1143,28 @@ mod tests {
     fn a_duplicate_of_an_uncounted_report_says_why_it_was_not_counted() {
         let r = report();
         let digest = digest_of(&r);
-        let stored = |status: &str, reason: Option<Reason>| Neighbour {
+        let stored = |status: ReportStatus, reason: Option<Reason>| Neighbour {
             seq: 2,
             digest,
-            status: status.into(),
+            status,
             reason,
             ..pred()
         };
         let dup = |n: Neighbour| decide(&r, digest, &terms(), &[pred(), n], NOW, Source::Online);
         for (status, reason, want) in [
-            ("accepted", None, None),
+            (ReportStatus::Accepted, None, None),
             // Released from quarantine: counted now, whatever its old reason.
-            ("accepted", Some(Reason::ClockSkew), None),
+            (ReportStatus::Accepted, Some(Reason::ClockSkew), None),
             (
-                "quarantined",
+                ReportStatus::Quarantined,
                 Some(Reason::ClockSkew),
                 Some(Reason::ClockSkew),
             ),
-            ("discarded", Some(Reason::TooOld), Some(Reason::TooOld)),
+            (
+                ReportStatus::Discarded,
+                Some(Reason::TooOld),
+                Some(Reason::TooOld),
+            ),
         ] {
             match dup(stored(status, reason)) {
                 Decision::Duplicate { not_counted, .. } => {
@@ -1150,24 +1219,45 @@ mod tests {
     }
 
     #[test]
+    fn only_a_quarantined_report_can_be_discarded() {
+        assert_eq!(discard(ReportStatus::Quarantined), Discard::Discard);
+        assert_eq!(discard(ReportStatus::Discarded), Discard::AlreadyDiscarded);
+        assert!(
+            matches!(discard(ReportStatus::Accepted), Discard::Refuse(m) if m.contains("counted"))
+        );
+    }
+
+    #[test]
     fn release_counts_only_a_quarantined_report_with_valid_counters() {
         let ok = report();
         let mut bad = report();
         bad.counters[0].quantity = 0;
-        assert_eq!(release("quarantined", Some(&ok)), Release::Count);
-        assert_eq!(release("accepted", Some(&ok)), Release::AlreadyCounted);
+        assert_eq!(
+            release(ReportStatus::Quarantined, Some(&ok)),
+            Release::Count
+        );
+        assert_eq!(
+            release(ReportStatus::Accepted, Some(&ok)),
+            Release::AlreadyCounted
+        );
         assert!(matches!(
-            release("discarded", Some(&ok)),
+            release(ReportStatus::Discarded, Some(&ok)),
             Release::Refuse(_)
         ));
         // Retention removed the body: counted stays counted, nothing else can be released.
-        assert_eq!(release("accepted", None), Release::AlreadyCounted);
-        assert!(matches!(release("discarded", None), Release::Refuse(_)));
+        assert_eq!(
+            release(ReportStatus::Accepted, None),
+            Release::AlreadyCounted
+        );
+        assert!(matches!(
+            release(ReportStatus::Discarded, None),
+            Release::Refuse(_)
+        ));
         assert!(
-            matches!(release("quarantined", None), Release::Refuse(m) if m.contains("retention"))
+            matches!(release(ReportStatus::Quarantined, None), Release::Refuse(m) if m.contains("retention"))
         );
         assert!(
-            matches!(release("quarantined", Some(&bad)), Release::Refuse(m) if m.contains("discard it instead"))
+            matches!(release(ReportStatus::Quarantined, Some(&bad)), Release::Refuse(m) if m.contains("discard it instead"))
         );
     }
 

@@ -307,7 +307,7 @@ pub async fn brute_force_totals(
 ) -> std::collections::BTreeMap<(String, String), u64> {
     let mut totals = std::collections::BTreeMap::new();
     for r in store.stored_reports().await.unwrap() {
-        if r.status != "accepted" {
+        if r.status != tally_collector::rules::ReportStatus::Accepted {
             continue;
         }
         let rep = Report::decode(&r.bytes).unwrap();

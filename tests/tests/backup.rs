@@ -21,7 +21,7 @@ async fn totals(db: &std::path::Path) -> (u64, u64, u64) {
         .await
         .unwrap()
         .iter()
-        .filter(|r| r.status == "accepted")
+        .filter(|r| r.status == tally_collector::rules::ReportStatus::Accepted)
         .count() as u64;
     let rollups: u64 = store
         .hourly_usage(UsageFilter::default())

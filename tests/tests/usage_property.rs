@@ -78,7 +78,7 @@ async fn check(plan: Plan) -> Result<(), TestCaseError> {
         .await
         .unwrap()
         .into_iter()
-        .filter(|r| r.status == "accepted")
+        .filter(|r| r.status == tally_collector::rules::ReportStatus::Accepted)
         .map(|r| Report::decode(&r.bytes).unwrap())
         .collect();
     for (g, period) in [

@@ -2,6 +2,7 @@
 //! `audit list`.
 
 use super::{CmdResult, CommandError, Ctx, Output, usage_err};
+use crate::rules::ReportStatus;
 use crate::server::Collector;
 use crate::usage::{self, Format};
 use crate::views;
@@ -120,10 +121,14 @@ pub async fn quarantine_release(ctx: &Ctx, digest: &str) -> CmdResult {
 pub async fn quarantine_discard(ctx: &Ctx, digest: &str) -> CmdResult {
     let d = parse_digest(digest)?;
     ctx.store.discard(d, ctx.store.clock().now()).await?;
-    ctx.audit("quarantine discard", &d.to_hex(), "discarded")
-        .await?;
+    ctx.audit(
+        "quarantine discard",
+        &d.to_hex(),
+        ReportStatus::Discarded.as_str(),
+    )
+    .await?;
     Ok(Output::new(
-        json!({"digest": d.to_hex(), "status": "discarded"}),
+        json!({"digest": d.to_hex(), "status": ReportStatus::Discarded}),
         format!("discarded {d}\n"),
     ))
 }

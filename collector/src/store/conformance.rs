@@ -95,7 +95,7 @@ async fn rollup_totals(
 async fn brute_totals(s: &Subject) -> Result<BTreeMap<(String, String), u64>, String> {
     let mut out = BTreeMap::new();
     for r in s.inspect.stored_reports().await.map_err(db)? {
-        if r.status != "accepted" {
+        if r.status != crate::rules::ReportStatus::Accepted {
             continue;
         }
         let rep = Report::decode(&r.bytes).map_err(|e| format!("stored bytes: {e}"))?;
@@ -1781,25 +1781,16 @@ pub async fn agent_history_newest_first(s: Subject) -> CheckResult {
         .agent_reports(f.agent_id.clone(), None, 10)
         .await
         .map_err(db)?;
-    let got: Vec<(u64, bool, String, String)> = all
+    let got: Vec<(u64, bool, crate::rules::ReportStatus, String)> = all
         .iter()
-        .map(|r| (r.seq, r.fork, r.status.clone(), r.reason.clone()))
+        .map(|r| (r.seq, r.fork, r.status, r.reason.clone()))
         .collect();
+    use crate::rules::ReportStatus::{Accepted, Quarantined};
     let want = vec![
-        (
-            3,
-            false,
-            "quarantined".to_string(),
-            "metric_not_licensed".to_string(),
-        ),
-        (2, false, "accepted".to_string(), String::new()),
-        (
-            2,
-            true,
-            "quarantined".to_string(),
-            "seq_conflict".to_string(),
-        ),
-        (1, false, "accepted".to_string(), String::new()),
+        (3, false, Quarantined, "metric_not_licensed".to_string()),
+        (2, false, Accepted, String::new()),
+        (2, true, Quarantined, "seq_conflict".to_string()),
+        (1, false, Accepted, String::new()),
     ];
     ensure!(got == want, "history {got:?}");
     ensure!(

@@ -359,7 +359,7 @@ impl EvidenceRow {
 #[derive(Debug, Clone)]
 pub struct StoredReport {
     pub digest: Digest,
-    pub status: String,
+    pub status: crate::rules::ReportStatus,
     pub bytes: Vec<u8>,
 }
 
@@ -578,8 +578,7 @@ pub struct AgentReportRecord {
     pub window_start: Instant,
     pub window_end: Instant,
     pub received_at: Instant,
-    /// `accepted`, `quarantined` or `discarded`.
-    pub status: String,
+    pub status: crate::rules::ReportStatus,
     /// Why it is not (or was not at first) counted; empty for a plain acceptance.
     pub reason: String,
     /// The signed report bytes (its counters are read from them); empty once retention

@@ -19,7 +19,7 @@
 use super::super::{AuthenticReport, StoreError, StoreResult, StoredOutcome};
 use super::{Param, execute, query, query_opt};
 use crate::calendar::{hour_of, month_of};
-use crate::rules::{self, Decision, LicenseTerms, Neighbour, SeqChange, Source};
+use crate::rules::{self, Decision, LicenseTerms, Neighbour, ReportStatus, SeqChange, Source};
 use deadpool_postgres::GenericClient;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tally_proto::Digest;
@@ -342,7 +342,7 @@ struct NewAnomaly {
 struct NewReport<'a> {
     r: &'a AuthenticReport,
     fork: bool,
-    status: &'static str,
+    status: ReportStatus,
     reason: &'static str,
     detail: String,
     /// Set when counted after its own month closed: the month whose statement bills it.
@@ -472,7 +472,7 @@ pub(super) async fn ingest_batch<C: GenericClient>(
                 rows.push(NewReport {
                     r,
                     fork: true,
-                    status: "quarantined",
+                    status: ReportStatus::Quarantined,
                     reason: reason.as_str(),
                     detail: detail.clone(),
                     billed_month: None,
@@ -483,7 +483,7 @@ pub(super) async fn ingest_batch<C: GenericClient>(
                 rows.push(NewReport {
                     r,
                     fork: false,
-                    status: "quarantined",
+                    status: ReportStatus::Quarantined,
                     reason: reason.as_str(),
                     detail: detail.clone(),
                     billed_month: None,
@@ -504,9 +504,9 @@ pub(super) async fn ingest_batch<C: GenericClient>(
                     r,
                     fork: false,
                     status: if reason.is_none() {
-                        "accepted"
+                        ReportStatus::Accepted
                     } else {
-                        "quarantined"
+                        ReportStatus::Quarantined
                     },
                     reason: reason.map(Reason::as_str).unwrap_or_default(),
                     detail: detail.clone(),
@@ -523,7 +523,7 @@ pub(super) async fn ingest_batch<C: GenericClient>(
                     seq: rep.seq,
                     fork,
                     digest: r.digest,
-                    status: rows.last().map(|n| n.status).unwrap_or("").to_string(),
+                    status: rows.last().map_or(ReportStatus::Quarantined, |n| n.status),
                     reason,
                     prev_digest: rep.prev_digest,
                     window_start: rep.window_start.timestamp(),
@@ -710,7 +710,7 @@ async fn insert_reports<C: GenericClient>(
         .iter()
         .map(|n| n.r.report.window_end.timestamp())
         .collect();
-    let status: Vec<&str> = rows.iter().map(|n| n.status).collect();
+    let status: Vec<&str> = rows.iter().map(|n| n.status.as_str()).collect();
     let reason: Vec<&str> = rows.iter().map(|n| n.reason).collect();
     let detail: Vec<&str> = rows.iter().map(|n| n.detail.as_str()).collect();
     let bytes: Vec<&[u8]> = rows.iter().map(|n| n.r.bytes.as_slice()).collect();

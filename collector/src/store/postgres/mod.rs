@@ -678,3 +678,20 @@ impl Inspect for PostgresStore {
             .collect())
     }
 }
+
+/// The `status` column as read ([`ReportStatus::as_str`] is what is written); anything else
+/// is a corrupt row.
+impl<'a> tokio_postgres::types::FromSql<'a> for crate::rules::ReportStatus {
+    fn from_sql(
+        ty: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        let s = <&str as tokio_postgres::types::FromSql>::from_sql(ty, raw)?;
+        crate::rules::ReportStatus::from_db(s)
+            .ok_or_else(|| format!("unknown report status {s:?}").into())
+    }
+
+    fn accepts(ty: &tokio_postgres::types::Type) -> bool {
+        <&str as tokio_postgres::types::FromSql>::accepts(ty)
+    }
+}

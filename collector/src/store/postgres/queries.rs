@@ -3,7 +3,7 @@
 use super::super::*;
 use super::ingest::Sums;
 use super::{digest_of, execute, query, query_opt, ts};
-use crate::rules::{self, Release};
+use crate::rules::{self, Release, ReportStatus};
 use deadpool_postgres::GenericClient;
 use tally_proto::report::Report;
 
@@ -149,14 +149,14 @@ pub(super) async fn release<C: GenericClient>(
     )
     .await?
     .ok_or_else(|| StoreError::NotFound(format!("no stored report has digest {digest}")))?;
-    let (status, license_id, bytes, agent_id): (String, String, Vec<u8>, String) =
+    let (status, license_id, bytes, agent_id): (ReportStatus, String, Vec<u8>, String) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
     // An empty body: removed by retention (the row stays for dedup).
     let report = (!bytes.is_empty())
         .then(|| Report::decode(&bytes))
         .transpose()
         .map_err(|e| StoreError::Database(format!("stored report {digest}: {e}")))?;
-    match rules::release(&status, report.as_ref()) {
+    match rules::release(status, report.as_ref()) {
         Release::AlreadyCounted => return Ok(false),
         Release::Refuse(why) => {
             return Err(StoreError::Conflict(format!("report {digest}: {why}")));
@@ -196,7 +196,7 @@ pub(super) async fn release<C: GenericClient>(
 
 pub(super) async fn discard<C: GenericClient>(c: &C, digest: &Digest, now: i64) -> StoreResult<()> {
     let d = digest.as_bytes().as_slice();
-    let status: String = query_opt(
+    let status: ReportStatus = query_opt(
         c,
         "SELECT status FROM reports WHERE digest = $1 FOR UPDATE",
         &[&d],
@@ -204,8 +204,8 @@ pub(super) async fn discard<C: GenericClient>(c: &C, digest: &Digest, now: i64) 
     .await?
     .ok_or_else(|| StoreError::NotFound(format!("no stored report has digest {digest}")))?
     .get(0);
-    match status.as_str() {
-        "quarantined" => {
+    match rules::discard(status) {
+        rules::Discard::Discard => {
             execute(
                 c,
                 "UPDATE reports SET status = 'discarded', resolved_at = $2 WHERE digest = $1",
@@ -214,10 +214,8 @@ pub(super) async fn discard<C: GenericClient>(c: &C, digest: &Digest, now: i64) 
             .await?;
             Ok(())
         }
-        "discarded" => Ok(()),
-        _ => Err(StoreError::Conflict(format!(
-            "report {digest} is counted; only quarantined reports can be discarded"
-        ))),
+        rules::Discard::AlreadyDiscarded => Ok(()),
+        rules::Discard::Refuse(why) => Err(StoreError::Conflict(format!("report {digest}: {why}"))),
     }
 }
 

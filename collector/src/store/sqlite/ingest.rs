@@ -9,7 +9,7 @@
 use super::super::{AuthenticReport, StoreError, StoreResult, StoredOutcome};
 use crate::calendar::{hour_of, month_of};
 use crate::clock::Clock;
-use crate::rules::{self, Decision, LicenseTerms, Neighbour, SeqChange, Source};
+use crate::rules::{self, Decision, LicenseTerms, Neighbour, ReportStatus, SeqChange, Source};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
 use tally_proto::Digest;
@@ -378,7 +378,7 @@ fn ingest_one(
                 now,
                 source,
                 true,
-                "quarantined",
+                ReportStatus::Quarantined,
                 code,
                 &detail,
                 None,
@@ -390,19 +390,21 @@ fn ingest_one(
                 .execute(params![r.agent_id, rep.license_id, seq, r.digest.as_bytes().as_slice(), detail, now])?;
             return Ok((Outcome::Quarantined, Some(Reason::SeqConflict), detail));
         }
-        Decision::Quarantine { reason, detail } => ("quarantined", Some(reason), detail),
+        Decision::Quarantine { reason, detail } => {
+            (ReportStatus::Quarantined, Some(reason), detail)
+        }
         Decision::Count => match count(conn, rollups, &rep.license_id, rep)? {
             Ok(late) => {
                 billed = late;
-                ("accepted", None, String::new())
+                (ReportStatus::Accepted, None, String::new())
             }
-            Err((reason, detail)) => ("quarantined", Some(reason), detail),
+            Err((reason, detail)) => (ReportStatus::Quarantined, Some(reason), detail),
         },
     };
     let code = reason.map(Reason::as_str).unwrap_or_default();
     insert_report(conn, r, now, source, false, status, code, &detail, billed)?;
     track_sequence(conn, sequences, &r.agent_id, &rep.license_id, seq, now)?;
-    let outcome = if status == "accepted" {
+    let outcome = if status == ReportStatus::Accepted {
         Outcome::Accepted
     } else {
         Outcome::Quarantined
@@ -440,7 +442,7 @@ fn insert_report(
     now: i64,
     source: Source,
     fork: bool,
-    status: &str,
+    status: ReportStatus,
     reason: &str,
     detail: &str,
     billed_month: Option<i64>,
@@ -462,7 +464,7 @@ fn insert_report(
         rep.window_end.timestamp(),
         now,
         source.as_str(),
-        status,
+        status.as_str(),
         reason,
         detail,
         r.bytes,

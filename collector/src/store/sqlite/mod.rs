@@ -543,3 +543,19 @@ impl Inspect for SqliteStore {
         .map_err(|e| StoreError::Database(e.to_string()))?
     }
 }
+
+/// The `status` column: [`ReportStatus::as_str`] both ways; anything else is a corrupt row.
+impl rusqlite::types::FromSql for crate::rules::ReportStatus {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let s = v.as_str()?;
+        crate::rules::ReportStatus::from_db(s).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(format!("unknown report status {s:?}").into())
+        })
+    }
+}
+
+impl rusqlite::types::ToSql for crate::rules::ReportStatus {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(self.as_str().into())
+    }
+}

@@ -129,7 +129,7 @@ pub(super) fn quarantine(
 
 /// A stored report found by digest for review.
 struct ReviewRow {
-    status: String,
+    status: crate::rules::ReportStatus,
     license_id: String,
     bytes: Vec<u8>,
     agent_id: String,
@@ -181,7 +181,7 @@ pub(super) fn release(conn: &Connection, digest: &Digest, now: i64) -> StoreResu
         .then(|| Report::decode(bytes))
         .transpose()
         .map_err(|e| StoreError::Database(format!("stored report {digest}: {e}")))?;
-    match rules::release(status, report.as_ref()) {
+    match rules::release(*status, report.as_ref()) {
         Release::AlreadyCounted => return Ok(false),
         Release::Refuse(why) => {
             return Err(StoreError::Conflict(format!("report {digest}: {why}")));
@@ -220,8 +220,8 @@ pub(super) fn release(conn: &Connection, digest: &Digest, now: i64) -> StoreResu
 
 pub(super) fn discard(conn: &Connection, digest: &Digest, now: i64) -> StoreResult<()> {
     let row = review_row(conn, digest)?;
-    match row.status.as_str() {
-        "quarantined" => {
+    match rules::discard(row.status) {
+        rules::Discard::Discard => {
             conn.execute(
                 "UPDATE reports SET status = 'discarded', resolved_at = ?2
                  WHERE agent_id = ?3 AND seq = ?4 AND digest = ?1",
@@ -229,10 +229,8 @@ pub(super) fn discard(conn: &Connection, digest: &Digest, now: i64) -> StoreResu
             )?;
             Ok(())
         }
-        "discarded" => Ok(()),
-        _ => Err(StoreError::Conflict(format!(
-            "report {digest} is counted; only quarantined reports can be discarded"
-        ))),
+        rules::Discard::AlreadyDiscarded => Ok(()),
+        rules::Discard::Refuse(why) => Err(StoreError::Conflict(format!("report {digest}: {why}"))),
     }
 }
 
