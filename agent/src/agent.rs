@@ -116,6 +116,10 @@ pub enum LoadError {
     NotInitialized(String),
     #[error("{0}")]
     Corrupt(String),
+    /// The TLS options are wrong (a CA missing, `--cert` without `--key`, a file that
+    /// cannot be read): the caller's mistake, not the directory's.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl Agent {
@@ -142,7 +146,7 @@ impl Agent {
             .map_err(|e| corrupt(&e))?;
         let (license, _) =
             License::verify(&signed, Some(&collector_key)).map_err(|e| corrupt(&e))?;
-        let tls = cfg.tls.client_config().map_err(LoadError::Corrupt)?;
+        let tls = cfg.tls.client_config().map_err(LoadError::Tls)?;
         let mut collectors = cfg.collectors;
         if collectors.is_empty() {
             collectors.push(license.collector_endpoint.clone());

@@ -49,7 +49,7 @@ fn store_status(e: StoreError) -> Status {
         StoreError::NotFound(m) => Status::not_found(m),
         StoreError::Conflict(m) => Status::failed_precondition(m),
         StoreError::Invalid(m) => Status::permission_denied(m),
-        StoreError::Unavailable(m) | StoreError::Database(m) => {
+        StoreError::Unavailable(m) | StoreError::Contended(m) | StoreError::Database(m) => {
             tracing::error!(error = %m, "Store failed during a gRPC call.");
             Status::unavailable("the collector's storage is unavailable; retry later")
         }

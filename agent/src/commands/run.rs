@@ -46,10 +46,7 @@ pub fn load(
         tls,
     })
     .map_err(|e| match e {
-        LoadError::NotInitialized(_) => CommandError::Usage(e.to_string()),
-        LoadError::Corrupt(m) if m.contains("--ca") || m.contains("--cert") => {
-            CommandError::Usage(m)
-        }
+        LoadError::NotInitialized(_) | LoadError::Tls(_) => CommandError::Usage(e.to_string()),
         other => CommandError::Runtime(other.to_string()),
     })
 }

@@ -39,7 +39,7 @@ pub use tally_runtime::cli::{CmdResult, CommandError, Output};
 impl From<StoreError> for CommandError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Database(m) | StoreError::Unavailable(m) => {
+            StoreError::Database(m) | StoreError::Unavailable(m) | StoreError::Contended(m) => {
                 CommandError::Runtime(format!("database: {m}"))
             }
             other => CommandError::Usage(other.to_string()),

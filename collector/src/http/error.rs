@@ -61,7 +61,7 @@ impl From<StoreError> for ApiError {
                 code: "invalid_request",
                 message: m,
             },
-            StoreError::Unavailable(m) | StoreError::Database(m) => {
+            StoreError::Unavailable(m) | StoreError::Contended(m) | StoreError::Database(m) => {
                 tracing::error!(error = %m, "Store failed during an API call.");
                 ApiError::Unavailable
             }

@@ -42,6 +42,12 @@ pub enum StoreError {
     /// succeed if retried. Nothing was written.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The transaction lost a race with a concurrent one (a deadlock, a serialization
+    /// failure, a sum that reached its limit meanwhile) and was rolled back: running the
+    /// whole transaction again at once clears it. Stores retry it themselves a few times;
+    /// past that it reaches callers like [`StoreError::Unavailable`]. Nothing was written.
+    #[error("database busy: {0}")]
+    Contended(String),
     /// The database failed; details are logged, not shown to clients.
     #[error("database error: {0}")]
     Database(String),

@@ -241,10 +241,9 @@ impl Sums {
                 if e.code() == Some(&tokio_postgres::error::SqlState::NUMERIC_VALUE_OUT_OF_RANGE) {
                     // Another collector's addition got there first: retry the whole
                     // transaction, whose fresh read then quarantines the report.
-                    return Err(StoreError::Unavailable(format!(
-                        "{}a usage sum reached its limit concurrently",
-                        super::LOCK_RACE
-                    )));
+                    return Err(StoreError::Contended(
+                        "a usage sum reached its limit concurrently".into(),
+                    ));
                 }
                 return Err(e.into());
             }

@@ -57,7 +57,7 @@ impl From<tokio_postgres::Error> for StoreError {
             ]
             .contains(code)
             {
-                return StoreError::Unavailable(format!("{LOCK_RACE}{}", db.message()));
+                return StoreError::Contended(db.message().to_string());
             }
             if transient.contains(code) || code.code().starts_with("08") {
                 return StoreError::Unavailable(db.message().to_string());
@@ -252,22 +252,13 @@ macro_rules! in_transaction {
             }
             .await;
             match result {
-                Err(StoreError::Unavailable(m)) if attempt < 4 && is_retryable(&m) => {
+                Err(StoreError::Contended(_)) if attempt < 4 => {
                     tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
                 }
                 other => break other,
             }
         }
     }};
-}
-
-/// Marks an [`StoreError::Unavailable`] that retrying the transaction at once can clear
-/// (a deadlock or a lost race between collectors), unlike a database that is down, which
-/// is left to the caller (an agent retries with backoff).
-pub(super) const LOCK_RACE: &str = "lost a race with a concurrent transaction: ";
-
-pub(super) fn is_retryable(message: &str) -> bool {
-    message.starts_with(LOCK_RACE)
 }
 
 #[async_trait]
