@@ -8,7 +8,9 @@
 //! Invariant: a report is counted only inside the transaction that stores it (or that
 //! releases it from quarantine), and rollups change only in those transactions.
 
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+#[cfg(any(test, feature = "testing"))]
 pub mod fixture;
 pub mod postgres;
 pub mod sqlite;
