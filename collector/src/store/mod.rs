@@ -12,6 +12,7 @@
 pub mod conformance;
 #[cfg(any(test, feature = "testing"))]
 pub mod fixture;
+pub(crate) mod plan;
 pub mod postgres;
 pub mod sqlite;
 

@@ -1,11 +1,11 @@
 //! Billing reads and quarantine resolution.
 
+use super::super::plan::{self, ReleasePlan};
 use super::super::*;
 use super::admin::ts;
-use super::ingest::RollupCache;
-use crate::rules::{self, Release};
+use super::ingest::SqliteFacts;
+use crate::rules;
 use rusqlite::{Connection, OptionalExtension, params};
-use tally_proto::report::Report;
 
 pub(super) fn hourly_usage(conn: &Connection, f: &UsageFilter) -> StoreResult<Vec<HourlyUsage>> {
     let mut stmt = conn.prepare_cached(
@@ -170,40 +170,23 @@ fn review_row(conn: &Connection, digest: &Digest) -> StoreResult<ReviewRow> {
 
 pub(super) fn release(conn: &Connection, digest: &Digest, now: i64) -> StoreResult<bool> {
     let row = review_row(conn, digest)?;
-    let ReviewRow {
-        status,
-        license_id,
-        bytes,
-        ..
-    } = &row;
-    // An empty body: removed by retention (the row stays for dedup).
-    let report = (!bytes.is_empty())
-        .then(|| Report::decode(bytes))
-        .transpose()
-        .map_err(|e| StoreError::Database(format!("stored report {digest}: {e}")))?;
-    match rules::release(*status, report.as_ref()) {
-        Release::AlreadyCounted => return Ok(false),
-        Release::Refuse(why) => {
-            return Err(StoreError::Conflict(format!("report {digest}: {why}")));
-        }
-        Release::Count => {}
-    }
-    // The rules count only a report whose body is kept.
-    let Some(report) = report else {
-        return Err(StoreError::Conflict(format!(
-            "report {digest}: its body was removed by retention"
-        )));
-    };
-    let mut rollups = RollupCache::default();
-    let billed = match super::ingest::count(conn, &mut rollups, license_id, &report)? {
-        Ok(billed) => billed,
-        Err((_, detail)) => {
-            return Err(StoreError::Conflict(format!(
-                "report {digest} cannot be counted: {detail}"
-            )));
+    let billed = match plan::plan_release(
+        &mut SqliteFacts(conn),
+        digest,
+        row.status,
+        &row.bytes,
+        &row.license_id,
+        &row.agent_id,
+    )? {
+        ReleasePlan::AlreadyCounted => return Ok(false),
+        ReleasePlan::Count {
+            billed_month,
+            counter,
+        } => {
+            super::ingest::apply_counter(conn, &counter, now)?;
+            billed_month
         }
     };
-    rollups.flush(conn, now)?;
     conn.execute(
         "UPDATE reports SET status = 'accepted', resolved_at = ?2, billed_month = ?5
          WHERE agent_id = ?3 AND seq = ?4 AND digest = ?1",
