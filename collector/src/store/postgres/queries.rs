@@ -1,11 +1,11 @@
 //! Billing reads and quarantine resolution on PostgreSQL.
 
+use super::super::plan::{self, ReleasePlan};
 use super::super::*;
-use super::ingest::Sums;
+use super::ingest::PgFacts;
 use super::{digest_of, execute, query, query_opt, ts};
-use crate::rules::{self, Release, ReportStatus};
+use crate::rules::{self, ReportStatus};
 use deadpool_postgres::GenericClient;
-use tally_proto::report::Report;
 
 pub(super) async fn hourly_usage<C: GenericClient>(
     c: &C,
@@ -151,39 +151,18 @@ pub(super) async fn release<C: GenericClient>(
     .ok_or_else(|| StoreError::NotFound(format!("no stored report has digest {digest}")))?;
     let (status, license_id, bytes, agent_id): (ReportStatus, String, Vec<u8>, String) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
-    // An empty body: removed by retention (the row stays for dedup).
-    let report = (!bytes.is_empty())
-        .then(|| Report::decode(&bytes))
-        .transpose()
-        .map_err(|e| StoreError::Database(format!("stored report {digest}: {e}")))?;
-    match rules::release(status, report.as_ref()) {
-        Release::AlreadyCounted => return Ok(false),
-        Release::Refuse(why) => {
-            return Err(StoreError::Conflict(format!("report {digest}: {why}")));
-        }
-        Release::Count => {}
-    }
-    // The rules count only a report whose body is kept.
-    let Some(report) = report else {
-        return Err(StoreError::Conflict(format!(
-            "report {digest}: its body was removed by retention"
-        )));
-    };
-    let mut sums = Sums::default();
-    sums.closed = closed;
-    sums.alert_terms = super::alerts::terms(c, &[license_id.as_str()]).await?;
-    super::alerts::lock(c, &sums.alert_terms).await?;
-    sums.load(c, std::slice::from_ref(&report), &license_id)
-        .await?;
-    let billed = match sums.count(&license_id, &agent_id, &report) {
-        Ok(billed) => billed,
-        Err((_, detail)) => {
-            return Err(StoreError::Conflict(format!(
-                "report {digest} cannot be counted: {detail}"
-            )));
-        }
-    };
-    sums.flush(c, now).await?;
+    let mut facts = PgFacts::for_release(c, closed, &license_id, &bytes).await?;
+    let billed =
+        match plan::plan_release(&mut facts, digest, status, &bytes, &license_id, &agent_id)? {
+            ReleasePlan::AlreadyCounted => return Ok(false),
+            ReleasePlan::Count {
+                billed_month,
+                counter,
+            } => {
+                super::ingest::apply_counter(c, &counter, now).await?;
+                billed_month
+            }
+        };
     execute(
         c,
         "UPDATE reports SET status = 'accepted', resolved_at = $2, billed_month = $3
