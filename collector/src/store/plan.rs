@@ -149,14 +149,11 @@ impl Counter {
                 quantity: q,
             });
         }
-        if self.closed.is_none() {
-            self.closed = Some(facts.closed_months()?);
-        }
-        let closed = self
-            .closed
-            .as_ref()
-            .map_or_else(BTreeSet::new, Clone::clone);
-        Ok(Ok(rules::periods::billed_month(month, &closed)))
+        let closed = match &mut self.closed {
+            Some(c) => c,
+            none => none.insert(facts.closed_months()?),
+        };
+        Ok(Ok(rules::periods::billed_month(month, closed)))
     }
 }
 
