@@ -892,6 +892,33 @@ pub async fn a_schema_newer_than_the_build_is_refused(s: Subject) -> CheckResult
     Ok(())
 }
 
+/// The highest seq the protocol allows (`i64::MAX`) is stored, and resent it is a
+/// duplicate, counted once (the neighbour range around it must not wrap).
+pub async fn the_highest_seq_is_deduplicated(s: Subject) -> CheckResult {
+    let f = seed(&s, "maxseq", &[("api.convert", None)]).await?;
+    let ws = now(&s) - Duration::hours(2);
+    let prev = Some(tally_proto::Digest([7; 32]));
+    let top = f.report(i64::MAX as u64, prev, ws, 3600, &[("api.convert", 7)]);
+    for (attempt, want) in [(1, Outcome::Accepted), (2, Outcome::Duplicate)] {
+        let out = s
+            .store
+            .ingest(vec![top.clone()], s.store.clock().now(), Source::Online)
+            .await
+            .map_err(db)?;
+        ensure!(
+            out[0].outcome == want,
+            "attempt {attempt} at seq i64::MAX: {:?}",
+            out[0]
+        );
+    }
+    let totals = rollup_totals(&s, UsageFilter::default()).await?;
+    ensure!(
+        totals == sum_of(std::slice::from_ref(&top)),
+        "counted once: {totals:?}"
+    );
+    Ok(())
+}
+
 /// Repeatable calls (reads) group: the same actor, action, target and outcome again, while
 /// the newest such row began within the window, counts on that row; anything that differs,
 /// or comes after the window, or after another row for the key, is a row of its own.
@@ -1838,6 +1865,7 @@ macro_rules! conformance_tests {
             audit_entries,
             repeated_reads_group_in_the_audit_log,
             a_schema_newer_than_the_build_is_refused,
+            the_highest_seq_is_deduplicated,
             credits_report_each_metric_of_the_month,
             cancellation_purges_one_customer_only,
             collector_key_is_bound_once,

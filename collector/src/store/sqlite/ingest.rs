@@ -53,21 +53,25 @@ fn neighbourhood(conn: &Connection, agent_id: &str, seq: i64) -> StoreResult<Vec
          WHERE agent_id = ?1 AND seq BETWEEN ?2 AND ?3",
     )?;
     let rows = stmt
-        .query_map(params![agent_id, seq - 1, seq + 1], |r| {
-            let d: Vec<u8> = r.get(2)?;
-            let p: Option<Vec<u8>> = r.get(4)?;
-            Ok(Neighbour {
-                seq: r.get::<_, i64>(0)? as u64,
-                fork: r.get::<_, i64>(1)? != 0,
-                digest: Digest::from_slice(&d).unwrap_or(Digest([0; 32])),
-                status: r.get(3)?,
-                // Read in place: this runs for every neighbour of every report ingested.
-                reason: r.get_ref(7)?.as_str().ok().and_then(|s| s.parse().ok()),
-                prev_digest: p.as_deref().and_then(Digest::from_slice),
-                window_start: r.get(5)?,
-                window_end: r.get(6)?,
-            })
-        })?
+        // Saturating: the highest seq the protocol allows is i64::MAX.
+        .query_map(
+            params![agent_id, seq.saturating_sub(1), seq.saturating_add(1)],
+            |r| {
+                let d: Vec<u8> = r.get(2)?;
+                let p: Option<Vec<u8>> = r.get(4)?;
+                Ok(Neighbour {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    fork: r.get::<_, i64>(1)? != 0,
+                    digest: Digest::from_slice(&d).unwrap_or(Digest([0; 32])),
+                    status: r.get(3)?,
+                    // Read in place: this runs for every neighbour of every report ingested.
+                    reason: r.get_ref(7)?.as_str().ok().and_then(|s| s.parse().ok()),
+                    prev_digest: p.as_deref().and_then(Digest::from_slice),
+                    window_start: r.get(5)?,
+                    window_end: r.get(6)?,
+                })
+            },
+        )?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
