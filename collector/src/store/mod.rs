@@ -790,11 +790,14 @@ pub trait Inspect: Send + Sync + 'static {
     /// Every stored report with its status (for brute-force checks).
     async fn stored_reports(&self) -> StoreResult<Vec<StoredReport>>;
     /// The schema version this build writes.
+    #[cfg(any(test, feature = "testing"))]
     fn build_schema_version(&self) -> usize;
     /// Records `version` as the database's schema version (as a newer or older build
     /// would have left it).
+    #[cfg(any(test, feature = "testing"))]
     async fn set_schema_version(&self, version: usize) -> StoreResult<()>;
     /// Runs, on a new connection, what opening the store runs first: the schema check and
     /// migrations.
+    #[cfg(any(test, feature = "testing"))]
     async fn migrate_again(&self) -> StoreResult<()>;
 }

@@ -170,6 +170,20 @@ pub struct NewReport {
     pub billed_month: Option<i64>,
 }
 
+impl NewReport {
+    /// A stored, uncounted report: quarantined for `reason` (a fork when `fork`).
+    fn quarantined(index: usize, fork: bool, reason: Reason, detail: String) -> NewReport {
+        NewReport {
+            index,
+            fork,
+            status: ReportStatus::Quarantined,
+            reason: Some(reason),
+            detail,
+            billed_month: None,
+        }
+    }
+}
+
 /// What kind of anomaly a row is (its `kind` column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AnomalyKind {
@@ -271,6 +285,7 @@ pub fn plan_ingest(
         }
         let decision = rules::decide(rep, r.digest, terms, &around, now, source);
         let row = match decision {
+            // Already stored: no row, only a receipt.
             Decision::Duplicate {
                 detail,
                 not_counted,
@@ -299,46 +314,25 @@ pub fn plan_ingest(
                     detail: detail.clone(),
                     closed: false,
                 });
-                NewReport {
+                NewReport::quarantined(index, true, Reason::SeqConflict, detail)
+            }
+            Decision::Quarantine { reason, detail } => {
+                NewReport::quarantined(index, false, reason, detail)
+            }
+            Decision::Count => match plan
+                .counter
+                .count(facts, &rep.license_id, &r.agent_id, rep)?
+            {
+                Ok(billed_month) => NewReport {
                     index,
-                    fork: true,
-                    status: ReportStatus::Quarantined,
-                    reason: Some(Reason::SeqConflict),
-                    detail,
-                    billed_month: None,
-                }
-            }
-            Decision::Quarantine { reason, detail } => NewReport {
-                index,
-                fork: false,
-                status: ReportStatus::Quarantined,
-                reason: Some(reason),
-                detail,
-                billed_month: None,
+                    fork: false,
+                    status: ReportStatus::Accepted,
+                    reason: None,
+                    detail: String::new(),
+                    billed_month,
+                },
+                Err((reason, detail)) => NewReport::quarantined(index, false, reason, detail),
             },
-            Decision::Count => {
-                match plan
-                    .counter
-                    .count(facts, &rep.license_id, &r.agent_id, rep)?
-                {
-                    Ok(billed_month) => NewReport {
-                        index,
-                        fork: false,
-                        status: ReportStatus::Accepted,
-                        reason: None,
-                        detail: String::new(),
-                        billed_month,
-                    },
-                    Err((reason, detail)) => NewReport {
-                        index,
-                        fork: false,
-                        status: ReportStatus::Quarantined,
-                        reason: Some(reason),
-                        detail,
-                        billed_month: None,
-                    },
-                }
-            }
         };
         planned
             .entry((r.agent_id.clone(), seq))
@@ -377,17 +371,14 @@ pub fn plan_ingest(
             };
             track_sequence(agent, seq);
         }
-        let status = if row.status == ReportStatus::Accepted {
-            Outcome::Accepted
-        } else {
-            Outcome::Quarantined
+        let status = match row.status {
+            ReportStatus::Accepted => Outcome::Accepted,
+            ReportStatus::Quarantined | ReportStatus::Discarded => Outcome::Quarantined,
         };
-        let (reason, detail) = (row.reason, row.detail.clone());
-        plan.rows.push(row);
         plan.outcomes.push(outcome(
             status,
-            reason,
-            detail,
+            row.reason,
+            row.detail.clone(),
             terms,
             rep,
             facts,
@@ -395,6 +386,7 @@ pub fn plan_ingest(
             month_now,
             received_at,
         )?);
+        plan.rows.push(row);
     }
     let mut agent_ids: Vec<&String> = agents.keys().collect();
     agent_ids.sort();

@@ -635,10 +635,12 @@ impl Store for PostgresStore {
 
 #[async_trait]
 impl Inspect for PostgresStore {
+    #[cfg(any(test, feature = "testing"))]
     fn build_schema_version(&self) -> usize {
         schema::MIGRATIONS.len()
     }
 
+    #[cfg(any(test, feature = "testing"))]
     async fn set_schema_version(&self, version: usize) -> StoreResult<()> {
         let c = self.client().await?;
         let v = i32::try_from(version).unwrap_or(i32::MAX);
@@ -646,6 +648,7 @@ impl Inspect for PostgresStore {
         Ok(())
     }
 
+    #[cfg(any(test, feature = "testing"))]
     async fn migrate_again(&self) -> StoreResult<()> {
         let mut c = self.client().await?;
         schema::migrate(&mut c).await

@@ -522,16 +522,19 @@ impl Inspect for SqliteStore {
         self.read(queries::stored_reports).await
     }
 
+    #[cfg(any(test, feature = "testing"))]
     fn build_schema_version(&self) -> usize {
         schema::VERSION
     }
 
+    #[cfg(any(test, feature = "testing"))]
     async fn set_schema_version(&self, version: usize) -> StoreResult<()> {
         self.writer
             .write(move |c| Ok(c.execute_batch(&format!("PRAGMA user_version = {version}"))?))
             .await
     }
 
+    #[cfg(any(test, feature = "testing"))]
     async fn migrate_again(&self) -> StoreResult<()> {
         let path = self.readers.path.clone();
         tokio::task::spawn_blocking(move || {
