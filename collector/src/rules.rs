@@ -387,8 +387,16 @@ pub fn discard(status: ReportStatus) -> Discard {
     }
 }
 
-/// One license's limit of one metric (`None`: unlimited), as a store finds it for a month:
-/// a candidate, whether it applies is [`statement_lines`]' decision.
+/// Whether a quarantined report is listed among the anomalies as one of its own (its kind
+/// is its reason). A fork (`seq_conflict`) is not: the `fork` anomaly opened when it was
+/// stored already names it. An unknown reason is listed (an operator should see it).
+pub fn quarantine_is_anomaly(reason: &str) -> bool {
+    reason.parse::<Reason>() != Ok(Reason::SeqConflict)
+}
+
+/// One license's limit of one metric (`None`: unlimited) for a month: one that
+/// [`periods::limits_in_month`] let through; whether it applies is [`statement_lines`]'
+/// decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LicenseLimit {
     pub license_id: String,
@@ -1216,6 +1224,18 @@ mod tests {
         let digest = digest_of(&c.report);
         c.near[1].prev_digest = Some(digest);
         assert_eq!(c.decide(), Decision::Count);
+    }
+
+    #[test]
+    fn every_quarantine_reason_but_a_fork_is_an_anomaly_of_its_own() {
+        for r in Reason::ALL {
+            assert_eq!(
+                quarantine_is_anomaly(r.as_str()),
+                r != Reason::SeqConflict,
+                "{r:?}"
+            );
+        }
+        assert!(quarantine_is_anomaly("some_future_reason"));
     }
 
     #[test]

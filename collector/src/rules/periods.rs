@@ -7,7 +7,7 @@
 //! (or released from quarantine) later counts on the first later month that is still open,
 //! as an *adjustment* naming the month it belongs to.
 
-use super::{LicenseLimit, LicenseUsage, statement_lines};
+use super::{LicenseLimit, LicenseUsage, ReportStatus, statement_lines};
 use crate::calendar::{month_label, month_of, next_month};
 use std::collections::{BTreeMap, BTreeSet};
 use tally_proto::Digest;
@@ -27,6 +27,58 @@ pub fn billed_month(window_month: i64, closed: &BTreeSet<i64>) -> Option<i64> {
         m = next_month(m);
     }
     Some(m)
+}
+
+/// The month whose statement counts a stored report, if any: an accepted report counts on
+/// the month it was billed on when it came late (`billed_month`), else on the month its
+/// window starts in; a quarantined or discarded report counts nowhere.
+pub fn statement_month(
+    status: ReportStatus,
+    window_start: i64,
+    billed_month: Option<i64>,
+) -> Option<i64> {
+    match status {
+        ReportStatus::Accepted => Some(billed_month.unwrap_or_else(|| month_of(window_start))),
+        ReportStatus::Quarantined | ReportStatus::Discarded => None,
+    }
+}
+
+/// Which reports a month's statement counts, and which of them are late (billed on it
+/// although their own month was closed when they were stored or released). A store fetches
+/// the candidates — every report whose window starts in the month or that was billed on
+/// it — and keeps those this says yes to.
+pub fn counts_on(
+    month: i64,
+    only_late: bool,
+    status: ReportStatus,
+    window_start: i64,
+    billed_month: Option<i64>,
+) -> bool {
+    statement_month(status, window_start, billed_month) == Some(month)
+        && (!only_late || billed_month.is_some())
+}
+
+/// A license's limit of one metric with the license's term, as a store finds it: every
+/// license of a customer is a candidate; [`limits_in_month`] decides which ones a month
+/// sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TermLimit {
+    pub limit: LicenseLimit,
+    pub not_before: i64,
+    /// `not_after + grace`: the last instant the license counts usage.
+    pub usable_until: i64,
+}
+
+/// The limits a month's statement may apply: those of licenses whose term, grace included,
+/// touches the month (starts before the month ends and lasts until at least its first
+/// instant). Whether a touching license then applies is [`statement_lines`]' decision.
+pub fn limits_in_month(month: i64, candidates: Vec<TermLimit>) -> Vec<LicenseLimit> {
+    let end = next_month(month);
+    candidates
+        .into_iter()
+        .filter(|c| c.not_before < end && c.usable_until >= month)
+        .map(|c| c.limit)
+        .collect()
 }
 
 /// Whether `month` may be closed at `now`: only after it has ended.
@@ -233,6 +285,78 @@ mod tests {
         ];
         for (m, c, want) in cases {
             assert_eq!(billed_month(m, &c), want, "month {m} closed {c:?}");
+        }
+    }
+
+    #[test]
+    fn which_reports_a_month_counts() {
+        use ReportStatus::*;
+        let mid = |k: u32| month(k) + 86_400 * 10;
+        // (status, window start, billed month, counted on month(2)?, as a late report?)
+        let cases: Vec<(ReportStatus, i64, Option<i64>, bool, bool)> = vec![
+            // An accepted report of the month, on time.
+            (Accepted, mid(2), None, true, false),
+            // Its first and last second belong to it; the next month's first does not.
+            (Accepted, month(2), None, true, false),
+            (Accepted, month(3) - 1, None, true, false),
+            (Accepted, month(3), None, false, false),
+            (Accepted, month(2) - 1, None, false, false),
+            // Late: an earlier month's report billed on this one counts, as late.
+            (Accepted, mid(1), Some(month(2)), true, true),
+            (Accepted, mid(0), Some(month(2)), true, true),
+            // This month's own report billed on a later month (this one was closed) does
+            // not count here.
+            (Accepted, mid(2), Some(month(3)), false, false),
+            // Billed on another month entirely.
+            (Accepted, mid(1), Some(month(3)), false, false),
+            // Quarantined and discarded reports count nowhere, billed month or not.
+            (Quarantined, mid(2), None, false, false),
+            (Discarded, mid(2), None, false, false),
+            (Quarantined, mid(1), Some(month(2)), false, false),
+            (Discarded, mid(1), Some(month(2)), false, false),
+        ];
+        for (status, start, billed, counted, late) in cases {
+            assert_eq!(
+                counts_on(month(2), false, status, start, billed),
+                counted,
+                "{status} window {start} billed {billed:?}"
+            );
+            assert_eq!(
+                counts_on(month(2), true, status, start, billed),
+                late,
+                "late: {status} window {start} billed {billed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn which_licenses_limits_a_month_sees() {
+        let lim = |id: &str, not_before: i64, usable_until: i64| TermLimit {
+            limit: LicenseLimit {
+                license_id: id.into(),
+                metric: "api.convert".into(),
+                limit: Some(10),
+            },
+            not_before,
+            usable_until,
+        };
+        // (license term, seen by month(2)?)
+        let cases = vec![
+            // Spans the month.
+            (lim("a", month(0), month(6)), true),
+            // Starts inside it, ends inside it.
+            (lim("b", month(2) + 5, month(3) - 5), true),
+            // Starts at its last second; starts when the next month begins.
+            (lim("c", month(3) - 1, month(9)), true),
+            (lim("d", month(3), month(9)), false),
+            // Usable until its first instant (grace included); ended the second before.
+            (lim("e", month(0), month(2)), true),
+            (lim("f", month(0), month(2) - 1), false),
+        ];
+        for (candidate, seen) in cases {
+            let id = candidate.limit.license_id.clone();
+            let got = limits_in_month(month(2), vec![candidate]);
+            assert_eq!(got.len() == 1, seen, "license {id}");
         }
     }
 

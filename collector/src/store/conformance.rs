@@ -796,6 +796,92 @@ pub async fn evidence_backs_the_closed_statement(s: Subject) -> CheckResult {
     Ok(())
 }
 
+/// A month's bill counts accepted reports only: a quarantined report, a discarded one
+/// and a fork are in none of the counted reports or the evidence of the month, though
+/// their windows start in it. The anomalies list the quarantined report under its reason
+/// and the fork once, as `fork`; a discarded report is no longer listed.
+pub async fn a_bill_counts_only_accepted_reports(s: Subject) -> CheckResult {
+    let mut f = seed(&s, "only", &[("api.convert", None)]).await?;
+    let (_, this) = last_and_this_month(&s);
+    let ws = now(&s) - Duration::hours(8);
+    let ok = f.next(ws, 3600, &[("api.convert", 5)]);
+    let quarantined = f.next(ws + Duration::hours(1), 3600, &[("api.other", 3)]);
+    let discarded = f.next(ws + Duration::hours(2), 3600, &[("api.other", 4)]);
+    let fork = f.report(1, None, ws, 3600, &[("api.convert", 500)]);
+    let out = s
+        .store
+        .ingest(
+            vec![ok.clone(), quarantined.clone(), discarded.clone()],
+            s.store.clock().now(),
+            Source::Online,
+        )
+        .await
+        .map_err(db)?;
+    let out2 = s
+        .store
+        .ingest(vec![fork.clone()], s.store.clock().now(), Source::Online)
+        .await
+        .map_err(db)?;
+    ensure!(
+        out[0].outcome == Outcome::Accepted
+            && out[1].outcome == Outcome::Quarantined
+            && out[2].outcome == Outcome::Quarantined
+            && out2[0].reason == Some(Reason::SeqConflict),
+        "outcomes: {out:?} {out2:?}"
+    );
+    s.store
+        .discard(discarded.digest, s.store.clock().now())
+        .await
+        .map_err(db)?;
+    let counted = s
+        .store
+        .counted_reports(f.customer_id.clone(), this, false)
+        .await
+        .map_err(db)?;
+    ensure!(
+        counted.len() == 1 && counted[0].digest == ok.digest,
+        "counted on this month: {counted:?}"
+    );
+    let late = s
+        .store
+        .counted_reports(f.customer_id.clone(), this, true)
+        .await
+        .map_err(db)?;
+    ensure!(late.is_empty(), "late reports of this month: {late:?}");
+    let evidence = s
+        .store
+        .statement_evidence(f.customer_id.clone(), this, f.agent_id.clone())
+        .await
+        .map_err(db)?;
+    ensure!(
+        evidence.len() == 1 && evidence[0].digest == ok.digest,
+        "evidence of this month: {:?}",
+        evidence.iter().map(|e| e.seq).collect::<Vec<_>>()
+    );
+    let kinds: Vec<(String, u64)> = s
+        .store
+        .anomalies(Some(f.customer_id.clone()))
+        .await
+        .map_err(db)?
+        .into_iter()
+        .map(|a| (a.kind, a.seq_from))
+        .collect();
+    ensure!(
+        kinds
+            == vec![
+                ("fork".to_string(), 1),
+                ("metric_not_licensed".to_string(), 2)
+            ]
+            || kinds
+                == vec![
+                    ("metric_not_licensed".to_string(), 2),
+                    ("fork".to_string(), 1)
+                ],
+        "anomalies: {kinds:?}"
+    );
+    Ok(())
+}
+
 /// A month's candidate limits are those of every license of the customer whose term,
 /// grace included, touches the month: one that ended the day before the month began but
 /// whose grace runs into it may still count usage then, so its limit is a candidate; one
@@ -1880,7 +1966,8 @@ macro_rules! conformance_tests {
             agent_history_newest_first,
             times_come_from_the_store_clock,
             evidence_backs_the_closed_statement,
-            limits_include_licenses_in_grace
+            limits_include_licenses_in_grace,
+            a_bill_counts_only_accepted_reports
         );
     };
     (@each $fresh:expr; $($check:ident),+) => {

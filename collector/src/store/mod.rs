@@ -14,6 +14,7 @@ pub mod conformance;
 pub mod fixture;
 pub(crate) mod plan;
 pub mod postgres;
+pub(crate) mod sql;
 pub mod sqlite;
 
 use crate::datadir::{CollectorFiles, DataDir};
@@ -326,6 +327,36 @@ pub struct QuarantineRecord {
     pub received_at: Instant,
     pub window_start: Instant,
     pub window_end: Instant,
+}
+
+/// The anomaly list: the recorded anomalies (gaps, forks, …) and the quarantined reports
+/// that [`crate::rules::quarantine_is_anomaly`] lists as anomalies of their own (kind: the
+/// reason; open while quarantined), ordered by opening time, agent and seq.
+pub(crate) fn anomaly_list(
+    mut recorded: Vec<AnomalyRecord>,
+    quarantined: Vec<QuarantineRecord>,
+) -> Vec<AnomalyRecord> {
+    recorded.extend(
+        quarantined
+            .into_iter()
+            .filter(|q| crate::rules::quarantine_is_anomaly(&q.reason))
+            .map(|q| AnomalyRecord {
+                kind: q.reason,
+                agent_id: q.agent_id,
+                license_id: q.license_id,
+                customer_id: q.customer_id,
+                seq_from: q.seq,
+                seq_to: q.seq,
+                digest: Some(q.digest),
+                detail: q.detail,
+                opened_at: q.received_at,
+                closed_at: None,
+            }),
+    );
+    recorded.sort_by(|a, b| {
+        (a.opened_at, &a.agent_id, a.seq_from).cmp(&(b.opened_at, &b.agent_id, b.seq_from))
+    });
+    recorded
 }
 
 /// A stored report, raw (for audits and tests that re-check totals by brute force).

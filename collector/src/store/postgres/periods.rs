@@ -7,7 +7,8 @@
 
 use super::{execute, query, query_opt};
 use crate::calendar::next_month;
-use crate::rules::LicenseLimit;
+use crate::rules::{self, LicenseLimit, periods::TermLimit};
+use crate::store::sql;
 use crate::store::{
     CountedReport, EvidenceRow, Expiry, PeriodRecord, RetainedDigest, StoreResult, counted_report,
     retained_by_agent,
@@ -65,60 +66,45 @@ pub(super) async fn begin_close<C: GenericClient>(
     Ok(period(&row))
 }
 
+/// The limits a customer's statement of `month` may apply: the candidates of
+/// [`sql::LIMIT_CANDIDATES`], chosen by [`rules::periods::limits_in_month`].
 pub(super) async fn license_limits<C: GenericClient>(
     c: &C,
     customer: &str,
     month: i64,
 ) -> StoreResult<Vec<LicenseLimit>> {
-    let end = next_month(month);
-    Ok(query(
-        c,
-        "SELECT l.id, m.metric, m.quota FROM license_metrics m JOIN licenses l ON l.id = m.license_id
-         WHERE l.customer_id = $1 AND l.not_before < $3 AND l.not_after + l.grace_secs >= $2
-         ORDER BY l.id, m.metric",
-        &[&customer, &month, &end],
-    )
-    .await?
-    .into_iter()
-    .map(|r| LicenseLimit {
-        license_id: r.get(0),
-        metric: r.get(1),
-        limit: r.get::<_, Option<i64>>(2).map(|q| q as u64),
-    })
-    .collect())
+    let candidates = query(c, sql::LIMIT_CANDIDATES, &[&customer])
+        .await?
+        .into_iter()
+        .map(|r| TermLimit {
+            limit: LicenseLimit {
+                license_id: r.get(0),
+                metric: r.get(1),
+                limit: r.get::<_, Option<i64>>(2).map(|q| q as u64),
+            },
+            not_before: r.get(3),
+            usable_until: r.get::<_, i64>(4).saturating_add(r.get(5)),
+        })
+        .collect();
+    Ok(rules::periods::limits_in_month(month, candidates))
 }
 
+/// The reports `month`'s statement counts (with `only_late`, the late ones only): the
+/// candidates of the shared queries, kept by [`rules::periods::counts_on`].
 pub(super) async fn counted_reports<C: GenericClient>(
     c: &C,
     customer: &str,
     month: i64,
     only_late: bool,
 ) -> StoreResult<Vec<CountedReport>> {
-    let end = next_month(month);
     let rows = if only_late {
-        query(
-            c,
-            "SELECT a.id, a.key, a.license_id, r.seq, r.digest, r.bytes
-             FROM reports r JOIN agents a ON a.id = r.agent_id JOIN licenses l ON l.id = a.license_id
-             WHERE r.billed_month = $2 AND l.customer_id = $1 AND r.status = 'accepted'
-             ORDER BY a.id, r.seq",
-            &[&customer, &month],
-        )
-        .await?
+        query(c, sql::LATE_CANDIDATES, &[&customer, &month]).await?
     } else {
-        query(
-            c,
-            "SELECT a.id, a.key, a.license_id, r.seq, r.digest, r.bytes
-             FROM licenses l JOIN agents a ON a.license_id = l.id JOIN reports r ON r.agent_id = a.id
-             WHERE l.customer_id = $1 AND r.status = 'accepted'
-               AND ((r.billed_month IS NULL AND r.window_start >= $2 AND r.window_start < $3)
-                    OR r.billed_month = $2)
-             ORDER BY a.id, r.seq",
-            &[&customer, &month, &end],
-        )
-        .await?
+        let end = next_month(month);
+        query(c, sql::MONTH_CANDIDATES, &[&customer, &month, &end]).await?
     };
     rows.into_iter()
+        .filter(|r| rules::periods::counts_on(month, only_late, r.get(6), r.get(7), r.get(8)))
         .map(|r| {
             counted_report(
                 r.get(0),
@@ -132,8 +118,8 @@ pub(super) async fn counted_reports<C: GenericClient>(
         .collect()
 }
 
-/// The SQL of [`crate::store::Store::statement_evidence`]: `counted_reports`' predicate
-/// for a month's own and late reports, with the bodies.
+/// The SQL of [`crate::store::Store::statement_evidence`]: one agent's candidates with
+/// their signatures, kept by the same rule as [`counted_reports`].
 pub(super) async fn statement_evidence<C: GenericClient>(
     c: &C,
     customer: &str,
@@ -142,16 +128,12 @@ pub(super) async fn statement_evidence<C: GenericClient>(
 ) -> StoreResult<Vec<EvidenceRow>> {
     query(
         c,
-        "SELECT a.id, a.key, r.seq, r.digest, r.bytes, r.signature
-         FROM licenses l JOIN agents a ON a.license_id = l.id JOIN reports r ON r.agent_id = a.id
-         WHERE l.customer_id = $1 AND a.id = $4 AND r.status = 'accepted'
-           AND ((r.billed_month IS NULL AND r.window_start >= $2 AND r.window_start < $3)
-                OR r.billed_month = $2)
-         ORDER BY r.seq",
+        sql::EVIDENCE_CANDIDATES,
         &[&customer, &month, &next_month(month), &agent],
     )
     .await?
     .into_iter()
+    .filter(|r| rules::periods::counts_on(month, false, r.get(6), r.get(7), r.get(8)))
     .map(|r| {
         EvidenceRow::from_columns(
             r.get(0),

@@ -63,27 +63,14 @@ pub(super) async fn statement<C: GenericClient>(
     crate::store::statement_from_rows(&limits, &used)
 }
 
+/// The anomalies: the recorded ones, and the quarantined reports
+/// [`crate::store::anomaly_list`] adds.
 pub(super) async fn anomalies<C: GenericClient>(
     c: &C,
     customer: Option<&str>,
 ) -> StoreResult<Vec<AnomalyRecord>> {
-    let rows = query(
-        c,
-        "SELECT a.kind, a.agent_id, a.license_id, l.customer_id, a.seq_from, a.seq_to, a.digest,
-                a.detail, a.opened_at, a.closed_at
-         FROM anomalies a JOIN licenses l ON l.id = a.license_id
-         WHERE $1::text IS NULL OR l.customer_id = $1
-         UNION ALL
-         SELECT r.reason, r.agent_id, r.license_id, l.customer_id, r.seq, r.seq, r.digest,
-                r.detail, r.received_at, r.resolved_at
-         FROM reports r JOIN licenses l ON l.id = r.license_id
-         WHERE r.status = 'quarantined' AND r.reason <> 'seq_conflict'
-           AND ($1::text IS NULL OR l.customer_id = $1)
-         ORDER BY 9, 2, 5",
-        &[&customer],
-    )
-    .await?;
-    Ok(rows
+    let recorded = query(c, sql::ANOMALY_ROWS, &[&customer])
+        .await?
         .into_iter()
         .map(|r| AnomalyRecord {
             kind: r.get(0),
@@ -97,23 +84,18 @@ pub(super) async fn anomalies<C: GenericClient>(
             opened_at: ts(r.get(8)),
             closed_at: r.get::<_, Option<i64>>(9).map(ts),
         })
-        .collect())
+        .collect();
+    Ok(crate::store::anomaly_list(
+        recorded,
+        quarantine(c, customer).await?,
+    ))
 }
 
 pub(super) async fn quarantine<C: GenericClient>(
     c: &C,
     customer: Option<&str>,
 ) -> StoreResult<Vec<QuarantineRecord>> {
-    let rows = query(
-        c,
-        "SELECT r.digest, r.agent_id, r.license_id, l.customer_id, r.seq, r.reason, r.detail,
-                r.received_at, r.window_start, r.window_end
-         FROM reports r JOIN licenses l ON l.id = r.license_id
-         WHERE r.status = 'quarantined' AND ($1::text IS NULL OR l.customer_id = $1)
-         ORDER BY r.received_at, r.agent_id, r.seq",
-        &[&customer],
-    )
-    .await?;
+    let rows = query(c, sql::QUARANTINE_ROWS, &[&customer]).await?;
     Ok(rows
         .into_iter()
         .map(|r| QuarantineRecord {

@@ -8,7 +8,7 @@ mod ingest;
 mod lifecycle;
 mod periods;
 mod queries;
-mod schema;
+pub(super) mod schema;
 
 use super::*;
 use crate::clock::Clock;

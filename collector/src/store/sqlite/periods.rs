@@ -8,7 +8,8 @@ use super::super::{
 };
 use crate::calendar::next_month;
 use crate::clock::Clock;
-use crate::rules::LicenseLimit;
+use crate::rules::{self, LicenseLimit, periods::TermLimit};
+use crate::store::sql;
 use rusqlite::{Connection, OptionalExtension, params};
 use tally_proto::Digest;
 use tally_proto::time::Instant;
@@ -49,58 +50,55 @@ pub(super) fn begin_close(
     )?)
 }
 
-/// Limits of every license of the customer valid during some part of the month.
+/// The limits a customer's statement of `month` may apply: the candidates of
+/// [`sql::LIMIT_CANDIDATES`], chosen by [`rules::periods::limits_in_month`].
 pub(super) fn license_limits(
     conn: &Connection,
     customer: &str,
     month: i64,
 ) -> StoreResult<Vec<LicenseLimit>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT l.id, m.metric, m.quota FROM license_metrics m JOIN licenses l ON l.id = m.license_id
-             WHERE l.customer_id = ?1 AND l.not_before < ?3 AND l.not_after + l.grace_secs >= ?2
-             ORDER BY l.id, m.metric",
-        )?
-        .query_map(params![customer, month, next_month(month)], |r| {
-            Ok(LicenseLimit {
-                license_id: r.get(0)?,
-                metric: r.get(1)?,
-                limit: r.get::<_, Option<i64>>(2)?.map(|q| q as u64),
+    let candidates = conn
+        .prepare_cached(&sql::sqlite(sql::LIMIT_CANDIDATES))?
+        .query_map(params![customer], |r| {
+            Ok(TermLimit {
+                limit: LicenseLimit {
+                    license_id: r.get(0)?,
+                    metric: r.get(1)?,
+                    limit: r.get::<_, Option<i64>>(2)?.map(|q| q as u64),
+                },
+                not_before: r.get(3)?,
+                usable_until: r.get::<_, i64>(4)?.saturating_add(r.get(5)?),
             })
         })?
-        .collect::<Result<_, _>>()?)
+        .collect::<Result<_, _>>()?;
+    Ok(rules::periods::limits_in_month(month, candidates))
 }
 
-/// Each of the customer's agents' reports are read along the `(agent_id, seq)` key (the
-/// month's own reports) or from the small index of late reports.
+/// The reports `month`'s statement counts (with `only_late`, the late ones only): the
+/// candidates of the shared queries, kept by [`rules::periods::counts_on`]. The month's
+/// own candidates are read along each agent's `(agent_id, seq)` key, the late ones from
+/// the small index of billed months.
 pub(super) fn counted_reports(
     conn: &Connection,
     customer: &str,
     month: i64,
     only_late: bool,
 ) -> StoreResult<Vec<CountedReport>> {
-    let sql = if only_late {
-        "SELECT a.id, a.key, a.license_id, r.seq, r.digest, r.bytes
-         FROM reports r JOIN agents a ON a.id = r.agent_id JOIN licenses l ON l.id = a.license_id
-         WHERE r.billed_month = ?2 AND l.customer_id = ?1 AND r.status = 'accepted'
-         ORDER BY a.id, r.seq"
+    let mut stmt = conn.prepare_cached(&sql::sqlite(if only_late {
+        sql::LATE_CANDIDATES
     } else {
-        "SELECT a.id, a.key, a.license_id, r.seq, r.digest, r.bytes
-         FROM licenses l JOIN agents a ON a.license_id = l.id CROSS JOIN reports r ON r.agent_id = a.id
-         WHERE l.customer_id = ?1 AND r.status = 'accepted'
-           AND ((r.billed_month IS NULL AND r.window_start >= ?2 AND r.window_start < ?3)
-                OR r.billed_month = ?2)
-         ORDER BY a.id, r.seq"
-    };
-    let mut stmt = conn.prepare_cached(sql)?;
-    let end = next_month(month);
+        sql::MONTH_CANDIDATES
+    }))?;
     let mut rows = if only_late {
         stmt.query(params![customer, month])?
     } else {
-        stmt.query(params![customer, month, end])?
+        stmt.query(params![customer, month, next_month(month)])?
     };
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
+        if !rules::periods::counts_on(month, only_late, r.get(6)?, r.get(7)?, r.get(8)?) {
+            continue;
+        }
         out.push(counted_report(
             r.get(0)?,
             r.get_ref(1)?.as_blob().unwrap_or_default(),
@@ -113,25 +111,21 @@ pub(super) fn counted_reports(
     Ok(out)
 }
 
-/// The SQL of [`super::super::Store::statement_evidence`]: `counted_reports`' predicate
-/// for a month's own and late reports, with the bodies.
+/// The SQL of [`super::super::Store::statement_evidence`]: one agent's candidates with
+/// their signatures, kept by the same rule as [`counted_reports`].
 pub(super) fn statement_evidence(
     conn: &Connection,
     customer: &str,
     month: i64,
     agent: &str,
 ) -> StoreResult<Vec<EvidenceRow>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT a.id, a.key, r.seq, r.digest, r.bytes, r.signature
-         FROM licenses l JOIN agents a ON a.license_id = l.id CROSS JOIN reports r ON r.agent_id = a.id
-         WHERE l.customer_id = ?1 AND a.id = ?4 AND r.status = 'accepted'
-           AND ((r.billed_month IS NULL AND r.window_start >= ?2 AND r.window_start < ?3)
-                OR r.billed_month = ?2)
-         ORDER BY r.seq",
-    )?;
+    let mut stmt = conn.prepare_cached(&sql::sqlite(sql::EVIDENCE_CANDIDATES))?;
     let mut rows = stmt.query(params![customer, month, next_month(month), agent])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
+        if !rules::periods::counts_on(month, false, r.get(6)?, r.get(7)?, r.get(8)?) {
+            continue;
+        }
         out.push(EvidenceRow::from_columns(
             r.get(0)?,
             r.get_ref(1)?.as_blob().unwrap_or_default(),

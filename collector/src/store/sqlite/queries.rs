@@ -61,23 +61,14 @@ pub(super) fn statement(
     crate::store::statement_from_rows(&limits, &used)
 }
 
+/// The anomalies: the recorded ones, and the quarantined reports
+/// [`crate::store::anomaly_list`] adds.
 pub(super) fn anomalies(
     conn: &Connection,
     customer: Option<&str>,
 ) -> StoreResult<Vec<AnomalyRecord>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT a.kind, a.agent_id, a.license_id, l.customer_id, a.seq_from, a.seq_to, a.digest,
-                a.detail, a.opened_at, a.closed_at
-         FROM anomalies a JOIN licenses l ON l.id = a.license_id
-         WHERE ?1 IS NULL OR l.customer_id = ?1
-         UNION ALL
-         SELECT r.reason, r.agent_id, r.license_id, l.customer_id, r.seq, r.seq, r.digest,
-                r.detail, r.received_at, r.resolved_at
-         FROM reports r JOIN licenses l ON l.id = r.license_id
-         WHERE r.status = 'quarantined' AND r.reason != 'seq_conflict' AND (?1 IS NULL OR l.customer_id = ?1)
-         ORDER BY 9, 2, 5",
-    )?;
-    let rows = stmt
+    let recorded = conn
+        .prepare_cached(&sql::sqlite(sql::ANOMALY_ROWS))?
         .query_map([customer], |r| {
             let digest: Option<Vec<u8>> = r.get(6)?;
             Ok(AnomalyRecord {
@@ -94,20 +85,17 @@ pub(super) fn anomalies(
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+    Ok(crate::store::anomaly_list(
+        recorded,
+        quarantine(conn, customer)?,
+    ))
 }
 
 pub(super) fn quarantine(
     conn: &Connection,
     customer: Option<&str>,
 ) -> StoreResult<Vec<QuarantineRecord>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT r.digest, r.agent_id, r.license_id, l.customer_id, r.seq, r.reason, r.detail,
-                r.received_at, r.window_start, r.window_end
-         FROM reports r JOIN licenses l ON l.id = r.license_id
-         WHERE r.status = 'quarantined' AND (?1 IS NULL OR l.customer_id = ?1)
-         ORDER BY r.received_at, r.agent_id, r.seq",
-    )?;
+    let mut stmt = conn.prepare_cached(&sql::sqlite(sql::QUARANTINE_ROWS))?;
     let rows = stmt
         .query_map([customer], |r| {
             Ok(QuarantineRecord {

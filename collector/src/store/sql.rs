@@ -1,0 +1,116 @@
+//! Queries both stores run word for word: written once here, in PostgreSQL's placeholder
+//! style (`$1`, `$2`, …) with casts spelled `CAST(x AS TEXT)`, which both dialects read.
+//! SQLite runs them through [`sqlite`], which only rewrites the placeholders.
+//!
+//! These queries fetch candidate rows and nothing more: which of them a bill counts, which
+//! limits a month sees and which quarantined reports are anomalies is decided by `rules`
+//! (`rules::periods::counts_on`, `rules::periods::limits_in_month`,
+//! `rules::quarantine_is_anomaly`) on the rows they return. A query whose dialects differ
+//! in more than placeholders (upserts, arrays, locking) stays in its store.
+
+/// Every report that may count on a customer's statement of a month: those whose window
+/// starts in it and those billed on it. `$1` customer, `$2` month start, `$3` next month's
+/// start. Columns: agent id, agent key, license id, seq, digest, bytes, status,
+/// window start, billed month. Read along each agent's `(agent_id, seq)` key (SQLite is
+/// told the join order; PostgreSQL plans its own).
+pub const MONTH_CANDIDATES: &str = "
+    SELECT a.id, a.key, a.license_id, r.seq, r.digest, r.bytes, r.status, r.window_start,
+           r.billed_month
+    FROM licenses l JOIN agents a ON a.license_id = l.id CROSS JOIN reports r
+    WHERE r.agent_id = a.id AND l.customer_id = $1
+      AND ((r.window_start >= $2 AND r.window_start < $3) OR r.billed_month = $2)
+    ORDER BY a.id, r.seq";
+
+/// The reports billed on a month although their window is earlier (late ones), from the
+/// small index of billed months. `$1` customer, `$2` month start; columns as
+/// [`MONTH_CANDIDATES`].
+pub const LATE_CANDIDATES: &str = "
+    SELECT a.id, a.key, a.license_id, r.seq, r.digest, r.bytes, r.status, r.window_start,
+           r.billed_month
+    FROM reports r JOIN agents a ON a.id = r.agent_id JOIN licenses l ON l.id = a.license_id
+    WHERE r.billed_month = $2 AND l.customer_id = $1
+    ORDER BY a.id, r.seq";
+
+/// [`MONTH_CANDIDATES`] of one agent (`$4`), with the signatures: a statement line's
+/// evidence. Columns: agent id, agent key, seq, digest, bytes, signature, status,
+/// window start, billed month.
+pub const EVIDENCE_CANDIDATES: &str = "
+    SELECT a.id, a.key, r.seq, r.digest, r.bytes, r.signature, r.status, r.window_start,
+           r.billed_month
+    FROM licenses l JOIN agents a ON a.license_id = l.id CROSS JOIN reports r
+    WHERE r.agent_id = a.id AND l.customer_id = $1 AND a.id = $4
+      AND ((r.window_start >= $2 AND r.window_start < $3) OR r.billed_month = $2)
+    ORDER BY r.seq";
+
+/// Every limit of every license of a customer (`$1`), with the license's term. Columns:
+/// license id, metric, quota (NULL: unlimited), not_before, not_after, grace seconds.
+pub const LIMIT_CANDIDATES: &str = "
+    SELECT l.id, m.metric, m.quota, l.not_before, l.not_after, l.grace_secs
+    FROM license_metrics m JOIN licenses l ON l.id = m.license_id
+    WHERE l.customer_id = $1
+    ORDER BY l.id, m.metric";
+
+/// The anomalies recorded as such (gaps, forks, …), of one customer (`$1`) or of all
+/// (`$1` NULL). Columns: kind, agent id, license id, customer id, seq from, seq to, digest,
+/// detail, opened at, closed at.
+pub const ANOMALY_ROWS: &str = "
+    SELECT a.kind, a.agent_id, a.license_id, l.customer_id, a.seq_from, a.seq_to, a.digest,
+           a.detail, a.opened_at, a.closed_at
+    FROM anomalies a JOIN licenses l ON l.id = a.license_id
+    WHERE CAST($1 AS TEXT) IS NULL OR l.customer_id = $1
+    ORDER BY a.opened_at, a.agent_id, a.seq_from";
+
+/// The quarantine, of one customer (`$1`) or of all (`$1` NULL), oldest first. Columns:
+/// digest, agent id, license id, customer id, seq, reason, detail, received at,
+/// window start, window end.
+pub const QUARANTINE_ROWS: &str = "
+    SELECT r.digest, r.agent_id, r.license_id, l.customer_id, r.seq, r.reason, r.detail,
+           r.received_at, r.window_start, r.window_end
+    FROM reports r JOIN licenses l ON l.id = r.license_id
+    WHERE r.status = 'quarantined' AND (CAST($1 AS TEXT) IS NULL OR l.customer_id = $1)
+    ORDER BY r.received_at, r.agent_id, r.seq";
+
+/// A shared query in SQLite's spelling: `$N` becomes `?N` (SQLite would number `$N`
+/// placeholders by first appearance, not by `N`).
+pub fn sqlite(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_become_numbered_question_marks() {
+        assert_eq!(
+            sqlite("WHERE a = $2 AND b = $10 OR c = $1 AND d = '$x'"),
+            "WHERE a = ?2 AND b = ?10 OR c = ?1 AND d = '$x'"
+        );
+    }
+
+    #[test]
+    fn every_shared_query_prepares_on_sqlite() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        crate::store::sqlite::schema::migrate(&mut conn).unwrap();
+        for q in [
+            MONTH_CANDIDATES,
+            LATE_CANDIDATES,
+            EVIDENCE_CANDIDATES,
+            LIMIT_CANDIDATES,
+            ANOMALY_ROWS,
+            QUARANTINE_ROWS,
+        ] {
+            conn.prepare(&sqlite(q))
+                .unwrap_or_else(|e| panic!("{e}: {q}"));
+        }
+    }
+}
