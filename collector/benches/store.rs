@@ -8,7 +8,7 @@ use chrono::{Duration, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tally_collector::store::fixture::{Fixture, Seed};
 use tally_collector::store::sqlite::SqliteStore;
-use tally_collector::store::{AuthenticReport, Source, Store};
+use tally_collector::store::{AuthenticReport, IngestStore, Source};
 
 const METRICS: [&str; 4] = ["api.convert", "api.render", "pages.out", "storage.gb"];
 

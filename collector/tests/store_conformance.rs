@@ -42,6 +42,19 @@ impl Store for CountsDuplicatesTwice {
         self.0.clock()
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        self.0.ping().await
+    }
+    async fn collector_key(&self) -> StoreResult<Option<[u8; 32]>> {
+        self.0.collector_key().await
+    }
+    async fn bind_collector_key(&self, key: [u8; 32]) -> StoreResult<()> {
+        self.0.bind_collector_key(key).await
+    }
+}
+
+#[async_trait]
+impl IngestStore for CountsDuplicatesTwice {
     async fn ingest(
         &self,
         reports: Vec<AuthenticReport>,
@@ -62,16 +75,6 @@ impl Store for CountsDuplicatesTwice {
         }
         Ok(out)
     }
-
-    async fn ping(&self) -> StoreResult<()> {
-        self.0.ping().await
-    }
-    async fn collector_key(&self) -> StoreResult<Option<[u8; 32]>> {
-        self.0.collector_key().await
-    }
-    async fn bind_collector_key(&self, key: [u8; 32]) -> StoreResult<()> {
-        self.0.bind_collector_key(key).await
-    }
     async fn agents_by_keys(
         &self,
         keys: Vec<[u8; 32]>,
@@ -87,6 +90,10 @@ impl Store for CountsDuplicatesTwice {
     ) -> StoreResult<(String, Vec<u8>)> {
         self.0.enroll(license_id, token_hash, agent_key, now).await
     }
+}
+
+#[async_trait]
+impl RegistryStore for CountsDuplicatesTwice {
     async fn add_customer(&self, name: String, now: Instant) -> StoreResult<CustomerRecord> {
         self.0.add_customer(name, now).await
     }
@@ -138,6 +145,10 @@ impl Store for CountsDuplicatesTwice {
     async fn token_by_hash(&self, hash: [u8; 32]) -> StoreResult<Option<TokenRecord>> {
         self.0.token_by_hash(hash).await
     }
+}
+
+#[async_trait]
+impl AuditStore for CountsDuplicatesTwice {
     async fn audit(&self, entry: AuditEntry) -> StoreResult<()> {
         self.0.audit(entry).await
     }
@@ -147,6 +158,10 @@ impl Store for CountsDuplicatesTwice {
     async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditRecord>> {
         self.0.list_audit(limit).await
     }
+}
+
+#[async_trait]
+impl BillingStore for CountsDuplicatesTwice {
     async fn hourly_usage(&self, filter: UsageFilter) -> StoreResult<Vec<HourlyUsage>> {
         self.0.hourly_usage(filter).await
     }
@@ -169,17 +184,18 @@ impl Store for CountsDuplicatesTwice {
     async fn discard(&self, digest: Digest, now: Instant) -> StoreResult<()> {
         self.0.discard(digest, now).await
     }
-    async fn cancel_customer(
+    async fn agent_reports(
         &self,
-        id: String,
-        now: Instant,
-        purge_at: Instant,
-    ) -> StoreResult<Cancellation> {
-        self.0.cancel_customer(id, now, purge_at).await
+        agent_id: String,
+        before_seq: Option<u64>,
+        limit: u32,
+    ) -> StoreResult<Vec<AgentReportRecord>> {
+        self.0.agent_reports(agent_id, before_seq, limit).await
     }
-    async fn purge_due(&self, now: Instant) -> StoreResult<Vec<Purge>> {
-        self.0.purge_due(now).await
-    }
+}
+
+#[async_trait]
+impl PeriodStore for CountsDuplicatesTwice {
     async fn periods(&self) -> StoreResult<Vec<PeriodRecord>> {
         self.0.periods().await
     }
@@ -221,14 +237,33 @@ impl Store for CountsDuplicatesTwice {
     async fn retained_digests(&self, agent: Option<String>) -> StoreResult<Vec<RetainedDigest>> {
         self.0.retained_digests(agent).await
     }
-    async fn agent_reports(
+    async fn statement_evidence(
         &self,
-        agent_id: String,
-        before_seq: Option<u64>,
-        limit: u32,
-    ) -> StoreResult<Vec<AgentReportRecord>> {
-        self.0.agent_reports(agent_id, before_seq, limit).await
+        customer: String,
+        month: i64,
+        agent: String,
+    ) -> StoreResult<Vec<EvidenceRow>> {
+        self.0.statement_evidence(customer, month, agent).await
     }
+}
+
+#[async_trait]
+impl LifecycleStore for CountsDuplicatesTwice {
+    async fn cancel_customer(
+        &self,
+        id: String,
+        now: Instant,
+        purge_at: Instant,
+    ) -> StoreResult<Cancellation> {
+        self.0.cancel_customer(id, now, purge_at).await
+    }
+    async fn purge_due(&self, now: Instant) -> StoreResult<Vec<Purge>> {
+        self.0.purge_due(now).await
+    }
+}
+
+#[async_trait]
+impl AlertStore for CountsDuplicatesTwice {
     async fn set_license_alerts(&self, license_id: String, percents: Vec<u32>) -> StoreResult<()> {
         self.0.set_license_alerts(license_id, percents).await
     }
@@ -242,14 +277,6 @@ impl Store for CountsDuplicatesTwice {
         limit: u32,
     ) -> StoreResult<Vec<AlertRecord>> {
         self.0.claim_due_alerts(now, lease_until, limit).await
-    }
-    async fn statement_evidence(
-        &self,
-        customer: String,
-        month: i64,
-        agent: String,
-    ) -> StoreResult<Vec<EvidenceRow>> {
-        self.0.statement_evidence(customer, month, agent).await
     }
     async fn alert_attempted(
         &self,

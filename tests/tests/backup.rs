@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tally_collector::store::sqlite::SqliteStore;
-use tally_collector::store::{Inspect, Store, UsageFilter};
+use tally_collector::store::{BillingStore, Inspect, UsageFilter};
 use tally_proto::pb;
 use tally_tests::{CollectorProcess, Deployment, TestAgent, collector_cmd, collector_json};
 

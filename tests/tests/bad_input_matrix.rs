@@ -5,7 +5,7 @@
 
 use chrono::Duration;
 use tally_collector::datadir::CollectorFiles;
-use tally_collector::store::{Store, UsageFilter};
+use tally_collector::store::{BillingStore, RegistryStore, UsageFilter};
 use tally_proto::pb;
 use tally_proto::receipt::{Outcome, ReceiptBody};
 use tally_tests::{InProcessCollector, TestAgent, receipts};

@@ -2,7 +2,7 @@
 //! its audit trail, bad query parameters, unknown routes, statements and import.
 
 use serde_json::Value;
-use tally_collector::store::{Inspect, Store};
+use tally_collector::store::{AuditStore, Inspect, RegistryStore};
 use tally_proto::pb;
 use tally_tests::InProcessCollector;
 

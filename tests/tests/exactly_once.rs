@@ -1,7 +1,7 @@
 //! Exactly once under concurrency: the same 200 reports submitted three times at once on
 //! three connections count once; every repeat is answered DUPLICATE.
 
-use tally_collector::store::{Inspect, Store, UsageFilter};
+use tally_collector::store::{BillingStore, Inspect, UsageFilter};
 use tally_proto::pb;
 use tally_proto::receipt::Outcome;
 use tally_tests::{InProcessCollector, brute_force_totals, receipts};

@@ -5,7 +5,9 @@
 use chrono::Duration;
 use prost::Message;
 use tally_collector::commands;
-use tally_collector::store::{AgentFilter, Inspect, Source, Store, UsageFilter};
+use tally_collector::store::{
+    AgentFilter, BillingStore, Inspect, RegistryStore, Source, UsageFilter,
+};
 use tally_proto::Digest;
 use tally_proto::pb;
 use tally_proto::receipt::{Outcome, ReceiptBody};

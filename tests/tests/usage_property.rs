@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use std::collections::BTreeMap;
 use tally_collector::calendar::{day_of, hour_of, month_of};
-use tally_collector::store::{Inspect, Store};
+use tally_collector::store::{Inspect, RegistryStore};
 use tally_proto::pb;
 use tally_proto::report::Report;
 use tally_tests::InProcessCollector;

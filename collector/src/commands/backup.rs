@@ -6,7 +6,7 @@ use super::{CmdResult, CommandError, Output, usage_err};
 use crate::datadir::{CollectorFiles, DataDir};
 use crate::store::sqlite::SqliteStore;
 use crate::store::sqlite::backup::{self, BackupTotals};
-use crate::store::{AuditEntry, Store};
+use crate::store::{AuditEntry, AuditStore, Store};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 

@@ -405,7 +405,18 @@ pub struct StoredReport {
 
 /// The storage interface of the collector. See the module docs for its invariants.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store:
+    IngestStore
+    + RegistryStore
+    + AuditStore
+    + BillingStore
+    + PeriodStore
+    + LifecycleStore
+    + AlertStore
+    + Send
+    + Sync
+    + 'static
+{
     /// The store's clock: "now" for every time that decides billing, in the store and
     /// for its callers (see [`crate::clock`]).
     fn clock(&self) -> crate::clock::Clock;
@@ -419,8 +430,11 @@ pub trait Store: Send + Sync + 'static {
     /// key is recorded, a `Conflict` naming both key ids (a node must not sign receipts
     /// with a key the others do not share).
     async fn bind_collector_key(&self, key: [u8; 32]) -> StoreResult<()>;
+}
 
-    // --- ingest -----------------------------------------------------------------------
+/// Storing reports and enrolling agents: the write path of `Ingest`.
+#[async_trait]
+pub trait IngestStore: Send + Sync {
     /// Looks up enrolled keys.
     async fn agents_by_keys(
         &self,
@@ -445,8 +459,11 @@ pub trait Store: Send + Sync + 'static {
         agent_key: [u8; 32],
         now: Instant,
     ) -> StoreResult<(String, Vec<u8>)>;
+}
 
-    // --- administration ---------------------------------------------------------------
+/// Customers, licenses, agents and API tokens.
+#[async_trait]
+pub trait RegistryStore: Send + Sync {
     async fn add_customer(&self, name: String, now: Instant) -> StoreResult<CustomerRecord>;
     async fn list_customers(&self, only: Option<String>) -> StoreResult<Vec<CustomerRecord>>;
     async fn customer_exists(&self, id: String) -> StoreResult<bool>;
@@ -472,6 +489,11 @@ pub trait Store: Send + Sync + 'static {
     async fn list_tokens(&self) -> StoreResult<Vec<TokenListing>>;
     async fn revoke_token(&self, id: String, now: Instant) -> StoreResult<()>;
     async fn token_by_hash(&self, hash: [u8; 32]) -> StoreResult<Option<TokenRecord>>;
+}
+
+/// The audit log.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
     async fn audit(&self, entry: AuditEntry) -> StoreResult<()>;
     /// Audits a repeatable call (a read): if the newest row for the same actor, action,
     /// target and outcome began at or after `since`, that row counts one more call (its
@@ -480,8 +502,11 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_repeatable(&self, entry: AuditEntry, since: Instant) -> StoreResult<()>;
     /// The newest `limit` rows, newest first.
     async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditRecord>>;
+}
 
-    // --- billing ----------------------------------------------------------------------
+/// What billing reads (usage, open statements, anomalies, quarantine, report history) and resolving the quarantine.
+#[async_trait]
+pub trait BillingStore: Send + Sync {
     async fn hourly_usage(&self, filter: UsageFilter) -> StoreResult<Vec<HourlyUsage>>;
     /// Per metric for a customer's calendar month (`month` = unix seconds of its first
     /// instant): used (summed over the customer's licenses) and limit (summed, `None` if
@@ -499,22 +524,19 @@ pub trait Store: Send + Sync + 'static {
     /// Marks a quarantined report discarded (kept, never counted).
     async fn discard(&self, digest: Digest, now: Instant) -> StoreResult<()>;
 
-    // --- lifecycle --------------------------------------------------------------------
-    /// Cancels a customer in one transaction: revokes its licenses (and their enrollment
-    /// tokens), its agents and its customer-scoped API tokens, and schedules the purge of
-    /// everything it has at `purge_at`. A second cancel is a `Conflict`.
-    async fn cancel_customer(
+    /// An agent's stored reports, newest seq first, at most `limit`, with seqs below
+    /// `before_seq` when given (paging back through its history).
+    async fn agent_reports(
         &self,
-        id: String,
-        now: Instant,
-        purge_at: Instant,
-    ) -> StoreResult<Cancellation>;
-    /// Purges every cancelled customer whose purge time is at or before `now`: its
-    /// reports, rollups, monthly sums, anomalies, agents, licenses, tokens and the customer
-    /// itself, each customer in its own transaction. Returns what each purge removed.
-    async fn purge_due(&self, now: Instant) -> StoreResult<Vec<Purge>>;
+        agent_id: String,
+        before_seq: Option<u64>,
+        limit: u32,
+    ) -> StoreResult<Vec<AgentReportRecord>>;
+}
 
-    // --- closing months ---------------------------------------------------------------
+/// Closing months, closed statements and their evidence, and retention of report bodies.
+#[async_trait]
+pub trait PeriodStore: Send + Sync {
     /// Every month being closed or closed, oldest first.
     async fn periods(&self) -> StoreResult<Vec<PeriodRecord>>;
     /// Starts closing `month` (at `now`, or later: the time is taken when the close is
@@ -557,7 +579,6 @@ pub trait Store: Send + Sync + 'static {
     /// The closed statement document of a customer-month, if the month is closed.
     async fn closed_statement(&self, customer: String, month: i64) -> StoreResult<Option<Vec<u8>>>;
 
-    // --- retention --------------------------------------------------------------------
     /// Removes the bodies (bytes and signature) of the reports billed on each closed month
     /// whose close time is at or before `closed_before` and that retention has not done
     /// yet, except reports still quarantined (under review). Their rows stay — a resent
@@ -571,17 +592,29 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<Expiry>>;
     /// What retention removed, per agent and month (all agents, or one).
     async fn retained_digests(&self, agent: Option<String>) -> StoreResult<Vec<RetainedDigest>>;
+}
 
-    /// An agent's stored reports, newest seq first, at most `limit`, with seqs below
-    /// `before_seq` when given (paging back through its history).
-    async fn agent_reports(
+/// Cancelling customers and purging what they left.
+#[async_trait]
+pub trait LifecycleStore: Send + Sync {
+    /// Cancels a customer in one transaction: revokes its licenses (and their enrollment
+    /// tokens), its agents and its customer-scoped API tokens, and schedules the purge of
+    /// everything it has at `purge_at`. A second cancel is a `Conflict`.
+    async fn cancel_customer(
         &self,
-        agent_id: String,
-        before_seq: Option<u64>,
-        limit: u32,
-    ) -> StoreResult<Vec<AgentReportRecord>>;
+        id: String,
+        now: Instant,
+        purge_at: Instant,
+    ) -> StoreResult<Cancellation>;
+    /// Purges every cancelled customer whose purge time is at or before `now`: its
+    /// reports, rollups, monthly sums, anomalies, agents, licenses, tokens and the customer
+    /// itself, each customer in its own transaction. Returns what each purge removed.
+    async fn purge_due(&self, now: Instant) -> StoreResult<Vec<Purge>>;
+}
 
-    // --- usage alerts -----------------------------------------------------------------
+/// Usage alerts: thresholds, crossings and their delivery.
+#[async_trait]
+pub trait AlertStore: Send + Sync {
     /// Replaces a license's alert thresholds (percent of each limited metric's monthly
     /// limit; empty: none). Crossings are recorded by the transaction that counts the
     /// report (ingest or release), once per license, metric, month and threshold.

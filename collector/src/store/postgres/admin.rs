@@ -2,7 +2,7 @@
 //! the audit log and the collector key. Check-then-write sequences lock the row they
 //! check (`FOR UPDATE`), since another collector may act on it at the same time.
 
-use super::super::*;
+use super::*;
 use super::{execute, query, query_opt, ts};
 use crate::ids;
 use crate::roles::Role;
@@ -564,4 +564,112 @@ pub(super) async fn list_audit<C: GenericClient>(
             }
         })
         .collect())
+}
+
+#[async_trait]
+impl RegistryStore for PostgresStore {
+    async fn add_customer(&self, name: String, now: Instant) -> StoreResult<CustomerRecord> {
+        let c = self.client().await?;
+        super::admin::add_customer(&c, &name, secs(now)).await
+    }
+
+    async fn list_customers(&self, only: Option<String>) -> StoreResult<Vec<CustomerRecord>> {
+        let c = self.client().await?;
+        super::admin::list_customers(&c, only.as_deref()).await
+    }
+
+    async fn customer_exists(&self, id: String) -> StoreResult<bool> {
+        let c = self.client().await?;
+        Ok(
+            query_opt(&c, "SELECT 1 FROM customers WHERE id = $1", &[&id])
+                .await?
+                .is_some(),
+        )
+    }
+
+    async fn issue_license(&self, new: NewLicense, now: Instant) -> StoreResult<()> {
+        in_transaction!(self, |tx| super::admin::issue_license(&tx, &new, secs(now))
+            .await?)
+    }
+
+    async fn list_licenses(&self, customer: Option<String>) -> StoreResult<Vec<LicenseRecord>> {
+        let c = self.client().await?;
+        super::admin::list_licenses(&c, customer.as_deref()).await
+    }
+
+    async fn revoke_license(&self, id: String, now: Instant) -> StoreResult<()> {
+        in_transaction!(self, |tx| super::admin::revoke_license(&tx, &id, secs(now))
+            .await?)
+    }
+
+    async fn add_agent(
+        &self,
+        license_id: String,
+        key: [u8; 32],
+        now: Instant,
+    ) -> StoreResult<String> {
+        in_transaction!(self, |tx| super::admin::add_agent(
+            &tx,
+            &license_id,
+            &key,
+            secs(now)
+        )
+        .await?)
+    }
+
+    async fn list_agents(&self, filter: AgentFilter) -> StoreResult<Vec<AgentRecord>> {
+        let c = self.client().await?;
+        super::admin::list_agents(&c, &filter).await
+    }
+
+    async fn revoke_agent(&self, id: String, now: Instant) -> StoreResult<()> {
+        in_transaction!(self, |tx| super::admin::revoke_agent(&tx, &id, secs(now))
+            .await?)
+    }
+
+    async fn create_token(
+        &self,
+        id: String,
+        hash: [u8; 32],
+        role: Role,
+        name: String,
+        now: Instant,
+    ) -> StoreResult<()> {
+        in_transaction!(self, |tx| {
+            super::admin::create_token(&tx, &id, &hash, &role, &name, secs(now)).await?
+        })
+    }
+
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenListing>> {
+        let c = self.client().await?;
+        super::admin::list_tokens(&c).await
+    }
+
+    async fn revoke_token(&self, id: String, now: Instant) -> StoreResult<()> {
+        in_transaction!(self, |tx| super::admin::revoke_token(&tx, &id, secs(now))
+            .await?)
+    }
+
+    async fn token_by_hash(&self, hash: [u8; 32]) -> StoreResult<Option<TokenRecord>> {
+        let c = self.client().await?;
+        super::admin::token_by_hash(&c, &hash).await
+    }
+}
+
+#[async_trait]
+impl AuditStore for PostgresStore {
+    async fn audit(&self, entry: AuditEntry) -> StoreResult<()> {
+        let c = self.client().await?;
+        super::admin::audit(&c, &entry).await
+    }
+
+    async fn audit_repeatable(&self, entry: AuditEntry, since: Instant) -> StoreResult<()> {
+        let c = self.client().await?;
+        super::admin::audit_repeatable(&c, &entry, since).await
+    }
+
+    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditRecord>> {
+        let c = self.client().await?;
+        super::admin::list_audit(&c, limit).await
+    }
 }

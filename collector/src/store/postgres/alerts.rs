@@ -6,6 +6,7 @@
 //! transactions run one after the other, each reading the total the previous committed.
 //! Licenses without thresholds take no lock and are not slowed down.
 
+use super::*;
 use super::{execute, query, query_opt};
 use crate::store::{AlertRecord, AlertTerms, NewAlert, StoreError, StoreResult, alert_id};
 use deadpool_postgres::GenericClient;
@@ -234,4 +235,38 @@ pub(super) async fn attempted<C: GenericClient>(
         }
     };
     Ok(())
+}
+
+#[async_trait]
+impl AlertStore for PostgresStore {
+    async fn set_license_alerts(&self, license_id: String, percents: Vec<u32>) -> StoreResult<()> {
+        in_transaction!(self, |tx| {
+            super::alerts::set_license_alerts(&tx, &license_id, &percents).await?
+        })
+    }
+
+    async fn alerts(&self, customer: Option<String>, limit: u32) -> StoreResult<Vec<AlertRecord>> {
+        let c = self.client().await?;
+        super::alerts::alerts(&c, customer.as_deref(), limit).await
+    }
+
+    async fn claim_due_alerts(
+        &self,
+        now: Instant,
+        lease_until: Instant,
+        limit: u32,
+    ) -> StoreResult<Vec<AlertRecord>> {
+        let c = self.client().await?;
+        super::alerts::claim_due(&c, secs(now), secs(lease_until), limit).await
+    }
+
+    async fn alert_attempted(
+        &self,
+        id: String,
+        now: Instant,
+        next_attempt: Option<Instant>,
+    ) -> StoreResult<()> {
+        let c = self.client().await?;
+        super::alerts::attempted(&c, &id, secs(now), next_attempt.map(secs)).await
+    }
 }

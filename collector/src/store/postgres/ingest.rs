@@ -18,6 +18,7 @@
 
 use super::super::plan::{self, Counter, Facts, IngestPlan, StoredGap};
 use super::super::{AlertTerms, AuthenticReport, StoreError, StoreResult, StoredOutcome};
+use super::*;
 use super::{Param, execute, query, query_opt};
 use crate::calendar::month_of;
 use crate::rules::{LicenseTerms, Neighbour, Source};
@@ -583,4 +584,66 @@ async fn insert_anomalies<C: GenericClient>(c: &C, plan: &IngestPlan, now: i64) 
     )
     .await?;
     Ok(())
+}
+
+#[async_trait]
+impl IngestStore for PostgresStore {
+    async fn agents_by_keys(
+        &self,
+        keys: Vec<[u8; 32]>,
+    ) -> StoreResult<HashMap<[u8; 32], AgentKeyRecord>> {
+        let c = self.client().await?;
+        let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+        let rows = query(
+            &c,
+            "SELECT key, id, license_id, revoked_at IS NOT NULL FROM agents WHERE key = ANY($1)",
+            &[&keys],
+        )
+        .await?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let key: Vec<u8> = r.get(0);
+            if let Ok(key) = <[u8; 32]>::try_from(key) {
+                out.insert(
+                    key,
+                    AgentKeyRecord {
+                        agent_id: r.get(1),
+                        license_id: r.get(2),
+                        revoked: r.get(3),
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// The receipt time comes from the database's clock, not `_received_at` (see
+    /// `super::ingest::ingest_batch`).
+    async fn ingest(
+        &self,
+        reports: Vec<AuthenticReport>,
+        _received_at: Instant,
+        source: Source,
+    ) -> StoreResult<Vec<StoredOutcome>> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let offset = self.clock.offset_micros();
+        in_transaction!(self, |tx| super::ingest::ingest_batch(
+            &tx, &reports, source, offset
+        )
+        .await?)
+    }
+
+    async fn enroll(
+        &self,
+        license_id: String,
+        token_hash: [u8; 32],
+        agent_key: [u8; 32],
+        now: Instant,
+    ) -> StoreResult<(String, Vec<u8>)> {
+        in_transaction!(self, |tx| {
+            super::admin::enroll(&tx, &license_id, &token_hash, &agent_key, secs(now)).await?
+        })
+    }
 }

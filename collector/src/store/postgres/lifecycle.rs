@@ -1,6 +1,6 @@
 //! Cancelling a customer and purging it when its time comes, on PostgreSQL.
 
-use super::super::*;
+use super::*;
 use super::{execute, query, query_opt};
 use deadpool_postgres::GenericClient;
 
@@ -147,4 +147,37 @@ pub(super) async fn purge_one<C: GenericClient>(
         statements,
         alerts,
     }))
+}
+
+#[async_trait]
+impl LifecycleStore for PostgresStore {
+    async fn cancel_customer(
+        &self,
+        id: String,
+        now: Instant,
+        purge_at: Instant,
+    ) -> StoreResult<Cancellation> {
+        in_transaction!(self, |tx| {
+            super::lifecycle::cancel_customer(&tx, &id, secs(now), secs(purge_at)).await?
+        })
+    }
+
+    async fn purge_due(&self, now: Instant) -> StoreResult<Vec<Purge>> {
+        let now = secs(now);
+        let ids = {
+            let c = self.client().await?;
+            super::lifecycle::purge_due_ids(&c, now).await?
+        };
+        let mut out = Vec::new();
+        for id in ids {
+            // One transaction per customer, as on SQLite. Two collectors may try the same
+            // purge; the row lock makes the second find nothing left to do.
+            if let Some(p) = in_transaction!(self, |tx| super::lifecycle::purge_one(&tx, &id, now)
+                .await?)?
+            {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
 }

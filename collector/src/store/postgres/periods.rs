@@ -5,6 +5,7 @@
 //! close (and is on the month's statement) or reads the closed month after it (and is
 //! billed as an adjustment of a later month); none falls between.
 
+use super::*;
 use super::{execute, query, query_opt};
 use crate::calendar::next_month;
 use crate::rules::{self, LicenseLimit, periods::TermLimit};
@@ -306,4 +307,90 @@ pub(super) async fn retained_digests<C: GenericClient>(
         root: Digest::from_slice(r.get::<_, &[u8]>(5)).unwrap_or(Digest([0; 32])),
     })
     .collect())
+}
+
+#[async_trait]
+impl PeriodStore for PostgresStore {
+    async fn periods(&self) -> StoreResult<Vec<PeriodRecord>> {
+        let c = self.client().await?;
+        super::periods::periods(&c).await
+    }
+
+    /// The close time comes from the database's clock, not `_now` (see
+    /// `super::periods::begin_close`).
+    async fn begin_close(&self, month: i64, _now: Instant) -> StoreResult<PeriodRecord> {
+        let offset = self.clock.offset_micros();
+        in_transaction!(self, |tx| super::periods::begin_close(&tx, month, offset)
+            .await?)
+    }
+
+    async fn license_limits(
+        &self,
+        customer: String,
+        month: i64,
+    ) -> StoreResult<Vec<crate::rules::LicenseLimit>> {
+        let c = self.client().await?;
+        super::periods::license_limits(&c, &customer, month).await
+    }
+
+    async fn statement_evidence(
+        &self,
+        customer: String,
+        month: i64,
+        agent: String,
+    ) -> StoreResult<Vec<EvidenceRow>> {
+        let c = self.client().await?;
+        super::periods::statement_evidence(&c, &customer, month, &agent).await
+    }
+
+    async fn counted_reports(
+        &self,
+        customer: String,
+        month: i64,
+        only_late: bool,
+    ) -> StoreResult<Vec<CountedReport>> {
+        let c = self.client().await?;
+        super::periods::counted_reports(&c, &customer, month, only_late).await
+    }
+
+    async fn finish_close(
+        &self,
+        month: i64,
+        statements: Vec<(String, Vec<u8>)>,
+    ) -> StoreResult<()> {
+        in_transaction!(self, |tx| super::periods::finish_close(
+            &tx,
+            month,
+            &statements
+        )
+        .await?)
+    }
+
+    async fn closed_statement(&self, customer: String, month: i64) -> StoreResult<Option<Vec<u8>>> {
+        let c = self.client().await?;
+        super::periods::closed_statement(&c, &customer, month).await
+    }
+
+    async fn expire_reports(
+        &self,
+        closed_before: Instant,
+        now: Instant,
+    ) -> StoreResult<Vec<Expiry>> {
+        let months = {
+            let c = self.client().await?;
+            super::periods::months_to_expire(&c, closed_before).await?
+        };
+        let mut out = Vec::new();
+        for month in months {
+            out.push(in_transaction!(self, |tx| {
+                super::periods::expire_month(&tx, month, secs(now)).await?
+            })?);
+        }
+        Ok(out)
+    }
+
+    async fn retained_digests(&self, agent: Option<String>) -> StoreResult<Vec<RetainedDigest>> {
+        let c = self.client().await?;
+        super::periods::retained_digests(&c, agent.as_deref()).await
+    }
 }

@@ -1,8 +1,8 @@
 //! Billing reads and quarantine resolution on PostgreSQL.
 
 use super::super::plan::{self, ReleasePlan};
-use super::super::*;
 use super::ingest::PgFacts;
+use super::*;
 use super::{digest_of, execute, query, query_opt, ts};
 use crate::rules::{self, ReportStatus};
 use deadpool_postgres::GenericClient;
@@ -207,4 +207,60 @@ pub(super) async fn agent_reports<C: GenericClient>(
         bytes: r.get::<_, Option<Vec<u8>>>(8).unwrap_or_default(),
     })
     .collect())
+}
+
+#[async_trait]
+impl BillingStore for PostgresStore {
+    async fn hourly_usage(&self, filter: UsageFilter) -> StoreResult<Vec<HourlyUsage>> {
+        let c = self.client().await?;
+        super::queries::hourly_usage(&c, &filter).await
+    }
+
+    async fn statement(
+        &self,
+        customer: String,
+        month_start: i64,
+    ) -> StoreResult<Vec<StatementLine>> {
+        // One snapshot for the limits and the sums.
+        let mut c = self.client().await?;
+        let tx = c
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let lines = super::queries::statement(&tx, &customer, month_start).await?;
+        tx.commit().await?;
+        Ok(lines)
+    }
+
+    async fn anomalies(&self, customer: Option<String>) -> StoreResult<Vec<AnomalyRecord>> {
+        let c = self.client().await?;
+        super::queries::anomalies(&c, customer.as_deref()).await
+    }
+
+    async fn quarantine(&self, customer: Option<String>) -> StoreResult<Vec<QuarantineRecord>> {
+        let c = self.client().await?;
+        super::queries::quarantine(&c, customer.as_deref()).await
+    }
+
+    async fn release(&self, digest: Digest, now: Instant) -> StoreResult<bool> {
+        in_transaction!(self, |tx| super::queries::release(&tx, &digest, secs(now))
+            .await?)
+    }
+
+    async fn discard(&self, digest: Digest, now: Instant) -> StoreResult<()> {
+        in_transaction!(self, |tx| super::queries::discard(&tx, &digest, secs(now))
+            .await?)
+    }
+
+    async fn agent_reports(
+        &self,
+        agent_id: String,
+        before_seq: Option<u64>,
+        limit: u32,
+    ) -> StoreResult<Vec<AgentReportRecord>> {
+        let c = self.client().await?;
+        super::queries::agent_reports(&c, &agent_id, before_seq, limit).await
+    }
 }

@@ -1,6 +1,7 @@
 //! Administrative writes and reads: customers, licenses, agents, tokens, audit log.
 
 use super::super::*;
+use super::*;
 use crate::ids;
 use crate::roles::Role;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -497,4 +498,115 @@ pub(super) fn list_audit(conn: &Connection, limit: u32) -> StoreResult<Vec<Audit
         })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
+}
+
+#[async_trait]
+impl RegistryStore for SqliteStore {
+    async fn add_customer(&self, name: String, now: Instant) -> StoreResult<CustomerRecord> {
+        self.writer
+            .write(move |c| super::admin::add_customer(c, &name, secs(now)))
+            .await
+    }
+
+    async fn list_customers(&self, only: Option<String>) -> StoreResult<Vec<CustomerRecord>> {
+        self.read(move |c| super::admin::list_customers(c, only.as_deref()))
+            .await
+    }
+
+    async fn customer_exists(&self, id: String) -> StoreResult<bool> {
+        self.read(move |c| {
+            Ok(
+                c.query_row("SELECT 1 FROM customers WHERE id = ?1", [id], |_| Ok(()))
+                    .optional()?
+                    .is_some(),
+            )
+        })
+        .await
+    }
+
+    async fn issue_license(&self, new: NewLicense, now: Instant) -> StoreResult<()> {
+        self.writer
+            .write(move |c| super::admin::issue_license(c, &new, secs(now)))
+            .await
+    }
+
+    async fn list_licenses(&self, customer: Option<String>) -> StoreResult<Vec<LicenseRecord>> {
+        self.read(move |c| super::admin::list_licenses(c, customer.as_deref()))
+            .await
+    }
+
+    async fn revoke_license(&self, id: String, now: Instant) -> StoreResult<()> {
+        self.writer
+            .write(move |c| super::admin::revoke_license(c, &id, secs(now)))
+            .await
+    }
+
+    async fn add_agent(
+        &self,
+        license_id: String,
+        key: [u8; 32],
+        now: Instant,
+    ) -> StoreResult<String> {
+        self.writer
+            .write(move |c| super::admin::add_agent(c, &license_id, &key, secs(now)))
+            .await
+    }
+
+    async fn list_agents(&self, filter: AgentFilter) -> StoreResult<Vec<AgentRecord>> {
+        self.read(move |c| super::admin::list_agents(c, &filter))
+            .await
+    }
+
+    async fn revoke_agent(&self, id: String, now: Instant) -> StoreResult<()> {
+        self.writer
+            .write(move |c| super::admin::revoke_agent(c, &id, secs(now)))
+            .await
+    }
+
+    async fn create_token(
+        &self,
+        id: String,
+        hash: [u8; 32],
+        role: Role,
+        name: String,
+        now: Instant,
+    ) -> StoreResult<()> {
+        self.writer
+            .write(move |c| super::admin::create_token(c, &id, &hash, &role, &name, secs(now)))
+            .await
+    }
+
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenListing>> {
+        self.read(super::admin::list_tokens).await
+    }
+
+    async fn revoke_token(&self, id: String, now: Instant) -> StoreResult<()> {
+        self.writer
+            .write(move |c| super::admin::revoke_token(c, &id, secs(now)))
+            .await
+    }
+
+    async fn token_by_hash(&self, hash: [u8; 32]) -> StoreResult<Option<TokenRecord>> {
+        self.read(move |c| super::admin::token_by_hash(c, &hash))
+            .await
+    }
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn audit(&self, entry: AuditEntry) -> StoreResult<()> {
+        self.writer
+            .write(move |c| super::admin::audit(c, &entry))
+            .await
+    }
+
+    async fn audit_repeatable(&self, entry: AuditEntry, since: Instant) -> StoreResult<()> {
+        self.writer
+            .write(move |c| super::admin::audit_repeatable(c, &entry, since))
+            .await
+    }
+
+    async fn list_audit(&self, limit: u32) -> StoreResult<Vec<AuditRecord>> {
+        self.read(move |c| super::admin::list_audit(c, limit)).await
+    }
 }

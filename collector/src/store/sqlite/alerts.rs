@@ -2,6 +2,7 @@
 //! (written in its transaction), and the webhook outbox.
 
 use super::super::{AlertRecord, AlertTerms, NewAlert, StoreError, StoreResult, alert_id};
+use super::*;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
 use tally_proto::time::Instant;
@@ -161,4 +162,40 @@ pub(super) fn attempted(
         )?,
     };
     Ok(())
+}
+
+#[async_trait]
+impl AlertStore for SqliteStore {
+    async fn set_license_alerts(&self, license_id: String, percents: Vec<u32>) -> StoreResult<()> {
+        self.writer
+            .write(move |c| super::alerts::set_license_alerts(c, &license_id, &percents))
+            .await
+    }
+
+    async fn alerts(&self, customer: Option<String>, limit: u32) -> StoreResult<Vec<AlertRecord>> {
+        self.read(move |c| super::alerts::alerts(c, customer.as_deref(), limit))
+            .await
+    }
+
+    async fn claim_due_alerts(
+        &self,
+        now: Instant,
+        lease_until: Instant,
+        limit: u32,
+    ) -> StoreResult<Vec<AlertRecord>> {
+        self.writer
+            .write(move |c| super::alerts::claim_due(c, secs(now), secs(lease_until), limit))
+            .await
+    }
+
+    async fn alert_attempted(
+        &self,
+        id: String,
+        now: Instant,
+        next_attempt: Option<Instant>,
+    ) -> StoreResult<()> {
+        self.writer
+            .write(move |c| super::alerts::attempted(c, &id, secs(now), next_attempt.map(secs)))
+            .await
+    }
 }

@@ -9,6 +9,7 @@
 
 use super::super::plan::{self, Addition, Counter, Facts, IngestPlan, StoredGap};
 use super::super::{AlertTerms, AuthenticReport, StoreError, StoreResult, StoredOutcome};
+use super::*;
 use crate::clock::Clock;
 use crate::rules::{LicenseTerms, Neighbour, Source};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -261,4 +262,66 @@ pub(super) fn apply_counter(conn: &Connection, counter: &Counter, now: i64) -> S
         put_m.execute(params![l, m, month, q])?;
     }
     Ok(())
+}
+
+#[async_trait]
+impl IngestStore for SqliteStore {
+    async fn agents_by_keys(
+        &self,
+        keys: Vec<[u8; 32]>,
+    ) -> StoreResult<HashMap<[u8; 32], AgentKeyRecord>> {
+        self.read(move |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT id, license_id, revoked_at FROM agents WHERE key = ?1")?;
+            let mut out = HashMap::new();
+            for k in keys {
+                if out.contains_key(&k) {
+                    continue;
+                }
+                let row = stmt
+                    .query_row([k.as_slice()], |r| {
+                        Ok(AgentKeyRecord {
+                            agent_id: r.get(0)?,
+                            license_id: r.get(1)?,
+                            revoked: r.get::<_, Option<i64>>(2)?.is_some(),
+                        })
+                    })
+                    .optional()?;
+                if let Some(row) = row {
+                    out.insert(k, row);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ingest(
+        &self,
+        reports: Vec<AuthenticReport>,
+        received_at: Instant,
+        source: Source,
+    ) -> StoreResult<Vec<StoredOutcome>> {
+        if reports.is_empty() {
+            return Ok(Vec::new());
+        }
+        let clock = self.clock;
+        self.writer
+            .write(move |c| super::ingest::ingest_batch(c, &reports, received_at, source, clock))
+            .await
+    }
+
+    async fn enroll(
+        &self,
+        license_id: String,
+        token_hash: [u8; 32],
+        agent_key: [u8; 32],
+        now: Instant,
+    ) -> StoreResult<(String, Vec<u8>)> {
+        self.writer
+            .write(move |c| {
+                super::admin::enroll(c, &license_id, &token_hash, &agent_key, secs(now))
+            })
+            .await
+    }
 }

@@ -1,6 +1,7 @@
 //! Cancelling a customer and purging it when its time comes.
 
 use super::super::*;
+use super::*;
 use rusqlite::{Connection, OptionalExtension, params};
 
 pub(super) fn cancel_customer(
@@ -129,4 +130,38 @@ pub(super) fn purge_one(conn: &Connection, id: &str, now: i64) -> StoreResult<Op
         statements,
         alerts,
     }))
+}
+
+#[async_trait]
+impl LifecycleStore for SqliteStore {
+    async fn cancel_customer(
+        &self,
+        id: String,
+        now: Instant,
+        purge_at: Instant,
+    ) -> StoreResult<Cancellation> {
+        self.writer
+            .write(move |c| super::lifecycle::cancel_customer(c, &id, secs(now), secs(purge_at)))
+            .await
+    }
+
+    async fn purge_due(&self, now: Instant) -> StoreResult<Vec<Purge>> {
+        let now = secs(now);
+        let ids = self
+            .read(move |c| super::lifecycle::purge_due_ids(c, now))
+            .await?;
+        let mut out = Vec::new();
+        for id in ids {
+            // One transaction per customer: a large purge does not hold up ingest for the
+            // whole set, and a failure leaves the others done.
+            if let Some(p) = self
+                .writer
+                .write(move |c| super::lifecycle::purge_one(c, &id, now))
+                .await?
+            {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
 }

@@ -6,6 +6,7 @@ use super::super::{
     CountedReport, EvidenceRow, Expiry, PeriodRecord, RetainedDigest, StoreResult, counted_report,
     retained_by_agent,
 };
+use super::*;
 use crate::calendar::next_month;
 use crate::clock::Clock;
 use crate::rules::{self, LicenseLimit, periods::TermLimit};
@@ -262,4 +263,87 @@ pub(super) fn retained_digests(
             })
         })?
         .collect::<Result<_, _>>()?)
+}
+
+#[async_trait]
+impl PeriodStore for SqliteStore {
+    async fn periods(&self) -> StoreResult<Vec<PeriodRecord>> {
+        self.read(super::periods::periods).await
+    }
+
+    async fn begin_close(&self, month: i64, now: Instant) -> StoreResult<PeriodRecord> {
+        let clock = self.clock;
+        self.writer
+            .write(move |c| super::periods::begin_close(c, month, now, clock))
+            .await
+    }
+
+    async fn license_limits(
+        &self,
+        customer: String,
+        month: i64,
+    ) -> StoreResult<Vec<crate::rules::LicenseLimit>> {
+        self.read(move |c| super::periods::license_limits(c, &customer, month))
+            .await
+    }
+
+    async fn statement_evidence(
+        &self,
+        customer: String,
+        month: i64,
+        agent: String,
+    ) -> StoreResult<Vec<EvidenceRow>> {
+        self.read(move |c| super::periods::statement_evidence(c, &customer, month, &agent))
+            .await
+    }
+
+    async fn counted_reports(
+        &self,
+        customer: String,
+        month: i64,
+        only_late: bool,
+    ) -> StoreResult<Vec<CountedReport>> {
+        self.read(move |c| super::periods::counted_reports(c, &customer, month, only_late))
+            .await
+    }
+
+    async fn finish_close(
+        &self,
+        month: i64,
+        statements: Vec<(String, Vec<u8>)>,
+    ) -> StoreResult<()> {
+        self.writer
+            .write(move |c| super::periods::finish_close(c, month, &statements))
+            .await
+    }
+
+    async fn closed_statement(&self, customer: String, month: i64) -> StoreResult<Option<Vec<u8>>> {
+        self.read(move |c| super::periods::closed_statement(c, &customer, month))
+            .await
+    }
+
+    async fn expire_reports(
+        &self,
+        closed_before: Instant,
+        now: Instant,
+    ) -> StoreResult<Vec<Expiry>> {
+        let months = self
+            .read(move |c| super::periods::months_to_expire(c, closed_before))
+            .await?;
+        let mut out = Vec::new();
+        for month in months {
+            // One transaction per month, so a large removal does not hold up ingest long.
+            out.push(
+                self.writer
+                    .write(move |c| super::periods::expire_month(c, month, secs(now)))
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn retained_digests(&self, agent: Option<String>) -> StoreResult<Vec<RetainedDigest>> {
+        self.read(move |c| super::periods::retained_digests(c, agent.as_deref()))
+            .await
+    }
 }

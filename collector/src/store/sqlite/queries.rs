@@ -4,6 +4,7 @@ use super::super::plan::{self, ReleasePlan};
 use super::super::*;
 use super::admin::ts;
 use super::ingest::SqliteFacts;
+use super::*;
 use crate::rules;
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -251,11 +252,60 @@ pub(super) fn agent_reports(
         .collect::<Result<_, _>>()?)
 }
 
+#[async_trait]
+impl BillingStore for SqliteStore {
+    async fn hourly_usage(&self, filter: UsageFilter) -> StoreResult<Vec<HourlyUsage>> {
+        self.read(move |c| super::queries::hourly_usage(c, &filter))
+            .await
+    }
+
+    async fn statement(
+        &self,
+        customer: String,
+        month_start: i64,
+    ) -> StoreResult<Vec<StatementLine>> {
+        self.read(move |c| super::queries::statement(c, &customer, month_start))
+            .await
+    }
+
+    async fn anomalies(&self, customer: Option<String>) -> StoreResult<Vec<AnomalyRecord>> {
+        self.read(move |c| super::queries::anomalies(c, customer.as_deref()))
+            .await
+    }
+
+    async fn quarantine(&self, customer: Option<String>) -> StoreResult<Vec<QuarantineRecord>> {
+        self.read(move |c| super::queries::quarantine(c, customer.as_deref()))
+            .await
+    }
+
+    async fn release(&self, digest: Digest, now: Instant) -> StoreResult<bool> {
+        self.writer
+            .write(move |c| super::queries::release(c, &digest, secs(now)))
+            .await
+    }
+
+    async fn discard(&self, digest: Digest, now: Instant) -> StoreResult<()> {
+        self.writer
+            .write(move |c| super::queries::discard(c, &digest, secs(now)))
+            .await
+    }
+
+    async fn agent_reports(
+        &self,
+        agent_id: String,
+        before_seq: Option<u64>,
+        limit: u32,
+    ) -> StoreResult<Vec<AgentReportRecord>> {
+        self.read(move |c| super::queries::agent_reports(c, &agent_id, before_seq, limit))
+            .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::SqliteStore;
     use crate::store::fixture::{Fixture, Seed};
-    use crate::store::{Source, Store, StoreError};
+    use crate::store::{BillingStore, IngestStore, Source, StoreError};
     use chrono::{Duration, Utc};
     use tally_proto::Digest;
 
