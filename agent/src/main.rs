@@ -37,20 +37,10 @@ enum Command {
         tls: TlsArgs,
     },
     /// Record, close windows and deliver reports until stopped.
-    Run {
-        /// Recording API address (HTTP and gRPC); port 0 picks a free port.
-        #[arg(long, env = "TALLY_LISTEN", value_name = "ADDR")]
-        listen: Option<String>,
-        /// Window length: 1s, 15m, 1h …
-        #[arg(long, env = "TALLY_INTERVAL")]
-        interval: Option<String>,
-        /// Collector gRPC URL; repeat for failover (default: from init).
-        #[arg(long = "collector", value_name = "URL")]
-        collectors: Vec<String>,
-        /// TLS files (default: those given to init).
-        #[command(flatten)]
-        tls: TlsArgs,
-    },
+    Run(RunArgs),
+    /// The configuration `run` would use.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Record usage through the running agent (for scripts).
     Record {
         metric: String,
@@ -83,6 +73,29 @@ enum Command {
 }
 
 /// TLS towards the collector (`https://` URLs).
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Recording API address (HTTP and gRPC); port 0 picks a free port.
+    #[arg(long, env = "TALLY_LISTEN", value_name = "ADDR")]
+    listen: Option<String>,
+    /// Window length: 1s, 15m, 1h …
+    #[arg(long, env = "TALLY_INTERVAL")]
+    interval: Option<String>,
+    /// Collector gRPC URL; repeat for failover (default: from init).
+    #[arg(long = "collector", value_name = "URL")]
+    collectors: Vec<String>,
+    /// TLS files (default: those given to init).
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Check the settings (flags, environment, config file) and the agent directory as
+    /// `run` would, without starting: exit 0 and a summary, or exit 2 naming the problem.
+    Check(RunArgs),
+}
+
 #[derive(clap::Args, Clone, Default)]
 struct TlsArgs {
     /// The CA that signed the collector's certificate (PEM).
@@ -196,6 +209,30 @@ struct ConfigFile {
     collectors: Option<Vec<String>>,
 }
 
+/// `run`'s settings: each from its flag, else its `TALLY_*` variable (clap reads both), else
+/// the config file, else the default.
+fn run_options(
+    a: RunArgs,
+    config: &ConfigFile,
+    default_interval: String,
+    json: bool,
+) -> Result<commands::RunOptions, CommandError> {
+    Ok(commands::RunOptions {
+        listen: a
+            .listen
+            .or(config.listen.clone())
+            .unwrap_or_else(|| "127.0.0.1:7071".into()),
+        interval_secs: commands::interval_secs(&a.interval.unwrap_or(default_interval))?,
+        collectors: if a.collectors.is_empty() {
+            config.collectors.clone().unwrap_or_default()
+        } else {
+            a.collectors
+        },
+        tls: a.tls.files(),
+        json,
+    })
+}
+
 fn main() {
     let cli: Cli = tally_runtime::cli::parse("tally-agent");
     tally_runtime::cli::init_logging(cli.common.log_format);
@@ -237,27 +274,14 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             )
             .await?
         }
-        Command::Run {
-            listen,
-            interval,
-            collectors,
-            tls,
-        } => {
-            let options = commands::RunOptions {
-                listen: listen
-                    .or(config.listen)
-                    .unwrap_or_else(|| "127.0.0.1:7071".into()),
-                interval_secs: commands::interval_secs(&interval.unwrap_or(default_interval))?,
-                collectors: if collectors.is_empty() {
-                    config.collectors.unwrap_or_default()
-                } else {
-                    collectors
-                },
-                tls: tls.files(),
-                json: cli.common.json,
-            };
+        Command::Run(a) => {
+            let options = run_options(a, &config, default_interval, cli.common.json)?;
             commands::run(&dir, options).await?;
             return Ok(None);
+        }
+        Command::Config(ConfigCmd::Check(a)) => {
+            let options = run_options(a, &config, default_interval, cli.common.json)?;
+            commands::config_check(&dir, &options)?
         }
         Command::Record {
             metric,

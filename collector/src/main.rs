@@ -28,6 +28,9 @@ enum Command {
     Init,
     /// Serve gRPC ingest and the billing HTTP API.
     Serve(ServeArgs),
+    /// The configuration `serve` would run with.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Customers.
     #[command(subcommand)]
     Customers(CustomersCmd),
@@ -69,6 +72,13 @@ enum Command {
     /// Report bodies kept after their month closed.
     #[command(subcommand)]
     Retention(RetentionCmd),
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Check the settings (flags, environment, config file) and the data directory as
+    /// `serve` would, without starting: exit 0 and a summary, or exit 2 naming the problem.
+    Check(ServeArgs),
 }
 
 #[derive(Subcommand)]
@@ -148,9 +158,9 @@ struct ServeArgs {
         requires = "tls_cert"
     )]
     tls_key: Option<PathBuf>,
-    /// Reports per second one agent key may submit online (0: unlimited).
-    #[arg(long, env = "TALLY_AGENT_RATE", value_name = "N", default_value_t = tally_collector::ratelimit::DEFAULT_REPORTS_PER_SEC)]
-    agent_rate: f64,
+    /// Reports per second one agent key may submit online (0: unlimited; default 20).
+    #[arg(long, env = "TALLY_AGENT_RATE", value_name = "N")]
+    agent_rate: Option<f64>,
     /// Require agents to present a certificate signed by this CA (mutual TLS).
     #[arg(
         long,
@@ -361,6 +371,75 @@ struct ConfigFile {
     database: Option<String>,
     grpc_listen: Option<String>,
     http_listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    agent_rate: Option<f64>,
+    close_grace: Option<String>,
+    retain_reports: Option<String>,
+    webhook: Option<String>,
+    webhook_secret_file: Option<PathBuf>,
+}
+
+/// `serve`'s settings: each from its flag, else its `TALLY_*` variable (clap reads both),
+/// else the config file, else the default. Pairs that only work together (certificate and
+/// key, webhook URL and secret) must come whole, wherever they come from.
+fn serve_options(
+    a: ServeArgs,
+    config: &ConfigFile,
+    json: bool,
+) -> Result<commands::ServeOptions, CommandError> {
+    let usage = |m: &str| CommandError::Usage(m.to_string());
+    let cert = a.tls_cert.or(config.tls_cert.clone());
+    let key = a.tls_key.or(config.tls_key.clone());
+    let client_ca = a.client_ca.or(config.client_ca.clone());
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(tally_collector::tls::TlsFiles {
+            cert,
+            key,
+            client_ca,
+        }),
+        (None, None) if client_ca.is_some() => {
+            return Err(usage("client_ca (mutual TLS) needs tls_cert and tls_key"));
+        }
+        (None, None) => None,
+        _ => {
+            return Err(usage(
+                "tls_cert and tls_key go together: give both or neither",
+            ));
+        }
+    };
+    let webhook = match (
+        a.webhook.or(config.webhook.clone()),
+        a.webhook_secret_file.or(config.webhook_secret_file.clone()),
+    ) {
+        (Some(url), Some(secret)) => Some((url, secret)),
+        (None, None) => None,
+        _ => {
+            return Err(usage(
+                "webhook and webhook_secret_file go together: give both or neither",
+            ));
+        }
+    };
+    Ok(commands::ServeOptions {
+        grpc_listen: a
+            .grpc_listen
+            .or(config.grpc_listen.clone())
+            .unwrap_or_else(|| "127.0.0.1:7443".into()),
+        http_listen: a
+            .http_listen
+            .or(config.http_listen.clone())
+            .unwrap_or_else(|| "127.0.0.1:8080".into()),
+        tls,
+        agent_rate: a
+            .agent_rate
+            .or(config.agent_rate)
+            .unwrap_or(tally_collector::ratelimit::DEFAULT_REPORTS_PER_SEC),
+        close_grace: a.close_grace.or(config.close_grace.clone()),
+        retain_reports: a.retain_reports.or(config.retain_reports.clone()),
+        webhook,
+        json,
+    })
 }
 
 fn main() {
@@ -377,31 +456,12 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
     let database = database.as_deref();
     let out = match cli.command {
         Command::Init => commands::init(dir, database).await?,
+        Command::Config(ConfigCmd::Check(a)) => {
+            let options = serve_options(a, &config, cli.common.json)?;
+            commands::config_check(&dir, database, &options)?
+        }
         Command::Serve(a) => {
-            let tls = match (a.tls_cert, a.tls_key) {
-                (Some(cert), Some(key)) => Some(tally_collector::tls::TlsFiles {
-                    cert,
-                    key,
-                    client_ca: a.client_ca,
-                }),
-                _ => None,
-            };
-            let options = commands::ServeOptions {
-                grpc_listen: a
-                    .grpc_listen
-                    .or(config.grpc_listen)
-                    .unwrap_or_else(|| "127.0.0.1:7443".into()),
-                http_listen: a
-                    .http_listen
-                    .or(config.http_listen)
-                    .unwrap_or_else(|| "127.0.0.1:8080".into()),
-                tls,
-                agent_rate: a.agent_rate,
-                close_grace: a.close_grace,
-                retain_reports: a.retain_reports,
-                webhook: a.webhook.zip(a.webhook_secret_file),
-                json: cli.common.json,
-            };
+            let options = serve_options(a, &config, cli.common.json)?;
             commands::serve(Ctx::open(dir, database).await?, options).await?;
             return Ok(None);
         }

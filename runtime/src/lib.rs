@@ -1,11 +1,12 @@
 //! `tally-runtime`: the plumbing both binaries share — the group-commit SQLite
 //! writer, HTTP serving with limits for untrusted clients, the command-line contract,
-//! `ports.json` and shutdown signals. It knows nothing of reports, licenses or billing; it
+//! `ports.json`, shutdown signals and the service manager's readiness protocol. It knows nothing of reports, licenses or billing; it
 //! must never depend on `tally-proto`, the agent or the collector.
 
 pub mod cli;
 pub mod datadir;
 pub mod http_serve;
 pub mod ports;
+pub mod service_manager;
 pub mod shutdown;
 pub mod sqlite_writer;

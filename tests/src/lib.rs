@@ -597,6 +597,22 @@ impl AgentProcess {
         Self::spawn_limited(data, args, None)
     }
 
+    /// Like [`AgentProcess::spawn`], with extra environment variables.
+    pub fn spawn_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        let (child, ports, stderr_path) = spawn_server("tally-agent", data, &all, env);
+        let listen = ports["listen"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("listen in ports.json");
+        AgentProcess {
+            child,
+            listen,
+            stderr_path,
+        }
+    }
+
     /// Like [`AgentProcess::spawn`], with every file the agent writes limited to
     /// `file_limit` bytes (see `spawn_server_limited`).
     pub fn spawn_limited(data: &Path, args: &[&str], file_limit: Option<u64>) -> Self {

@@ -24,7 +24,7 @@ pub use audit::statements_audit;
 pub use init::{InitArgs, init};
 pub use live::{flush, license, record, status};
 pub use reports::{report_json, reports_list, reports_show, reports_verify};
-pub use run::{RunOptions, interval_secs, load, run};
+pub use run::{RunOptions, config_check, interval_secs, load, run};
 pub use statements::{API_TOKEN_ENV, BillingApi, StatementSource, statements_verify};
 
 /// The TLS files remembered by `init`.

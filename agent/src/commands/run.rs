@@ -2,12 +2,13 @@
 //! with the collectors and TLS files chosen (flags, else what `init` stored) and serve
 //! until a shutdown signal. `load` opens an agent directory for the other commands.
 
-use super::{CommandError, stored_collectors, stored_tls};
+use super::{CmdResult, CommandError, Output, stored_collectors, stored_tls};
 use crate::agent::{Agent, AgentConfig, LoadError};
 use crate::datadir::DataDir;
 use crate::tls::TlsFiles;
 use serde_json::json;
 use std::sync::Arc;
+use tally_runtime::service_manager::{self, ServiceState};
 
 /// `run`'s settings, already merged from flags, environment and config file.
 pub struct RunOptions {
@@ -93,7 +94,65 @@ pub async fn run(dir: &DataDir, o: RunOptions) -> Result<(), CommandError> {
         tracing::warn!(%addr, "Recording API listens on a non-loopback address in plain text.");
     }
     tracing::info!(%addr, interval = %format!("{}s", o.interval_secs), collectors = ?agent.collectors, "Agent running.");
-    crate::server::run(agent, listener, tally_runtime::shutdown::signal())
+    // The listener is bound and the agent's database open: ready for the service manager.
+    service_manager::announce(ServiceState::Ready);
+    crate::server::run(agent, listener, service_manager::stop_requested())
         .await
         .map_err(|e| CommandError::Runtime(e.to_string()))
+}
+
+/// `config check`: the settings `run` would use, checked as `run` checks them (without
+/// binding the port): the listen address, the interval, the agent directory (initialized:
+/// key, license, database) and the TLS files, and at least one collector to deliver to.
+/// Meant to run before the service starts (the systemd unit's `ExecStartPre`).
+pub fn config_check(dir: &DataDir, o: &RunOptions) -> CmdResult {
+    if std::net::ToSocketAddrs::to_socket_addrs(o.listen.as_str()).is_err() {
+        return Err(CommandError::Usage(format!(
+            "--listen: {:?} is not an address (HOST:PORT, e.g. 127.0.0.1:7071)",
+            o.listen
+        )));
+    }
+    let stored = load(dir, o.interval_secs, Vec::new(), TlsFiles::default())?;
+    let collectors = if o.collectors.is_empty() {
+        stored_collectors(&stored.store)
+    } else {
+        o.collectors.clone()
+    };
+    let tls = if o.tls.is_empty() {
+        stored_tls(&stored.store)
+    } else {
+        o.tls.clone()
+    };
+    let license_id = stored.license.license_id.clone();
+    drop(stored);
+    if collectors.is_empty() {
+        return Err(CommandError::Usage(
+            "no collector to deliver to (hint: --collector URL, or `collectors` in the config \
+             file)"
+                .into(),
+        ));
+    }
+    // Loading with the chosen collectors and TLS files checks the URLs and reads the files.
+    let agent = load(dir, o.interval_secs, collectors, tls)?;
+    let warnings: Vec<String> = dir.looser_than_private().into_iter().collect();
+    let json = json!({
+        "ok": true,
+        "data": dir.path().display().to_string(),
+        "listen": o.listen,
+        "interval_secs": o.interval_secs,
+        "collectors": agent.collectors,
+        "license_id": license_id,
+        "warnings": warnings,
+    });
+    let mut text = format!(
+        "config OK: data {}, license {license_id}, listen {}, interval {}s, collectors {}\n",
+        dir.path().display(),
+        o.listen,
+        o.interval_secs,
+        agent.collectors.join(", "),
+    );
+    for w in &warnings {
+        text.push_str(&format!("warning: {w}\n"));
+    }
+    Ok(Output::new(json, text))
 }

@@ -29,7 +29,7 @@ pub use review::{
     audit_list, import, quarantine_discard, quarantine_list, quarantine_release, usage,
 };
 use serde_json::{Value, json};
-pub use serve::{ServeOptions, serve};
+pub use serve::{CheckedServe, ServeOptions, config_check, serve};
 use std::sync::Arc;
 use tally_proto::keys;
 pub use tokens::{tokens_create, tokens_list, tokens_revoke};

@@ -1,11 +1,14 @@
 //! `serve`: bind both listeners, announce the chosen addresses (stdout and `ports.json`),
 //! load TLS and the vendor key, and run the collector until a shutdown signal.
 
-use super::{CommandError, Ctx};
+use super::{CmdResult, CommandError, Ctx, Output};
 use crate::datadir::CollectorFiles;
+use crate::datadir::DataDir;
 use crate::server::{self, Collector};
+use crate::store::Database;
 use crate::tls::TlsFiles;
 use serde_json::json;
+use tally_runtime::service_manager::{self, ServiceState};
 
 /// `serve`'s settings, already merged from flags, environment and config file.
 pub struct ServeOptions {
@@ -24,6 +27,77 @@ pub struct ServeOptions {
     pub json: bool,
 }
 
+/// [`ServeOptions`] checked: what `serve` runs with. `config check` makes the same checks
+/// (everything but binding the ports and opening the store).
+pub struct CheckedServe {
+    /// `None`: unlimited.
+    pub agent_rate: Option<f64>,
+    /// `None`: months are closed only by `periods close`.
+    pub close_grace_secs: Option<i64>,
+    pub retain_reports_secs: i64,
+    pub webhook: Option<std::sync::Arc<crate::webhook::Webhook>>,
+    pub grpc_tls: Option<tonic::transport::ServerTlsConfig>,
+    pub http_tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl ServeOptions {
+    /// Checks every setting that can be checked without binding or opening the store: the
+    /// rate, the durations, the listen addresses, the TLS files (read and parsed) and the
+    /// webhook (URL and secret file). A bad one is a usage error naming it.
+    pub fn check(&self) -> Result<CheckedServe, CommandError> {
+        let usage = |e: &dyn std::fmt::Display| CommandError::Usage(e.to_string());
+        if !(self.agent_rate >= 0.0 && self.agent_rate.is_finite()) {
+            return Err(usage(&"--agent-rate must be a number ≥ 0"));
+        }
+        for (flag, addr) in [
+            ("grpc-listen", &self.grpc_listen),
+            ("http-listen", &self.http_listen),
+        ] {
+            if std::net::ToSocketAddrs::to_socket_addrs(addr.as_str()).is_err() {
+                return Err(usage(&format!(
+                    "--{flag}: {addr:?} is not an address (HOST:PORT, e.g. 127.0.0.1:8080)"
+                )));
+            }
+        }
+        let close_grace_secs = match self.close_grace.as_deref().map(str::trim) {
+            None => Some(crate::server::DEFAULT_CLOSE_GRACE_SECS),
+            Some("off") => None,
+            Some(d) => Some(super::duration_arg("close-grace", d)?),
+        };
+        let retain_reports_secs = match self.retain_reports.as_deref() {
+            None => crate::lifecycle::DEFAULT_RETAIN_REPORTS_SECS,
+            Some(d) => super::duration_arg("retain-reports", d)?,
+        };
+        let webhook = self
+            .webhook
+            .as_ref()
+            .map(|(url, secret)| crate::webhook::Webhook::new(url, secret))
+            .transpose()
+            .map_err(|e| usage(&e))?
+            .map(std::sync::Arc::new);
+        let grpc_tls = self
+            .tls
+            .as_ref()
+            .map(TlsFiles::server_config)
+            .transpose()
+            .map_err(|e| usage(&e))?;
+        let http_tls = self
+            .tls
+            .as_ref()
+            .map(TlsFiles::http_acceptor)
+            .transpose()
+            .map_err(|e| usage(&e))?;
+        Ok(CheckedServe {
+            agent_rate: (self.agent_rate > 0.0).then_some(self.agent_rate),
+            close_grace_secs,
+            retain_reports_secs,
+            webhook,
+            grpc_tls,
+            http_tls,
+        })
+    }
+}
+
 pub async fn serve(ctx: Ctx, o: ServeOptions) -> Result<(), CommandError> {
     // One `serve` per data directory, held until this process ends (a second one would
     // overwrite ports.json and run its own lifecycle loops on the same files).
@@ -34,34 +108,14 @@ pub async fn serve(ctx: Ctx, o: ServeOptions) -> Result<(), CommandError> {
     if let Some(warning) = ctx.dir.looser_than_private() {
         tracing::warn!(warning, "The data directory is not private.");
     }
-    if !(o.agent_rate >= 0.0 && o.agent_rate.is_finite()) {
-        return Err(CommandError::Usage(
-            "--agent-rate must be a number ≥ 0".into(),
-        ));
-    }
-    let close_grace_secs = match o.close_grace.as_deref().map(str::trim) {
-        None => Some(crate::server::DEFAULT_CLOSE_GRACE_SECS),
-        Some("off") => None,
-        Some(d) => Some(super::duration_arg("close-grace", d)?),
-    };
-    let retain_reports_secs = match o.retain_reports.as_deref() {
-        None => crate::lifecycle::DEFAULT_RETAIN_REPORTS_SECS,
-        Some(d) => super::duration_arg("retain-reports", d)?,
-    };
-    let webhook = o
-        .webhook
-        .as_ref()
-        .map(|(url, secret)| crate::webhook::Webhook::new(url, secret))
-        .transpose()
-        .map_err(|e| CommandError::Usage(e.to_string()))?
-        .map(std::sync::Arc::new);
+    let checked = o.check()?;
     let bind = |addr: String, flag: &'static str| async move {
         tokio::net::TcpListener::bind(&addr)
             .await
             .map_err(|e| CommandError::Usage(format!("--{flag} {addr}: cannot bind: {e}")))
     };
-    let grpc = bind(o.grpc_listen, "grpc-listen").await?;
-    let http = bind(o.http_listen, "http-listen").await?;
+    let grpc = bind(o.grpc_listen.clone(), "grpc-listen").await?;
+    let http = bind(o.http_listen.clone(), "http-listen").await?;
     let runtime = |e: std::io::Error| CommandError::Runtime(e.to_string());
     let (g, h) = (
         grpc.local_addr().map_err(runtime)?,
@@ -79,19 +133,7 @@ pub async fn serve(ctx: Ctx, o: ServeOptions) -> Result<(), CommandError> {
     } else {
         println!("grpc listening on {g}\nhttp listening on {h}");
     }
-    let usage = |e: &dyn std::fmt::Display| CommandError::Usage(e.to_string());
-    let tls = o
-        .tls
-        .as_ref()
-        .map(TlsFiles::server_config)
-        .transpose()
-        .map_err(|e| usage(&e))?;
-    let http_tls = o
-        .tls
-        .as_ref()
-        .map(TlsFiles::http_acceptor)
-        .transpose()
-        .map_err(|e| usage(&e))?;
+    let (tls, http_tls) = (checked.grpc_tls, checked.http_tls);
     for (addr, what, plain) in [(g, "gRPC", tls.is_none()), (h, "HTTP", http_tls.is_none())] {
         if plain && !addr.ip().is_loopback() {
             tracing::warn!(%addr, what, "Listening in plain text on a non-loopback address.");
@@ -104,18 +146,87 @@ pub async fn serve(ctx: Ctx, o: ServeOptions) -> Result<(), CommandError> {
     ctx.store
         .bind_collector_key(key.verifying_key().to_bytes())
         .await?;
-    let rate = (o.agent_rate > 0.0).then_some(o.agent_rate);
-    let mut collector = Collector::with_agent_rate(ctx.store.clone(), key, rate);
+    let mut collector = Collector::with_agent_rate(ctx.store.clone(), key, checked.agent_rate);
     collector.grpc_tls = tls;
     collector.http_tls = http_tls;
     collector.licenses_dir = Some(ctx.dir.licenses());
-    collector.close_grace_secs = close_grace_secs;
-    collector.retain_reports_secs = retain_reports_secs;
-    collector.webhook = webhook;
+    collector.close_grace_secs = checked.close_grace_secs;
+    collector.retain_reports_secs = checked.retain_reports_secs;
+    collector.webhook = checked.webhook;
+    // Ready for the service manager once the listeners are bound (connections queue in
+    // their backlog from now on) and the store answers.
+    ctx.store.ping().await?;
     tracing::info!(grpc = %g, http = %h, "Collector serving.");
-    server::run(collector, grpc, http, tally_runtime::shutdown::signal())
+    service_manager::announce(ServiceState::Ready);
+    server::run(collector, grpc, http, service_manager::stop_requested())
         .await
         .map_err(|e| CommandError::Runtime(e.to_string()))?;
     tracing::info!("Collector stopped.");
     Ok(())
+}
+
+/// `config check`: the settings `serve` would run with, checked as `serve` checks them
+/// (without binding the ports or opening the store), and the data directory: initialized
+/// (the vendor key readable; with SQLite, the database file present). Meant to run before
+/// the service starts (the systemd unit's `ExecStartPre`): a bad setting fails here,
+/// naming itself, not in a restart loop.
+pub fn config_check(dir: &DataDir, database: Option<&str>, o: &ServeOptions) -> CmdResult {
+    let checked = o.check()?;
+    let store = crate::store::check_database_url(database)?;
+    let vendor_key = dir.vendor_key();
+    if !vendor_key.exists() {
+        return Err(CommandError::Usage(format!(
+            "{} is missing (hint: run `tally-collector init` on a new node, or copy vendor.key, \
+             mode 0600, from the node that ran it)",
+            vendor_key.display()
+        )));
+    }
+    tally_proto::keys::read(&vendor_key).map_err(|e| CommandError::Usage(e.to_string()))?;
+    let store_name = match store {
+        Database::Sqlite => {
+            if !dir.db().exists() {
+                return Err(CommandError::Usage(format!(
+                    "{} is missing (hint: run `tally-collector init`, or `restore` a backup)",
+                    dir.db().display()
+                )));
+            }
+            "sqlite"
+        }
+        Database::Postgres(_) => "postgres",
+    };
+    let warnings: Vec<String> = dir.looser_than_private().into_iter().collect();
+    let json = json!({
+        "ok": true,
+        "data": dir.path().display().to_string(),
+        "store": store_name,
+        "grpc_listen": o.grpc_listen,
+        "http_listen": o.http_listen,
+        "tls": checked.grpc_tls.is_some(),
+        "client_ca": o.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        "agent_rate": checked.agent_rate,
+        "close_grace_secs": checked.close_grace_secs,
+        "retain_reports_secs": checked.retain_reports_secs,
+        "webhook": checked.webhook.is_some(),
+        "warnings": warnings,
+    });
+    let mut text = format!(
+        "config OK: data {}, store {store_name}, gRPC {} ({}), HTTP {}, webhook {}\n",
+        dir.path().display(),
+        o.grpc_listen,
+        if checked.grpc_tls.is_some() {
+            "TLS"
+        } else {
+            "plain text"
+        },
+        o.http_listen,
+        if checked.webhook.is_some() {
+            "on"
+        } else {
+            "off"
+        },
+    );
+    for w in &warnings {
+        text.push_str(&format!("warning: {w}\n"));
+    }
+    Ok(Output::new(json, text))
 }
