@@ -3,7 +3,8 @@
 # test uses from it. Tests call this (never a person): a test that needs Chromium runs
 # `scripts/test-deps.sh chromium`.
 #
-#   scripts/test-deps.sh WHAT    WHAT: chromium | libfaketime (the LD_PRELOAD library)
+#   scripts/test-deps.sh WHAT    WHAT: chromium | libfaketime (the LD_PRELOAD library) |
+#                                      systemd-analyze | promtool
 #
 # Installed with apt-get when missing and we are root (CI and fresh machines); otherwise
 # it fails with the command to run, so no test silently skips. Concurrent callers (test
@@ -16,6 +17,32 @@ case "$what" in
   libfaketime)
     package=faketime
     find_it() { dpkg -L libfaketime 2>/dev/null | grep '/libfaketime\.so\.1$' | head -n 1 | grep . ; }
+    ;;
+  systemd-analyze) package=systemd; find_it() { command -v systemd-analyze; } ;;
+  promtool)
+    # Only the `promtool` binary of Debian's `prometheus` package: unpacked into a cache
+    # directory, never installed (installing would add a Prometheus server and its service).
+    cache=${TALLY_TEST_DEPS_CACHE:-/tmp/tally-test-deps}
+    find_it() { command -v promtool || { test -x "$cache/promtool/usr/bin/promtool" && echo "$cache/promtool/usr/bin/promtool"; }; }
+    if ! find_it >/dev/null; then
+      mkdir -p "$cache"
+      exec 9>"$cache/promtool.lock"
+      flock 9
+      if ! find_it >/dev/null; then
+        work=$(mktemp -d "$cache/dl.XXXXXX")
+        ( cd "$work" && apt-get download prometheus >"$work/log" 2>&1 ) || {
+          [ "$(id -u)" -eq 0 ] && apt-get update -q >>"$work/log" 2>&1
+          ( cd "$work" && apt-get download prometheus >>"$work/log" 2>&1 ) || {
+            echo "test-deps.sh: apt-get download prometheus failed; see $work/log" >&2; exit 1; }
+        }
+        dpkg-deb -x "$work"/prometheus_*.deb "$work/x"
+        mkdir -p "$cache/promtool/usr/bin"
+        install -m 0755 "$work/x/usr/bin/promtool" "$cache/promtool/usr/bin/promtool"
+        rm -rf "$work"
+      fi
+    fi
+    find_it || { echo "test-deps.sh: promtool not found after unpacking" >&2; exit 1; }
+    exit 0
     ;;
   *) echo "test-deps.sh: unknown dependency $what" >&2; exit 2 ;;
 esac

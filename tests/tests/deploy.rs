@@ -17,18 +17,9 @@ fn deploy(file: &str) -> PathBuf {
         .join(file)
 }
 
-/// `systemd-analyze`, installed by the test script where missing; a test that needs it
-/// fails loudly without it.
+/// `systemd-analyze`, installed by `scripts/test-deps.sh` where missing.
 fn systemd_analyze() -> Command {
-    let found = Command::new("systemd-analyze")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "systemd-analyze is missing: run the suite with `scripts/test.sh` (it installs systemd)"
-    );
-    Command::new("systemd-analyze")
+    Command::new(tally_tests::deps::require("systemd-analyze"))
 }
 
 /// The units as installed: the same files with `ExecStart*` pointing at the binaries this
