@@ -106,6 +106,8 @@ pub struct Agent {
     pub collectors: Vec<String>,
     pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub stats: DeliveryStats,
+    /// What `GET /metrics` serves.
+    pub metrics: crate::metrics::Metrics,
     /// Wakes the delivery loop when new reports are in the outbox.
     pub outbox_ready: Notify,
 }
@@ -162,6 +164,7 @@ impl Agent {
             collectors,
             tls,
             stats: DeliveryStats::default(),
+            metrics: crate::metrics::Metrics::default(),
             outbox_ready: Notify::new(),
         })
     }
@@ -187,7 +190,10 @@ impl Agent {
             })?;
         }
         let now = chrono::Utc::now().timestamp();
-        Ok(self.store.record(events, now, self.windows).await?)
+        let recorded = self.store.record(events, now, self.windows).await?;
+        self.metrics
+            .recorded(recorded.recorded, recorded.duplicates);
+        Ok(recorded)
     }
 
     /// Closes finished windows (and with `flush`, the open one) into the outbox.
@@ -299,6 +305,7 @@ pub async fn delivery_loop(agent: Arc<Agent>) {
         agent.stats.attempts.fetch_add(1, Ordering::Relaxed);
         match submit(&agent, url, pending.iter().map(|r| r.signed()).collect()).await {
             Ok(n) => {
+                agent.metrics.delivery(Some(n));
                 schedule = backoff();
                 agent.stats.clear_waits();
                 agent.stats.delivered.fetch_add(n, Ordering::Relaxed);
@@ -316,6 +323,7 @@ pub async fn delivery_loop(agent: Arc<Agent>) {
                     .clear();
             }
             Err(e) => {
+                agent.metrics.delivery(None);
                 agent.stats.failures.fetch_add(1, Ordering::Relaxed);
                 agent.stats.last_attempt_ok.store(false, Ordering::Relaxed);
                 *agent

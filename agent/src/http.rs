@@ -1,5 +1,5 @@
 //! The agent's local HTTP API: `POST /v1/events`, `GET /v1/license`, `POST /v1/flush`,
-//! `GET /v1/status`. Bodies are checked strictly: unknown fields are errors, so a body can
+//! `GET /v1/status`, `GET /metrics`. Bodies are checked strictly: unknown fields are errors, so a body can
 //! never smuggle anything else in.
 
 use crate::agent::{Agent, RecordError};
@@ -57,11 +57,35 @@ pub fn app(agent: Arc<Agent>) -> Router {
         .route("/v1/license", get(license))
         .route("/v1/flush", post(flush))
         .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
         .fallback(|uri: axum::http::Uri| async move {
             ApiError::NotFound(format!("no route for {}", uri.path()))
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(agent)
+}
+
+/// `GET /metrics`: the agent's metrics, the outbox read from the database now.
+async fn metrics(
+    State(agent): State<Arc<Agent>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let reader = agent.clone();
+    let (depth, oldest) = tokio::task::spawn_blocking(move || reader.store.outbox())
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("reading the outbox: {e}")))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "Reading the outbox for /metrics failed.");
+            ApiError::Unavailable("the agent could not read its outbox".into())
+        })?;
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let (content_type, body) =
+        agent
+            .metrics
+            .render(accept, depth, oldest, chrono::Utc::now().timestamp());
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
 /// Parses one event object, strictly.

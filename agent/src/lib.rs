@@ -6,6 +6,7 @@ pub mod commands;
 pub mod datadir;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod running;
 pub mod server;
 pub mod statement_check;

@@ -137,6 +137,7 @@ impl IngestService {
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
         self.metrics.submit_call();
+        let started = std::time::Instant::now();
         let reports = request.into_inner().reports;
         if reports.len() > MAX_REPORTS_PER_SUBMIT {
             return Err(Status::invalid_argument(format!(
@@ -152,6 +153,7 @@ impl IngestService {
                 SubmitError::Store(e) => store_status(e),
                 SubmitError::Throttled(m) => Status::resource_exhausted(m),
             })?;
+        self.metrics.submit_duration(started.elapsed());
         Ok(Response::new(pb::SubmitResponse { receipts }))
     }
 }

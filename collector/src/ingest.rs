@@ -244,7 +244,9 @@ impl Ingestor {
             }
         }
         let digests: Vec<Digest> = authentic.iter().map(|a| a.digest).collect();
+        let started = std::time::Instant::now();
         let mut stored = self.store.ingest(authentic, received_at, source).await?;
+        self.metrics.store_transaction("ingest", started.elapsed());
 
         let mut bodies = Vec::with_capacity(order.len());
         for item in order {

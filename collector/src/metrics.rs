@@ -1,34 +1,160 @@
-//! Prometheus metrics, rendered by hand in the text exposition format.
+//! The collector's metrics, kept with `prometheus-client` and served at `/metrics` in the
+//! OpenMetrics text format (every metric is listed in docs/operations.md).
 //!
-//! Labels are low-cardinality by construction: outcomes and reason codes are fixed sets,
-//! HTTP statuses are grouped by class. A std `Mutex` is fine: it guards a tiny map for a
-//! few nanoseconds and is never held across an `.await`.
+//! Labels are low-cardinality by construction: outcomes, reason codes, queries, store
+//! operations and delivery results are fixed sets, HTTP statuses are grouped by class.
+//! Nothing names a customer, a license or an agent.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use std::time::Duration;
+use tally_runtime::metrics::latency_histogram;
 
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReportLabels {
+    outcome: &'static str,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueryLabels {
+    query: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// A billing query whose latency is measured.
+#[derive(Debug, Clone, Copy)]
+pub enum Query {
+    /// `GET /v1/statements/{customer}/{month}`.
+    Statement,
+    /// `GET /v1/usage`.
+    Usage,
+    /// `GET /v1/statements/{customer}/{month}/evidence`.
+    Evidence,
+}
+
+impl Query {
+    fn label(self) -> &'static str {
+        match self {
+            Query::Statement => "statement",
+            Query::Usage => "usage",
+            Query::Evidence => "evidence",
+        }
+    }
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
 pub struct Metrics {
-    reports: Mutex<BTreeMap<(&'static str, String), u64>>,
-    submit_calls: AtomicU64,
-    enrollments: AtomicU64,
-    http: Mutex<BTreeMap<&'static str, u64>>,
+    registry: Registry,
+    reports: Family<ReportLabels, Counter>,
+    submit_calls: Counter,
+    submit_duration: Histogram,
+    enrollments: Counter,
+    http: Family<ClassLabels, Counter>,
+    queries: Histograms<QueryLabels>,
+    store: Histograms<OperationLabels>,
+    webhook: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("tally");
+        let reports = Family::<ReportLabels, Counter>::default();
+        registry.register(
+            "reports",
+            "Reports processed, by outcome and reason code",
+            reports.clone(),
+        );
+        let submit_calls = Counter::default();
+        registry.register("submit_calls", "Ingest.Submit calls", submit_calls.clone());
+        let submit_duration = latency_histogram();
+        registry.register_with_unit(
+            "submit_duration",
+            "Time to answer one Ingest.Submit call (verify, store, sign receipts)",
+            Unit::Seconds,
+            submit_duration.clone(),
+        );
+        let enrollments = Counter::default();
+        registry.register("enrollments", "Successful enrollments", enrollments.clone());
+        let http = Family::<ClassLabels, Counter>::default();
+        registry.register(
+            "http_responses",
+            "Billing API responses, by status class",
+            http.clone(),
+        );
+        let queries: Histograms<QueryLabels> = Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "query_duration",
+            "Time to answer a billing query (statement, usage, evidence)",
+            Unit::Seconds,
+            queries.clone(),
+        );
+        let store: Histograms<OperationLabels> = Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "store_transaction_duration",
+            "Time the store took to commit a write (ingest: one Submit's reports), queue \
+             included",
+            Unit::Seconds,
+            store.clone(),
+        );
+        let webhook = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Usage alert deliveries to the webhook, by result",
+            webhook.clone(),
+        );
+        Metrics {
+            registry,
+            reports,
+            submit_calls,
+            submit_duration,
+            enrollments,
+            http,
+            queries,
+            store,
+            webhook,
+        }
+    }
 }
 
 impl Metrics {
     pub fn report(&self, outcome: &'static str, reason: &str) {
-        let mut m = self.reports.lock().unwrap_or_else(|p| p.into_inner());
-        *m.entry((outcome, reason.to_string())).or_default() += 1;
+        self.reports
+            .get_or_create(&ReportLabels {
+                outcome,
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn submit_call(&self) {
-        self.submit_calls.fetch_add(1, Ordering::Relaxed);
+        self.submit_calls.inc();
+    }
+
+    pub fn submit_duration(&self, took: Duration) {
+        self.submit_duration.observe(took.as_secs_f64());
     }
 
     pub fn enrollment(&self) {
-        self.enrollments.fetch_add(1, Ordering::Relaxed);
+        self.enrollments.inc();
     }
 
     pub fn http_response(&self, status: u16) {
@@ -38,46 +164,32 @@ impl Metrics {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        *self
-            .http
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(class)
-            .or_default() += 1;
+        self.http.get_or_create(&ClassLabels { class }).inc();
     }
 
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        out.push_str("# HELP tally_reports_total Reports processed, by outcome and reason code.\n");
-        out.push_str("# TYPE tally_reports_total counter\n");
-        for ((o, r), n) in self
-            .reports
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let _ = writeln!(
-                out,
-                "tally_reports_total{{outcome=\"{o}\",reason=\"{r}\"}} {n}"
-            );
-        }
-        out.push_str("# HELP tally_submit_calls_total Ingest.Submit calls.\n# TYPE tally_submit_calls_total counter\n");
-        let _ = writeln!(
-            out,
-            "tally_submit_calls_total {}",
-            self.submit_calls.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP tally_enrollments_total Successful enrollments.\n# TYPE tally_enrollments_total counter\n");
-        let _ = writeln!(
-            out,
-            "tally_enrollments_total {}",
-            self.enrollments.load(Ordering::Relaxed)
-        );
-        out.push_str("# HELP tally_http_responses_total Billing API responses, by status class.\n");
-        out.push_str("# TYPE tally_http_responses_total counter\n");
-        for (c, n) in self.http.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = writeln!(out, "tally_http_responses_total{{class=\"{c}\"}} {n}");
-        }
-        out
+    pub fn query_duration(&self, query: Query, took: Duration) {
+        self.queries
+            .get_or_create(&QueryLabels {
+                query: query.label(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// A store write of `operation` (`ingest`, …) took `took`.
+    pub fn store_transaction(&self, operation: &'static str, took: Duration) {
+        self.store
+            .get_or_create(&OperationLabels { operation })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn webhook_delivery(&self, delivered: bool) {
+        let result = if delivered { "delivered" } else { "failed" };
+        self.webhook.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Every metric, in the format `accept` asks for (see
+    /// [`tally_runtime::metrics::negotiate`]): the content type and the body.
+    pub fn render(&self, accept: Option<&str>) -> (&'static str, String) {
+        tally_runtime::metrics::negotiate(&self.registry, accept)
     }
 }

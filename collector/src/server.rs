@@ -159,8 +159,13 @@ pub async fn run(
     let alerts = async {
         match collector.webhook.clone() {
             Some(hook) => {
-                crate::webhook::delivery_loop(collector.store.clone(), hook, wait(stop_rx.clone()))
-                    .await
+                crate::webhook::delivery_loop(
+                    collector.store.clone(),
+                    hook,
+                    collector.metrics.clone(),
+                    wait(stop_rx.clone()),
+                )
+                .await
             }
             None => wait(stop_rx.clone()).await,
         }

@@ -9,6 +9,7 @@
 //!   body, `Idempotency-Key` header): a receiver keeps the first and ignores the rest.
 //! - **Retried with backoff** (1 s doubling to 5 min, with jitter), never given up.
 
+use crate::metrics::Metrics;
 use crate::store::{AlertRecord, Store, StoreResult};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -124,8 +125,14 @@ fn jitter() -> f64 {
     0.8 + 0.4 * (f64::from(r) / f64::from(u32::MAX))
 }
 
-/// Delivers every due alert once (what one poll does).
-pub async fn deliver_due(store: &dyn Store, hook: &Webhook, now: Instant) -> StoreResult<usize> {
+/// Delivers every due alert once (what one poll does), counting each attempt in
+/// `metrics`. Returns how many were delivered.
+pub async fn deliver_due(
+    store: &dyn Store,
+    hook: &Webhook,
+    metrics: &Metrics,
+    now: Instant,
+) -> StoreResult<usize> {
     // Claimed for longer than one delivery can take, so no other collector sends them
     // meanwhile; a claim this process does not settle (it died) lapses.
     let lease = now
@@ -134,7 +141,9 @@ pub async fn deliver_due(store: &dyn Store, hook: &Webhook, now: Instant) -> Sto
     let due = store.claim_due_alerts(now, lease, 50).await?;
     let mut delivered = 0;
     for a in due {
-        match hook.deliver(&a).await {
+        let result = hook.deliver(&a).await;
+        metrics.webhook_delivery(result.is_ok());
+        match result {
             Ok(()) => {
                 store
                     .alert_attempted(a.id.clone(), store.clock().now(), None)
@@ -160,6 +169,7 @@ pub async fn deliver_due(store: &dyn Store, hook: &Webhook, now: Instant) -> Sto
 pub async fn delivery_loop(
     store: Arc<dyn Store>,
     hook: Arc<Webhook>,
+    metrics: Arc<Metrics>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let mut stop = std::pin::pin!(stop);
@@ -167,7 +177,7 @@ pub async fn delivery_loop(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if let Err(e) = deliver_due(store.as_ref(), &hook, store.clock().now()).await {
+                if let Err(e) = deliver_due(store.as_ref(), &hook, &metrics, store.clock().now()).await {
                     tracing::error!(error = %e, "Reading the alert outbox failed; will retry.");
                 }
             }

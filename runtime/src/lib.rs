@@ -1,11 +1,13 @@
 //! `tally-runtime`: the plumbing both binaries share — the group-commit SQLite
 //! writer, HTTP serving with limits for untrusted clients, the command-line contract,
-//! `ports.json`, shutdown signals and the service manager's readiness protocol. It knows nothing of reports, licenses or billing; it
-//! must never depend on `tally-proto`, the agent or the collector.
+//! `ports.json`, shutdown signals, the service manager's readiness protocol and the
+//! rendering of `/metrics`. It knows nothing of reports, licenses or billing; it must never
+//! depend on `tally-proto`, the agent or the collector.
 
 pub mod cli;
 pub mod datadir;
 pub mod http_serve;
+pub mod metrics;
 pub mod ports;
 pub mod service_manager;
 pub mod shutdown;

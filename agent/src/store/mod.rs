@@ -249,6 +249,16 @@ impl AgentStore {
     }
 
     /// The oldest undelivered reports, in sequence order.
+    /// The outbox at a glance: how many reports wait for a receipt, and when the oldest
+    /// of them was created (Unix seconds).
+    pub fn outbox(&self) -> StoreResult<(u64, Option<i64>)> {
+        Ok(self.reader()?.query_row(
+            "SELECT COUNT(*), MIN(created_at) FROM reports WHERE state = 'pending'",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+        )?)
+    }
+
     pub fn pending(&self, limit: u32) -> StoreResult<Vec<StoredReport>> {
         self.reports_where("state = 'pending' ORDER BY seq LIMIT ?1", limit as i64)
     }

@@ -42,15 +42,30 @@ pub struct AppState {
 pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 pub fn app(state: AppState) -> Router {
+    use crate::metrics::Query;
+    use axum::middleware::Next;
+    let timed = |query: Query| {
+        let metrics = state.metrics.clone();
+        axum::middleware::from_fn(move |req: axum::extract::Request, next: Next| {
+            let metrics = metrics.clone();
+            async move {
+                let started = std::time::Instant::now();
+                let response = next.run(req).await;
+                // Until the response head (a streamed body goes on after it).
+                metrics.query_duration(query, started.elapsed());
+                response
+            }
+        })
+    };
     let v1 = Router::new()
-        .route("/v1/usage", get(handlers::usage))
+        .route("/v1/usage", get(handlers::usage).layer(timed(Query::Usage)))
         .route(
             "/v1/statements/{customer}/{month}",
-            get(handlers::statement),
+            get(handlers::statement).layer(timed(Query::Statement)),
         )
         .route(
             "/v1/statements/{customer}/{month}/evidence",
-            get(handlers::statement_evidence),
+            get(handlers::statement_evidence).layer(timed(Query::Evidence)),
         )
         .route("/v1/customers", get(handlers::customers))
         .route("/v1/licenses", get(handlers::licenses))
