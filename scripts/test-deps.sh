@@ -4,7 +4,8 @@
 # `scripts/test-deps.sh chromium`.
 #
 #   scripts/test-deps.sh WHAT    WHAT: chromium | libfaketime (the LD_PRELOAD library) |
-#                                      systemd-analyze | promtool
+#                                      systemd-analyze | promtool | musl (musl-gcc and
+#                                      Rust's x86_64-unknown-linux-musl target)
 #
 # Installed with apt-get when missing and we are root (CI and fresh machines); otherwise
 # it fails with the command to run, so no test silently skips. Concurrent callers (test
@@ -19,6 +20,17 @@ case "$what" in
     find_it() { dpkg -L libfaketime 2>/dev/null | grep '/libfaketime\.so\.1$' | head -n 1 | grep . ; }
     ;;
   systemd-analyze) package=systemd; find_it() { command -v systemd-analyze; } ;;
+  musl)
+    # The static build the container image ships: the C compiler for musl (ring and the
+    # bundled SQLite have C code) and Rust's standard library for the musl target.
+    if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl; then
+      exec 8>/tmp/tally-test-deps-rustup.lock
+      flock 8
+      rustup target list --installed | grep -qx x86_64-unknown-linux-musl \
+        || rustup target add x86_64-unknown-linux-musl >/tmp/tally-test-deps-rustup.log 2>&1 \
+        || { echo "test-deps.sh: rustup target add x86_64-unknown-linux-musl failed; see /tmp/tally-test-deps-rustup.log" >&2; exit 1; }
+    fi
+    package=musl-tools; find_it() { command -v musl-gcc; } ;;
   promtool)
     # Only the `promtool` binary of Debian's `prometheus` package: unpacked into a cache
     # directory, never installed (installing would add a Prometheus server and its service).
