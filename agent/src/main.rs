@@ -235,9 +235,9 @@ fn run_options(
 
 fn main() {
     let cli: Cli = tally_runtime::cli::parse("tally-agent");
-    tally_runtime::cli::init_logging(cli.common.log_format);
     let json_out = cli.common.json;
-    tally_runtime::cli::run_main(json_out, dispatch(cli))
+    let log_format = cli.common.log_format;
+    tally_runtime::cli::run_main("tally-agent", log_format, json_out, dispatch(cli))
 }
 
 /// Opens the agent directory for a command that reads it (the interval does not matter).

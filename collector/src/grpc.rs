@@ -15,6 +15,7 @@ use tally_proto::pb;
 use tally_proto::pb::ingest_server::{Ingest, IngestServer};
 use tally_proto::signing;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 pub struct IngestService {
     pub ingestor: Arc<Ingestor>,
@@ -145,9 +146,13 @@ impl IngestService {
                 reports.len()
             )));
         }
+        // One trace span per Submit (exported when traces are on, see
+        // `tally_runtime::traces`); the store's transaction is a child of it.
+        let span = tracing::info_span!("submit", reports = reports.len());
         let (receipts, _) = self
             .ingestor
             .submit(reports, Source::Online)
+            .instrument(span)
             .await
             .map_err(|e| match e {
                 SubmitError::Store(e) => store_status(e),

@@ -19,6 +19,7 @@ use tally_proto::reason::Reason;
 use tally_proto::receipt::{Outcome, ReceiptBody};
 use tally_proto::report::{Report, ReportError};
 use tally_proto::signing::{self, Domain};
+use tracing::Instrument;
 
 /// How many parsed agent keys [`KeyCache`] keeps before it starts over.
 const KEY_CACHE_MAX: usize = 100_000;
@@ -245,7 +246,12 @@ impl Ingestor {
         }
         let digests: Vec<Digest> = authentic.iter().map(|a| a.digest).collect();
         let started = std::time::Instant::now();
-        let mut stored = self.store.ingest(authentic, received_at, source).await?;
+        let span = tracing::info_span!("store.ingest", reports = authentic.len());
+        let mut stored = self
+            .store
+            .ingest(authentic, received_at, source)
+            .instrument(span)
+            .await?;
         self.metrics.store_transaction("ingest", started.elapsed());
 
         let mut bodies = Vec::with_capacity(order.len());

@@ -444,9 +444,9 @@ fn serve_options(
 
 fn main() {
     let cli: Cli = tally_runtime::cli::parse("tally-collector");
-    tally_runtime::cli::init_logging(cli.common.log_format);
     let json_out = cli.common.json;
-    tally_runtime::cli::run_main(json_out, dispatch(cli))
+    let log_format = cli.common.log_format;
+    tally_runtime::cli::run_main("tally-collector", log_format, json_out, dispatch(cli))
 }
 
 async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {

@@ -51,7 +51,7 @@ pub enum Query {
 }
 
 impl Query {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Query::Statement => "statement",
             Query::Usage => "usage",

@@ -133,32 +133,50 @@ fn one_line(rendered: &str) -> String {
     })
 }
 
-/// Logs to stderr in `format`, filtered by `TALLY_LOG` (default `info`).
-pub fn init_logging(format: LogFormat) {
+/// Logs to stderr in `format`, filtered by `TALLY_LOG` (default `info`); with `traces`,
+/// the spans that pass the same filter are exported too (see [`crate::traces`]).
+pub fn init_logging(format: LogFormat, traces: Option<crate::traces::TraceLayer>) {
     use std::io::IsTerminal;
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    type Base = tracing_subscriber::layer::Layered<
+        Option<crate::traces::TraceLayer>,
+        tracing_subscriber::Registry,
+    >;
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter);
-    match format {
+    let lines: Box<dyn Layer<Base> + Send + Sync> = match format {
         // Colours only for a person at a terminal; never escape codes in a log file.
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .boxed(),
         // One object per line with the event's fields at the top level (`message` among
         // them), so a log collector indexes them without unpacking; no span lists.
-        LogFormat::Json => builder
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
-            .init(),
-    }
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(traces)
+        .with(lines)
+        .with(filter)
+        .init();
 }
 
 /// Runs a command on a new tokio runtime, prints its output (`--json`: the one JSON
 /// document) and exits with the contract's code. `Ok(None)`: the command printed what it
 /// had to (a server).
-pub fn run_main<F>(json_out: bool, command: F) -> !
+///
+/// Logging starts here, inside the runtime, because the trace exporter (when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` asks for one) is a gRPC client that lives on it; traces
+/// still buffered are sent before the process exits. `service` names the process in them.
+pub fn run_main<F>(service: &'static str, log_format: LogFormat, json_out: bool, command: F) -> !
 where
     F: Future<Output = Result<Option<Output>, CommandError>>,
 {
@@ -173,7 +191,28 @@ where
             std::process::exit(1);
         }
     };
-    match rt.block_on(command) {
+    let traces = {
+        let _inside = rt.enter();
+        match crate::traces::from_env(service) {
+            Ok(Some((layer, traces))) => {
+                init_logging(log_format, Some(layer));
+                Some(traces)
+            }
+            Ok(None) => {
+                init_logging(log_format, None);
+                None
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(2);
+            }
+        }
+    };
+    let result = rt.block_on(command);
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    match result {
         Ok(Some(out)) => {
             if json_out {
                 println!("{}", out.json);

@@ -50,7 +50,8 @@ pub fn app(state: AppState) -> Router {
             let metrics = metrics.clone();
             async move {
                 let started = std::time::Instant::now();
-                let response = next.run(req).await;
+                let span = tracing::info_span!("billing_query", query = query.label());
+                let response = tracing::Instrument::instrument(next.run(req), span).await;
                 // Until the response head (a streamed body goes on after it).
                 metrics.query_duration(query, started.elapsed());
                 response
