@@ -64,6 +64,10 @@ impl Default for Metrics {
             Unit::Seconds,
             outbox_oldest_age.clone(),
         );
+        // Both results exist from the start, at zero (see the collector's metrics).
+        for result in ["ok", "failed"] {
+            let _ = delivery_attempts.get_or_create(&ResultLabels { result });
+        }
         Metrics {
             registry,
             events_recorded,

@@ -158,7 +158,7 @@ struct ServeArgs {
         requires = "tls_cert"
     )]
     tls_key: Option<PathBuf>,
-    /// Reports per second one agent key may submit online (0: unlimited; default 20).
+    /// Reports per second one agent key may submit online (0: unlimited; default 1000).
     #[arg(long, env = "TALLY_AGENT_RATE", value_name = "N")]
     agent_rate: Option<f64>,
     /// Require agents to present a certificate signed by this CA (mutual TLS).

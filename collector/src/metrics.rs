@@ -121,6 +121,33 @@ impl Default for Metrics {
             "Usage alert deliveries to the webhook, by result",
             webhook.clone(),
         );
+        // Every series with a known label value exists from the start, at zero, so
+        // `increase()` sees its first event and an alert comparing two of them (failed
+        // against delivered) has both sides.
+        for (outcome, reason) in [("accepted", ""), ("duplicate", ""), ("throttled", "")] {
+            let _ = reports.get_or_create(&ReportLabels {
+                outcome,
+                reason: reason.to_string(),
+            });
+        }
+        for r in tally_proto::reason::Reason::ALL {
+            let _ = reports.get_or_create(&ReportLabels {
+                outcome: r.outcome().as_str(),
+                reason: r.as_str().to_string(),
+            });
+        }
+        for class in ["2xx", "3xx", "4xx", "5xx"] {
+            let _ = http.get_or_create(&ClassLabels { class });
+        }
+        for q in [Query::Statement, Query::Usage, Query::Evidence] {
+            let _ = queries.get_or_create(&QueryLabels { query: q.label() });
+        }
+        let _ = store.get_or_create(&OperationLabels {
+            operation: "ingest",
+        });
+        for result in ["delivered", "failed"] {
+            let _ = webhook.get_or_create(&ResultLabels { result });
+        }
         Metrics {
             registry,
             reports,

@@ -50,6 +50,12 @@ fn the_dockerfile_builds_static_binaries_for_non_root_images() {
         assert!(file.contains(&copy), "the {target} image copies {copy}");
     }
     assert_eq!(file.matches("USER nonroot:nonroot").count(), 2);
+    // /data belongs to the user, so a new volume mounted there is writable.
+    assert_eq!(
+        file.matches("COPY --from=build --chown=65532:65532 /data /data")
+            .count(),
+        2
+    );
     assert!(!file.contains("USER root"));
     let cmd = build_command(&file);
     for word in [

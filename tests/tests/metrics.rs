@@ -120,6 +120,15 @@ async fn both_binaries_expose_metrics_that_promtool_accepts() {
         let v = sample(&text, series).unwrap_or_else(|| panic!("no {series}:\n{text}"));
         assert!(v >= at_least, "{series} = {v}");
     }
+    // Series with known labels are there from the start, at zero.
+    for series in [
+        "tally_reports_total{outcome=\"refused\",reason=\"bad_signature\"}",
+        "tally_reports_total{outcome=\"quarantined\",reason=\"clock_skew\"}",
+        "tally_webhook_deliveries_total{result=\"failed\"}",
+        "tally_query_duration_seconds_count{query=\"evidence\"}",
+    ] {
+        assert_eq!(sample(&text, series), Some(0.0), "{series}");
+    }
     // Exactly one of each query was made.
     assert_eq!(
         sample(
@@ -158,6 +167,13 @@ async fn both_binaries_expose_metrics_that_promtool_accepts() {
     let ok = sample(&text, "tally_agent_delivery_attempts_total{result=\"ok\"}")
         .expect("successful deliveries");
     assert!(ok >= 1.0, "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "tally_agent_delivery_attempts_total{result=\"failed\"}"
+        ),
+        Some(0.0)
+    );
     let delivered = sample(&text, "tally_agent_reports_delivered_total").unwrap();
     assert!(delivered >= 1.0, "{text}");
 

@@ -132,8 +132,11 @@ pub fn config_check(dir: &DataDir, o: &RunOptions) -> CmdResult {
                 .into(),
         ));
     }
-    // Loading with the chosen collectors and TLS files checks the URLs and reads the files.
+    // Loading with the chosen TLS files reads them; each URL must make an endpoint.
     let agent = load(dir, o.interval_secs, collectors, tls)?;
+    for url in &agent.collectors {
+        crate::tls::endpoint(url, agent.tls.as_ref()).map_err(CommandError::Usage)?;
+    }
     let warnings: Vec<String> = dir.looser_than_private().into_iter().collect();
     let json = json!({
         "ok": true,
