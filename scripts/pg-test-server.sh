@@ -19,6 +19,13 @@
 #                                        (immediate simulates a crash); quiet if not running
 #   pg-test-server.sh url DIR            print the connection URL again
 #   pg-test-server.sh destroy DIR        stop (immediate) if running, then delete DIR
+#   pg-test-server.sh standby PRIMARY DIR
+#                                        make DIR a synchronous streaming standby of the
+#                                        running server in PRIMARY (a base backup, then
+#                                        streaming; the primary waits for it on every
+#                                        commit) and start it; prints its URL
+#   pg-test-server.sh promote DIR        promote the standby in DIR to a primary (after
+#                                        the primary died); waits until it takes writes
 #
 # The URL has the form postgres://tally@127.0.0.1:PORT/postgres. Authentication is
 # "trust": anyone on this machine can connect, so only use this for tests.
@@ -46,6 +53,8 @@ usage: pg-test-server.sh start DIR
        pg-test-server.sh stop DIR [fast|smart|immediate]
        pg-test-server.sh url DIR
        pg-test-server.sh destroy DIR
+       pg-test-server.sh standby PRIMARY DIR
+       pg-test-server.sh promote DIR
 EOF
   exit 2
 }
@@ -74,6 +83,8 @@ find_binaries() {
   fi
   INITDB="$bindir/initdb"
   PG_CTL="$bindir/pg_ctl"
+  PG_BASEBACKUP="$bindir/pg_basebackup"
+  PSQL="$bindir/psql"
 }
 
 # ---------------------------------------------------------------------------
@@ -360,6 +371,86 @@ cmd_stop() {
     || die "the server did not stop (see $DIR/server.log)"
 }
 
+# The standby's name in the primary's synchronous_standby_names.
+STANDBY_NAME=tally_standby
+
+# Makes DIR a synchronous standby of the server in PRIMARY_DIR and starts it.
+cmd_standby() {
+  local primary_dir=$1 primary_port
+  primary_dir=$(realpath -m -- "$primary_dir")
+  [[ -s "$primary_dir/port" ]] || die "no server has been started in $primary_dir"
+  primary_port=$(<"$primary_dir/port")
+  find_binaries
+  choose_run_user
+  (umask 022 && mkdir -p -- "$DIR") || die "cannot create $DIR"
+  lock_dir
+  prepare_dir_for_run_user
+  if [[ -d "$DATA" ]] && server_running; then
+    print_url "$(<"$PORT_FILE")"
+    return 0
+  fi
+  if [[ ! -d "$DATA" ]]; then
+    local tmp="$DIR/data.init"
+    rm -rf "$tmp"
+    # -R writes standby.signal and primary_conninfo (with our application_name, the
+    # name the primary waits for); -X stream copies the WAL made during the backup.
+    if ! as_pg "$PG_BASEBACKUP" -h 127.0.0.1 -p "$primary_port" -U tally -D "$tmp" \
+        -R -X stream -c fast -d "application_name=$STANDBY_NAME" >"$DIR/initdb.log" 2>&1; then
+      show_log_tail "$DIR/initdb.log"
+      rm -rf "$tmp"
+      die "pg_basebackup from $primary_dir failed (see $DIR/initdb.log)"
+    fi
+    # Its own socket directory (the copied settings name the primary's).
+    cat >>"$tmp/postgresql.conf" <<EOF2
+
+# ---- added by pg-test-server.sh standby ----
+unix_socket_directories = '$DIR'
+hot_standby = on
+EOF2
+    mv "$tmp" "$DATA"
+  fi
+  local port rc attempt started=""
+  for ((attempt = 1; attempt <= PORT_TRIES; attempt++)); do
+    port=$(shuf -i "$PORT_MIN-$PORT_MAX" -n 1)
+    port_in_use "$port" && continue
+    rc=0
+    try_start "$port" || rc=$?
+    if (( rc == 0 )); then started=yes; break; fi
+    (( rc == 2 )) || die "the standby did not start (see $DIR/server.log)"
+  done
+  [[ -n "$started" ]] || die "no free port found after $PORT_TRIES tries"
+  echo "$port" >"$PORT_FILE.tmp"
+  mv "$PORT_FILE.tmp" "$PORT_FILE"
+  # From now on every commit on the primary waits until this standby has it.
+  as_pg "$PSQL" -h 127.0.0.1 -p "$primary_port" -U tally -d postgres -v ON_ERROR_STOP=1 -q \
+    -c "ALTER SYSTEM SET synchronous_standby_names = '$STANDBY_NAME'" \
+    -c "SELECT pg_reload_conf()" >/dev/null \
+    || die "could not make the primary wait for the standby"
+  # Wait until the primary sees it streaming synchronously.
+  local state=""
+  for ((attempt = 1; attempt <= 120; attempt++)); do
+    state=$(as_pg "$PSQL" -h 127.0.0.1 -p "$primary_port" -U tally -d postgres -Atq \
+      -c "SELECT sync_state FROM pg_stat_replication WHERE application_name = '$STANDBY_NAME'" 2>/dev/null || true)
+    [[ "$state" == sync ]] && break
+    sleep 0.5
+  done
+  [[ "$state" == sync ]] || die "the standby is not streaming synchronously (state: '${state:-none}')"
+  print_url "$port"
+}
+
+# Promotes the standby in DIR and waits until it accepts writes.
+cmd_promote() {
+  [[ -d "$DATA" ]] || die "no standby in $DIR"
+  find_binaries
+  lock_dir
+  run_user_for_existing_data
+  as_pg "$PG_CTL" -D "$DATA" promote -w -t 60 -s >&2 || die "promotion failed (see $DIR/server.log)"
+  # A promoted server no longer waits for a standby it does not have.
+  as_pg "$PSQL" -h 127.0.0.1 -p "$(<"$PORT_FILE")" -U tally -d postgres -v ON_ERROR_STOP=1 -q \
+    -c "ALTER SYSTEM SET synchronous_standby_names = ''" -c "SELECT pg_reload_conf()" >/dev/null \
+    || die "could not clear synchronous_standby_names on the promoted server"
+}
+
 cmd_url() {
   [[ -s "$PORT_FILE" ]] || die "no server has been started in $DIR ($PORT_FILE is missing)"
   print_url "$(<"$PORT_FILE")"
@@ -383,8 +474,16 @@ cmd_destroy() {
 
 [[ $# -ge 2 ]] || usage
 command=$1
+if [[ "$command" == standby ]]; then
+  [[ $# -eq 3 ]] || usage
+  primary=$2
+  set_dir "$3"
+  cmd_standby "$primary"
+  exit 0
+fi
 set_dir "$2"
 case "$command" in
+  promote) [[ $# -eq 2 ]] || usage; cmd_promote ;;
   start) [[ $# -eq 2 ]] || usage; cmd_start ;;
   stop) [[ $# -le 3 ]] || usage; cmd_stop "${3:-fast}" ;;
   url) [[ $# -eq 2 ]] || usage; cmd_url ;;
