@@ -591,6 +591,23 @@ pub struct AgentProcess {
     pub stderr_path: PathBuf,
 }
 
+/// `run` followed by `args`.
+fn run_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    all
+}
+
+/// Asks a server process to stop (SIGTERM), as a service manager does.
+pub fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -TERM {}", child.id());
+}
+
 impl AgentProcess {
     /// Starts `run` with extra args (e.g. `--interval 1s`) and waits for `ports.json`.
     pub fn spawn(data: &Path, args: &[&str]) -> Self {
@@ -599,45 +616,35 @@ impl AgentProcess {
 
     /// Like [`AgentProcess::spawn`], with extra environment variables.
     pub fn spawn_env(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut all = vec!["run"];
-        all.extend_from_slice(args);
-        let (child, ports, stderr_path) = spawn_server("tally-agent", data, &all, env);
-        let listen = ports["listen"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .expect("listen in ports.json");
-        AgentProcess {
-            child,
-            listen,
-            stderr_path,
-        }
+        Self::from_server(spawn_server("tally-agent", data, &run_args(args), env))
     }
 
     /// Like [`AgentProcess::spawn`], with every file the agent writes limited to
     /// `file_limit` bytes (see `spawn_server_limited`).
     pub fn spawn_limited(data: &Path, args: &[&str], file_limit: Option<u64>) -> Self {
-        let mut all = vec!["run"];
-        all.extend_from_slice(args);
-        let (child, ports, stderr_path) =
-            spawn_server_limited("tally-agent", data, &all, &[], file_limit);
-        let listen = ports["listen"]
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .expect("listen in ports.json");
-        AgentProcess {
-            child,
-            listen,
-            stderr_path,
-        }
+        Self::from_server(spawn_server_limited(
+            "tally-agent",
+            data,
+            &run_args(args),
+            &[],
+            file_limit,
+        ))
     }
 
     /// Starts `run` under libfaketime, its wall clock starting at `at` (windows, reports
     /// and their times are then `at`'s; the collector keeps the real time).
     pub fn spawn_at(data: &Path, args: &[&str], at: DateTime<Utc>) -> Self {
-        let mut all = vec!["run"];
-        all.extend_from_slice(args);
-        let (child, ports, stderr_path) =
-            spawn_server_launched("tally-agent", data, &all, &[], Launch::FakeTime(at));
+        Self::from_server(spawn_server_launched(
+            "tally-agent",
+            data,
+            &run_args(args),
+            &[],
+            Launch::FakeTime(at),
+        ))
+    }
+
+    /// The started `run` process and the address its `ports.json` names.
+    fn from_server((child, ports, stderr_path): (Child, Value, PathBuf)) -> Self {
         let listen = ports["listen"]
             .as_str()
             .and_then(|s| s.parse().ok())

@@ -190,6 +190,16 @@ fn a_broken_config_fails_config_check_naming_the_problem() {
             "case {i}: expected one error line naming {expect:?}: {err}"
         );
     }
+    // An agent collector URL that cannot make an endpoint.
+    let (code, _, err) = agent_cmd(
+        &d.adata,
+        &["config", "check", "--collector", "http://bad host:7443"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("bad collector URL"),
+        "{err}"
+    );
     // A directory that was never initialized.
     let empty = d.tmp.path().join("empty");
     let (code, _, err) = collector_cmd(&empty, &["config", "check"]);
@@ -215,15 +225,6 @@ fn next_message(socket: &UnixDatagram) -> String {
     let mut buf = [0u8; 256];
     let n = socket.recv(&mut buf).expect("a notification");
     String::from_utf8_lossy(&buf[..n]).into_owned()
-}
-
-fn sigterm(child: &std::process::Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -TERM");
 }
 
 // Several threads: the clients' connection tasks must keep running (and close when

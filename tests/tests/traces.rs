@@ -90,15 +90,6 @@ async fn start_receiver() -> (Receiver, String) {
     (receiver, format!("http://{addr}"))
 }
 
-fn sigterm(child: &std::process::Child) {
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_collector_exports_spans_for_submits_store_transactions_and_queries() {
     let (receiver, endpoint) = start_receiver().await;
