@@ -15,8 +15,10 @@
 # Usage:
 #   pg-test-server.sh start DIR          start (creating DIR and the cluster if needed);
 #                                        prints the connection URL as the only stdout line
-#   pg-test-server.sh stop DIR [MODE]    stop; MODE is fast (default), smart or immediate
-#                                        (immediate simulates a crash); quiet if not running
+#   pg-test-server.sh stop DIR [MODE]    stop; MODE is fast (default), smart, immediate
+#                                        (a crash: no checkpoint) or kill (SIGKILL to the
+#                                        server and every process of it, as when its host
+#                                        is lost); quiet if not running
 #   pg-test-server.sh url DIR            print the connection URL again
 #   pg-test-server.sh destroy DIR        stop (immediate) if running, then delete DIR
 #   pg-test-server.sh standby PRIMARY DIR
@@ -50,7 +52,7 @@ die() { echo "error: $*" >&2; exit 1; }
 usage() {
   cat >&2 <<'EOF'
 usage: pg-test-server.sh start DIR
-       pg-test-server.sh stop DIR [fast|smart|immediate]
+       pg-test-server.sh stop DIR [fast|smart|immediate|kill]
        pg-test-server.sh url DIR
        pg-test-server.sh destroy DIR
        pg-test-server.sh standby PRIMARY DIR
@@ -358,8 +360,8 @@ cmd_start() {
 cmd_stop() {
   local mode=${1:-fast}
   case "$mode" in
-    fast | smart | immediate) ;;
-    *) die "unknown stop mode '$mode' (use fast, smart or immediate)" ;;
+    fast | smart | immediate | kill) ;;
+    *) die "unknown stop mode '$mode' (use fast, smart, immediate or kill)" ;;
   esac
   # Nothing to stop if there is no cluster.
   [[ -d "$DATA" ]] || return 0
@@ -367,8 +369,36 @@ cmd_stop() {
   lock_dir
   run_user_for_existing_data
   server_running || return 0
+  if [[ "$mode" == kill ]]; then
+    kill_server
+    return 0
+  fi
   as_pg "$PG_CTL" -D "$DATA" stop -w -s -m "$mode" >&2 \
     || die "the server did not stop (see $DIR/server.log)"
+}
+
+# SIGKILLs the postmaster and all its processes at once (a lost host: nothing gets to
+# shut down, no backend outlives it), then waits until they are all gone.
+kill_server() {
+  local pid procs attempt
+  pid=$(head -n 1 "$DATA/postmaster.pid" 2>/dev/null || true)
+  [[ "$pid" =~ ^[0-9]+$ ]] || die "no postmaster.pid in $DATA"
+  procs="$pid $(pgrep -P "$pid" | tr '\n' ' ')"
+  # shellcheck disable=SC2086 # a list of pids
+  kill -KILL $procs 2>/dev/null || true
+  local p alive
+  for ((attempt = 1; attempt <= 100; attempt++)); do
+    alive=""
+    for p in $procs; do
+      # Gone, or a zombie nobody collects (dead all the same).
+      [[ -r "/proc/$p/stat" ]] || continue
+      [[ "$(sed -e 's/^.*) //' "/proc/$p/stat" | cut -d ' ' -f 1)" == Z ]] && continue
+      alive=yes
+    done
+    [[ -z "$alive" ]] && return 0
+    sleep 0.1
+  done
+  die "the server's processes did not die after SIGKILL: $procs"
 }
 
 # The standby's name in the primary's synchronous_standby_names.

@@ -3,6 +3,7 @@
 //! reports, and gRPC/HTTP clients. Nothing here replaces a part under test.
 
 pub mod browser;
+pub mod cluster;
 pub mod deps;
 pub mod pg;
 pub mod soak;

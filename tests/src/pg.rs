@@ -52,36 +52,69 @@ fn run_script(args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// A new directory name for a private server (the script creates it).
+fn new_dir() -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "tally-pg-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Watchdog: destroys the server in `dir` once this process is gone, however it ends. In a
+/// process group of its own, so a signal to the test's group (a CI timeout, Ctrl-C) does
+/// not take it down with the test and leak the server.
+fn watch(dir: &Path) {
+    let _ = Command::new("sh")
+        .process_group(0)
+        .arg("-c")
+        .arg(format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; '{script}' destroy '{dir}'",
+            pid = std::process::id(),
+            script = script().display(),
+            dir = dir.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+}
+
 impl PgServer {
     /// Starts a private server. Panics (the test fails) if PostgreSQL cannot be started.
     pub fn start() -> PgServer {
-        let dir = std::env::temp_dir().join(format!(
-            "tally-pg-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let dir_s = dir.to_string_lossy().to_string();
-        let url = run_script(&["start", &dir_s])
+        let dir = new_dir();
+        let url = run_script(&["start", &dir.to_string_lossy()])
             .unwrap_or_else(|e| panic!("this test needs PostgreSQL and could not start it: {e}"));
-        // Watchdog: destroy the server once this process is gone, however it ends. In a
-        // process group of its own, so a signal to the test's group (a CI timeout, Ctrl-C)
-        // does not take it down with the test and leak the server.
-        let _ = Command::new("sh")
-            .process_group(0)
-            .arg("-c")
-            .arg(format!(
-                "while kill -0 {pid} 2>/dev/null; do sleep 1; done; '{script}' destroy '{dir_s}'",
-                pid = std::process::id(),
-                script = script().display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
+        watch(&dir);
         PgServer {
             dir: Some(dir),
             url,
         }
+    }
+
+    /// Starts a synchronous streaming standby of this (private, running) server: from now
+    /// on every commit here waits until the standby has it.
+    pub fn standby(&self) -> PgServer {
+        let dir = new_dir();
+        let url = run_script(&["standby", &self.dir(), &dir.to_string_lossy()])
+            .unwrap_or_else(|e| panic!("this test needs a PostgreSQL standby: {e}"));
+        watch(&dir);
+        PgServer {
+            dir: Some(dir),
+            url,
+        }
+    }
+
+    /// Promotes this standby to a primary; returns once it takes writes.
+    pub fn promote(&self) {
+        run_script(&["promote", &self.dir()]).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// `host:port` of the server, for multi-host connection URLs.
+    pub fn host_port(&self) -> String {
+        let rest = self.url.split_once('@').map(|(_, r)| r).unwrap_or(&self.url);
+        rest.split('/').next().unwrap_or(rest).to_string()
     }
 
     fn dir(&self) -> String {
@@ -97,7 +130,8 @@ impl PgServer {
         PathBuf::from(self.dir()).join("data")
     }
 
-    /// Stops the server: `fast` (clean) or `immediate` (a crash: no checkpoint).
+    /// Stops the server: `fast` (clean), `immediate` (a crash: no checkpoint) or `kill`
+    /// (SIGKILL to all its processes: a lost host).
     pub fn stop(&self, mode: &str) {
         run_script(&["stop", &self.dir(), mode]).unwrap_or_else(|e| panic!("{e}"));
     }
