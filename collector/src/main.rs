@@ -62,7 +62,12 @@ enum Command {
     /// (`backup verify FILE`).
     Backup(BackupArgs),
     /// Restore a backup into a data directory that has no database yet.
-    Restore { file: PathBuf },
+    Restore {
+        file: PathBuf,
+        /// The age private key file, for an encrypted (scheduled) backup.
+        #[arg(long, value_name = "KEYFILE")]
+        identity: Option<PathBuf>,
+    },
     /// Closing months: freezes and signs every customer's statement.
     #[command(subcommand)]
     Periods(PeriodsCmd),
@@ -131,7 +136,12 @@ struct BackupArgs {
 #[derive(Subcommand)]
 enum BackupCmd {
     /// Check a backup file's integrity and print the totals it holds.
-    Verify { file: PathBuf },
+    Verify {
+        file: PathBuf,
+        /// The age private key file, for an encrypted (scheduled) backup.
+        #[arg(long, value_name = "KEYFILE")]
+        identity: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -192,6 +202,23 @@ struct ServeArgs {
         requires = "webhook"
     )]
     webhook_secret_file: Option<PathBuf>,
+    /// Take an encrypted backup this often (e.g. 24h; SQLite store only); needs
+    /// --backup-dir and --backup-recipient.
+    #[arg(long, env = "TALLY_BACKUP_EVERY", value_name = "DURATION")]
+    backup_every: Option<String>,
+    /// Where scheduled backups go (an existing directory, on other storage than the data).
+    #[arg(long, env = "TALLY_BACKUP_DIR", value_name = "DIR")]
+    backup_dir: Option<PathBuf>,
+    /// How many scheduled backups to keep; older ones are removed (default 5).
+    #[arg(long, env = "TALLY_BACKUP_KEEP", value_name = "N")]
+    backup_keep: Option<u64>,
+    /// The age public key (a file with one `age1…` line) backups are encrypted to; its
+    /// private key stays off the collector.
+    #[arg(long, env = "TALLY_BACKUP_RECIPIENT", value_name = "FILE")]
+    backup_recipient: Option<PathBuf>,
+    /// Sign the web UI out after this long without activity (default 30m).
+    #[arg(long, env = "TALLY_UI_IDLE", value_name = "DURATION")]
+    ui_idle: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -379,6 +406,11 @@ struct ConfigFile {
     retain_reports: Option<String>,
     webhook: Option<String>,
     webhook_secret_file: Option<PathBuf>,
+    backup_every: Option<String>,
+    backup_dir: Option<PathBuf>,
+    backup_keep: Option<u64>,
+    backup_recipient: Option<PathBuf>,
+    ui_idle: Option<String>,
 }
 
 /// `serve`'s settings: each from its flag, else its `TALLY_*` variable (clap reads both),
@@ -387,6 +419,7 @@ struct ConfigFile {
 fn serve_options(
     a: ServeArgs,
     config: &ConfigFile,
+    database: Option<&str>,
     json: bool,
 ) -> Result<commands::ServeOptions, CommandError> {
     let usage = |m: &str| CommandError::Usage(m.to_string());
@@ -421,6 +454,37 @@ fn serve_options(
             ));
         }
     };
+    let backup_keep = a.backup_keep.or(config.backup_keep);
+    let backup = match (
+        a.backup_every.or(config.backup_every.clone()),
+        a.backup_dir.or(config.backup_dir.clone()),
+        a.backup_recipient.or(config.backup_recipient.clone()),
+    ) {
+        (Some(every), Some(dir), Some(recipient)) => Some(commands::BackupOptions {
+            every,
+            dir,
+            keep: backup_keep,
+            recipient,
+        }),
+        (None, None, None) if backup_keep.is_none() => None,
+        _ => {
+            return Err(usage(
+                "scheduled backups need backup_every, backup_dir and backup_recipient together \
+                 (backup_keep is optional)",
+            ));
+        }
+    };
+    if backup.is_some()
+        && !matches!(
+            tally_collector::store::check_database_url(database)?,
+            tally_collector::store::Database::Sqlite
+        )
+    {
+        return Err(usage(
+            "scheduled backups are for the SQLite store; back up PostgreSQL with \
+             `pg_dump | age` (see docs/operations.md, \"Backups\")",
+        ));
+    }
     Ok(commands::ServeOptions {
         grpc_listen: a
             .grpc_listen
@@ -438,6 +502,8 @@ fn serve_options(
         close_grace: a.close_grace.or(config.close_grace.clone()),
         retain_reports: a.retain_reports.or(config.retain_reports.clone()),
         webhook,
+        backup,
+        ui_idle: a.ui_idle.or(config.ui_idle.clone()),
         json,
     })
 }
@@ -457,11 +523,11 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
     let out = match cli.command {
         Command::Init => commands::init(dir, database).await?,
         Command::Config(ConfigCmd::Check(a)) => {
-            let options = serve_options(a, &config, cli.common.json)?;
+            let options = serve_options(a, &config, database, cli.common.json)?;
             commands::config_check(&dir, database, &options)?
         }
         Command::Serve(a) => {
-            let options = serve_options(a, &config, cli.common.json)?;
+            let options = serve_options(a, &config, database, cli.common.json)?;
             commands::serve(Ctx::open(dir, database).await?, options).await?;
             return Ok(None);
         }
@@ -583,9 +649,9 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             }
         }
         Command::Backup(BackupArgs {
-            command: Some(BackupCmd::Verify { file }),
+            command: Some(BackupCmd::Verify { file, identity }),
             ..
-        }) => commands::backup_verify(file).await?,
+        }) => commands::backup_verify(file, identity).await?,
         Command::Backup(BackupArgs { out: Some(out), .. }) => {
             commands::backup(&dir, database, out).await?
         }
@@ -594,7 +660,9 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
                 "backup needs --out FILE (or 'backup verify FILE')".into(),
             ));
         }
-        Command::Restore { file } => commands::restore(&dir, database, file).await?,
+        Command::Restore { file, identity } => {
+            commands::restore(&dir, database, file, identity).await?
+        }
         Command::Periods(c) => {
             let ctx = Ctx::open(dir, database).await?;
             match c {

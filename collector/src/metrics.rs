@@ -8,6 +8,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use std::time::Duration;
@@ -72,6 +73,9 @@ pub struct Metrics {
     queries: Histograms<QueryLabels>,
     store: Histograms<OperationLabels>,
     webhook: Family<ResultLabels, Counter>,
+    backups: Family<ResultLabels, Counter>,
+    backups_pruned: Counter,
+    backup_last_success: Gauge,
 }
 
 impl Default for Metrics {
@@ -121,6 +125,24 @@ impl Default for Metrics {
             "Usage alert deliveries to the webhook, by result",
             webhook.clone(),
         );
+        let backups = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "backups",
+            "Scheduled backups, by result (ok: taken, checked, encrypted; failed)",
+            backups.clone(),
+        );
+        let backups_pruned = Counter::default();
+        registry.register(
+            "backups_pruned",
+            "Old scheduled backups removed to keep --backup-keep",
+            backups_pruned.clone(),
+        );
+        let backup_last_success = Gauge::default();
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When the last scheduled backup succeeded (Unix time; 0: none since start)",
+            backup_last_success.clone(),
+        );
         // Every series with a known label value exists from the start, at zero, so
         // `increase()` sees its first event and an alert comparing two of them (failed
         // against delivered) has both sides.
@@ -148,6 +170,9 @@ impl Default for Metrics {
         for result in ["delivered", "failed"] {
             let _ = webhook.get_or_create(&ResultLabels { result });
         }
+        for result in ["ok", "failed"] {
+            let _ = backups.get_or_create(&ResultLabels { result });
+        }
         Metrics {
             registry,
             reports,
@@ -158,6 +183,9 @@ impl Default for Metrics {
             queries,
             store,
             webhook,
+            backups,
+            backups_pruned,
+            backup_last_success,
         }
     }
 }
@@ -212,6 +240,19 @@ impl Metrics {
     pub fn webhook_delivery(&self, delivered: bool) {
         let result = if delivered { "delivered" } else { "failed" };
         self.webhook.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn backup(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.backups.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn backups_pruned(&self, n: u64) {
+        self.backups_pruned.inc_by(n);
+    }
+
+    pub fn backup_succeeded_at(&self, unix_secs: i64) {
+        self.backup_last_success.set(unix_secs);
     }
 
     /// Every metric, in the format `accept` asks for (see

@@ -38,6 +38,10 @@ pub struct Collector {
     pub retain_reports_secs: i64,
     /// Where usage alerts are posted (`serve --webhook`), if anywhere.
     pub webhook: Option<Arc<crate::webhook::Webhook>>,
+    /// Scheduled encrypted backups (`serve --backup-every …`; SQLite store only).
+    pub backups: Option<Arc<crate::backups::schedule::BackupSchedule>>,
+    /// The web UI signs out after this long without activity (`serve --ui-idle`).
+    pub ui_idle_secs: i64,
 }
 
 /// Default: a month is closed 3 days after it ends.
@@ -78,6 +82,8 @@ impl Collector {
             close_grace_secs: Some(DEFAULT_CLOSE_GRACE_SECS),
             retain_reports_secs: crate::lifecycle::DEFAULT_RETAIN_REPORTS_SECS,
             webhook: None,
+            backups: None,
+            ui_idle_secs: crate::commands::DEFAULT_UI_IDLE_SECS,
         }
     }
 
@@ -170,7 +176,22 @@ pub async fn run(
             None => wait(stop_rx.clone()).await,
         }
     };
-    let (g, h, (), (), ()) = tokio::join!(grpc_server, http_server, lifecycle, closing, alerts);
+    let backups = async {
+        match collector.backups.clone() {
+            Some(schedule) => {
+                crate::backups::schedule::backup_loop(
+                    collector.store.clone(),
+                    collector.metrics.clone(),
+                    schedule,
+                    wait(stop_rx.clone()),
+                )
+                .await
+            }
+            None => wait(stop_rx.clone()).await,
+        }
+    };
+    let (g, h, (), (), (), ()) =
+        tokio::join!(grpc_server, http_server, lifecycle, closing, alerts, backups);
     g?;
     h?;
     Ok(())

@@ -321,6 +321,58 @@ pub async fn brute_force_totals(
     totals
 }
 
+/// Reports streaming into a collector in batches of 50 (one agent, `metric`, quantities
+/// 1–7) until stopped, as a busy agent sends them.
+pub struct Feeder {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl Feeder {
+    pub fn start(grpc: SocketAddr, mut agent: TestAgent, metric: &str) -> Feeder {
+        use std::sync::atomic::Ordering;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let metric = metric.to_string();
+        let task = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut client = connect(grpc).await;
+                let mut sent = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let reports: Vec<pb::SignedReport> = (0..50)
+                        .map(|i| agent.next(&[(metric.as_str(), 1 + i % 7)]).1)
+                        .collect();
+                    // Over the per-agent rate the collector answers RESOURCE_EXHAUSTED and
+                    // stores nothing: wait and resend the same reports, as an agent does.
+                    loop {
+                        match client
+                            .submit(pb::SubmitRequest {
+                                reports: reports.clone(),
+                            })
+                            .await
+                        {
+                            Ok(_) => break,
+                            Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                            }
+                            Err(s) => panic!("submit: {s}"),
+                        }
+                    }
+                    sent += 50;
+                }
+                sent
+            })
+        };
+        Feeder { stop, task }
+    }
+
+    /// Stops after the batch in flight; returns how many reports were sent.
+    pub async fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.expect("feeder task")
+    }
+}
+
 /// Path of a workspace binary built next to the running test (target/<profile>/NAME).
 /// `cargo test --workspace` builds it, because the package that owns it has integration
 /// tests of its own.

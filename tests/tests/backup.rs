@@ -4,11 +4,8 @@
 //! own accepted reports, and every report in it is in the live store). Bad input to the
 //! three commands is refused with exit 2 and changes nothing.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use tally_collector::store::sqlite::SqliteStore;
 use tally_collector::store::{BillingStore, Inspect, UsageFilter};
-use tally_proto::pb;
 use tally_tests::{CollectorProcess, Deployment, TestAgent, collector_cmd, collector_json};
 
 /// (accepted reports, usage) in a store, by brute force over its reports and from its
@@ -38,42 +35,10 @@ async fn backups_taken_while_ingesting_are_consistent_and_restore() {
     let d = Deployment::new(&["api.convert"], None);
     let lic = d.issue_backdated_license(&d.customer, "api.convert");
     let license = lic["license_id"].as_str().unwrap().to_string();
-    let mut agent = TestAgent::new(&license);
+    let agent = TestAgent::new(&license);
     d.add_agent_key(&license, &agent);
 
-    // Stream reports in batches of 50 until told to stop.
-    let stop = Arc::new(AtomicBool::new(false));
-    let grpc = d.collector.grpc;
-    let feeder = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut client = tally_tests::connect(grpc).await;
-            let mut sent = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                let reports: Vec<pb::SignedReport> = (0..50)
-                    .map(|i| agent.next(&[("api.convert", 1 + i % 7)]).1)
-                    .collect();
-                // Over the per-agent rate the collector answers RESOURCE_EXHAUSTED and
-                // stores nothing: wait and resend the same reports, as an agent does.
-                loop {
-                    match client
-                        .submit(pb::SubmitRequest {
-                            reports: reports.clone(),
-                        })
-                        .await
-                    {
-                        Ok(_) => break,
-                        Err(s) if s.code() == tonic::Code::ResourceExhausted => {
-                            tokio::time::sleep(std::time::Duration::from_millis(100)).await
-                        }
-                        Err(s) => panic!("submit: {s}"),
-                    }
-                }
-                sent += 50;
-            }
-            sent
-        })
-    };
+    let feeder = tally_tests::Feeder::start(d.collector.grpc, agent, "api.convert");
     let backups = d.tmp.path().join("backups");
     std::fs::create_dir_all(&backups).unwrap();
     let mut files = Vec::new();
@@ -84,8 +49,7 @@ async fn backups_taken_while_ingesting_are_consistent_and_restore() {
         assert_eq!(out["file"], f.to_str().unwrap(), "{out}");
         files.push((f, out));
     }
-    stop.store(true, Ordering::SeqCst);
-    let sent = feeder.await.unwrap();
+    let sent = feeder.stop().await;
     assert!(
         sent >= 150,
         "reports kept arriving during the backups ({sent} sent)"

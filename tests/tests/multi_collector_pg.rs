@@ -6,10 +6,7 @@
 //! The soak's length and seed: `TALLY_SOAK_SECS` (default 20) and `TALLY_SOAK_SEED`, as
 //! in the single-collector soak.
 
-use chrono::{Duration as ChronoDuration, Utc};
-use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tally_proto::pb;
 use tally_proto::pb::ingest_client::IngestClient;

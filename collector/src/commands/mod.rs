@@ -29,7 +29,9 @@ pub use review::{
     audit_list, import, quarantine_discard, quarantine_list, quarantine_release, usage,
 };
 use serde_json::{Value, json};
-pub use serve::{CheckedServe, ServeOptions, config_check, serve};
+pub use serve::{
+    BackupOptions, CheckedServe, DEFAULT_UI_IDLE_SECS, ServeOptions, config_check, serve,
+};
 use std::sync::Arc;
 use tally_proto::keys;
 pub use tokens::{tokens_create, tokens_list, tokens_revoke};

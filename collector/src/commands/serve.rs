@@ -6,6 +6,7 @@ use crate::datadir::CollectorFiles;
 use crate::datadir::DataDir;
 use crate::server::{self, Collector};
 use crate::store::Database;
+use crate::backups::age_file::BackupRecipient;
 use crate::tls::TlsFiles;
 use serde_json::json;
 use tally_runtime::service_manager::{self, ServiceState};
@@ -23,9 +24,34 @@ pub struct ServeOptions {
     pub retain_reports: Option<String>,
     /// `--webhook URL` and `--webhook-secret-file F`: where usage alerts are posted.
     pub webhook: Option<(String, std::path::PathBuf)>,
+    /// `--backup-every`, `--backup-dir`, `--backup-keep`, `--backup-recipient`.
+    pub backup: Option<BackupOptions>,
+    /// `--ui-idle`: sign the web UI out after this long without activity; default 30m.
+    pub ui_idle: Option<String>,
     /// Print the addresses as one JSON document.
     pub json: bool,
 }
+
+/// Scheduled backups as given (SQLite store only; checked by [`ServeOptions::check`]).
+pub struct BackupOptions {
+    pub every: String,
+    pub dir: std::path::PathBuf,
+    /// Default [`crate::backups::schedule::DEFAULT_KEEP`].
+    pub keep: Option<u64>,
+    pub recipient: std::path::PathBuf,
+}
+
+/// Scheduled backups, checked; the database and work directory come from the data
+/// directory when `serve` starts.
+pub struct CheckedBackups {
+    pub every_secs: i64,
+    pub dir: std::path::PathBuf,
+    pub keep: usize,
+    pub recipient: std::sync::Arc<BackupRecipient>,
+}
+
+/// Default `--ui-idle`: 30 minutes.
+pub const DEFAULT_UI_IDLE_SECS: i64 = 30 * 60;
 
 /// [`ServeOptions`] checked: what `serve` runs with. `config check` makes the same checks
 /// (everything but binding the ports and opening the store).
@@ -38,6 +64,8 @@ pub struct CheckedServe {
     pub webhook: Option<std::sync::Arc<crate::webhook::Webhook>>,
     pub grpc_tls: Option<tonic::transport::ServerTlsConfig>,
     pub http_tls: Option<tokio_rustls::TlsAcceptor>,
+    pub backups: Option<CheckedBackups>,
+    pub ui_idle_secs: i64,
 }
 
 impl ServeOptions {
@@ -87,7 +115,17 @@ impl ServeOptions {
             .map(TlsFiles::http_acceptor)
             .transpose()
             .map_err(|e| usage(&e))?;
+        let backups = self.backup.as_ref().map(check_backups).transpose()?;
+        let ui_idle_secs = match self.ui_idle.as_deref() {
+            None => DEFAULT_UI_IDLE_SECS,
+            Some(d) => super::duration_arg("ui-idle", d)?,
+        };
+        if ui_idle_secs < 1 {
+            return Err(usage(&"--ui-idle must be at least 1s"));
+        }
         Ok(CheckedServe {
+            backups,
+            ui_idle_secs,
             agent_rate: (self.agent_rate > 0.0).then_some(self.agent_rate),
             close_grace_secs,
             retain_reports_secs,
@@ -96,6 +134,34 @@ impl ServeOptions {
             http_tls,
         })
     }
+}
+
+fn check_backups(b: &BackupOptions) -> Result<CheckedBackups, CommandError> {
+    let usage = |m: String| CommandError::Usage(m);
+    let every_secs = super::duration_arg("backup-every", &b.every)?;
+    if every_secs < 1 {
+        return Err(usage("--backup-every must be at least 1s".into()));
+    }
+    let keep = b.keep.unwrap_or(crate::backups::schedule::DEFAULT_KEEP as u64);
+    if !(1..=10_000).contains(&keep) {
+        return Err(usage(format!(
+            "--backup-keep {keep}: keep between 1 and 10000 backups"
+        )));
+    }
+    if !b.dir.is_dir() {
+        return Err(usage(format!(
+            "--backup-dir {}: not a directory (create it, on other storage than the data)",
+            b.dir.display()
+        )));
+    }
+    let recipient = BackupRecipient::read(&b.recipient)
+        .map_err(|e| usage(format!("--backup-recipient {e}")))?;
+    Ok(CheckedBackups {
+        every_secs,
+        dir: b.dir.clone(),
+        keep: keep as usize,
+        recipient: std::sync::Arc::new(recipient),
+    })
 }
 
 pub async fn serve(ctx: Ctx, o: ServeOptions) -> Result<(), CommandError> {
@@ -153,6 +219,17 @@ pub async fn serve(ctx: Ctx, o: ServeOptions) -> Result<(), CommandError> {
     collector.close_grace_secs = checked.close_grace_secs;
     collector.retain_reports_secs = checked.retain_reports_secs;
     collector.webhook = checked.webhook;
+    collector.ui_idle_secs = checked.ui_idle_secs;
+    collector.backups = checked.backups.map(|b| {
+        std::sync::Arc::new(crate::backups::schedule::BackupSchedule {
+            every: std::time::Duration::from_secs(b.every_secs as u64),
+            dir: b.dir,
+            keep: b.keep,
+            recipient: b.recipient,
+            db: ctx.dir.db(),
+            work: ctx.dir.path().to_path_buf(),
+        })
+    });
     // Ready for the service manager once the listeners are bound (connections queue in
     // their backlog from now on) and the store answers.
     ctx.store.ping().await?;
@@ -207,10 +284,17 @@ pub fn config_check(dir: &DataDir, database: Option<&str>, o: &ServeOptions) -> 
         "close_grace_secs": checked.close_grace_secs,
         "retain_reports_secs": checked.retain_reports_secs,
         "webhook": checked.webhook.is_some(),
+        "ui_idle_secs": checked.ui_idle_secs,
+        "backups": checked.backups.as_ref().map(|b| json!({
+            "every_secs": b.every_secs,
+            "dir": b.dir.display().to_string(),
+            "keep": b.keep,
+            "recipient": b.recipient.public(),
+        })),
         "warnings": warnings,
     });
     let mut text = format!(
-        "config OK: data {}, store {store_name}, gRPC {} ({}), HTTP {}, webhook {}\n",
+        "config OK: data {}, store {store_name}, gRPC {} ({}), HTTP {}, webhook {}, backups {}\n",
         dir.path().display(),
         o.grpc_listen,
         if checked.grpc_tls.is_some() {
@@ -223,6 +307,10 @@ pub fn config_check(dir: &DataDir, database: Option<&str>, o: &ServeOptions) -> 
             "on"
         } else {
             "off"
+        },
+        match &checked.backups {
+            Some(b) => format!("every {}s to {}, keep {}", b.every_secs, b.dir.display(), b.keep),
+            None => "off".into(),
         },
     );
     for w in &warnings {

@@ -129,6 +129,18 @@ pub fn verify(file: &Path) -> StoreResult<BackupTotals> {
             .map_err(not_backup)?;
         Ok(rows)
     };
+    // The hourly rollups and the monthly sums are written in the same transaction as the
+    // report they count; a copy in which they disagree is not a faithful copy.
+    let hourly = pairs("SELECT metric, SUM(quantity) FROM rollups GROUP BY metric ORDER BY metric")?;
+    let usage = pairs(
+        "SELECT metric, SUM(quantity) FROM monthly_usage GROUP BY metric ORDER BY metric",
+    )?;
+    if hourly != usage {
+        return Err(invalid(format!(
+            "{} is inconsistent: hourly rollups {hourly:?} and monthly sums {usage:?} differ",
+            file.display()
+        )));
+    }
     Ok(BackupTotals {
         schema_version: version,
         customers: count("SELECT COUNT(*) FROM customers")?,
@@ -138,10 +150,8 @@ pub fn verify(file: &Path) -> StoreResult<BackupTotals> {
         // Summed in SQL over at most one row per (license, metric, month): each row was
         // checked against 64-bit overflow when it was written; a total over all licenses
         // could still exceed it, and SQLite would then answer with a float, which the
-        // integer read below refuses rather than rounds.
-        usage: pairs(
-            "SELECT metric, SUM(quantity) FROM monthly_usage GROUP BY metric ORDER BY metric",
-        )?,
+        // integer read above refuses rather than rounds.
+        usage,
     })
 }
 
