@@ -138,6 +138,17 @@ async fn bad_backup_and_restore_input_is_refused_and_changes_nothing() {
     let good = dir.join("good.db");
     collector_json(&d.cdata, &["backup", "--out", good.to_str().unwrap()]);
     let before = std::fs::read(&good).unwrap();
+    // A copy whose monthly sums disagree with its hourly rollups is not a faithful copy.
+    let inconsistent = dir.join("inconsistent.db");
+    std::fs::copy(&good, &inconsistent).unwrap();
+    {
+        let c = rusqlite::Connection::open(&inconsistent).unwrap();
+        c.execute(
+            "INSERT INTO monthly_usage (license_id, metric, month, quantity) VALUES ('lic_x', 'api.convert', 0, 5)",
+            [],
+        )
+        .unwrap();
+    }
     let garbage = dir.join("garbage.db");
     std::fs::write(&garbage, b"not a database at all, just text").unwrap();
     let occupied = d.cdata.to_str().unwrap().to_string();
@@ -152,6 +163,11 @@ async fn bad_backup_and_restore_input_is_refused_and_changes_nothing() {
             vec!["backup", "verify", garbage.to_str().unwrap()],
             occupied.clone(),
             "is not a Tally collector backup",
+        ),
+        (
+            vec!["backup", "verify", inconsistent.to_str().unwrap()],
+            occupied.clone(),
+            "is inconsistent: hourly rollups",
         ),
         (
             vec!["backup", "verify", dir.join("missing.db").to_str().unwrap()],

@@ -107,6 +107,12 @@ struct Decrypted(PathBuf);
 impl Drop for Decrypted {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+        // A backup made before backups left WAL mode is read with these beside it.
+        for suffix in ["-wal", "-shm"] {
+            let mut side = self.0.clone().into_os_string();
+            side.push(suffix);
+            let _ = std::fs::remove_file(side);
+        }
     }
 }
 

@@ -68,9 +68,14 @@ pub fn backup(db: &Path, out: &Path) -> StoreResult<BackupTotals> {
     let tmp = partial_name(out);
     {
         let mut dst = Connection::open(&tmp)?;
-        let b = rusqlite::backup::Backup::new(&src, &mut dst)?;
-        // -1: every page in one step, under one read transaction: a consistent snapshot.
-        b.step(-1)?;
+        {
+            let b = rusqlite::backup::Backup::new(&src, &mut dst)?;
+            // -1: every page in one step, under one read transaction: a consistent snapshot.
+            b.step(-1)?;
+        }
+        // The copy is one self-contained file: out of WAL mode, so reading it later (even
+        // read-only) leaves no -wal/-shm files beside it. `restore` turns WAL back on.
+        dst.execute_batch("PRAGMA journal_mode = DELETE;")?;
     }
     // The copy is complete and closed; make it durable, then give it its name.
     std::fs::File::open(&tmp)
