@@ -14,6 +14,7 @@
 //! authentic, by `crate::ingest`, and never reach a store.)
 
 pub mod alerts;
+pub mod incidents;
 pub mod periods;
 
 use tally_proto::Digest;

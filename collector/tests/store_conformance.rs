@@ -288,6 +288,21 @@ impl AlertStore for CountsDuplicatesTwice {
     }
 }
 
+#[async_trait]
+impl IncidentStore for CountsDuplicatesTwice {
+    async fn record_incident(
+        &self,
+        component: String,
+        change: tally_collector::rules::incidents::Change,
+        at: Instant,
+    ) -> StoreResult<()> {
+        self.0.record_incident(component, change, at).await
+    }
+    async fn incidents_since(&self, since: Instant) -> StoreResult<Vec<Incident>> {
+        self.0.incidents_since(since).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_suite_fails_a_store_that_counts_a_duplicate_twice() {
     let honest = fresh_sqlite();

@@ -1935,6 +1935,84 @@ pub async fn agent_history_newest_first(s: Subject) -> CheckResult {
     Ok(())
 }
 
+/// Incidents: two collectors reporting one store outage (each its own down and up, at
+/// once) leave one incident from the earliest start to the latest end; a later outage is a
+/// second incident; an open one is listed; components are apart; `incidents_since` lists
+/// what was open at or after its time, newest first.
+pub async fn incidents_fold_one_outage_seen_twice(s: Subject) -> CheckResult {
+    use crate::rules::incidents::Change;
+    let t0 = now(&s) - Duration::hours(2);
+    let at = |m: i64| t0 + Duration::minutes(m);
+    let down = || Change::Down {
+        detail: "the store does not answer".into(),
+    };
+    let record = |component: &str, change: Change, when| {
+        let (store, component) = (s.store.clone(), component.to_string());
+        async move { store.record_incident(component, change, when).await }
+    };
+    // Collector A saw [0, 10], collector B saw [1, 12]; their reports race.
+    let (a, b) = tokio::join!(
+        async {
+            record("store", down(), at(0)).await?;
+            record("store", Change::Up { since: at(0) }, at(10)).await
+        },
+        async {
+            record("store", down(), at(1)).await?;
+            record("store", Change::Up { since: at(1) }, at(12)).await
+        }
+    );
+    a.map_err(db)?;
+    b.map_err(db)?;
+    // A store outage only written once it was over, by a collector that saw [30, 40].
+    record("store", Change::Up { since: at(30) }, at(40))
+        .await
+        .map_err(db)?;
+    // Backups down since minute 50, not back yet.
+    record("backups", down(), at(50)).await.map_err(db)?;
+    record("backups", down(), at(55)).await.map_err(db)?;
+    let all = s.store.incidents_since(t0).await.map_err(db)?;
+    let got: Vec<(String, i64, Option<i64>)> = all
+        .iter()
+        .map(|i| {
+            (
+                i.component.clone(),
+                (i.opened_at - t0).num_minutes(),
+                i.closed_at.map(|c| (c - t0).num_minutes()),
+            )
+        })
+        .collect();
+    ensure!(
+        got.len() == 3
+            && got[0] == ("backups".into(), 50, None)
+            && got[1] == ("store".into(), 30, Some(40))
+            && got[2].0 == "store"
+            && got[2].1 <= 1
+            && got[2].2 == Some(12),
+        "incidents {got:?}"
+    );
+    ensure!(
+        all[0].detail == "the store does not answer",
+        "detail {:?}",
+        all[0].detail
+    );
+    // Since minute 20: the first outage (over at 12) is not listed; the open one is.
+    let later = s.store.incidents_since(at(20)).await.map_err(db)?;
+    ensure!(
+        later.len() == 2 && later.iter().all(|i| i.opened_at >= at(30)),
+        "since minute 20: {later:?}"
+    );
+    record("backups", Change::Up { since: at(50) }, at(60))
+        .await
+        .map_err(db)?;
+    let closed = s.store.incidents_since(t0).await.map_err(db)?;
+    ensure!(
+        closed[0].component == "backups" && closed[0].closed_at == Some(at(60)),
+        "backups closed: {:?}",
+        closed[0]
+    );
+    Ok(())
+}
+
 /// Expands to one `#[tokio::test]` per conformance check, each on a fresh store from
 /// `$fresh` (an async expression yielding a [`Subject`]).
 #[macro_export]
@@ -1967,7 +2045,8 @@ macro_rules! conformance_tests {
             times_come_from_the_store_clock,
             evidence_backs_the_closed_statement,
             limits_include_licenses_in_grace,
-            a_bill_counts_only_accepted_reports
+            a_bill_counts_only_accepted_reports,
+            incidents_fold_one_outage_seen_twice
         );
     };
     (@each $fresh:expr; $($check:ident),+) => {

@@ -413,6 +413,7 @@ pub trait Store:
     + PeriodStore
     + LifecycleStore
     + AlertStore
+    + IncidentStore
     + Send
     + Sync
     + 'static
@@ -639,6 +640,39 @@ pub trait AlertStore: Send + Sync {
         now: Instant,
         next_attempt: Option<Instant>,
     ) -> StoreResult<()>;
+}
+
+/// The status page's incident history: a component down for a while, as the collectors
+/// saw it. Shared by every collector of a store, so each shows the same history.
+#[async_trait]
+pub trait IncidentStore: Send + Sync {
+    /// Records that `component` went down or came back at `at`: the write
+    /// [`crate::rules::incidents::decide`] makes of it, given the component's newest
+    /// incident, in one transaction.
+    async fn record_incident(
+        &self,
+        component: String,
+        change: crate::rules::incidents::Change,
+        at: Instant,
+    ) -> StoreResult<()>;
+    /// Every incident open at some time at or after `since` (open ones included), newest
+    /// first, at most [`MAX_INCIDENTS`].
+    async fn incidents_since(&self, since: Instant) -> StoreResult<Vec<Incident>>;
+}
+
+/// The most incidents [`IncidentStore::incidents_since`] returns.
+pub const MAX_INCIDENTS: u32 = 1000;
+
+/// A recorded incident.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incident {
+    pub id: i64,
+    pub component: String,
+    /// What was wrong (never anything about a customer).
+    pub detail: String,
+    pub opened_at: Instant,
+    /// `None`: still open.
+    pub closed_at: Option<Instant>,
 }
 
 /// One stored report of an agent, as its history lists it.

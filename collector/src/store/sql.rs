@@ -70,6 +70,25 @@ pub const QUARANTINE_ROWS: &str = "
     WHERE r.status = 'quarantined' AND (CAST($1 AS TEXT) IS NULL OR l.customer_id = $1)
     ORDER BY r.received_at, r.agent_id, r.seq";
 
+/// The newest incident of a component (`$1`). Columns: id, opened at, closed at.
+pub const LATEST_INCIDENT: &str = "
+    SELECT id, opened_at, closed_at FROM incidents WHERE component = $1
+    ORDER BY opened_at DESC, id DESC LIMIT 1";
+
+/// A new incident: `$1` component, `$2` detail, `$3` opened at, `$4` closed at (NULL: open).
+pub const INSERT_INCIDENT: &str = "
+    INSERT INTO incidents (component, detail, opened_at, closed_at) VALUES ($1, $2, $3, $4)";
+
+/// Sets incident `$1`'s end to `$2`.
+pub const SET_INCIDENT_CLOSED: &str = "UPDATE incidents SET closed_at = $2 WHERE id = $1";
+
+/// Incidents open at some time at or after `$1`, newest first, at most `$2`. Columns: id,
+/// component, detail, opened at, closed at.
+pub const INCIDENTS_SINCE: &str = "
+    SELECT id, component, detail, opened_at, closed_at FROM incidents
+    WHERE closed_at IS NULL OR closed_at >= $1
+    ORDER BY opened_at DESC, id DESC LIMIT $2";
+
 /// A shared query in SQLite's spelling: `$N` becomes `?N` (SQLite would number `$N`
 /// placeholders by first appearance, not by `N`).
 pub fn sqlite(sql: &str) -> String {
@@ -108,6 +127,10 @@ mod tests {
             LIMIT_CANDIDATES,
             ANOMALY_ROWS,
             QUARANTINE_ROWS,
+            LATEST_INCIDENT,
+            INSERT_INCIDENT,
+            SET_INCIDENT_CLOSED,
+            INCIDENTS_SINCE,
         ] {
             conn.prepare(&sqlite(q))
                 .unwrap_or_else(|e| panic!("{e}: {q}"));

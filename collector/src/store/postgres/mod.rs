@@ -256,6 +256,7 @@ macro_rules! in_transaction {
 // After `in_transaction!`, which they use.
 mod admin;
 mod alerts;
+mod incidents;
 mod ingest;
 mod lifecycle;
 mod periods;

@@ -195,6 +195,17 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE audit ADD COLUMN last_at BIGINT;
     CREATE INDEX audit_calls ON audit(actor, action, target, outcome, id);
     "#,
+    // 4: the status page's incidents, as in the SQLite store's version 7.
+    r#"
+    CREATE TABLE incidents (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        component TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        opened_at BIGINT NOT NULL,
+        closed_at BIGINT
+    );
+    CREATE INDEX incidents_component ON incidents(component, opened_at);
+    "#,
 ];
 
 /// Brings the database up to the newest schema version.

@@ -4,6 +4,7 @@
 mod admin;
 mod alerts;
 pub mod backup;
+mod incidents;
 mod ingest;
 mod lifecycle;
 mod periods;

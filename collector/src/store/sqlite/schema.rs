@@ -232,6 +232,17 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE audit ADD COLUMN last_at INTEGER;
     CREATE INDEX audit_calls ON audit(actor, action, target, outcome);
     "#,
+    // 7: the status page's incidents (a component down from opened_at to closed_at).
+    r#"
+    CREATE TABLE incidents (
+        id INTEGER PRIMARY KEY,
+        component TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        opened_at INTEGER NOT NULL,
+        closed_at INTEGER
+    );
+    CREATE INDEX incidents_component ON incidents(component, opened_at);
+    "#,
 ];
 
 /// The newest schema version this build writes.
