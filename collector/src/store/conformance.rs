@@ -1935,9 +1935,10 @@ pub async fn agent_history_newest_first(s: Subject) -> CheckResult {
     Ok(())
 }
 
-/// Incidents: two collectors reporting one store outage (each its own down and up, at
-/// once) leave one incident from the earliest start to the latest end; a later outage is a
-/// second incident; an open one is listed; components are apart; `incidents_since` lists
+/// Incidents: two collectors reporting one store outage (each its own down and up) leave
+/// one incident from the earliest start to the latest end; a later outage is a
+/// second incident; an open one is listed; components are apart; many collectors
+/// reporting one failure at the same moment open one incident; `incidents_since` lists
 /// what was open at or after its time, newest first.
 pub async fn incidents_fold_one_outage_seen_twice(s: Subject) -> CheckResult {
     use crate::rules::incidents::Change;
@@ -1950,19 +1951,31 @@ pub async fn incidents_fold_one_outage_seen_twice(s: Subject) -> CheckResult {
         let (store, component) = (s.store.clone(), component.to_string());
         async move { store.record_incident(component, change, when).await }
     };
-    // Collector A saw [0, 10], collector B saw [1, 12]; their reports race.
-    let (a, b) = tokio::join!(
-        async {
-            record("store", down(), at(0)).await?;
-            record("store", Change::Up { since: at(0) }, at(10)).await
-        },
-        async {
-            record("store", down(), at(1)).await?;
-            record("store", Change::Up { since: at(1) }, at(12)).await
-        }
-    );
-    a.map_err(db)?;
-    b.map_err(db)?;
+    // Collector A saw [0, 10], collector B saw [1, 12]; B's reports arrive after A's.
+    record("store", down(), at(0)).await.map_err(db)?;
+    record("store", Change::Up { since: at(0) }, at(10))
+        .await
+        .map_err(db)?;
+    record("store", down(), at(1)).await.map_err(db)?;
+    record("store", Change::Up { since: at(1) }, at(12))
+        .await
+        .map_err(db)?;
+    // Sixteen collectors see a component fail at once, four times over: one open incident
+    // for each component.
+    let racing: Vec<_> = (0..64)
+        .map(|i| {
+            let (store, when) = (s.store.clone(), at(70 + i % 16));
+            let change = down();
+            tokio::spawn(async move {
+                store
+                    .record_incident(format!("race{}", i / 16), change, when)
+                    .await
+            })
+        })
+        .collect();
+    for r in racing {
+        r.await.map_err(db)?.map_err(db)?;
+    }
     // A store outage only written once it was over, by a collector that saw [30, 40].
     record("store", Change::Up { since: at(30) }, at(40))
         .await
@@ -1973,6 +1986,7 @@ pub async fn incidents_fold_one_outage_seen_twice(s: Subject) -> CheckResult {
     let all = s.store.incidents_since(t0).await.map_err(db)?;
     let got: Vec<(String, i64, Option<i64>)> = all
         .iter()
+        .filter(|i| !i.component.starts_with("race"))
         .map(|i| {
             (
                 i.component.clone(),
@@ -1990,25 +2004,32 @@ pub async fn incidents_fold_one_outage_seen_twice(s: Subject) -> CheckResult {
             && got[2].2 == Some(12),
         "incidents {got:?}"
     );
+    for race in ["race0", "race1", "race2", "race3"] {
+        let open: Vec<_> = all.iter().filter(|i| i.component == race).collect();
+        ensure!(
+            open.len() == 1 && open[0].closed_at.is_none(),
+            "racing reports of one failure of {race}: {open:?}"
+        );
+    }
+    let backups = all.iter().find(|i| i.component == "backups");
     ensure!(
-        all[0].detail == "the store does not answer",
-        "detail {:?}",
-        all[0].detail
+        backups.is_some_and(|b| b.detail == "the store does not answer"),
+        "detail {backups:?}"
     );
     // Since minute 20: the first outage (over at 12) is not listed; the open one is.
     let later = s.store.incidents_since(at(20)).await.map_err(db)?;
     ensure!(
-        later.len() == 2 && later.iter().all(|i| i.opened_at >= at(30)),
+        later.len() == 6 && later.iter().all(|i| i.opened_at >= at(30)),
         "since minute 20: {later:?}"
     );
     record("backups", Change::Up { since: at(50) }, at(60))
         .await
         .map_err(db)?;
     let closed = s.store.incidents_since(t0).await.map_err(db)?;
+    let backups = closed.iter().find(|i| i.component == "backups");
     ensure!(
-        closed[0].component == "backups" && closed[0].closed_at == Some(at(60)),
-        "backups closed: {:?}",
-        closed[0]
+        backups.is_some_and(|b| b.closed_at == Some(at(60))),
+        "backups closed: {backups:?}"
     );
     Ok(())
 }
