@@ -16,6 +16,7 @@ pub mod ratelimit;
 pub mod roles;
 pub mod rules;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod tls;
 pub mod usage;

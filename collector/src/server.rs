@@ -42,6 +42,8 @@ pub struct Collector {
     pub backups: Option<Arc<crate::backups::schedule::BackupSchedule>>,
     /// The web UI signs out after this long without activity (`serve --ui-idle`).
     pub ui_idle_secs: i64,
+    /// The public status page's state.
+    pub status: Arc<crate::status::StatusBoard>,
 }
 
 /// Default: a month is closed 3 days after it ends.
@@ -84,6 +86,7 @@ impl Collector {
             webhook: None,
             backups: None,
             ui_idle_secs: crate::commands::DEFAULT_UI_IDLE_SECS,
+            status: Arc::new(crate::status::StatusBoard::default()),
         }
     }
 
@@ -94,6 +97,9 @@ impl Collector {
             metrics: self.metrics.clone(),
             silent_after_secs: self.silent_after_secs,
             request_timeout: self.request_timeout,
+            status: self.status.clone(),
+            deployment: tally_proto::keys::key_id(&self.vendor_key.verifying_key().to_bytes()),
+            ui_idle_secs: self.ui_idle_secs,
         }
     }
 }
@@ -169,6 +175,7 @@ pub async fn run(
                     collector.store.clone(),
                     hook,
                     collector.metrics.clone(),
+                    collector.status.clone(),
                     wait(stop_rx.clone()),
                 )
                 .await
@@ -182,6 +189,7 @@ pub async fn run(
                 crate::backups::schedule::backup_loop(
                     collector.store.clone(),
                     collector.metrics.clone(),
+                    collector.status.clone(),
                     schedule,
                     wait(stop_rx.clone()),
                 )
@@ -190,8 +198,20 @@ pub async fn run(
             None => wait(stop_rx.clone()).await,
         }
     };
-    let (g, h, (), (), (), ()) =
-        tokio::join!(grpc_server, http_server, lifecycle, closing, alerts, backups);
+    let status = crate::status::check_loop(
+        collector.store.clone(),
+        collector.status.clone(),
+        wait(stop_rx.clone()),
+    );
+    let (g, h, (), (), (), (), ()) = tokio::join!(
+        grpc_server,
+        http_server,
+        lifecycle,
+        closing,
+        alerts,
+        backups,
+        status
+    );
     g?;
     h?;
     Ok(())

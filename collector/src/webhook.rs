@@ -131,6 +131,7 @@ pub async fn deliver_due(
     store: &dyn Store,
     hook: &Webhook,
     metrics: &Metrics,
+    status: &crate::status::StatusBoard,
     now: Instant,
 ) -> StoreResult<usize> {
     // Claimed for longer than one delivery can take, so no other collector sends them
@@ -143,6 +144,11 @@ pub async fn deliver_due(
     for a in due {
         let result = hook.deliver(&a).await;
         metrics.webhook_delivery(result.is_ok());
+        status.observe(
+            crate::status::Component::Webhook,
+            result.is_ok(),
+            store.clock().now(),
+        );
         match result {
             Ok(()) => {
                 store
@@ -170,6 +176,7 @@ pub async fn delivery_loop(
     store: Arc<dyn Store>,
     hook: Arc<Webhook>,
     metrics: Arc<Metrics>,
+    status: Arc<crate::status::StatusBoard>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let mut stop = std::pin::pin!(stop);
@@ -177,7 +184,7 @@ pub async fn delivery_loop(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if let Err(e) = deliver_due(store.as_ref(), &hook, &metrics, store.clock().now()).await {
+                if let Err(e) = deliver_due(store.as_ref(), &hook, &metrics, &status, store.clock().now()).await {
                     tracing::error!(error = %e, "Reading the alert outbox failed; will retry.");
                 }
             }

@@ -15,6 +15,12 @@ const signoutButton = document.getElementById('signout');
 
 let me = null; // {token_id, role, customer}
 
+// Idle sign-out: after this many seconds without the user touching the page (the server's
+// `serve --ui-idle`, written into the page), the token is dropped and the sign-in form
+// shown. Activity is the user's own input: API calls the page makes do not count.
+const IDLE_SECS = Math.max(1, Number(document.querySelector('meta[name="tally-ui-idle"]')?.content) || 1800);
+const ACTIVE_KEY = 'tally.lastActive';
+
 // --- small helpers -------------------------------------------------------------------
 
 // Children as nodes: null, undefined and false are "nothing here" (`cond ? x : null`), never
@@ -142,16 +148,43 @@ function renderSignIn(message) {
   fill(main, form);
 }
 
-function signOut() {
+function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY);
+  sessionStorage.removeItem(ACTIVE_KEY);
   me = null;
   location.hash = '';
-  renderSignIn();
+  renderSignIn(typeof message === 'string' ? message : undefined);
 }
-signoutButton.addEventListener('click', signOut);
+signoutButton.addEventListener('click', () => signOut());
+
+function touch() {
+  if (sessionStorage.getItem(TOKEN_KEY)) sessionStorage.setItem(ACTIVE_KEY, String(Date.now()));
+}
+for (const ev of ['pointerdown', 'keydown', 'wheel', 'touchstart']) {
+  document.addEventListener(ev, touch, { capture: true, passive: true });
+}
+
+function idleFor() {
+  const last = Number(sessionStorage.getItem(ACTIVE_KEY));
+  return last ? (Date.now() - last) / 1000 : 0;
+}
+
+function idleMessage() {
+  const n = IDLE_SECS % 60 === 0 ? `${IDLE_SECS / 60} minutes` : `${IDLE_SECS} seconds`;
+  return `Signed out after ${n} without activity.`;
+}
+
+// Checked every second rather than with one long timer: a timer does not run while the
+// machine sleeps, and the check sees the time that really passed.
+setInterval(() => {
+  if (sessionStorage.getItem(TOKEN_KEY) && idleFor() >= IDLE_SECS) signOut(idleMessage());
+}, 1000);
 
 async function start() {
   if (!sessionStorage.getItem(TOKEN_KEY)) return renderSignIn();
+  // A tab that comes back (reloaded, restored) after the idle time starts signed out.
+  if (idleFor() >= IDLE_SECS) return signOut(idleMessage());
+  touch();
   try {
     me = await api('/v1/whoami');
   } catch (e) {

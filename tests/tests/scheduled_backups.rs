@@ -265,8 +265,9 @@ async fn scheduled_backups_are_encrypted_kept_and_restore_exactly() {
 }
 
 /// A scheduled backup that fails (its directory removed under the running collector) is an
-/// ERROR log line and a `failed` count; the collector keeps serving, and the next backup
-/// after the directory is back succeeds.
+/// ERROR log line, a `failed` count and an open `backups` incident on the status page; the
+/// collector keeps serving, and the next backup after the directory is back succeeds and
+/// closes the incident.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_scheduled_backup_is_logged_and_counted_never_a_crash() {
     let mut d = Deployment::new(&["api.convert"], None);
@@ -289,6 +290,32 @@ async fn a_failed_scheduled_backup_is_logged_and_counted_never_a_crash() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(d.collector.child.try_wait().unwrap().is_none(), "the collector exited");
+    // The status page says so, with an open incident.
+    let backups_state = |p: &Value| {
+        p["components"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["component"] == "backups"))
+            .map(|c| c["state"].clone())
+    };
+    let open_backup_incidents = |p: &Value| {
+        p["incidents"]
+            .as_array()
+            .map(|is| {
+                is.iter()
+                    .filter(|i| i["component"] == "backups" && i["closed_at"].is_null())
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = status_json(d.collector.http).await;
+        if backups_state(&p) == Some(Value::from("down")) && open_backup_incidents(&p) == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "backups not down on /status: {p}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let log = d.collector.stderr();
     assert!(
         log.lines().any(|l| l.contains("ERROR") && l.contains("Scheduled backup failed")),
@@ -300,10 +327,38 @@ async fn a_failed_scheduled_backup_is_logged_and_counted_never_a_crash() {
         assert!(std::time::Instant::now() < deadline, "no backup after the directory came back");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Back up: the incident closes, recorded in the store.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = status_json(d.collector.http).await;
+        let closed = p["incidents"].as_array().is_some_and(|is| {
+            is.iter().any(|i| {
+                i["component"] == "backups" && !i["closed_at"].is_null() && i["id"].is_i64()
+            })
+        });
+        if backups_state(&p) == Some(Value::from("up")) && closed && open_backup_incidents(&p) == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "backups incident not closed: {p}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let audit = collector_json(&d.cdata, &["audit", "list", "--limit", "1000"]);
     assert!(
         audit.as_array().unwrap().iter().any(|e| e["action"] == "backup scheduled"
             && e["outcome"].as_str().unwrap().starts_with("failed")),
         "{audit}"
     );
+}
+
+/// `GET /status` as JSON (no token).
+async fn status_json(http: std::net::SocketAddr) -> Value {
+    reqwest::Client::new()
+        .get(format!("http://{http}/status"))
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }

@@ -12,6 +12,7 @@
 
 use super::age_file::{AgeFileError, BackupRecipient};
 use crate::metrics::Metrics;
+use crate::status::{Component, StatusBoard};
 use crate::store::sqlite::backup::{self, BackupTotals};
 use crate::store::{AuditEntry, Store, StoreError};
 use std::path::{Path, PathBuf};
@@ -162,6 +163,7 @@ fn summary(t: &BackupTotals) -> String {
 pub async fn run_once(
     store: &Arc<dyn Store>,
     metrics: &Metrics,
+    status: &StatusBoard,
     schedule: &Arc<BackupSchedule>,
 ) -> Result<Taken, ScheduledBackupError> {
     let at = store.clock().now();
@@ -169,6 +171,7 @@ pub async fn run_once(
     let result = tokio::task::spawn_blocking(move || take(&s, at))
         .await
         .unwrap_or_else(|e| Err(ScheduledBackupError::Io(format!("backup task: {e}"))));
+    status.observe(Component::Backups, result.is_ok(), store.clock().now());
     match &result {
         Ok(t) => {
             metrics.backup(true);
@@ -212,6 +215,7 @@ pub async fn run_once(
 pub async fn backup_loop(
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    status: Arc<StatusBoard>,
     schedule: Arc<BackupSchedule>,
     stop: impl std::future::Future<Output = ()>,
 ) {
@@ -223,7 +227,7 @@ pub async fn backup_loop(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let _ = run_once(&store, &metrics, &schedule).await;
+                let _ = run_once(&store, &metrics, &status, &schedule).await;
             }
             _ = &mut stop => break,
         }

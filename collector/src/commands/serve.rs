@@ -218,6 +218,12 @@ pub async fn serve(ctx: Ctx, o: ServeOptions) -> Result<(), CommandError> {
     collector.licenses_dir = Some(ctx.dir.licenses());
     collector.close_grace_secs = checked.close_grace_secs;
     collector.retain_reports_secs = checked.retain_reports_secs;
+    if checked.webhook.is_some() {
+        collector.status.enable(crate::status::Component::Webhook);
+    }
+    if checked.backups.is_some() {
+        collector.status.enable(crate::status::Component::Backups);
+    }
     collector.webhook = checked.webhook;
     collector.ui_idle_secs = checked.ui_idle_secs;
     collector.backups = checked.backups.map(|b| {

@@ -36,6 +36,12 @@ pub struct AppState {
     pub silent_after_secs: i64,
     /// How long one API call (reading its body included) may take.
     pub request_timeout: std::time::Duration,
+    /// The public status page's state.
+    pub status: Arc<crate::status::StatusBoard>,
+    /// Names this deployment on the status feed (the collector key id).
+    pub deployment: String,
+    /// The web UI signs out after this long without activity.
+    pub ui_idle_secs: i64,
 }
 
 /// Default for [`AppState::request_timeout`]: long enough for a 64 MiB import.
@@ -93,6 +99,8 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
         .route("/openapi.json", get(handlers::openapi))
+        .route("/status", get(web::status_page))
+        .route("/status.atom", get(web::status_feed))
         .route("/", get(web::page))
         .route("/assets/{name}", get(web::asset))
         .merge(v1)

@@ -96,15 +96,19 @@ fn secure(mut r: Response) -> Response {
     r
 }
 
-/// `GET /`: the page (revalidated on every load, as it names the current assets).
-pub async fn page() -> Response {
+/// Where the page template takes `serve --ui-idle` (seconds).
+const UI_IDLE_MARK: &str = "__UI_IDLE_SECS__";
+
+/// `GET /`: the page (revalidated on every load, as it names the current assets), with
+/// the idle sign-out time.
+pub async fn page(axum::extract::State(st): axum::extract::State<super::AppState>) -> Response {
     secure(
         (
             [
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),
                 (header::CACHE_CONTROL, "no-cache"),
             ],
-            BUILT.0.clone(),
+            BUILT.0.replace(UI_IDLE_MARK, &st.ui_idle_secs.max(1).to_string()),
         )
             .into_response(),
     )
@@ -138,6 +142,71 @@ pub async fn asset(Path(name): Path<String>) -> Response {
     }
 }
 
+/// The hashed path of a built-in asset (`style.css` → `/assets/style.<hash>.css`).
+fn asset_path(name: &str) -> Option<String> {
+    ASSETS
+        .iter()
+        .zip(BUILT.1.iter())
+        .find(|(a, _)| a.name == name)
+        .map(|(_, hashed)| format!("/assets/{hashed}"))
+}
+
+fn status_view(st: &super::AppState) -> crate::status::page::StatusView {
+    crate::status::page::StatusView {
+        components: st.status.components(),
+        incidents: st.status.incidents(),
+        now: st.store.clock().now(),
+        deployment: st.deployment.clone(),
+    }
+}
+
+/// `GET /status`: the public status page (no token). HTML, or JSON for a client that
+/// accepts `application/json`. Served from memory: it never waits on the store.
+pub async fn status_page(
+    axum::extract::State(st): axum::extract::State<super::AppState>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let view = status_view(&st);
+    let wants_json = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    let r = if wants_json {
+        (
+            [(header::CACHE_CONTROL, "no-cache")],
+            axum::Json(crate::status::page::json(&view)),
+        )
+            .into_response()
+    } else {
+        (
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            crate::status::page::html(&view, asset_path("style.css").as_deref()),
+        )
+            .into_response()
+    };
+    secure(r)
+}
+
+/// `GET /status.atom`: the incidents as an Atom feed (no token).
+pub async fn status_feed(
+    axum::extract::State(st): axum::extract::State<super::AppState>,
+) -> Response {
+    let view = status_view(&st);
+    secure(
+        (
+            [
+                (header::CONTENT_TYPE, "application/atom+xml; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            crate::status::page::atom(&view),
+        )
+            .into_response(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,6 +221,7 @@ mod tests {
             );
         }
         assert!(!page.contains("{{"), "an unreplaced placeholder: {page}");
+        assert_eq!(page.matches(UI_IDLE_MARK).count(), 1, "{page}");
         // The CSP forbids inline script and style: the page must have none.
         assert!(
             !page.contains("<script>") && !page.contains("style="),
