@@ -163,4 +163,3 @@ pub fn run_args<'a>(collectors: &'a [String], listen: &'a str) -> Vec<&'a str> {
     }
     args
 }
-

@@ -113,7 +113,11 @@ impl PgServer {
 
     /// `host:port` of the server, for multi-host connection URLs.
     pub fn host_port(&self) -> String {
-        let rest = self.url.split_once('@').map(|(_, r)| r).unwrap_or(&self.url);
+        let rest = self
+            .url
+            .split_once('@')
+            .map(|(_, r)| r)
+            .unwrap_or(&self.url);
         rest.split('/').next().unwrap_or(rest).to_string()
     }
 

@@ -112,7 +112,46 @@ fn the_sample_configs_pass_config_check() {
     );
     assert_eq!(v["close_grace_secs"], 3 * 86_400);
     assert_eq!(v["agent_rate"], 20.0);
+    assert_eq!(v["ui_idle_secs"], 1800);
+    assert_eq!(v["backups"], serde_json::Value::Null);
     assert_eq!(v["data"], d.cdata.display().to_string());
+    // The sample's backup keys, switched on with a real directory and public key.
+    let backups = d.tmp.path().join("backups");
+    std::fs::create_dir(&backups).unwrap();
+    let public = d.tmp.path().join("backup.pub");
+    std::fs::write(
+        &public,
+        "# public key\nage1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p\n",
+    )
+    .unwrap();
+    let sample = std::fs::read_to_string(deploy("collector.toml")).unwrap();
+    let on = sample
+        .replace("#   backup_every = \"24h\"", "backup_every = \"24h\"")
+        .replace(
+            "#   backup_dir = \"/mnt/backups/tally\"",
+            &format!("backup_dir = {:?}", backups.display().to_string()),
+        )
+        .replace("#   backup_keep = 5", "backup_keep = 5")
+        .replace(
+            "#   backup_recipient = \"/etc/tally/backup.pub\"",
+            &format!("backup_recipient = {:?}", public.display().to_string()),
+        );
+    let file = d.tmp.path().join("with-backups.toml");
+    std::fs::write(&file, on).unwrap();
+    let (code, out, err) = collector_cmd(
+        &d.cdata,
+        &[
+            "--config",
+            file.to_str().unwrap(),
+            "--json",
+            "config",
+            "check",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(v["backups"]["every_secs"], 86_400, "{v}");
+    assert_eq!(v["backups"]["keep"], 5, "{v}");
 
     let agent_config = deploy("agent.toml");
     let (code, out, err) = agent_cmd(
@@ -142,6 +181,13 @@ fn the_sample_configs_pass_config_check() {
 fn a_broken_config_fails_config_check_naming_the_problem() {
     let d = Deployment::new(&["api.convert"], Some(""));
     let sample = std::fs::read_to_string(deploy("collector.toml")).unwrap();
+    // A private key where the public one belongs (as `age-keygen` writes one).
+    let secret_key = d.tmp.path().join("backup.key");
+    std::fs::write(
+        &secret_key,
+        "AGE-SECRET-KEY-1GFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPQ4EGAEX\n",
+    )
+    .unwrap();
     let cases: Vec<(String, &str)> = vec![
         (
             format!("{sample}\ncolour = \"blue\"\n"),
@@ -175,6 +221,36 @@ fn a_broken_config_fails_config_check_naming_the_problem() {
         (
             sample.replace("agent_rate = 20", "agent_rate = -1"),
             "--agent-rate",
+        ),
+        (
+            format!("{sample}\nbackup_every = \"24h\"\n"),
+            "backup_every, backup_dir and backup_recipient together",
+        ),
+        (
+            format!(
+                "{sample}\nbackup_every = \"24h\"\nbackup_dir = \"/nonexistent/b\"\nbackup_recipient = \"/nonexistent/k.pub\"\n"
+            ),
+            "--backup-dir /nonexistent/b: not a directory",
+        ),
+        (
+            format!(
+                "{sample}\nbackup_every = \"24h\"\nbackup_dir = {:?}\nbackup_recipient = {:?}\n",
+                d.tmp.path().display().to_string(),
+                secret_key.display().to_string()
+            ),
+            "holds a private key",
+        ),
+        (
+            format!(
+                "{sample}\nbackup_every = \"24h\"\nbackup_dir = {:?}\nbackup_recipient = {:?}\ndatabase = \"postgres://tally@db.example/tally\"\n",
+                d.tmp.path().display().to_string(),
+                secret_key.display().to_string()
+            ),
+            "scheduled backups are for the SQLite store",
+        ),
+        (
+            sample.replace("ui_idle = \"30m\"", "ui_idle = \"0s\""),
+            "--ui-idle",
         ),
     ];
     for (i, (text, expect)) in cases.into_iter().enumerate() {

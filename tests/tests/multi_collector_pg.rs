@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use tally_proto::pb;
 use tally_proto::pb::ingest_client::IngestClient;
 use tally_proto::receipt::Outcome;
+use tally_tests::cluster::{Cluster, cli, enroll_agent, run_args};
 use tally_tests::pg::PgServer;
 use tally_tests::soak::{Callers, Rng};
-use tally_tests::cluster::{Cluster, cli, enroll_agent, run_args};
 use tally_tests::{AgentProcess, TestAgent, agent_cmd, agent_json, receipts};
 
 /// The same 500 reports, submitted concurrently through each of three collectors: each is

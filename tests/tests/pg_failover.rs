@@ -60,7 +60,10 @@ async fn collectors_follow_a_promoted_synchronous_standby() {
         order.rotate_left(i % 2);
         let adata = c.tmp.path().join(format!("agent{i}"));
         enroll_agent(&adata, &lic, &order);
-        agents.push(AgentProcess::spawn(&adata, &run_args(&order, "127.0.0.1:0")));
+        agents.push(AgentProcess::spawn(
+            &adata,
+            &run_args(&order, "127.0.0.1:0"),
+        ));
         adirs.push(adata);
     }
     let callers = Callers::start(

@@ -141,10 +141,9 @@ async fn scheduled_backups_are_encrypted_kept_and_restore_exactly() {
     // Two more intervals: the newest backup then holds every report.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let metrics = get(d.collector.http, "/metrics", &d.admin).await;
-    let live: Value = serde_json::from_str(
-        &get(d.collector.http, "/v1/usage?granularity=month", &d.admin).await,
-    )
-    .unwrap();
+    let live: Value =
+        serde_json::from_str(&get(d.collector.http, "/v1/usage?granularity=month", &d.admin).await)
+            .unwrap();
     let live_total: u64 = live["rows"]
         .as_array()
         .unwrap()
@@ -156,13 +155,21 @@ async fn scheduled_backups_are_encrypted_kept_and_restore_exactly() {
 
     let taken = sample(&metrics, "tally_backups_total{result=\"ok\"}");
     assert!(taken >= 6.0, "backups taken: {taken}\n{metrics}");
-    assert_eq!(sample(&metrics, "tally_backups_total{result=\"failed\"}"), 0.0);
+    assert_eq!(
+        sample(&metrics, "tally_backups_total{result=\"failed\"}"),
+        0.0
+    );
     assert!(sample(&metrics, "tally_backups_pruned_total") >= 3.0);
     assert!(sample(&metrics, "tally_backup_last_success_timestamp_seconds") > 1.7e9);
 
     // At rest: exactly --backup-keep files, every one age-encrypted, none plaintext.
     let files = listing(&backups);
-    assert_eq!(files.len(), 3, "{:?}", files.iter().map(|f| &f.0).collect::<Vec<_>>());
+    assert_eq!(
+        files.len(),
+        3,
+        "{:?}",
+        files.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
     for (name, bytes) in &files {
         assert!(
             name.starts_with("tally-") && name.ends_with(".db.age"),
@@ -170,7 +177,9 @@ async fn scheduled_backups_are_encrypted_kept_and_restore_exactly() {
         );
         assert!(bytes.starts_with(AGE_HEADER), "{name} is not an age file");
         assert!(
-            !bytes.windows(SQLITE_HEADER.len()).any(|w| w == SQLITE_HEADER),
+            !bytes
+                .windows(SQLITE_HEADER.len())
+                .any(|w| w == SQLITE_HEADER),
             "{name} holds a plaintext SQLite header"
         );
     }
@@ -181,13 +190,22 @@ async fn scheduled_backups_are_encrypted_kept_and_restore_exactly() {
     for (i, (name, _)) in files.iter().enumerate() {
         let file = backups.join(name);
         let f = file.to_str().unwrap();
-        let verified = collector_json(&d.cdata, &["backup", "verify", f, "--identity", key.to_str().unwrap()]);
+        let verified = collector_json(
+            &d.cdata,
+            &["backup", "verify", f, "--identity", key.to_str().unwrap()],
+        );
         let restored = d.tmp.path().join(format!("restored{i}"));
-        let r = collector_json(&restored, &["restore", f, "--identity", key.to_str().unwrap()]);
+        let r = collector_json(
+            &restored,
+            &["restore", f, "--identity", key.to_str().unwrap()],
+        );
         assert_eq!(r["usage"], verified["usage"], "{name}");
         let (brute, rollups) = store_totals(&restored.join("collector.db")).await;
         assert_eq!(brute, rollups, "{name} is not one consistent snapshot");
-        assert_eq!(verified["usage"]["api.convert"].as_u64().unwrap_or(0), rollups);
+        assert_eq!(
+            verified["usage"]["api.convert"].as_u64().unwrap_or(0),
+            rollups
+        );
         assert!(rollups >= previous, "later backups hold at least as much");
         previous = rollups;
         // Nothing decrypted is left beside the restored database.
@@ -198,21 +216,34 @@ async fn scheduled_backups_are_encrypted_kept_and_restore_exactly() {
             .collect();
         assert!(left.is_empty(), "{left:?}");
     }
-    assert_eq!(previous, live_total, "the newest backup holds the live totals");
+    assert_eq!(
+        previous, live_total,
+        "the newest backup holds the live totals"
+    );
 
     // The audit log names every backup taken and every file pruned.
     let audit = collector_json(&d.cdata, &["audit", "list", "--limit", "1000"]);
     let entries = audit.as_array().unwrap();
     let scheduled = entries
         .iter()
-        .filter(|e| e["action"] == "backup scheduled" && e["outcome"].as_str().unwrap().starts_with("ok"))
+        .filter(|e| {
+            e["action"] == "backup scheduled" && e["outcome"].as_str().unwrap().starts_with("ok")
+        })
         .count();
-    let pruned = entries.iter().filter(|e| e["action"] == "backup prune").count();
-    assert!(scheduled as f64 >= taken, "{scheduled} audited, {taken} counted");
+    let pruned = entries
+        .iter()
+        .filter(|e| e["action"] == "backup prune")
+        .count();
+    assert!(
+        scheduled as f64 >= taken,
+        "{scheduled} audited, {taken} counted"
+    );
     assert!(pruned >= 3, "{pruned} prunes audited");
     for (name, _) in &files {
         assert!(
-            entries.iter().any(|e| e["target"].as_str().unwrap_or("").ends_with(name.as_str())),
+            entries
+                .iter()
+                .any(|e| e["target"].as_str().unwrap_or("").ends_with(name.as_str())),
             "{name} is not in the audit log"
         );
     }
@@ -228,7 +259,13 @@ async fn scheduled_backups_are_encrypted_kept_and_restore_exactly() {
     let n = newest.to_str().unwrap();
     for (args, needle) in [
         (
-            vec!["backup", "verify", n, "--identity", other_key.to_str().unwrap()],
+            vec![
+                "backup",
+                "verify",
+                n,
+                "--identity",
+                other_key.to_str().unwrap(),
+            ],
             "wrong --identity",
         ),
         (
@@ -236,17 +273,34 @@ async fn scheduled_backups_are_encrypted_kept_and_restore_exactly() {
             "wrong --identity",
         ),
         (
-            vec!["backup", "verify", damaged.to_str().unwrap(), "--identity", key.to_str().unwrap()],
+            vec![
+                "backup",
+                "verify",
+                damaged.to_str().unwrap(),
+                "--identity",
+                key.to_str().unwrap(),
+            ],
             "is not a readable encrypted backup",
         ),
         (
-            vec!["restore", damaged.to_str().unwrap(), "--identity", key.to_str().unwrap()],
+            vec![
+                "restore",
+                damaged.to_str().unwrap(),
+                "--identity",
+                key.to_str().unwrap(),
+            ],
             "is not a readable encrypted backup",
         ),
         (vec!["backup", "verify", n], "is encrypted; give --identity"),
         (vec!["restore", n], "is encrypted; give --identity"),
         (
-            vec!["backup", "verify", n, "--identity", public.to_str().unwrap()],
+            vec![
+                "backup",
+                "verify",
+                n,
+                "--identity",
+                public.to_str().unwrap(),
+            ],
             "not an age X25519 private key",
         ),
     ] {
@@ -286,10 +340,16 @@ async fn a_failed_scheduled_backup_is_logged_and_counted_never_a_crash() {
         if sample(&m, failed) >= 2.0 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no failure counted:\n{m}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failure counted:\n{m}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(d.collector.child.try_wait().unwrap().is_none(), "the collector exited");
+    assert!(
+        d.collector.child.try_wait().unwrap().is_none(),
+        "the collector exited"
+    );
     // The status page says so, with an open incident.
     let backups_state = |p: &Value| {
         p["components"]
@@ -313,18 +373,28 @@ async fn a_failed_scheduled_backup_is_logged_and_counted_never_a_crash() {
         if backups_state(&p) == Some(Value::from("down")) && open_backup_incidents(&p) == 1 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "backups not down on /status: {p}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backups not down on /status: {p}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let log = d.collector.stderr();
     assert!(
-        log.lines().any(|l| l.contains("ERROR") && l.contains("Scheduled backup failed")),
+        log.lines()
+            .any(|l| l.contains("ERROR") && l.contains("Scheduled backup failed")),
         "{log}"
     );
     std::fs::create_dir(&backups).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while listing(&backups).iter().all(|(n, _)| !n.ends_with(".db.age")) {
-        assert!(std::time::Instant::now() < deadline, "no backup after the directory came back");
+    while listing(&backups)
+        .iter()
+        .all(|(n, _)| !n.ends_with(".db.age"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no backup after the directory came back"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Back up: the incident closes, recorded in the store.
@@ -336,16 +406,24 @@ async fn a_failed_scheduled_backup_is_logged_and_counted_never_a_crash() {
                 i["component"] == "backups" && !i["closed_at"].is_null() && i["id"].is_i64()
             })
         });
-        if backups_state(&p) == Some(Value::from("up")) && closed && open_backup_incidents(&p) == 0 {
+        if backups_state(&p) == Some(Value::from("up")) && closed && open_backup_incidents(&p) == 0
+        {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "backups incident not closed: {p}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backups incident not closed: {p}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let audit = collector_json(&d.cdata, &["audit", "list", "--limit", "1000"]);
     assert!(
-        audit.as_array().unwrap().iter().any(|e| e["action"] == "backup scheduled"
-            && e["outcome"].as_str().unwrap().starts_with("failed")),
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "backup scheduled"
+                && e["outcome"].as_str().unwrap().starts_with("failed")),
         "{audit}"
     );
 }

@@ -105,7 +105,10 @@ async fn a_store_outage_is_one_incident_on_every_collector() {
         let (code, ct, html) = text(&c, i, "/status").await;
         assert_eq!(code, 200);
         assert!(ct.starts_with("text/html"), "{ct}");
-        assert!(html.contains("Data store") && html.contains("state-down"), "{html}");
+        assert!(
+            html.contains("Data store") && html.contains("state-down"),
+            "{html}"
+        );
         let (code, _, feed) = text(&c, i, "/status.atom").await;
         assert_eq!(code, 200);
         let parsed = feed_rs::parser::parse(feed.as_bytes()).expect("a valid feed");
@@ -158,7 +161,10 @@ async fn a_store_outage_is_one_incident_on_every_collector() {
         assert!(e.published.is_some() && e.updated.is_some());
         let (_, _, html) = text(&c, i, "/status").await;
         for page in [&feed, &html] {
-            assert!(!page.contains("Acme"), "a customer on the public page: {page}");
+            assert!(
+                !page.contains("Acme"),
+                "a customer on the public page: {page}"
+            );
         }
     }
 }

@@ -950,30 +950,48 @@ async fn the_ui_signs_out_after_the_idle_time() {
     let base = format!("http://{}", collector.http);
     let mut b = Browser::start().await;
     sign_in(&mut b, &base, &admin).await;
-    b.wait_for("!document.getElementById('signout').hidden").await;
+    b.wait_for("!document.getElementById('signout').hidden")
+        .await;
     let signed_in = "!!sessionStorage.getItem('tally.token') && !document.getElementById('signin')";
     // Activity every 0.7 s for 6 s (twice the idle time): still signed in.
     for _ in 0..9 {
         b.eval("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Shift'})); true")
             .await;
         tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-        assert_eq!(b.eval(signed_in).await, Value::Bool(true), "signed out while active");
+        assert_eq!(
+            b.eval(signed_in).await,
+            Value::Bool(true),
+            "signed out while active"
+        );
     }
     // No activity: signed out within the idle time plus the 1 s check.
     let idle_start = std::time::Instant::now();
     b.wait_for("document.getElementById('signin')").await;
     let waited = idle_start.elapsed();
-    assert!(waited >= std::time::Duration::from_secs(2), "signed out too early: {waited:?}");
-    assert_eq!(b.eval("sessionStorage.getItem('tally.token')").await, Value::Null);
+    assert!(
+        waited >= std::time::Duration::from_secs(2),
+        "signed out too early: {waited:?}"
+    );
+    assert_eq!(
+        b.eval("sessionStorage.getItem('tally.token')").await,
+        Value::Null
+    );
     let message = b.text("#signin-error").await.unwrap_or_default();
-    assert!(message.contains("Signed out after 3 seconds without activity"), "{message:?}");
+    assert!(
+        message.contains("Signed out after 3 seconds without activity"),
+        "{message:?}"
+    );
     // A tab reloaded after the idle time (its last activity 10 s ago) starts signed out.
     sign_in(&mut b, &base, &admin).await;
-    b.wait_for("!document.getElementById('signout').hidden").await;
+    b.wait_for("!document.getElementById('signout').hidden")
+        .await;
     b.eval("sessionStorage.setItem('tally.lastActive', String(Date.now() - 10000)); location.reload(); true")
         .await;
     b.wait_for("document.getElementById('signin-error')").await;
-    assert_eq!(b.eval("sessionStorage.getItem('tally.token')").await, Value::Null);
+    assert_eq!(
+        b.eval("sessionStorage.getItem('tally.token')").await,
+        Value::Null
+    );
     // The default is 30 minutes, written into the page.
     drop(collector);
     let plain = CollectorProcess::spawn(&cdata);
@@ -983,7 +1001,10 @@ async fn the_ui_signs_out_after_the_idle_time() {
         .text()
         .await
         .unwrap();
-    assert!(page.contains(r#"<meta name="tally-ui-idle" content="1800">"#), "{page}");
+    assert!(
+        page.contains(r#"<meta name="tally-ui-idle" content="1800">"#),
+        "{page}"
+    );
 }
 
 /// Benchmark mode: the usage page of a customer with a year of hourly data (8,760 reports,

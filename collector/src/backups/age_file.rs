@@ -22,9 +22,7 @@ const MAX_KEY_FILE: u64 = 64 * 1024;
 pub enum AgeFileError {
     #[error("{file}: {reason}")]
     KeyFile { file: PathBuf, reason: String },
-    #[error(
-        "{0} is encrypted with a key that is not in the identity file (wrong --identity?)"
-    )]
+    #[error("{0} is encrypted with a key that is not in the identity file (wrong --identity?)")]
     WrongIdentity(PathBuf),
     #[error("{file} is not a readable encrypted backup: {reason}")]
     Damaged { file: PathBuf, reason: String },
@@ -39,7 +37,9 @@ fn key_file_lines(path: &Path) -> Result<Vec<String>, AgeFileError> {
     };
     let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot read: {e}")))?;
     if meta.len() > MAX_KEY_FILE {
-        return Err(bad(format!("larger than {MAX_KEY_FILE} bytes: not a key file")));
+        return Err(bad(format!(
+            "larger than {MAX_KEY_FILE} bytes: not a key file"
+        )));
     }
     let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
     Ok(text

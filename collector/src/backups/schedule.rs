@@ -90,7 +90,9 @@ pub fn take(s: &BackupSchedule, at: Instant) -> Result<Taken, ScheduledBackupErr
     let name = file_name(at);
     let file = s.dir.join(&name);
     let plain = work.join(format!(".{name}.plaintext-{}", std::process::id()));
-    let partial = s.dir.join(format!(".{name}.partial-{}", std::process::id()));
+    let partial = s
+        .dir
+        .join(format!(".{name}.partial-{}", std::process::id()));
     let result = (|| -> Result<BackupTotals, ScheduledBackupError> {
         // `backup` makes the one-snapshot copy and verifies it: integrity, a known schema,
         // rollups that agree with the monthly sums. Only a checked copy is encrypted.
@@ -281,7 +283,10 @@ mod tests {
         left.sort();
         assert_eq!(
             left,
-            vec!["keep-me.txt".to_string(), file_name(t("2026-03-01T00:00:00Z"))]
+            vec![
+                "keep-me.txt".to_string(),
+                file_name(t("2026-03-01T00:00:00Z"))
+            ]
         );
         assert!(prune(dir.path(), 1).unwrap().is_empty());
     }

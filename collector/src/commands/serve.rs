@@ -2,11 +2,11 @@
 //! load TLS and the vendor key, and run the collector until a shutdown signal.
 
 use super::{CmdResult, CommandError, Ctx, Output};
+use crate::backups::age_file::BackupRecipient;
 use crate::datadir::CollectorFiles;
 use crate::datadir::DataDir;
 use crate::server::{self, Collector};
 use crate::store::Database;
-use crate::backups::age_file::BackupRecipient;
 use crate::tls::TlsFiles;
 use serde_json::json;
 use tally_runtime::service_manager::{self, ServiceState};
@@ -142,7 +142,9 @@ fn check_backups(b: &BackupOptions) -> Result<CheckedBackups, CommandError> {
     if every_secs < 1 {
         return Err(usage("--backup-every must be at least 1s".into()));
     }
-    let keep = b.keep.unwrap_or(crate::backups::schedule::DEFAULT_KEEP as u64);
+    let keep = b
+        .keep
+        .unwrap_or(crate::backups::schedule::DEFAULT_KEEP as u64);
     if !(1..=10_000).contains(&keep) {
         return Err(usage(format!(
             "--backup-keep {keep}: keep between 1 and 10000 backups"
@@ -315,7 +317,12 @@ pub fn config_check(dir: &DataDir, database: Option<&str>, o: &ServeOptions) -> 
             "off"
         },
         match &checked.backups {
-            Some(b) => format!("every {}s to {}, keep {}", b.every_secs, b.dir.display(), b.keep),
+            Some(b) => format!(
+                "every {}s to {}, keep {}",
+                b.every_secs,
+                b.dir.display(),
+                b.keep
+            ),
             None => "off".into(),
         },
     );

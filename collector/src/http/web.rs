@@ -108,7 +108,9 @@ pub async fn page(axum::extract::State(st): axum::extract::State<super::AppState
                 (header::CONTENT_TYPE, "text/html; charset=utf-8"),
                 (header::CACHE_CONTROL, "no-cache"),
             ],
-            BUILT.0.replace(UI_IDLE_MARK, &st.ui_idle_secs.max(1).to_string()),
+            BUILT
+                .0
+                .replace(UI_IDLE_MARK, &st.ui_idle_secs.max(1).to_string()),
         )
             .into_response(),
     )

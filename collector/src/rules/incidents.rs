@@ -68,9 +68,7 @@ pub fn decide(latest: Option<Latest>, change: &Change, at: Instant) -> Write {
                 closed_at: at,
             },
             // Already recorded as ending at or after this moment.
-            Some(l) if l.closed_at.is_some_and(|c| c >= at) && l.opened_at <= at => {
-                Write::Nothing
-            }
+            Some(l) if l.closed_at.is_some_and(|c| c >= at) && l.opened_at <= at => Write::Nothing,
             // Its start was never recorded (the store was what was down): the whole
             // outage at once.
             _ => Write::Insert {
@@ -107,9 +105,7 @@ mod tests {
     }
 
     fn down() -> Change {
-        Change::Down {
-            detail: "d".into(),
-        }
+        Change::Down { detail: "d".into() }
     }
 
     fn up(since: i64) -> Change {
@@ -129,18 +125,54 @@ mod tests {
         let cases: Vec<(&str, Option<Latest>, Change, i64, Write)> = vec![
             ("first outage", None, down(), 10, insert(10, None, "d")),
             ("already open", open(1, 5), down(), 10, Write::Nothing),
-            ("covered by a recorded outage", closed(1, 5, 20), down(), 10, Write::Nothing),
-            ("ends exactly when this one starts", closed(1, 5, 10), down(), 10, Write::Nothing),
-            ("after the last one ended", closed(1, 5, 9), down(), 10, insert(10, None, "d")),
-            ("close the open one", open(1, 5), up(5), 30, Write::SetClosed { id: 1, closed_at: t(30) }),
+            (
+                "covered by a recorded outage",
+                closed(1, 5, 20),
+                down(),
+                10,
+                Write::Nothing,
+            ),
+            (
+                "ends exactly when this one starts",
+                closed(1, 5, 10),
+                down(),
+                10,
+                Write::Nothing,
+            ),
+            (
+                "after the last one ended",
+                closed(1, 5, 9),
+                down(),
+                10,
+                insert(10, None, "d"),
+            ),
+            (
+                "close the open one",
+                open(1, 5),
+                up(5),
+                30,
+                Write::SetClosed {
+                    id: 1,
+                    closed_at: t(30),
+                },
+            ),
             (
                 "another collector closed it earlier",
                 closed(1, 5, 20),
                 up(6),
                 30,
-                Write::SetClosed { id: 1, closed_at: t(30) },
+                Write::SetClosed {
+                    id: 1,
+                    closed_at: t(30),
+                },
             ),
-            ("another collector closed it later", closed(1, 5, 40), up(6), 30, Write::Nothing),
+            (
+                "another collector closed it later",
+                closed(1, 5, 40),
+                up(6),
+                30,
+                Write::Nothing,
+            ),
             (
                 "an outage never recorded (the store was down)",
                 None,

@@ -129,7 +129,10 @@ pub fn html(v: &StatusView, stylesheet: Option<&str>) -> String {
          <title>Service status</title>\n",
     );
     if let Some(css) = stylesheet {
-        out.push_str(&format!("<link rel=\"stylesheet\" href=\"{}\">\n", esc(css)));
+        out.push_str(&format!(
+            "<link rel=\"stylesheet\" href=\"{}\">\n",
+            esc(css)
+        ));
     }
     out.push_str(
         "<link rel=\"alternate\" type=\"application/atom+xml\" title=\"Incidents\" href=\"/status.atom\">\n\
@@ -217,7 +220,10 @@ mod tests {
 
     #[test]
     fn text_is_escaped_and_durations_read_well() {
-        assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
         assert_eq!(duration(42), "42 s");
         assert_eq!(duration(3 * 3600 + 5 * 60 + 1), "3 h 5 min");
         assert_eq!(duration(2 * 86_400 + 3600), "2 d 1 h");
@@ -257,10 +263,15 @@ mod tests {
         let h = html(&v, None);
         assert!(h.contains("&lt;b&gt;") && !h.contains("<b>"), "{h}");
         assert!(h.contains("Down from") && h.contains("(1 min)"), "{h}");
-        assert!(h.contains("Down since") && h.contains("(1 min so far)"), "{h}");
+        assert!(
+            h.contains("Down since") && h.contains("(1 min so far)"),
+            "{h}"
+        );
         let a = atom(&v);
         assert!(a.contains("<id>urn:tally:status:0011223344556677:incident:7</id>"));
-        assert!(a.contains("<id>urn:tally:status:0011223344556677:incident:backups:1800000100</id>"));
+        assert!(
+            a.contains("<id>urn:tally:status:0011223344556677:incident:backups:1800000100</id>")
+        );
         assert!(a.contains("<updated>2027-01-15T08:01:40Z</updated>"), "{a}");
     }
 }

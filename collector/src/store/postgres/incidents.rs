@@ -43,12 +43,7 @@ impl IncidentStore for PostgresStore {
                 } => {
                     tx.execute(
                         sql::INSERT_INCIDENT,
-                        &[
-                            &component,
-                            &detail,
-                            &secs(opened_at),
-                            &closed_at.map(secs),
-                        ],
+                        &[&component, &detail, &secs(opened_at), &closed_at.map(secs)],
                     )
                     .await?;
                 }

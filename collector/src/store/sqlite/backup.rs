@@ -136,10 +136,10 @@ pub fn verify(file: &Path) -> StoreResult<BackupTotals> {
     };
     // The hourly rollups and the monthly sums are written in the same transaction as the
     // report they count; a copy in which they disagree is not a faithful copy.
-    let hourly = pairs("SELECT metric, SUM(quantity) FROM rollups GROUP BY metric ORDER BY metric")?;
-    let usage = pairs(
-        "SELECT metric, SUM(quantity) FROM monthly_usage GROUP BY metric ORDER BY metric",
-    )?;
+    let hourly =
+        pairs("SELECT metric, SUM(quantity) FROM rollups GROUP BY metric ORDER BY metric")?;
+    let usage =
+        pairs("SELECT metric, SUM(quantity) FROM monthly_usage GROUP BY metric ORDER BY metric")?;
     if hourly != usage {
         return Err(invalid(format!(
             "{} is inconsistent: hourly rollups {hourly:?} and monthly sums {usage:?} differ",

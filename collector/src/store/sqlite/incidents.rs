@@ -39,12 +39,13 @@ impl IncidentStore for SqliteStore {
                         opened_at,
                         closed_at,
                     } => {
-                        c.prepare_cached(&sql::sqlite(sql::INSERT_INCIDENT))?.execute(params![
-                            component,
-                            detail,
-                            secs(opened_at),
-                            closed_at.map(secs)
-                        ])?;
+                        c.prepare_cached(&sql::sqlite(sql::INSERT_INCIDENT))?
+                            .execute(params![
+                                component,
+                                detail,
+                                secs(opened_at),
+                                closed_at.map(secs)
+                            ])?;
                     }
                     Write::SetClosed { id, closed_at } => {
                         c.prepare_cached(&sql::sqlite(sql::SET_INCIDENT_CLOSED))?
