@@ -177,7 +177,10 @@ async fn scheduled_backups_are_encrypted_kept_and_restore_exactly() {
         );
         assert!(bytes.starts_with(AGE_HEADER), "{name} is not an age file");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(backups.join(name)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(backups.join(name))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600, "{name}: mode {mode:o}");
         assert!(
             !bytes
