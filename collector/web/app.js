@@ -143,6 +143,8 @@ function renderSignIn(message) {
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+    // Signing in is activity: the idle time counts from now, however long the form waited.
+    touch();
     await start();
   });
   fill(main, form);
@@ -189,6 +191,7 @@ async function start() {
     me = await api('/v1/whoami');
   } catch (e) {
     sessionStorage.removeItem(TOKEN_KEY);
+    sessionStorage.removeItem(ACTIVE_KEY);
     return renderSignIn(e.status === 401
       ? `This token is not valid: ${e.message}`
       : `Cannot sign in: ${e.message}`);

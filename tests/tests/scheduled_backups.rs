@@ -338,7 +338,8 @@ async fn a_failed_scheduled_backup_is_logged_and_counted_never_a_crash() {
     std::fs::create_dir(&backups).unwrap();
     d.collector.kill9();
     d.collector = serve_with_backups(&d, &backups, &public, "2");
-    std::fs::remove_dir(&backups).unwrap();
+    // (The first backup is taken at once: the directory has none yet.)
+    std::fs::remove_dir_all(&backups).unwrap();
     let failed = "tally_backups_total{result=\"failed\"}";
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -432,6 +433,47 @@ async fn a_failed_scheduled_backup_is_logged_and_counted_never_a_crash() {
                 && e["outcome"].as_str().unwrap().starts_with("failed")),
         "{audit}"
     );
+
+    // Failing again, and the collector killed while the incident is open: the restarted
+    // collector's first good backup closes it.
+    let moved = d.tmp.path().join("moved");
+    std::fs::rename(&backups, &moved).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = status_json(d.collector.http).await;
+        let recorded_open = p["incidents"].as_array().unwrap().iter().any(|i| {
+            i["component"] == "backups" && i["closed_at"].is_null() && i["id"].is_i64()
+        });
+        if recorded_open {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "second incident not recorded: {p}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    d.collector.kill9();
+    std::fs::rename(&moved, &backups).unwrap();
+    d.collector = serve_with_backups(&d, &backups, &public, "2");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let p = status_json(d.collector.http).await;
+        let backups_incidents: Vec<&Value> = p["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["component"] == "backups")
+            .collect();
+        if backups_state(&p) == Some(Value::from("up"))
+            && backups_incidents.len() == 2
+            && backups_incidents.iter().all(|i| !i["closed_at"].is_null())
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the incident left open by the restart was not closed: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// `GET /status` as JSON (no token).

@@ -160,6 +160,10 @@ async fn a_store_outage_is_one_incident_on_every_collector() {
         assert_eq!(title, "Data store: down (resolved)");
         assert!(e.published.is_some() && e.updated.is_some());
         let (_, _, html) = text(&c, i, "/status").await;
+        assert!(
+            html.contains("Data store: down (resolved)") && !html.contains("state-down"),
+            "{html}"
+        );
         for page in [&feed, &html] {
             assert!(
                 !page.contains("Acme"),

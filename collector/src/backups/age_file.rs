@@ -164,8 +164,19 @@ impl BackupIdentity {
             })?;
         let file = private_new_file(out)?;
         let mut w = BufWriter::new(file);
-        // A chunk that fails its authentication tag is a read error here.
-        std::io::copy(&mut reader, &mut w).map_err(|e| damaged(e.to_string()))?;
+        // A chunk that fails its authentication tag (a damaged or truncated file) is a read
+        // error; a write error (a full disk) is ours, not the file's.
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(damaged(e.to_string())),
+            };
+            w.write_all(&buf[..n])
+                .map_err(|e| AgeFileError::Io(format!("writing {}: {e}", out.display())))?;
+        }
         let file = w
             .into_inner()
             .map_err(|e| AgeFileError::Io(format!("writing: {}", e.into_error())))?;

@@ -66,11 +66,49 @@ pub fn file_name(at: Instant) -> String {
     format!("{PREFIX}{}{SUFFIX}", at.format(TIME_FORMAT))
 }
 
-/// Whether `name` is a backup file this schedule wrote (and may therefore prune).
+/// The time in a backup file's name, if `name` is one this schedule wrote (and may
+/// therefore prune).
+fn backup_time(name: &str) -> Option<Instant> {
+    let t = name.strip_prefix(PREFIX)?.strip_suffix(SUFFIX)?;
+    chrono::NaiveDateTime::parse_from_str(t, TIME_FORMAT)
+        .ok()
+        .map(|n| n.and_utc())
+}
+
 fn is_backup_name(name: &str) -> bool {
-    name.strip_prefix(PREFIX)
-        .and_then(|n| n.strip_suffix(SUFFIX))
-        .is_some_and(|t| chrono::NaiveDateTime::parse_from_str(t, TIME_FORMAT).is_ok())
+    backup_time(name).is_some()
+}
+
+/// When the newest backup in `dir` was taken (by its name), if there is one.
+pub fn newest(dir: &Path) -> Option<Instant> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| backup_time(e.file_name().to_str()?))
+        .max()
+}
+
+/// Removes what an interrupted backup left: plaintext copies in `work`, partial encrypted
+/// files in `dir` (names only this schedule makes). Returns how many went.
+pub fn sweep_leftovers(work: &Path, dir: &Path) -> usize {
+    let mut removed = 0;
+    for (d, marker) in [(work, ".plaintext-"), (dir, ".partial-")] {
+        let Ok(entries) = std::fs::read_dir(d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // `.tally-<time>.db.age.plaintext-<pid>`, and the copy's own temporary name
+            // beside it (`..tally-….plaintext-<pid>.tally-partial-<pid>`).
+            let ours = name.starts_with('.')
+                && name.trim_start_matches('.').starts_with(PREFIX)
+                && name.contains(&format!("{SUFFIX}{marker}"));
+            if ours && std::fs::remove_file(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
 }
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> ScheduledBackupError {
@@ -108,7 +146,12 @@ pub fn take(s: &BackupSchedule, at: Instant) -> Result<Taken, ScheduledBackupErr
     let _ = std::fs::remove_file(&plain);
     let _ = std::fs::remove_file(&partial);
     let totals = result?;
-    let pruned = prune(&s.dir, s.keep)?;
+    // The backup is taken whatever pruning does: a failure to prune is logged, not a
+    // failed backup.
+    let pruned = prune(&s.dir, s.keep, &file).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "Removing old scheduled backups failed; the directory keeps more than --backup-keep.");
+        Vec::new()
+    });
     Ok(Taken {
         file,
         totals,
@@ -117,8 +160,13 @@ pub fn take(s: &BackupSchedule, at: Instant) -> Result<Taken, ScheduledBackupErr
 }
 
 /// Removes the oldest backup files in `dir` beyond the newest `keep` (by the time in their
-/// names); returns what it removed. Other files are never touched.
-pub fn prune(dir: &Path, keep: usize) -> Result<Vec<PathBuf>, ScheduledBackupError> {
+/// names); returns what it removed. `just_taken` is never removed (a clock set back would
+/// otherwise make the new backup the "oldest"), and other files are never touched.
+pub fn prune(
+    dir: &Path,
+    keep: usize,
+    just_taken: &Path,
+) -> Result<Vec<PathBuf>, ScheduledBackupError> {
     assert!(keep >= 1, "keep at least one backup");
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map_err(|e| io("listing", dir, e))?
@@ -126,6 +174,12 @@ pub fn prune(dir: &Path, keep: usize) -> Result<Vec<PathBuf>, ScheduledBackupErr
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|n| is_backup_name(n))
         .collect();
+    let keep = keep.max(1);
+    if let Some(n) = just_taken.file_name().and_then(|n| n.to_str()) {
+        names.retain(|x| x != n);
+    }
+    // The just-taken one counts as one of those kept.
+    let keep = keep - 1;
     // The fixed-width UTC time in the name sorts as the time does.
     names.sort();
     let excess = names.len().saturating_sub(keep);
@@ -212,8 +266,11 @@ pub async fn run_once(
     result
 }
 
-/// Takes a backup every `schedule.every` (the first one interval after start) until `stop`
-/// resolves. A backup in progress finishes before the loop stops.
+/// Takes a backup every `schedule.every` until `stop` resolves, the first one interval
+/// after the newest backup in the directory (at once if that is past or there is none): a
+/// collector restarted more often than the interval still backs up on time, and one that
+/// restarts in a loop does not fill the directory. A backup in progress finishes before the
+/// loop stops.
 pub async fn backup_loop(
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
@@ -222,7 +279,20 @@ pub async fn backup_loop(
     stop: impl std::future::Future<Output = ()>,
 ) {
     let mut stop = std::pin::pin!(stop);
-    let start = tokio::time::Instant::now() + schedule.every;
+    let leftovers = sweep_leftovers(&schedule.work, &schedule.dir);
+    if leftovers > 0 {
+        tracing::warn!(files = leftovers, "Removed what an interrupted scheduled backup left.");
+    }
+    let newest = newest(&schedule.dir);
+    if let Some(t) = newest {
+        metrics.backup_succeeded_at(t.timestamp());
+    }
+    let wait = newest
+        .map(|t| t + chrono::Duration::from_std(schedule.every).unwrap_or(chrono::Duration::MAX))
+        .map(|due| (due - store.clock().now()).to_std().unwrap_or(Duration::ZERO))
+        .unwrap_or(Duration::ZERO)
+        .min(schedule.every);
+    let start = tokio::time::Instant::now() + wait;
     let mut tick = tokio::time::interval_at(start, schedule.every);
     // A backup that takes longer than the interval delays the next one; never a burst.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -264,7 +334,8 @@ mod tests {
             std::fs::write(dir.path().join(file_name(t(x))), b"x").unwrap();
         }
         std::fs::write(dir.path().join("keep-me.txt"), b"x").unwrap();
-        let removed = prune(dir.path(), 1).unwrap();
+        let just = dir.path().join(file_name(t("2026-03-01T00:00:00Z")));
+        let removed = prune(dir.path(), 1, &just).unwrap();
         let names: Vec<String> = removed
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
@@ -288,6 +359,27 @@ mod tests {
                 file_name(t("2026-03-01T00:00:00Z"))
             ]
         );
-        assert!(prune(dir.path(), 1).unwrap().is_empty());
+        assert!(prune(dir.path(), 1, &just).unwrap().is_empty());
+        // A clock set back: the just-taken backup sorts oldest and is kept all the same.
+        let back = dir.path().join(file_name(t("2020-01-01T00:00:00Z")));
+        std::fs::write(&back, b"x").unwrap();
+        let removed = prune(dir.path(), 1, &back).unwrap();
+        assert_eq!(removed, vec![dir.path().join(file_name(t("2026-03-01T00:00:00Z")))]);
+        assert!(back.exists());
+        // What an interrupted backup leaves is swept; nothing else.
+        let work = tempfile::tempdir().unwrap();
+        let left = [
+            work.path().join(".tally-20260101T000000.000Z.db.age.plaintext-7"),
+            work.path().join("..tally-20260101T000000.000Z.db.age.plaintext-7.tally-partial-7"),
+            dir.path().join(".tally-20260101T000000.000Z.db.age.partial-7"),
+        ];
+        for f in &left {
+            std::fs::write(f, b"x").unwrap();
+        }
+        std::fs::write(work.path().join("collector.db"), b"x").unwrap();
+        assert_eq!(sweep_leftovers(work.path(), dir.path()), 3);
+        assert!(left.iter().all(|f| !f.exists()));
+        assert!(work.path().join("collector.db").exists() && back.exists());
+        assert_eq!(newest(dir.path()), Some(t("2020-01-01T00:00:00Z")));
     }
 }

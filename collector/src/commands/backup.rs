@@ -183,6 +183,12 @@ pub async fn restore(
     std::fs::create_dir_all(dir.path()).map_err(|e| {
         CommandError::Runtime(format!("cannot create {}: {e}", dir.path().display()))
     })?;
+    if dir.db().exists() {
+        return Err(usage_err(format!(
+            "{} already has a database; restore only into a data directory without one",
+            dir.path().display()
+        )));
+    }
     let (f, db) = (file.clone(), dir.db());
     let scratch = dir
         .path()

@@ -166,6 +166,21 @@ fn check_backups(b: &BackupOptions) -> Result<CheckedBackups, CommandError> {
     })
 }
 
+/// The backup directory must be other storage than the data, and never inside the data
+/// directory (where the plaintext copy is made).
+fn backup_dir_apart(dir: &DataDir, b: &CheckedBackups) -> Result<(), CommandError> {
+    let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let (data, backups) = (canon(dir.path()), canon(&b.dir));
+    if backups.starts_with(&data) {
+        return Err(CommandError::Usage(format!(
+            "--backup-dir {}: inside the data directory {}; put backups on other storage",
+            b.dir.display(),
+            dir.path().display()
+        )));
+    }
+    Ok(())
+}
+
 pub async fn serve(ctx: Ctx, o: ServeOptions) -> Result<(), CommandError> {
     // One `serve` per data directory, held until this process ends (a second one would
     // overwrite ports.json and run its own lifecycle loops on the same files).
@@ -177,6 +192,9 @@ pub async fn serve(ctx: Ctx, o: ServeOptions) -> Result<(), CommandError> {
         tracing::warn!(warning, "The data directory is not private.");
     }
     let checked = o.check()?;
+    if let Some(b) = &checked.backups {
+        backup_dir_apart(&ctx.dir, b)?;
+    }
     let bind = |addr: String, flag: &'static str| async move {
         tokio::net::TcpListener::bind(&addr)
             .await
@@ -257,6 +275,9 @@ pub async fn serve(ctx: Ctx, o: ServeOptions) -> Result<(), CommandError> {
 /// naming itself, not in a restart loop.
 pub fn config_check(dir: &DataDir, database: Option<&str>, o: &ServeOptions) -> CmdResult {
     let checked = o.check()?;
+    if let Some(b) = &checked.backups {
+        backup_dir_apart(dir, b)?;
+    }
     let store = crate::store::check_database_url(database)?;
     let vendor_key = dir.vendor_key();
     if !vendor_key.exists() {

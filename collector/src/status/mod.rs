@@ -119,6 +119,8 @@ impl State {
 struct Watch {
     enabled: bool,
     down_since: Option<Instant>,
+    /// Seen working since this process started.
+    confirmed_up: bool,
 }
 
 #[derive(Default)]
@@ -143,7 +145,7 @@ impl Default for StatusBoard {
         let inner = Inner {
             store: Watch {
                 enabled: true,
-                down_since: None,
+                ..Watch::default()
             },
             ..Inner::default()
         };
@@ -183,6 +185,9 @@ impl StatusBoard {
         let Some(w) = watch(&mut g, component) else {
             return;
         };
+        if ok {
+            w.confirmed_up = true;
+        }
         let event = match (ok, w.down_since) {
             (false, None) => {
                 w.down_since = Some(at);
@@ -281,9 +286,30 @@ impl StatusBoard {
                 }
             }
         }
-        let since = store.clock().now() - chrono::Duration::days(HISTORY_DAYS);
+        let now = store.clock().now();
+        let since = now - chrono::Duration::days(HISTORY_DAYS);
         match store.incidents_since(since).await {
-            Ok(list) => self.lock().recorded = list,
+            Ok(list) => {
+                let mut g = self.lock();
+                // An incident recorded open (by this process before a restart, or by one
+                // that died) for a component this collector has seen working since: it is
+                // over. Closed at the next sync.
+                let stale: Vec<(Component, Instant)> = list
+                    .iter()
+                    .filter(|i| i.closed_at.is_none())
+                    .filter_map(|i| {
+                        let c = *Component::ALL.iter().find(|c| c.name() == i.component)?;
+                        let w = *watch(&mut g, c)?;
+                        (w.enabled && w.confirmed_up && w.down_since.is_none())
+                            .then_some((c, i.opened_at))
+                    })
+                    .collect();
+                for (c, opened_at) in stale {
+                    g.pending
+                        .push_back((c, Change::Up { since: opened_at }, now));
+                }
+                g.recorded = list;
+            }
             Err(e) => tracing::debug!(error = %e, "Incident history not read."),
         }
     }
@@ -318,7 +344,11 @@ pub async fn check_loop(
                     board.sync(store.as_ref()).await;
                 }
             }
-            _ = &mut stop => break,
+            _ = &mut stop => {
+                // What this process saw and has not written yet, if the store answers now.
+                let _ = tokio::time::timeout(CHECK_EVERY, board.sync(store.as_ref())).await;
+                break;
+            }
         }
     }
 }

@@ -79,8 +79,9 @@ pub const LATEST_INCIDENT: &str = "
 pub const INSERT_INCIDENT: &str = "
     INSERT INTO incidents (component, detail, opened_at, closed_at) VALUES ($1, $2, $3, $4)";
 
-/// Sets incident `$1`'s end to `$2`.
-pub const SET_INCIDENT_CLOSED: &str = "UPDATE incidents SET closed_at = $2 WHERE id = $1";
+/// Incident `$1` now spans `$2` to `$3` (NULL: open).
+pub const UPDATE_INCIDENT: &str =
+    "UPDATE incidents SET opened_at = $2, closed_at = $3 WHERE id = $1";
 
 /// Incidents open at some time at or after `$1`, newest first, at most `$2`. Columns: id,
 /// component, detail, opened at, closed at.
@@ -129,7 +130,7 @@ mod tests {
             QUARANTINE_ROWS,
             LATEST_INCIDENT,
             INSERT_INCIDENT,
-            SET_INCIDENT_CLOSED,
+            UPDATE_INCIDENT,
             INCIDENTS_SINCE,
         ] {
             conn.prepare(&sqlite(q))

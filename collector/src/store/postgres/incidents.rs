@@ -34,6 +34,7 @@ impl IncidentStore for PostgresStore {
                     opened_at: ts(r.get(1)),
                     closed_at: r.get::<_, Option<i64>>(2).map(ts),
                 });
+            let (change, when) = incidents::whole_seconds(change.clone(), when);
             match incidents::decide(latest, &change, when) {
                 Write::Nothing => {}
                 Write::Insert {
@@ -47,9 +48,16 @@ impl IncidentStore for PostgresStore {
                     )
                     .await?;
                 }
-                Write::SetClosed { id, closed_at } => {
-                    tx.execute(sql::SET_INCIDENT_CLOSED, &[&id, &secs(closed_at)])
-                        .await?;
+                Write::Update {
+                    id,
+                    opened_at,
+                    closed_at,
+                } => {
+                    tx.execute(
+                        sql::UPDATE_INCIDENT,
+                        &[&id, &secs(opened_at), &closed_at.map(secs)],
+                    )
+                    .await?;
                 }
             }
         })

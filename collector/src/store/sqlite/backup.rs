@@ -30,6 +30,9 @@ fn invalid(m: impl Into<String>) -> StoreError {
     StoreError::Invalid(m.into())
 }
 
+/// The marker in the temporary names of copies being made ([`partial_name`]).
+pub const PARTIAL_MARK: &str = ".tally-partial-";
+
 /// A temporary name next to `target` that is this process's alone (never an existing file
 /// of someone else's).
 fn partial_name(target: &Path) -> std::path::PathBuf {
@@ -37,7 +40,7 @@ fn partial_name(target: &Path) -> std::path::PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    target.with_file_name(format!(".{name}.tally-partial-{}", std::process::id()))
+    target.with_file_name(format!(".{name}{PARTIAL_MARK}{}", std::process::id()))
 }
 
 /// Gives the finished file `tmp` the name `target` without ever replacing a file: a hard
@@ -66,7 +69,7 @@ pub fn backup(db: &Path, out: &Path) -> StoreResult<BackupTotals> {
     let src = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     src.busy_timeout(Duration::from_secs(10))?;
     let tmp = partial_name(out);
-    {
+    let copied = (|| -> StoreResult<()> {
         let mut dst = Connection::open(&tmp)?;
         {
             let b = rusqlite::backup::Backup::new(&src, &mut dst)?;
@@ -76,11 +79,17 @@ pub fn backup(db: &Path, out: &Path) -> StoreResult<BackupTotals> {
         // The copy is one self-contained file: out of WAL mode, so reading it later (even
         // read-only) leaves no -wal/-shm files beside it. `restore` turns WAL back on.
         dst.execute_batch("PRAGMA journal_mode = DELETE;")?;
+        drop(dst);
+        // The copy is complete and closed; make it durable, then give it its name.
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StoreError::Database(format!("syncing the backup: {e}")))
+    })();
+    if let Err(e) = copied {
+        // Never leave a partial copy (plaintext data) behind.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    // The copy is complete and closed; make it durable, then give it its name.
-    std::fs::File::open(&tmp)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| StoreError::Database(format!("syncing the backup: {e}")))?;
     give_name(&tmp, out)?;
     verify(out)
 }

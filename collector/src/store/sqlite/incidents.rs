@@ -32,6 +32,7 @@ impl IncidentStore for SqliteStore {
                         })
                     })
                     .optional()?;
+                let (change, when) = incidents::whole_seconds(change, when);
                 match incidents::decide(latest, &change, when) {
                     Write::Nothing => {}
                     Write::Insert {
@@ -47,9 +48,16 @@ impl IncidentStore for SqliteStore {
                                 closed_at.map(secs)
                             ])?;
                     }
-                    Write::SetClosed { id, closed_at } => {
-                        c.prepare_cached(&sql::sqlite(sql::SET_INCIDENT_CLOSED))?
-                            .execute(params![id, secs(closed_at)])?;
+                    Write::Update {
+                        id,
+                        opened_at,
+                        closed_at,
+                    } => {
+                        c.prepare_cached(&sql::sqlite(sql::UPDATE_INCIDENT))?.execute(params![
+                            id,
+                            secs(opened_at),
+                            closed_at.map(secs)
+                        ])?;
                     }
                 }
                 Ok(())
