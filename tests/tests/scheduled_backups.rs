@@ -441,13 +441,17 @@ async fn a_failed_scheduled_backup_is_logged_and_counted_never_a_crash() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let p = status_json(d.collector.http).await;
-        let recorded_open = p["incidents"].as_array().unwrap().iter().any(|i| {
-            i["component"] == "backups" && i["closed_at"].is_null() && i["id"].is_i64()
-        });
+        let recorded_open =
+            p["incidents"].as_array().unwrap().iter().any(|i| {
+                i["component"] == "backups" && i["closed_at"].is_null() && i["id"].is_i64()
+            });
         if recorded_open {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "second incident not recorded: {p}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "second incident not recorded: {p}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     d.collector.kill9();

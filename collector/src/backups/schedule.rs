@@ -281,7 +281,10 @@ pub async fn backup_loop(
     let mut stop = std::pin::pin!(stop);
     let leftovers = sweep_leftovers(&schedule.work, &schedule.dir);
     if leftovers > 0 {
-        tracing::warn!(files = leftovers, "Removed what an interrupted scheduled backup left.");
+        tracing::warn!(
+            files = leftovers,
+            "Removed what an interrupted scheduled backup left."
+        );
     }
     let newest = newest(&schedule.dir);
     if let Some(t) = newest {
@@ -289,7 +292,11 @@ pub async fn backup_loop(
     }
     let wait = newest
         .map(|t| t + chrono::Duration::from_std(schedule.every).unwrap_or(chrono::Duration::MAX))
-        .map(|due| (due - store.clock().now()).to_std().unwrap_or(Duration::ZERO))
+        .map(|due| {
+            (due - store.clock().now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+        })
         .unwrap_or(Duration::ZERO)
         .min(schedule.every);
     let start = tokio::time::Instant::now() + wait;
@@ -364,14 +371,20 @@ mod tests {
         let back = dir.path().join(file_name(t("2020-01-01T00:00:00Z")));
         std::fs::write(&back, b"x").unwrap();
         let removed = prune(dir.path(), 1, &back).unwrap();
-        assert_eq!(removed, vec![dir.path().join(file_name(t("2026-03-01T00:00:00Z")))]);
+        assert_eq!(
+            removed,
+            vec![dir.path().join(file_name(t("2026-03-01T00:00:00Z")))]
+        );
         assert!(back.exists());
         // What an interrupted backup leaves is swept; nothing else.
         let work = tempfile::tempdir().unwrap();
         let left = [
-            work.path().join(".tally-20260101T000000.000Z.db.age.plaintext-7"),
-            work.path().join("..tally-20260101T000000.000Z.db.age.plaintext-7.tally-partial-7"),
-            dir.path().join(".tally-20260101T000000.000Z.db.age.partial-7"),
+            work.path()
+                .join(".tally-20260101T000000.000Z.db.age.plaintext-7"),
+            work.path()
+                .join("..tally-20260101T000000.000Z.db.age.plaintext-7.tally-partial-7"),
+            dir.path()
+                .join(".tally-20260101T000000.000Z.db.age.partial-7"),
         ];
         for f in &left {
             std::fs::write(f, b"x").unwrap();

@@ -53,11 +53,8 @@ impl IncidentStore for SqliteStore {
                         opened_at,
                         closed_at,
                     } => {
-                        c.prepare_cached(&sql::sqlite(sql::UPDATE_INCIDENT))?.execute(params![
-                            id,
-                            secs(opened_at),
-                            closed_at.map(secs)
-                        ])?;
+                        c.prepare_cached(&sql::sqlite(sql::UPDATE_INCIDENT))?
+                            .execute(params![id, secs(opened_at), closed_at.map(secs)])?;
                     }
                 }
                 Ok(())
