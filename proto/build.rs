@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "tally/v1/report.proto",
         "tally/v1/license.proto",
+        "tally/v1/keyring.proto",
         "tally/v1/ingest.proto",
         "tally/v1/recorder.proto",
     ];

@@ -5,7 +5,7 @@ use crate::datadir::{AgentFiles, DataDir};
 use crate::store::DeliveryState;
 use crate::store::{AgentStore, Event, Recorded, StoreError};
 use backon::BackoffBuilder;
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::SigningKey;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -14,7 +14,7 @@ use std::time::Duration;
 use tally_proto::license::License;
 use tally_proto::metric::validate_metric_name;
 use tally_proto::pb;
-use tally_proto::receipt::{Outcome, ReceiptBody};
+use tally_proto::receipt::Outcome;
 use tokio::sync::Notify;
 
 /// Largest quantity one event may carry: anything above is certainly a bug in the caller.
@@ -99,7 +99,9 @@ pub struct Agent {
     pub store: AgentStore,
     pub key: SigningKey,
     pub license: License,
-    pub collector_key: VerifyingKey,
+    /// The vendor key of the license and the keyrings it certifies: what receipts and
+    /// statements are checked with.
+    pub keys: crate::trusted_keys::TrustedKeys,
     pub interval_secs: i64,
     /// How time is cut into windows: aligned to the interval, cut at the license's bounds.
     pub windows: crate::windows::Windows,
@@ -139,6 +141,8 @@ impl Agent {
             .meta("collector_key")
             .map_err(|e| corrupt(&e))?
             .ok_or_else(|| LoadError::Corrupt("no collector key stored".into()))?;
+        // The vendor key the license was verified with at init (named "collector_key" in
+        // directories made before keyrings, when it also signed receipts).
         let collector_key = tally_proto::signing::verifying_key(&ck).map_err(|e| corrupt(&e))?;
         let lic = store
             .meta("license")
@@ -154,12 +158,14 @@ impl Agent {
             collectors.push(license.collector_endpoint.clone());
         }
         let windows = crate::windows::Windows::for_license(cfg.interval_secs, &license);
+        let keys = crate::trusted_keys::TrustedKeys::load(&store, collector_key)
+            .map_err(|e| corrupt(&e))?;
         Ok(Agent {
             store,
             key,
             windows,
             license,
-            collector_key,
+            keys,
             interval_secs: cfg.interval_secs,
             collectors,
             tls,
@@ -369,9 +375,20 @@ async fn submit(agent: &Agent, url: &str, reports: Vec<pb::SignedReport>) -> Res
         ));
     }
     let mut verified = Vec::with_capacity(n);
+    let arrived = chrono::Utc::now();
     for (r, d) in receipts.into_iter().zip(digests) {
-        let body = ReceiptBody::verify(&r, &agent.collector_key)
-            .map_err(|e| format!("receipt does not verify: {e}"))?;
+        let body = match agent.keys.verify_receipt(&r, Some(arrived)) {
+            // Signed by a key this agent does not know yet (a rotation since it last
+            // looked, or a first keyring): follow the keyrings, then check again.
+            Err(e) if crate::trusted_keys::unknown_key(&e) => {
+                crate::trusted_keys::refresh(&agent.keys, &agent.store, &mut client)
+                    .await
+                    .map_err(|e| format!("receipt names an unknown key; {e}"))?;
+                agent.keys.verify_receipt(&r, Some(arrived))
+            }
+            other => other,
+        }
+        .map_err(|e| format!("receipt does not verify: {e}"))?;
         if body.report_digest != d {
             return Err("a receipt names another report".into());
         }

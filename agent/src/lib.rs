@@ -13,4 +13,5 @@ pub mod statement_check;
 pub mod status;
 pub mod store;
 pub mod tls;
+pub mod trusted_keys;
 pub mod windows;

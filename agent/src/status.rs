@@ -4,7 +4,7 @@ use crate::agent::Agent;
 use chrono::{DateTime, Utc};
 use std::sync::atomic::Ordering;
 use tally_proto::pb;
-use tally_proto::receipt::{Credit, ReceiptBody};
+use tally_proto::receipt::Credit;
 
 /// Whether the product may rely on its license now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +55,7 @@ impl LicenseStatus {
 pub fn lease_and_credits(agent: &Agent) -> (Option<DateTime<Utc>>, Vec<Credit>) {
     if let Ok(Some(raw)) = agent.store.meta("status_receipt")
         && let Ok(r) = <pb::Receipt as prost::Message>::decode(raw.as_slice())
-        && let Ok(body) = ReceiptBody::verify(&r, &agent.collector_key)
+        && let Ok(body) = agent.keys.verify_receipt(&r, None)
     {
         return (body.lease_until, body.credits);
     }

@@ -72,6 +72,17 @@ impl Ingest for IngestService {
     ) -> Result<Response<pb::SubmitResponse>, Status> {
         within(self.call_deadline, self.submit_call(request)).await
     }
+
+    /// Served from memory (the keys this collector signs with and their chain), never a
+    /// store query: agents ask when a receipt names a key they do not know.
+    async fn get_keyrings(
+        &self,
+        request: Request<pb::GetKeyringsRequest>,
+    ) -> Result<Response<pb::GetKeyringsResponse>, Status> {
+        let after = request.into_inner().after_version;
+        let keyrings = self.ingestor.online_keys().current().signed_after(after);
+        Ok(Response::new(pb::GetKeyringsResponse { keyrings }))
+    }
 }
 
 impl IngestService {
@@ -127,9 +138,11 @@ impl IngestService {
             .map_err(|_| Status::internal("stored license does not decode"))?;
         self.metrics.enrollment();
         tracing::info!(%agent_id, license_id = %r.license_id, "Agent enrolled.");
+        let online = self.ingestor.online_keys().current();
         Ok(Response::new(pb::EnrollResponse {
-            collector_key: self.ingestor.collector_key().to_bytes().to_vec(),
+            collector_key: online.receipt.verifying_key().to_bytes().to_vec(),
             license: Some(license),
+            keyring: online.newest_signed(),
         }))
     }
 

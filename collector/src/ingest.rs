@@ -91,9 +91,10 @@ impl CpuGate {
 /// Verifies and stores reports, and signs receipts for them.
 pub struct Ingestor {
     store: Arc<dyn Store>,
-    key: SigningKey,
-    /// The same key, expanded for batched receipt signing.
-    signer: Arc<BatchSigner>,
+    /// The keys receipts are signed with (swapped on a rotation).
+    online: Arc<crate::keys::KeyHandle>,
+    /// The current receipt key, expanded for batched signing, by its key id.
+    signer: std::sync::Mutex<(String, Arc<BatchSigner>)>,
     keys: KeyCache,
     cpu: CpuGate,
     metrics: Arc<Metrics>,
@@ -136,11 +137,26 @@ struct Candidate {
 }
 
 impl Ingestor {
+    /// An ingestor signing receipts with one key (see [`crate::keys::OnlineKeys::single`]).
     pub fn new(store: Arc<dyn Store>, key: SigningKey, metrics: Arc<Metrics>) -> Self {
+        let online = Arc::new(crate::keys::KeyHandle::new(
+            crate::keys::OnlineKeys::single(&key),
+        ));
+        Self::with_keys(store, online, metrics)
+    }
+
+    /// An ingestor signing receipts with the current receipt key of `online`.
+    pub fn with_keys(
+        store: Arc<dyn Store>,
+        online: Arc<crate::keys::KeyHandle>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let key = online.current().receipt.clone();
+        let id = tally_proto::keys::key_id(&key.verifying_key().to_bytes());
         Ingestor {
             store,
-            signer: Arc::new(BatchSigner::new(&key)),
-            key,
+            signer: std::sync::Mutex::new((id, Arc::new(BatchSigner::new(&key)))),
+            online,
             keys: KeyCache::default(),
             cpu: CpuGate::new(),
             metrics,
@@ -151,8 +167,25 @@ impl Ingestor {
         }
     }
 
+    /// The current receipt key.
     pub fn collector_key(&self) -> VerifyingKey {
-        self.key.verifying_key()
+        self.online.current().receipt.verifying_key()
+    }
+
+    /// The keys this ingestor signs with.
+    pub fn online_keys(&self) -> Arc<crate::keys::KeyHandle> {
+        self.online.clone()
+    }
+
+    /// The batch signer of the current receipt key (expanded once per key).
+    fn receipt_signer(&self) -> Arc<BatchSigner> {
+        let key = self.online.current().receipt.clone();
+        let id = tally_proto::keys::key_id(&key.verifying_key().to_bytes());
+        let mut g = self.signer.lock().unwrap_or_else(|p| p.into_inner());
+        if g.0 != id {
+            *g = (id, Arc::new(BatchSigner::new(&key)));
+        }
+        g.1.clone()
     }
 
     /// Processes reports and returns one signed receipt per report, in order. Fails only
@@ -286,7 +319,7 @@ impl Ingestor {
             bodies.push(body);
         }
         // Signing is CPU work too (one signature per report, batched): off the runtime.
-        let signer = self.signer.clone();
+        let signer = self.receipt_signer();
         let (receipts, bodies) = self
             .cpu
             .run(move || {

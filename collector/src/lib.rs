@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod http;
 pub mod ids;
 pub mod ingest;
+pub mod keys;
 pub mod lifecycle;
 pub mod metrics;
 pub mod periods;

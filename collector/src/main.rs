@@ -117,7 +117,9 @@ enum StatementsCmd {
     /// Check a closed statement's signature offline and print what it bills.
     Verify {
         file: PathBuf,
-        /// The vendor public key in hex (as `init` printed it); default: the key in --data.
+        /// The public key that signed it, in hex (the statement key, as `init` and `keys
+        /// list` show it; the vendor key for statements closed before keyrings); default:
+        /// the keyring of the store in --data.
         #[arg(long, value_name = "HEX")]
         vendor_key: Option<String>,
     },
@@ -679,8 +681,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             commands::retention_list(&ctx, agent).await?
         }
         Command::Statements(StatementsCmd::Verify { file, vendor_key }) => {
-            use tally_collector::datadir::CollectorFiles;
-            commands::statements_verify(&file, vendor_key.as_deref(), &dir.vendor_key())?
+            commands::statements_verify(&file, vendor_key.as_deref(), &dir, database).await?
         }
         Command::Audit(AuditCmd::List { limit }) => {
             commands::audit_list(&Ctx::open(dir, database).await?, limit).await?

@@ -44,7 +44,8 @@ pub struct Closed {
     pub already_done: bool,
 }
 
-/// Closes `month` at `now` (see the module docs), signing with `vendor`.
+/// Closes `month` at `now` (see the module docs), signing with `vendor` (the statement key
+/// of the keyring; the vendor key itself for a deployment that has only that one key).
 pub async fn close(
     store: &dyn Store,
     vendor: &SigningKey,
@@ -288,7 +289,7 @@ pub async fn audit_close(store: &dyn Store, c: &Closed, actor: &str) -> Result<(
 /// Runs [`close_due`] every [`CLOSE_CHECK_EVERY`] until `stop` resolves.
 pub async fn close_loop(
     store: std::sync::Arc<dyn Store>,
-    vendor: SigningKey,
+    online: std::sync::Arc<crate::keys::KeyHandle>,
     grace_secs: i64,
     stop: impl std::future::Future<Output = ()>,
 ) {
@@ -297,7 +298,8 @@ pub async fn close_loop(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                match close_due(store.as_ref(), &vendor, grace_secs, store.clock().now(), "lifecycle").await {
+                let statement_key = online.current().statement.clone();
+                match close_due(store.as_ref(), &statement_key, grace_secs, store.clock().now(), "lifecycle").await {
                     Ok(closed) => {
                         for c in closed {
                             tracing::info!(month = %crate::calendar::month_label(c.month), statements = c.statements, "Closed a month.");

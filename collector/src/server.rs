@@ -30,8 +30,9 @@ pub struct Collector {
     pub http_tls: Option<tokio_rustls::TlsAcceptor>,
     /// Where `licenses issue` writes license files (purges remove a customer's), if known.
     pub licenses_dir: Option<std::path::PathBuf>,
-    /// Signs closed statements (the vendor key).
-    pub vendor_key: SigningKey,
+    /// Where this collector's online keys live, for picking up a rotation while serving
+    /// (`None`: never reloaded, as in tests that sign with one key).
+    pub data_dir: Option<crate::datadir::DataDir>,
     /// Close each month this long after it ends; `None`: only `periods close` closes.
     pub close_grace_secs: Option<i64>,
     /// Remove report bodies this long after their month closed.
@@ -65,9 +66,20 @@ impl Collector {
         key: SigningKey,
         agent_rate: Option<f64>,
     ) -> Self {
+        let online = Arc::new(crate::keys::KeyHandle::new(
+            crate::keys::OnlineKeys::single(&key),
+        ));
+        Self::with_keys(store, online, agent_rate)
+    }
+
+    /// A collector signing receipts and statements with the current keys of `online`.
+    pub fn with_keys(
+        store: Arc<dyn Store>,
+        online: Arc<crate::keys::KeyHandle>,
+        agent_rate: Option<f64>,
+    ) -> Self {
         let metrics = Arc::new(Metrics::default());
-        let vendor_key = key.clone();
-        let mut ingestor = Ingestor::new(store.clone(), key, metrics.clone());
+        let mut ingestor = Ingestor::with_keys(store.clone(), online, metrics.clone());
         ingestor.limiter = agent_rate.map(crate::ratelimit::AgentRateLimiter::new);
         let ingestor = Arc::new(ingestor);
         Collector {
@@ -80,7 +92,7 @@ impl Collector {
             grpc_tls: None,
             http_tls: None,
             licenses_dir: None,
-            vendor_key,
+            data_dir: None,
             close_grace_secs: Some(DEFAULT_CLOSE_GRACE_SECS),
             retain_reports_secs: crate::lifecycle::DEFAULT_RETAIN_REPORTS_SECS,
             webhook: None,
@@ -98,7 +110,7 @@ impl Collector {
             silent_after_secs: self.silent_after_secs,
             request_timeout: self.request_timeout,
             status: self.status.clone(),
-            deployment: tally_proto::keys::key_id(&self.vendor_key.verifying_key().to_bytes()),
+            deployment: self.ingestor.online_keys().current().deployment_id(),
             ui_idle_secs: self.ui_idle_secs,
         }
     }
@@ -153,7 +165,7 @@ pub async fn run(
             Some(grace) => {
                 crate::periods::close_loop(
                     collector.store.clone(),
-                    collector.vendor_key.clone(),
+                    collector.ingestor.online_keys(),
                     grace,
                     wait(stop_rx.clone()),
                 )
@@ -198,19 +210,35 @@ pub async fn run(
             None => wait(stop_rx.clone()).await,
         }
     };
+    let keys = async {
+        match collector.data_dir.clone() {
+            Some(dir) => {
+                crate::keys::refresh_loop(
+                    collector.store.clone(),
+                    dir,
+                    collector.ingestor.online_keys(),
+                    crate::keys::REFRESH_EVERY,
+                    wait(stop_rx.clone()),
+                )
+                .await
+            }
+            None => wait(stop_rx.clone()).await,
+        }
+    };
     let status = crate::status::check_loop(
         collector.store.clone(),
         collector.status.clone(),
         wait(stop_rx.clone()),
     );
-    let (g, h, (), (), (), (), ()) = tokio::join!(
+    let (g, h, (), (), (), (), (), ()) = tokio::join!(
         grpc_server,
         http_server,
         lifecycle,
         closing,
         alerts,
         backups,
-        status
+        status,
+        keys
     );
     g?;
     h?;

@@ -303,6 +303,16 @@ impl IncidentStore for CountsDuplicatesTwice {
     }
 }
 
+#[async_trait]
+impl KeyringStore for CountsDuplicatesTwice {
+    async fn add_keyring(&self, version: u64, signed: Vec<u8>, at: Instant) -> StoreResult<()> {
+        self.0.add_keyring(version, signed, at).await
+    }
+    async fn keyrings_after(&self, version: u64) -> StoreResult<Vec<(u64, Vec<u8>)>> {
+        self.0.keyrings_after(version).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_suite_fails_a_store_that_counts_a_duplicate_twice() {
     let honest = fresh_sqlite();

@@ -32,6 +32,11 @@ pub struct BatchSigner {
 }
 
 impl BatchSigner {
+    /// The id of the key it signs with.
+    pub fn key_id(&self) -> String {
+        crate::keys::key_id(&self.public)
+    }
+
     pub fn new(key: &SigningKey) -> Self {
         let mut h: [u8; 64] = Sha512::digest(key.to_bytes()).into();
         let mut lower = [0u8; 32];

@@ -10,6 +10,7 @@ pub mod bundle;
 pub mod digest;
 pub mod enroll;
 pub mod json;
+pub mod keyring;
 pub mod keys;
 pub mod license;
 pub mod limits;

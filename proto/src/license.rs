@@ -120,10 +120,12 @@ impl License {
         }
         .encode_to_vec();
         let signature = signing::sign(vendor, Domain::License, &license).to_vec();
+        let public = vendor.verifying_key().to_bytes();
         pb::SignedLicense {
             license,
             signature,
-            vendor_key: vendor.verifying_key().to_bytes().to_vec(),
+            vendor_key: public.to_vec(),
+            key_id: crate::keys::key_id(&public),
         }
     }
 
@@ -143,6 +145,14 @@ impl License {
             });
         }
         signing::verify(&key, Domain::License, &signed.license, &signed.signature)?;
+        // Licenses signed before key ids existed name none; one that names an id must name
+        // its own key's.
+        if !signed.key_id.is_empty() && signed.key_id != crate::keys::key_id(&key.to_bytes()) {
+            return Err(LicenseError::Invalid(format!(
+                "key id {:?} is not the id of the key that signed it",
+                signed.key_id
+            )));
+        }
         let m = pb::License::decode(signed.license.as_slice())
             .map_err(|e| LicenseError::Decode(e.to_string()))?;
         let ts = |t: &Option<prost_types::Timestamp>, name: &str| {

@@ -76,6 +76,8 @@ pub enum ReceiptError {
     Signature(#[from] SignatureError),
     #[error("receipt body is malformed: {0}")]
     Malformed(String),
+    #[error("receipt key: {0}")]
+    Key(crate::keyring::KeyError),
 }
 
 impl ReceiptBody {
@@ -83,7 +85,11 @@ impl ReceiptBody {
     pub fn sign(&self, key: &SigningKey) -> pb::Receipt {
         let body = self.encode();
         let signature = signing::sign(key, Domain::ReceiptBody, &body).to_vec();
-        pb::Receipt { body, signature }
+        pb::Receipt {
+            body,
+            signature,
+            key_id: crate::keys::key_id(&key.verifying_key().to_bytes()),
+        }
     }
 
     /// Encodes and signs many bodies at once (the collector's path: one receipt per
@@ -92,12 +98,14 @@ impl ReceiptBody {
         let encoded: Vec<Vec<u8>> = bodies.iter().map(ReceiptBody::encode).collect();
         let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
         let sigs = signer.sign_all(Domain::ReceiptBody, &refs);
+        let key_id = signer.key_id();
         encoded
             .into_iter()
             .zip(sigs)
             .map(|(body, sig)| pb::Receipt {
                 body,
                 signature: sig.to_vec(),
+                key_id: key_id.clone(),
             })
             .collect()
     }
@@ -122,6 +130,49 @@ impl ReceiptBody {
                 .collect(),
         }
         .encode_to_vec()
+    }
+
+    /// Verifies a receipt against the keyring: the key its `key_id` names must verify it
+    /// and be a receipt key valid at its `received_at`; and, given `arrived_at` (when the
+    /// verifier got it, by its own clock), not revoked by then — so a leaked key cannot
+    /// make a receipt an agent takes after the revocation pass by claiming an earlier time.
+    /// A receipt without a key id (a collector that predates keyrings) is checked with
+    /// `legacy`, the key the agent enrolled with, if given.
+    pub fn verify_in(
+        receipt: &pb::Receipt,
+        keyring: &crate::keyring::Keyring,
+        legacy: Option<&VerifyingKey>,
+        arrived_at: Option<Instant>,
+    ) -> Result<Self, ReceiptError> {
+        use crate::keyring::Purpose;
+        if receipt.key_id.is_empty() {
+            let key = legacy.ok_or(ReceiptError::Key(crate::keyring::KeyError::Unknown(
+                "(none named)".into(),
+            )))?;
+            return Self::verify(receipt, key);
+        }
+        let entry = keyring.get(&receipt.key_id).ok_or_else(|| {
+            ReceiptError::Key(crate::keyring::KeyError::Unknown(receipt.key_id.clone()))
+        })?;
+        let key = VerifyingKey::from_bytes(&entry.public_key)
+            .map_err(|_| ReceiptError::Signature(SignatureError::BadKey))?;
+        let body = Self::verify(receipt, &key)?;
+        keyring
+            .key_for(Purpose::Receipt, &receipt.key_id, body.received_at)
+            .map_err(ReceiptError::Key)?;
+        if let Some(arrived) = arrived_at {
+            // A revoked key's receipts are refused from the revocation on, whatever time
+            // they claim (a planned rotation's end is judged at received_at alone).
+            if let Some(r) = entry.revoked_at
+                && arrived >= r
+            {
+                return Err(ReceiptError::Key(crate::keyring::KeyError::Revoked {
+                    key_id: receipt.key_id.clone(),
+                    revoked_at: r,
+                }));
+            }
+        }
+        Ok(body)
     }
 
     /// Verifies a receipt against the collector key, then decodes it.

@@ -15,6 +15,7 @@ pub enum Domain {
     License,
     Enroll,
     Statement,
+    Keyring,
 }
 
 impl Domain {
@@ -25,6 +26,7 @@ impl Domain {
             Domain::License => b"tally.v1.License\0",
             Domain::Enroll => b"tally.v1.Enroll\0",
             Domain::Statement => b"tally.v1.Statement\0",
+            Domain::Keyring => b"tally.v1.Keyring\0",
         }
     }
 

@@ -90,6 +90,22 @@ pub fn format_duration_secs(secs: u64) -> String {
 }
 
 /// RFC 3339 with seconds precision and `Z`.
+/// The first instant after the month `YYYY-MM` (UTC), if it names one.
+pub fn month_after(month: &str) -> Option<Instant> {
+    use chrono::{Datelike, NaiveDate, TimeZone};
+    let (y, m) = month.split_once('-')?;
+    if y.len() != 4 || m.len() != 2 {
+        return None;
+    }
+    let first = NaiveDate::from_ymd_opt(y.parse().ok()?, m.parse().ok()?, 1)?;
+    let next = if first.month() == 12 {
+        NaiveDate::from_ymd_opt(first.year() + 1, 1, 1)?
+    } else {
+        NaiveDate::from_ymd_opt(first.year(), first.month() + 1, 1)?
+    };
+    Some(chrono::Utc.from_utc_datetime(&next.and_hms_opt(0, 0, 0)?))
+}
+
 pub fn rfc3339(t: Instant) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }

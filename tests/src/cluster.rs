@@ -17,7 +17,10 @@ pub struct Cluster {
     pub nodes: Vec<PathBuf>,
     pub procs: Vec<CollectorProcess>,
     pub admin: String,
+    /// The key receipts are signed with (`init`'s `collector_key`).
     pub collector_key: ed25519_dalek::VerifyingKey,
+    /// The deployment's (first) vendor key.
+    pub vendor_key: ed25519_dalek::VerifyingKey,
 }
 
 pub fn cli(data: &Path, url: &str, args: &[&str]) -> Value {
@@ -28,7 +31,12 @@ pub fn cli(data: &Path, url: &str, args: &[&str]) -> Value {
 
 fn copy_node_files(from: &Path, to: &Path) {
     std::fs::create_dir_all(to.join("licenses")).unwrap();
+    std::fs::create_dir_all(to.join("keys")).unwrap();
     std::fs::copy(from.join("vendor.key"), to.join("vendor.key")).unwrap();
+    for e in std::fs::read_dir(from.join("keys")).unwrap() {
+        let e = e.unwrap();
+        let _ = std::fs::copy(e.path(), to.join("keys").join(e.file_name()));
+    }
     for e in std::fs::read_dir(from.join("licenses")).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), to.join("licenses").join(e.file_name())).unwrap();
@@ -56,6 +64,13 @@ impl Cluster {
             procs: Vec::new(),
             admin: init["admin_token"].as_str().unwrap().to_string(),
             collector_key: ed25519_dalek::VerifyingKey::from_bytes(&key).unwrap(),
+            vendor_key: ed25519_dalek::VerifyingKey::from_bytes(
+                &hex::decode(init["vendor_key"].as_str().unwrap())
+                    .unwrap()
+                    .try_into()
+                    .unwrap(),
+            )
+            .unwrap(),
         };
         for i in 0..n {
             let p = c.spawn(i, "127.0.0.1:0", "127.0.0.1:0");

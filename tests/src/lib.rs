@@ -769,6 +769,8 @@ pub struct Deployment {
     pub adata: PathBuf,
     pub collector: CollectorProcess,
     pub admin: String,
+    /// The key receipts are signed with (`init`'s `collector_key`).
+    pub receipt_key: ed25519_dalek::VerifyingKey,
     pub customer: String,
     pub license: String,
     pub license_file: String,
@@ -783,10 +785,15 @@ impl Deployment {
         let tmp = tempfile::tempdir().unwrap();
         let cdata = tmp.path().join("collector");
         let adata = tmp.path().join("agent");
-        let admin = collector_json(&cdata, &["init"])["admin_token"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let init = collector_json(&cdata, &["init"]);
+        let admin = init["admin_token"].as_str().unwrap().to_string();
+        let receipt_key = ed25519_dalek::VerifyingKey::from_bytes(
+            &hex::decode(init["collector_key"].as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap(),
+        )
+        .unwrap();
         let customer = collector_json(&cdata, &["customers", "add", "Acme"])["id"]
             .as_str()
             .unwrap()
@@ -817,6 +824,7 @@ impl Deployment {
             adata,
             collector,
             admin,
+            receipt_key,
             customer,
             license,
             license_file,

@@ -220,16 +220,10 @@ async fn offline_export_import_counts_once_and_receipts_close_the_loop() {
         .unwrap()
         .into_inner();
     assert_eq!(resp.receipts.len() as u64, n);
-    let db = rusqlite::Connection::open(d.adata.join("agent.db")).unwrap();
-    let ck: Vec<u8> = db
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'collector_key'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let ck = tally_proto::signing::verifying_key(&ck).unwrap();
+    // Signed with the receipt key, named by its id.
+    let ck = d.receipt_key;
     for r in &resp.receipts {
+        assert_eq!(r.key_id, tally_proto::keys::key_id(&ck.to_bytes()));
         let body = tally_proto::receipt::ReceiptBody::verify(r, &ck).unwrap();
         assert_eq!(body.outcome, tally_proto::receipt::Outcome::Duplicate);
     }

@@ -96,12 +96,15 @@ async fn backups_taken_while_ingesting_are_consistent_and_restore() {
     let rows = collector_json(&restored, &["usage", "--granularity", "month"]);
     assert!(!rows["rows"].as_array().unwrap().is_empty(), "{rows}");
     let (code, _, err) = tally_tests::collector_cmd(&restored, &["periods", "close", "2000-01"]);
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        err.contains("vendor.key") && err.contains("missing"),
-        "{err}"
-    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("keys/") && err.contains("is missing"), "{err}");
+    // The keys are backed up apart from the data: copy them back.
     std::fs::copy(d.cdata.join("vendor.key"), restored.join("vendor.key")).unwrap();
+    std::fs::create_dir_all(restored.join("keys")).unwrap();
+    for e in std::fs::read_dir(d.cdata.join("keys")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), restored.join("keys").join(e.file_name())).unwrap();
+    }
     let again = CollectorProcess::spawn(&restored);
     let usage: serde_json::Value = reqwest::Client::new()
         .get(format!("http://{}/v1/usage?granularity=month", again.http))

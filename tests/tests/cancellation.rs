@@ -37,9 +37,7 @@ fn tenant(d: &Deployment, name: &str) -> Tenant {
 
 async fn submit(d: &Deployment, t: &mut Tenant, n: u64, q: u64) -> Vec<(Outcome, String)> {
     let c = &d.collector;
-    let key = tally_proto::keys::read(&d.cdata.join("vendor.key"))
-        .unwrap()
-        .verifying_key();
+    let key = d.receipt_key;
     let reports = (0..n)
         .map(|_| t.agent.next(&[("api.convert", q)]).1)
         .collect();

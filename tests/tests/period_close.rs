@@ -1,6 +1,6 @@
 //! Closing a month with real processes: a `tally-agent` whose clock is set to the last days
 //! of the previous month (libfaketime) reports usage to a `tally-collector` on real time;
-//! `periods close` freezes the month into a statement signed by the vendor key, which
+//! `periods close` freezes the month into a statement signed by the statement key, which
 //! `statements verify` checks offline and `tally-agent statements verify` checks against
 //! the agent's own receipts. Reports of the closed month that arrive later land as an
 //! adjustment of the next month and never change the closed statement's bytes; a statement
@@ -64,7 +64,8 @@ async fn a_closed_month_is_signed_frozen_and_verifiable_by_the_customers_agent()
     let (cdata, adata) = (tmp.path().join("collector"), tmp.path().join("agent"));
     let init = collector_json(&cdata, &["init"]);
     let admin = init["admin_token"].as_str().unwrap().to_string();
-    let vendor_hex = init["collector_key"].as_str().unwrap().to_string();
+    // The key closed statements are signed with.
+    let vendor_hex = init["statement_key"].as_str().unwrap().to_string();
     let customer = collector_json(&cdata, &["customers", "add", "Acme, \"Intl\""])["id"]
         .as_str()
         .unwrap()
@@ -186,7 +187,7 @@ async fn a_closed_month_is_signed_frozen_and_verifiable_by_the_customers_agent()
     );
     assert_eq!(agents[0]["first_seq"], 1);
 
-    // Offline check with only the vendor's public key.
+    // Offline check with only the statement key's public half.
     let file = tmp.path().join("statement.json");
     std::fs::write(&file, &frozen).unwrap();
     let f = file.to_str().unwrap();
@@ -294,9 +295,9 @@ async fn a_closed_month_is_signed_frozen_and_verifiable_by_the_customers_agent()
         "{audit_log}"
     );
     // A phantom install: a line for a key the customer never had, the total raised to
-    // match and re-signed with the vendor key (it adds up, and this agent's own line is
+    // match and re-signed with the statement key (it adds up, and this agent's own line is
     // honest): the audit names it.
-    let vendor = tally_proto::keys::read(&cdata.join("vendor.key")).unwrap();
+    let vendor = statement_key(&cdata, &frozen);
     let mut phantom = Statement::verify(&frozen, &vendor.verifying_key()).unwrap();
     let mut line = phantom.agents[0].clone();
     line.agent_id = "agt_phantom".into();
@@ -485,7 +486,7 @@ async fn a_closed_month_is_signed_frozen_and_verifiable_by_the_customers_agent()
 
     // The vendor tampers: drops one report from the agent's line and raises a quantity,
     // and signs again (it holds the key). The agent names both differences.
-    let vendor = tally_proto::keys::read(&cdata.join("vendor.key")).unwrap();
+    let vendor = statement_key(&cdata, &frozen);
     let mut s = Statement::verify(&frozen, &vendor.verifying_key()).unwrap();
     let line = &mut s.agents[0];
     let (first, last) = (line.first_seq, line.last_seq);
@@ -568,4 +569,12 @@ async fn a_closed_month_is_signed_frozen_and_verifiable_by_the_customers_agent()
             "collector, {name}: {err}"
         );
     }
+}
+
+/// The private key that signed `statement` (the collector's statement key, in `keys/`):
+/// what a dishonest vendor re-signs with.
+fn statement_key(cdata: &std::path::Path, statement: &[u8]) -> ed25519_dalek::SigningKey {
+    let v: serde_json::Value = serde_json::from_slice(statement).unwrap();
+    let id = v["key_id"].as_str().unwrap();
+    tally_proto::keys::read(&cdata.join("keys").join(format!("{id}.key"))).unwrap()
 }

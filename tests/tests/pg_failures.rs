@@ -44,7 +44,7 @@ async fn second_init_and_a_foreign_key_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let first = tmp.path().join("first");
     let init = collector_json(&first, &["--database", &url, "init"]);
-    let key: [u8; 32] = hex::decode(init["collector_key"].as_str().unwrap())
+    let key: [u8; 32] = hex::decode(init["vendor_key"].as_str().unwrap())
         .unwrap()
         .try_into()
         .unwrap();
@@ -56,51 +56,63 @@ async fn second_init_and_a_foreign_key_are_refused() {
     assert!(err.contains(&tally_proto::keys::key_id(&key)), "{err}");
     assert!(!second.join("vendor.key").exists(), "nothing written");
 
-    // A node with a key of its own (from an unrelated SQLite init).
-    let foreign = tmp.path().join("foreign");
-    let other = collector_json(&foreign, &["init"]);
-    let other: [u8; 32] = hex::decode(other["collector_key"].as_str().unwrap())
+    // A node with keys of its own (from an unrelated SQLite init): it lacks the database's
+    // receipt key, named. Given the database's online keys but still its own vendor key,
+    // that vendor key is named as not the deployment's.
+    let receipt: [u8; 32] = hex::decode(init["collector_key"].as_str().unwrap())
         .unwrap()
         .try_into()
         .unwrap();
-    // `serve` must refuse at once; were it to start serving, it is killed and the test fails.
-    let mut child = std::process::Command::new(tally_tests::workspace_bin("tally-collector"))
-        .args(["--data"])
-        .arg(&foreign)
-        .args([
-            "--database",
-            &url,
-            "serve",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+    let foreign = tmp.path().join("foreign");
+    let other = collector_json(&foreign, &["init"]);
+    let other: [u8; 32] = hex::decode(other["vendor_key"].as_str().unwrap())
+        .unwrap()
+        .try_into()
         .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("serve started with a key that is not the database's");
+    let refused = |expect: Vec<String>| {
+        // `serve` must refuse at once; were it to start serving, it is killed and the test
+        // fails.
+        let mut child = std::process::Command::new(tally_tests::workspace_bin("tally-collector"))
+            .args(["--data"])
+            .arg(&foreign)
+            .args([
+                "--database",
+                &url,
+                "serve",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("serve started with keys that are not the database's");
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        let output = child.wait_with_output().unwrap();
+        let (code, out, err) = (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        );
+        assert_eq!(code, 2, "{out}{err}");
+        for id in expect {
+            assert!(err.contains(&id), "the refusal names key {id}: {err}");
+        }
+    };
+    refused(vec![tally_proto::keys::key_id(&receipt)]);
+    for e in std::fs::read_dir(first.join("keys")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), foreign.join("keys").join(e.file_name())).unwrap();
     }
-    let output = child.wait_with_output().unwrap();
-    let (code, out, err) = (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).to_string(),
-        String::from_utf8_lossy(&output.stderr).to_string(),
-    );
-    assert_eq!(code, 2, "{out}{err}");
-    for id in [
-        tally_proto::keys::key_id(&key),
-        tally_proto::keys::key_id(&other),
-    ] {
-        assert!(err.contains(&id), "the refusal names key {id}: {err}");
-    }
+    refused(vec![tally_proto::keys::key_id(&other)]);
 }
 
 /// Waits (up to 30 s) until gRPC health reports `want` for `service`.

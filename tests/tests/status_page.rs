@@ -152,7 +152,7 @@ async fn a_store_outage_is_one_incident_on_every_collector() {
             e.id,
             format!(
                 "urn:tally:status:{}:incident:{}",
-                tally_proto::keys::key_id(&c.collector_key.to_bytes()),
+                tally_proto::keys::key_id(&c.vendor_key.to_bytes()),
                 a[0]["id"]
             )
         );

@@ -10,8 +10,8 @@ use crate::agent::Agent;
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::path::Path;
+use tally_proto::statement::StatementError;
 use tally_proto::statement::audit::{Evidence, audit};
-use tally_proto::statement::{Statement, StatementError};
 
 /// Largest evidence document read (every signed report of a customer-month).
 const MAX_EVIDENCE_BYTES: usize = 512 << 20;
@@ -73,7 +73,7 @@ pub async fn statements_audit(
             "{origin}: larger than {MAX_STATEMENT_BYTES} bytes"
         )));
     }
-    let statement = Statement::verify(&bytes, &agent.collector_key).map_err(|e| match e {
+    let statement = agent.keys.verify_statement(&bytes).map_err(|e| match e {
         StatementError::Malformed(_) if matches!(source, StatementSource::File(_)) => {
             usage(format!("{origin}: {e}"))
         }

@@ -50,6 +50,7 @@ pub async fn init(dir: &DataDir, a: InitArgs) -> CmdResult {
     } else {
         a.collectors.clone()
     };
+    let mut keyring: Option<pb::SignedKeyring> = None;
     let license_bytes = if a.offline {
         prost::Message::encode_to_vec(&signed)
     } else {
@@ -74,11 +75,26 @@ pub async fn init(dir: &DataDir, a: InitArgs) -> CmdResult {
             }
         }
         let resp = resp.ok_or_else(|| runtime(format!("enrollment failed: {last}")))?;
-        if resp.collector_key != vendor.to_bytes() {
+        // The key receipts will be signed with: the vendor key itself (a collector that
+        // predates keyrings), or a current receipt key of the keyring the vendor key signs.
+        let receipt_key_ok = match &resp.keyring {
+            None => resp.collector_key == vendor.to_bytes(),
+            Some(signed) => {
+                let keyring = tally_proto::keyring::Keyring::verify_first(signed, &vendor)
+                    .map_err(|e| runtime(format!("the collector's keyring: {e}")))?;
+                keyring
+                    .current(tally_proto::keyring::Purpose::Receipt)
+                    .iter()
+                    .any(|k| k.public_key.as_slice() == resp.collector_key.as_slice())
+            }
+        };
+        if !receipt_key_ok {
             return Err(runtime(
-                "the collector's key is not the key that signed the license; refusing to enroll",
+                "the collector's receipt key is not certified by the key that signed the \
+                 license; refusing to enroll",
             ));
         }
+        keyring = resp.keyring.clone();
         let l = resp
             .license
             .ok_or_else(|| runtime("the collector sent no license"))?;
@@ -100,6 +116,13 @@ pub async fn init(dir: &DataDir, a: InitArgs) -> CmdResult {
         .set_meta("collector_key", vendor.to_bytes().to_vec())
         .await
         .map_err(runtime)?;
+    if let Some(k) = keyring {
+        crate::trusted_keys::TrustedKeys::load(&store, vendor)
+            .map_err(runtime)?
+            .accept(&store, vec![k])
+            .await
+            .map_err(runtime)?;
+    }
     store
         .set_meta("collectors", collectors.join(",").into_bytes())
         .await

@@ -9,7 +9,6 @@ use serde_json::json;
 use std::path::Path;
 use tally_proto::bundle;
 use tally_proto::pb;
-use tally_proto::receipt::ReceiptBody;
 pub use tally_runtime::cli::{CmdResult, CommandError, Output};
 use tally_runtime::cli::{runtime, usage};
 
@@ -90,7 +89,9 @@ pub async fn import_receipts(agent: &Agent, file: &Path) -> CmdResult {
     let b = bundle::read_receipts(&bytes).map_err(|e| usage(format!("{}: {e}", file.display())))?;
     let mut verified = Vec::new();
     for (i, r) in b.receipts.into_iter().enumerate() {
-        let body = ReceiptBody::verify(&r, &agent.collector_key)
+        let body = agent
+            .keys
+            .verify_receipt(&r, None)
             .map_err(|e| usage(format!("receipt {i}: {e}")))?;
         verified.push((body, r));
     }

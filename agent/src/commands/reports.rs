@@ -5,7 +5,6 @@ use super::{CmdResult, CommandError, Output, runtime, usage};
 use crate::agent::Agent;
 use serde_json::{Value, json};
 use tally_proto::Digest;
-use tally_proto::receipt::ReceiptBody;
 use tally_proto::report::Report;
 
 /// Decoded fields of a report: exactly those that were signed at the top level, and the
@@ -63,7 +62,7 @@ pub fn reports_show(agent: &Agent, seq: u64) -> CmdResult {
         .ok_or_else(|| usage(format!("no report with seq {seq}")))?;
     let mut j = report_json(&r)?;
     if let Some(rc) = &r.receipt
-        && let Ok(b) = ReceiptBody::verify(rc, &agent.collector_key)
+        && let Ok(b) = agent.keys.verify_receipt(rc, None)
     {
         j["delivery"]["receipt"] = json!({"outcome": b.outcome.as_str(), "reason": b.reason, "received_at": tally_proto::time::rfc3339(b.received_at)});
     }
@@ -103,7 +102,9 @@ pub fn reports_verify(agent: &Agent) -> CmdResult {
             ));
         }
         if let Some(rc) = &r.receipt {
-            let b = ReceiptBody::verify(rc, &agent.collector_key)
+            let b = agent
+                .keys
+                .verify_receipt(rc, None)
                 .map_err(|e| fail(format!("receipt: {e}")))?;
             if b.report_digest != r.digest {
                 return Err(fail("the receipt is for another report".into()));

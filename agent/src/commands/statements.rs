@@ -8,7 +8,7 @@ use crate::statement_check::{self, Period};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::Duration;
-use tally_proto::statement::{Statement, StatementError};
+use tally_proto::statement::StatementError;
 
 /// The environment variable holding the billing API token. Never a flag: a process's
 /// arguments are visible to every user of the machine (`ps`, `/proc/PID/cmdline`).
@@ -80,7 +80,7 @@ pub async fn statements_verify(
     // `Agent::load` verified the stored license with the stored collector key, so this is
     // the license's `vendor_key`. `verify` parses strictly (a repeated key is malformed)
     // and checks the arithmetic after the signature.
-    let statement = Statement::verify(&bytes, &agent.collector_key).map_err(|e| match e {
+    let statement = agent.keys.verify_statement(&bytes).map_err(|e| match e {
         StatementError::Malformed(_) => malformed(e.to_string()),
         e => runtime(format!("{origin}: {e}")),
     })?;
@@ -120,7 +120,7 @@ pub async fn statements_verify(
             period.start,
             period.end,
             line.map_or(&[][..], |l| l.seqs.as_slice()),
-            &agent.collector_key,
+            &|r: &tally_proto::pb::Receipt| agent.keys.verify_receipt(r, None),
         )
         .map_err(runtime)?;
     let check = statement_check::check(period, line, &held);
@@ -299,7 +299,7 @@ mod tests {
     use tally_proto::Digest;
     use tally_proto::license::{License, LicensedMetric};
     use tally_proto::receipt::{Outcome, ReceiptBody};
-    use tally_proto::statement::{AgentLine, Line, Quantity, merkle_root};
+    use tally_proto::statement::{AgentLine, Line, Quantity, Statement, merkle_root};
 
     const OCT_5: i64 = 1_791_194_400; // 2026-10-05T10:00:00Z
 

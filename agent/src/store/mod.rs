@@ -186,6 +186,15 @@ impl AgentStore {
         let conn = Connection::open(path)?;
         configure(&conn)?;
         conn.execute_batch(SCHEMA)?;
+        // Added with keyrings: the id of the key that signed each stored receipt.
+        let has_key_id: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('reports') WHERE name = 'receipt_key_id'")?
+            .exists([])?;
+        if !has_key_id {
+            conn.execute_batch(
+                "ALTER TABLE reports ADD COLUMN receipt_key_id TEXT NOT NULL DEFAULT ''",
+            )?;
+        }
         let writer = Writer::start(conn, "tally-agent-writer")
             .map_err(|e| StoreError::Database(e.to_string()))?;
         Ok(AgentStore {
@@ -271,7 +280,7 @@ impl AgentStore {
     fn reports_where(&self, clause: &str, arg: i64) -> StoreResult<Vec<StoredReport>> {
         let c = self.reader()?;
         let mut st = c.prepare(&format!(
-            "SELECT seq, digest, bytes, signature, state, reason, detail, receipt_body, receipt_signature FROM reports WHERE {clause}"
+            "SELECT seq, digest, bytes, signature, state, reason, detail, receipt_body, receipt_signature, receipt_key_id FROM reports WHERE {clause}"
         ))?;
         let rows = st
             .query_map([arg], |r| {
@@ -295,9 +304,11 @@ impl AgentStore {
                     },
                     reason: r.get(5)?,
                     detail: r.get(6)?,
-                    receipt: body
-                        .zip(sig)
-                        .map(|(body, signature)| pb::Receipt { body, signature }),
+                    receipt: body.zip(sig).map(|(body, signature)| pb::Receipt {
+                        body,
+                        signature,
+                        key_id: r.get(9).unwrap_or_default(),
+                    }),
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

@@ -33,7 +33,7 @@ pub(super) fn receipts_tx(
         let n = c
             .prepare_cached(
                 "UPDATE reports SET state = ?2, reason = ?3, detail = ?4, receipt_body = ?5, receipt_signature = ?6,
-                        delivered_at = ?7
+                        delivered_at = ?7, receipt_key_id = ?8
                  WHERE digest = ?1",
             )?
             .execute(params![
@@ -43,7 +43,8 @@ pub(super) fn receipts_tx(
                 body.detail,
                 raw.body,
                 raw.signature,
-                body.received_at.timestamp()
+                body.received_at.timestamp(),
+                raw.key_id
             ])?;
         if n == 0 {
             unknown += 1;
@@ -104,15 +105,15 @@ impl AgentStore {
     /// in `window_from..window_to` (Unix seconds), and every report whose seq is in one of
     /// the inclusive `seqs` ranges (the seqs a statement line counts, whatever their
     /// window). Each with its counters (decoded from the signed bytes) and its receipt's
-    /// outcome and `received_at`; every receipt is verified again against `collector_key`
-    /// and must name its report's digest (a stored receipt or report that does not check out
+    /// outcome and `received_at`; every receipt is verified again with `verify` (the agent's
+    /// keyring) and must name its report's digest (a stored receipt or report that does not check out
     /// is an error, not a silently missing receipt).
     pub fn held_reports(
         &self,
         window_from: i64,
         window_to: i64,
         seqs: &[(u64, u64)],
-        collector_key: &ed25519_dalek::VerifyingKey,
+        verify: &dyn Fn(&pb::Receipt) -> Result<ReceiptBody, tally_proto::receipt::ReceiptError>,
     ) -> StoreResult<Vec<HeldReport>> {
         // SQLite integers are i64: a range reaching past i64::MAX stops there (no seq does).
         let clamp = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
@@ -125,21 +126,35 @@ impl AgentStore {
             .map_err(|e| StoreError::Database(format!("seq ranges: {e}")))?;
         let c = self.reader()?;
         let mut st = c.prepare(
-            "SELECT seq, digest, bytes, receipt_body, receipt_signature FROM reports
+            "SELECT seq, digest, bytes, receipt_body, receipt_signature, receipt_key_id FROM reports
              WHERE (window_start >= ?1 AND window_start < ?2)
                 OR EXISTS (SELECT 1 FROM json_each(?3) AS r
                            WHERE reports.seq BETWEEN json_extract(r.value, '$[0]')
                                                  AND json_extract(r.value, '$[1]'))
              ORDER BY seq",
         )?;
-        type Row = (i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
+        type Row = (
+            i64,
+            Vec<u8>,
+            Vec<u8>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            String,
+        );
         let rows = st
             .query_map(params![window_from, window_to, ranges], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })?
             .collect::<Result<Vec<Row>, _>>()?;
         rows.into_iter()
-            .map(|(seq, digest, bytes, body, signature)| {
+            .map(|(seq, digest, bytes, body, signature, key_id)| {
                 let bad = |m: String| {
                     StoreError::Invalid(format!(
                         "report seq {seq}: {m} (hint: run 'tally-agent reports verify')"
@@ -151,9 +166,12 @@ impl AgentStore {
                 let receipt = match body.zip(signature) {
                     None => None,
                     Some((body, signature)) => {
-                        let b =
-                            ReceiptBody::verify(&pb::Receipt { body, signature }, collector_key)
-                                .map_err(|e| bad(format!("receipt: {e}")))?;
+                        let b = verify(&pb::Receipt {
+                            body,
+                            signature,
+                            key_id,
+                        })
+                        .map_err(|e| bad(format!("receipt: {e}")))?;
                         if b.report_digest != digest {
                             return Err(bad("the receipt is for another report".into()));
                         }
@@ -243,7 +261,8 @@ mod tests {
             )])
             .await
             .unwrap();
-        let ck = collector.verifying_key();
+        let key = collector.verifying_key();
+        let ck = |r: &pb::Receipt| ReceiptBody::verify(r, &key);
         let seqs = |v: Vec<HeldReport>| v.iter().map(|r| r.seq).collect::<Vec<_>>();
 
         let held = store.held_reports(t + 60, t + 120, &[], &ck).unwrap();

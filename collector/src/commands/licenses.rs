@@ -113,7 +113,7 @@ pub async fn licenses_issue(ctx: &Ctx, a: IssueArgs) -> CmdResult {
         collector_endpoint: a.endpoint.clone(),
     };
     license.validate().map_err(|e| usage_err(e.to_string()))?;
-    let signed = license.sign(&ctx.vendor_key()?);
+    let signed = license.sign(&ctx.vendor_key("licenses issue")?);
     let token = ids::new_secret("enr");
     let out = a.out.unwrap_or_else(|| {
         ctx.dir

@@ -49,6 +49,23 @@ impl From<StoreError> for CommandError {
     }
 }
 
+impl From<crate::keys::KeysError> for CommandError {
+    fn from(e: crate::keys::KeysError) -> Self {
+        use crate::keys::KeysError as K;
+        match e {
+            K::Store(s) => s.into(),
+            // A node set up wrong (a key missing or foreign): exit 2, so a service manager
+            // does not restart it in a loop.
+            K::NoKeyring(_) | K::MissingKey { .. } | K::NoVendorKey { .. } | K::Invalid(_) => {
+                CommandError::Usage(e.to_string())
+            }
+            K::BadKeyring { .. } | K::KeyFile(_) | K::NoCurrentKey(_) => {
+                CommandError::Runtime(e.to_string())
+            }
+        }
+    }
+}
+
 pub(crate) fn usage_err(m: impl Into<String>) -> CommandError {
     CommandError::Usage(m.into())
 }
@@ -87,16 +104,17 @@ impl Ctx {
         Ctx { dir, store }
     }
 
-    pub fn vendor_key(&self) -> Result<ed25519_dalek::SigningKey, CommandError> {
-        let path = self.dir.vendor_key();
-        if !path.exists() {
-            return Err(CommandError::Runtime(format!(
-                "{} is missing: this command signs with the vendor key (hint: copy vendor.key, \
-                 mode 0600, from the node that ran init — after a restore, from your key backup)",
-                path.display()
-            )));
-        }
-        keys::read(&path).map_err(|e| CommandError::Runtime(e.to_string()))
+    /// The vendor key, for `what` (a command that signs licenses or keyrings).
+    pub fn vendor_key(
+        &self,
+        what: &'static str,
+    ) -> Result<ed25519_dalek::SigningKey, CommandError> {
+        Ok(crate::keys::vendor_key(&self.dir, what)?)
+    }
+
+    /// The online keys (receipt and statement keys) and their keyring.
+    pub async fn online_keys(&self) -> Result<crate::keys::OnlineKeys, CommandError> {
+        Ok(crate::keys::load(self.store.as_ref(), &self.dir).await?)
     }
 
     pub(crate) async fn audit(
@@ -134,9 +152,9 @@ pub async fn init(dir: DataDir, database: Option<&str>) -> CmdResult {
         let store = crate::store::open(&dir, database, true).await?;
         if let Some(k) = store.collector_key().await? {
             return Err(usage_err(format!(
-                "the database is already initialized (collector key {}); to add a collector \
-                 node, copy the first node's data directory files (vendor.key, licenses/) \
-                 instead of running init",
+                "the database is already initialized (vendor key {}); to add a collector \
+                 node, copy the first node's data directory files (keys/, licenses/, and \
+                 vendor.key if it issues licenses) instead of running init",
                 keys::key_id(&k)
             )));
         }
@@ -146,10 +164,20 @@ pub async fn init(dir: DataDir, database: Option<&str>) -> CmdResult {
     })?;
     let key = keys::generate();
     keys::write_new(&dir.vendor_key(), &key).map_err(|e| CommandError::Runtime(e.to_string()))?;
+    // The online keys receipts and statements are signed with, apart from the vendor key
+    // (which can then leave this machine: docs/operations.md, "Keys").
+    let (receipt, statement) = crate::keys::new_online_keys(&dir)?;
     let store = crate::store::open(&dir, database, true).await?;
     store
         .bind_collector_key(key.verifying_key().to_bytes())
         .await?;
+    crate::keys::add_first_keyring(
+        store.as_ref(),
+        &key,
+        Some((&receipt, &statement)),
+        store.clock().now(),
+    )
+    .await?;
     let token = ids::new_secret("tally");
     let id = ids::new_id("tok");
     let now = store.clock().now();
@@ -164,11 +192,23 @@ pub async fn init(dir: DataDir, database: Option<&str>) -> CmdResult {
         .await?;
     let ctx = Ctx { dir, store };
     ctx.audit("init", &id, "ok").await?;
-    let collector_key = hex::encode(key.verifying_key().to_bytes());
+    let hex_of = |k: &ed25519_dalek::SigningKey| hex::encode(k.verifying_key().to_bytes());
+    // `collector_key`: the key receipts are signed with (what enrollment answers).
+    let (collector_key, statement_key, vendor_key) =
+        (hex_of(&receipt), hex_of(&statement), hex_of(&key));
     Ok(Output::new(
-        json!({"admin_token": token, "collector_key": collector_key, "admin_token_id": id}),
+        json!({
+            "admin_token": token,
+            "collector_key": collector_key,
+            "statement_key": statement_key,
+            "vendor_key": vendor_key,
+            "admin_token_id": id,
+        }),
         format!(
-            "Initialized {}.\ncollector key: {collector_key}\nadmin token (shown once, keep it safe): {token}\n",
+            "Initialized {}.\nvendor key: {vendor_key} (signs licenses and keyrings: keep vendor.key \
+             offline once licenses are issued; see docs/operations.md, \"Keys\")\n\
+             receipt key: {collector_key}\nstatement key: {statement_key}\n\
+             admin token (shown once, keep it safe): {token}\n",
             ctx.dir.path().display()
         ),
     ))

@@ -30,8 +30,14 @@ fn month_arg(s: &str) -> Result<i64, CommandError> {
 
 pub async fn periods_close(ctx: &Ctx, month: &str) -> CmdResult {
     let m = month_arg(month)?;
-    let vendor = ctx.vendor_key()?;
-    let c = periods::close(ctx.store.as_ref(), &vendor, m, ctx.store.clock().now()).await?;
+    let statement_key = ctx.online_keys().await?.statement;
+    let c = periods::close(
+        ctx.store.as_ref(),
+        &statement_key,
+        m,
+        ctx.store.clock().now(),
+    )
+    .await?;
     periods::audit_close(ctx.store.as_ref(), &c, "cli").await?;
     let text = if c.already_done {
         format!(
@@ -89,32 +95,43 @@ pub async fn periods_list(ctx: &Ctx) -> CmdResult {
     Ok(Output::new(json!(json), text))
 }
 
-/// Checks a closed statement document with only the vendor's public key: `vendor_key` in
-/// hex (as `init` printed it), or else the key in the data directory `data_key` (if any).
-pub fn statements_verify(file: &Path, vendor_key: Option<&str>, data_key: &Path) -> CmdResult {
-    let key = match vendor_key {
+/// Checks a closed statement document offline: against `key_hex`, the public key that
+/// signed it (the statement key `keys list` shows; the vendor key for statements closed
+/// before keyrings), or else against the keyring of the store in the data directory.
+pub async fn statements_verify(
+    file: &Path,
+    key_hex: Option<&str>,
+    dir: &crate::datadir::DataDir,
+    database: Option<&str>,
+) -> CmdResult {
+    let doc = std::fs::read(file)
+        .map_err(|e| usage_err(format!("cannot read {}: {e}", file.display())))?;
+    let checked = match key_hex {
         Some(hex_key) => {
             let bytes = hex::decode(hex_key.trim())
                 .map_err(|_| usage_err("--vendor-key: expected 64 hex characters"))?;
-            tally_proto::signing::verifying_key(&bytes)
-                .map_err(|e| usage_err(format!("--vendor-key: {e}")))?
+            let key = tally_proto::signing::verifying_key(&bytes)
+                .map_err(|e| usage_err(format!("--vendor-key: {e}")))?;
+            Statement::verify(&doc, &key)
         }
-        None if data_key.exists() => tally_proto::keys::read(data_key)
-            .map_err(|e| CommandError::Runtime(e.to_string()))?
-            .verifying_key(),
         None => {
-            return Err(usage_err(
-                "no vendor key to check against (hint: pass --vendor-key HEX, the collector key \
-                 'init' printed)",
-            ));
+            let store = crate::store::open(dir, database, false)
+                .await
+                .map_err(|_| {
+                    usage_err(
+                        "no key to check against (hint: pass --vendor-key HEX, the statement key \
+                     'keys list' shows, or run this where the collector's data is)",
+                    )
+                })?;
+            let (keyring, _) = crate::keys::verified_chain(store.as_ref())
+                .await?
+                .ok_or_else(|| usage_err("the store has no keyring yet (start `serve` once)"))?;
+            Statement::verify_in(&doc, &keyring)
         }
     };
-    let doc = std::fs::read(file)
-        .map_err(|e| usage_err(format!("cannot read {}: {e}", file.display())))?;
-    let s = Statement::verify(&doc, &key)
-        .map_err(|e| CommandError::Runtime(format!("{}: {e}", file.display())))?;
+    let s = checked.map_err(|e| CommandError::Runtime(format!("{}: {e}", file.display())))?;
     let mut text = format!(
-        "statement {} {}: signature valid (vendor key {}), closed at {}\n",
+        "statement {} {}: signature valid (key {}), closed at {}\n",
         s.customer, s.period, s.key_id, s.closed_at
     );
     for l in &s.lines {

@@ -55,7 +55,12 @@ pub async fn import(ctx: &Ctx, file: &Path, receipts_out: Option<&Path>) -> CmdR
         .map_err(|e| usage_err(format!("cannot read {}: {e}", file.display())))?;
     let b =
         bundle::read_reports(&bytes).map_err(|e| usage_err(format!("{}: {e}", file.display())))?;
-    let collector = Collector::new(ctx.store.clone(), ctx.vendor_key()?);
+    let online = std::sync::Arc::new(crate::keys::KeyHandle::new(ctx.online_keys().await?));
+    let collector = Collector::with_keys(
+        ctx.store.clone(),
+        online,
+        Some(crate::ratelimit::DEFAULT_REPORTS_PER_SEC),
+    );
     let (receipts, verdicts) = collector
         .ingestor
         .import(b.reports)

@@ -225,14 +225,29 @@ pub async fn serve(ctx: Ctx, o: ServeOptions) -> Result<(), CommandError> {
             tracing::warn!(%addr, what, "Listening in plain text on a non-loopback address.");
         }
     }
-    let key = ctx.vendor_key()?;
-    // Every node of a shared database signs receipts with the same collector key; a node
-    // whose key file differs refuses to start (a database made before the key was
-    // recorded gets this node's key).
-    ctx.store
-        .bind_collector_key(key.verifying_key().to_bytes())
-        .await?;
-    let mut collector = Collector::with_agent_rate(ctx.store.clone(), key, checked.agent_rate);
+    // The online keys of the store's keyring (every node of a shared database signs with
+    // the same ones): a node that lacks them refuses to start, naming the file. The vendor
+    // key need not be here; if it is, it must be a current root of this deployment.
+    let online = ctx.online_keys().await?;
+    if ctx.dir.vendor_key().exists() {
+        let vendor = ctx.vendor_key("serve")?.verifying_key().to_bytes();
+        let ours = online
+            .keyring
+            .current(tally_proto::keyring::Purpose::Vendor)
+            .iter()
+            .any(|k| k.public_key == vendor);
+        if !ours {
+            return Err(CommandError::Usage(format!(
+                "{} (key {}) is not a current vendor key of this deployment's keyring: another \
+                 deployment's key, or one rotated out (move it away)",
+                ctx.dir.vendor_key().display(),
+                tally_proto::keys::key_id(&vendor)
+            )));
+        }
+    }
+    let online = std::sync::Arc::new(crate::keys::KeyHandle::new(online));
+    let mut collector = Collector::with_keys(ctx.store.clone(), online, checked.agent_rate);
+    collector.data_dir = Some(ctx.dir.clone());
     collector.grpc_tls = tls;
     collector.http_tls = http_tls;
     collector.licenses_dir = Some(ctx.dir.licenses());
@@ -279,15 +294,26 @@ pub fn config_check(dir: &DataDir, database: Option<&str>, o: &ServeOptions) -> 
         backup_dir_apart(dir, b)?;
     }
     let store = crate::store::check_database_url(database)?;
+    // The keys `serve` signs with: online keys in keys/ (the vendor key may be kept
+    // elsewhere), or only vendor.key on a deployment made before keyrings. Which ones the
+    // keyring names is checked by `serve` against the store.
     let vendor_key = dir.vendor_key();
-    if !vendor_key.exists() {
+    let online: Vec<std::path::PathBuf> = std::fs::read_dir(crate::keys::keys_dir(dir))
+        .map(|r| r.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    if !vendor_key.exists() && online.is_empty() {
         return Err(CommandError::Usage(format!(
-            "{} is missing (hint: run `tally-collector init` on a new node, or copy vendor.key, \
-             mode 0600, from the node that ran it)",
-            vendor_key.display()
+            "{} has no keys (hint: run `tally-collector init` on a new node, or copy keys/ — \
+             and vendor.key if this node issues licenses — from the node that ran it)",
+            dir.path().display()
         )));
     }
-    tally_proto::keys::read(&vendor_key).map_err(|e| CommandError::Usage(e.to_string()))?;
+    for k in online
+        .iter()
+        .chain(vendor_key.exists().then_some(&vendor_key))
+    {
+        tally_proto::keys::read(k).map_err(|e| CommandError::Usage(e.to_string()))?;
+    }
     let store_name = match store {
         Database::Sqlite => {
             if !dir.db().exists() {

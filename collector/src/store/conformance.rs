@@ -2034,6 +2034,57 @@ pub async fn incidents_fold_one_outage_seen_twice(s: Subject) -> CheckResult {
     Ok(())
 }
 
+/// Keyrings: versions are added in order only (1, 2, …: a skipped or repeated version is a
+/// `Conflict`, so two rotations racing cannot both win), kept byte for byte, and listed
+/// after a version, oldest first; many adding the same next version at once: one wins.
+pub async fn keyrings_are_added_in_order_once(s: Subject) -> CheckResult {
+    let at = now(&s);
+    ensure!(
+        s.store.keyrings_after(0).await.map_err(db)?.is_empty(),
+        "a new store has no keyring"
+    );
+    for bad in [0u64, 2] {
+        ensure!(
+            matches!(
+                s.store.add_keyring(bad, vec![1], at).await,
+                Err(super::StoreError::Conflict(_))
+            ),
+            "version {bad} first must be a conflict"
+        );
+    }
+    s.store.add_keyring(1, vec![1, 1], at).await.map_err(db)?;
+    let racing: Vec<_> = (0..8u8)
+        .map(|i| {
+            let store = s.store.clone();
+            tokio::spawn(async move { store.add_keyring(2, vec![2, i], at).await })
+        })
+        .collect();
+    let mut won = 0;
+    for r in racing {
+        match r.await.map_err(db)? {
+            Ok(()) => won += 1,
+            Err(super::StoreError::Conflict(_)) => {}
+            Err(e) => return Err(db(e)),
+        }
+    }
+    ensure!(won == 1, "{won} of 8 racing adds of version 2 won");
+    s.store.add_keyring(3, vec![3], at).await.map_err(db)?;
+    let all = s.store.keyrings_after(0).await.map_err(db)?;
+    let versions: Vec<u64> = all.iter().map(|(v, _)| *v).collect();
+    ensure!(versions == vec![1, 2, 3], "versions {versions:?}");
+    ensure!(all[0].1 == vec![1, 1], "bytes kept: {:?}", all[0].1);
+    let after = s.store.keyrings_after(1).await.map_err(db)?;
+    ensure!(
+        after.iter().map(|(v, _)| *v).collect::<Vec<_>>() == vec![2, 3],
+        "after 1: {after:?}"
+    );
+    ensure!(
+        s.store.keyrings_after(3).await.map_err(db)?.is_empty(),
+        "nothing after the newest"
+    );
+    Ok(())
+}
+
 /// Expands to one `#[tokio::test]` per conformance check, each on a fresh store from
 /// `$fresh` (an async expression yielding a [`Subject`]).
 #[macro_export]
@@ -2067,7 +2118,8 @@ macro_rules! conformance_tests {
             evidence_backs_the_closed_statement,
             limits_include_licenses_in_grace,
             a_bill_counts_only_accepted_reports,
-            incidents_fold_one_outage_seen_twice
+            incidents_fold_one_outage_seen_twice,
+            keyrings_are_added_in_order_once
         );
     };
     (@each $fresh:expr; $($check:ident),+) => {

@@ -414,6 +414,7 @@ pub trait Store:
     + LifecycleStore
     + AlertStore
     + IncidentStore
+    + KeyringStore
     + Send
     + Sync
     + 'static
@@ -659,6 +660,21 @@ pub trait IncidentStore: Send + Sync {
     /// first, at most [`MAX_INCIDENTS`].
     async fn incidents_since(&self, since: Instant) -> StoreResult<Vec<Incident>>;
 }
+
+/// The deployment's keyrings (the keys that sign receipts and statements, certified by the
+/// vendor key), every version kept: an agent that was offline across rotations follows
+/// them one by one. The store keeps bytes; `tally_proto::keyring` decides what they mean.
+#[async_trait]
+pub trait KeyringStore: Send + Sync {
+    /// Adds keyring `version` (an encoded `SignedKeyring`). It must be the next version
+    /// (the newest + 1, or 1): two rotations racing cannot both be added (`Conflict`).
+    async fn add_keyring(&self, version: u64, signed: Vec<u8>, at: Instant) -> StoreResult<()>;
+    /// The keyrings after `version`, oldest first, at most [`MAX_KEYRINGS`].
+    async fn keyrings_after(&self, version: u64) -> StoreResult<Vec<(u64, Vec<u8>)>>;
+}
+
+/// The most keyrings [`KeyringStore::keyrings_after`] returns at once.
+pub const MAX_KEYRINGS: u32 = 1000;
 
 /// The most incidents [`IncidentStore::incidents_since`] returns.
 pub const MAX_INCIDENTS: u32 = 1000;

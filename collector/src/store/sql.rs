@@ -90,6 +90,17 @@ pub const INCIDENTS_SINCE: &str = "
     WHERE closed_at IS NULL OR closed_at >= $1
     ORDER BY opened_at DESC, id DESC LIMIT $2";
 
+/// The newest keyring version (NULL when none). Column: version.
+pub const NEWEST_KEYRING: &str = "SELECT MAX(version) FROM keyrings";
+
+/// A keyring: `$1` version, `$2` the encoded signed keyring, `$3` when it was added.
+pub const INSERT_KEYRING: &str =
+    "INSERT INTO keyrings (version, signed, added_at) VALUES ($1, $2, $3)";
+
+/// The keyrings after version `$1`, oldest first, at most `$2`. Columns: version, signed.
+pub const KEYRINGS_AFTER: &str =
+    "SELECT version, signed FROM keyrings WHERE version > $1 ORDER BY version LIMIT $2";
+
 /// A shared query in SQLite's spelling: `$N` becomes `?N` (SQLite would number `$N`
 /// placeholders by first appearance, not by `N`).
 pub fn sqlite(sql: &str) -> String {
@@ -132,6 +143,9 @@ mod tests {
             INSERT_INCIDENT,
             UPDATE_INCIDENT,
             INCIDENTS_SINCE,
+            NEWEST_KEYRING,
+            INSERT_KEYRING,
+            KEYRINGS_AFTER,
         ] {
             conn.prepare(&sqlite(q))
                 .unwrap_or_else(|e| panic!("{e}: {q}"));

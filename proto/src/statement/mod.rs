@@ -38,7 +38,8 @@ pub struct Statement {
     /// RFC 3339, UTC: when the month was closed. Reports stored after it count as
     /// adjustments of a later statement.
     pub closed_at: String,
-    /// Key id of the vendor key that signs it.
+    /// Key id of the key that signs it: a statement key of the keyring (the vendor key
+    /// itself for statements closed before keyrings).
     pub key_id: String,
     /// Per metric: the usage of reports whose window starts in this month.
     pub lines: Vec<Line>,
@@ -104,6 +105,8 @@ pub enum StatementError {
     WrongKey { found: String, expected: String },
     #[error("statement signature: {0}")]
     Signature(#[from] SignatureError),
+    #[error("statement key: {0}")]
+    Key(crate::keyring::KeyError),
     /// Validly signed, but its numbers do not add up ([`arithmetic`]); each named.
     #[error("the statement does not add up: {}", .0.join("; "))]
     Inconsistent(Vec<String>),
@@ -130,8 +133,63 @@ impl Statement {
 
     /// Verifies a statement document against the vendor public key, decodes it and checks
     /// its arithmetic ([`Statement::check_arithmetic`]). The document is parsed strictly: a
-    /// repeated key is malformed (other parsers would read another bill).
+    /// repeated key is malformed (other parsers would read another bill). This is for
+    /// statements signed before keyrings, by the vendor key itself.
     pub fn verify(document: &[u8], vendor: &VerifyingKey) -> Result<Statement, StatementError> {
+        Self::verify_with(document, |m| {
+            let expected = crate::keys::key_id(&vendor.to_bytes());
+            match m.get("key_id") {
+                Some(Value::String(found)) if *found != expected => Err(StatementError::WrongKey {
+                    found: found.clone(),
+                    expected,
+                }),
+                _ => Ok(*vendor),
+            }
+        })
+    }
+
+    /// Verifies a statement document against a keyring: its `key_id` must name a key that
+    /// may sign statements at its `closed_at`, and `closed_at` must be after the month it
+    /// bills (no signer can claim to have closed a month before it ended). Then as
+    /// [`Statement::verify`].
+    pub fn verify_in(
+        document: &[u8],
+        keyring: &crate::keyring::Keyring,
+    ) -> Result<Statement, StatementError> {
+        let s = Self::verify_with(document, |m| {
+            let key_id = match m.get("key_id") {
+                Some(Value::String(k)) => k.clone(),
+                _ => return Err(StatementError::Malformed("key_id: missing".into())),
+            };
+            let closed_at = match m.get("closed_at") {
+                Some(Value::String(t)) => t
+                    .parse::<crate::time::Instant>()
+                    .map_err(|_| StatementError::Malformed("closed_at: not a time".into()))?,
+                _ => return Err(StatementError::Malformed("closed_at: missing".into())),
+            };
+            keyring
+                .key_for(crate::keyring::Purpose::Statement, &key_id, closed_at)
+                .map_err(StatementError::Key)
+        })?;
+        let closed_at = s
+            .closed_at
+            .parse::<crate::time::Instant>()
+            .map_err(|_| StatementError::Malformed("closed_at: not a time".into()))?;
+        let month_end = crate::time::month_after(&s.period)
+            .ok_or_else(|| StatementError::Malformed(format!("period {:?}", s.period)))?;
+        if closed_at < month_end {
+            return Err(StatementError::Malformed(format!(
+                "closed_at {} is before the end of {}",
+                s.closed_at, s.period
+            )));
+        }
+        Ok(s)
+    }
+
+    fn verify_with(
+        document: &[u8],
+        key: impl FnOnce(&serde_json::Map<String, Value>) -> Result<VerifyingKey, StatementError>,
+    ) -> Result<Statement, StatementError> {
         let mut v: Value =
             crate::json::parse(document).map_err(|e| StatementError::Malformed(e.to_string()))?;
         let Value::Object(m) = &mut v else {
@@ -143,17 +201,8 @@ impl Statement {
             Some(_) => return Err(StatementError::Malformed("signature: not a string".into())),
             None => return Err(StatementError::Unsigned),
         };
-        let expected = crate::keys::key_id(&vendor.to_bytes());
-        match m.get("key_id") {
-            Some(Value::String(found)) if *found != expected => {
-                return Err(StatementError::WrongKey {
-                    found: found.clone(),
-                    expected,
-                });
-            }
-            _ => {}
-        }
-        signing::verify(vendor, Domain::Statement, &canonical(&v), &sig)?;
+        let key = key(m)?;
+        signing::verify(&key, Domain::Statement, &canonical(&v), &sig)?;
         let s: Statement =
             serde_json::from_value(v).map_err(|e| StatementError::Malformed(e.to_string()))?;
         s.check_arithmetic()?;

@@ -258,6 +258,7 @@ mod admin;
 mod alerts;
 mod incidents;
 mod ingest;
+mod keyrings;
 mod lifecycle;
 mod periods;
 mod queries;

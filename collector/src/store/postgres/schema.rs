@@ -206,6 +206,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX incidents_component ON incidents(component, opened_at);
     "#,
+    // 5: the keyrings, as in the SQLite store's version 8.
+    r#"
+    CREATE TABLE keyrings (
+        version BIGINT PRIMARY KEY,
+        signed BYTEA NOT NULL,
+        added_at BIGINT NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the database up to the newest schema version.

@@ -6,6 +6,7 @@ mod alerts;
 pub mod backup;
 mod incidents;
 mod ingest;
+mod keyrings;
 mod lifecycle;
 mod periods;
 mod queries;

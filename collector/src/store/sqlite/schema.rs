@@ -243,6 +243,14 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX incidents_component ON incidents(component, opened_at);
     "#,
+    // 8: the keyrings (every version, as signed).
+    r#"
+    CREATE TABLE keyrings (
+        version INTEGER PRIMARY KEY,
+        signed BLOB NOT NULL,
+        added_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// The newest schema version this build writes.
