@@ -345,13 +345,21 @@ pub async fn refresh_loop(
     }
 }
 
+/// How long replaced online keys stay valid after a rotation: collectors switch within
+/// [`REFRESH_EVERY`] once they have the new key files, and a receipt one signs meanwhile
+/// with the old key must still be good. Copy `keys/` to every node within this time.
+pub const DEFAULT_OVERLAP_SECS: i64 = 10 * 60;
+
 /// What `keys rotate --collector` / `keys revoke` change: the next keyring from `newest`,
-/// with new online keys (written to `keys/`) when `new_online`; `edit` applies the rest.
+/// with new online keys (written to `keys/`) when `new_online`, the replaced ones valid
+/// until `old_until`; `edit` applies the rest.
+#[allow(clippy::too_many_arguments)]
 pub async fn next_keyring(
     store: &dyn Store,
     dir: &DataDir,
     vendor_signers: &[&SigningKey],
     new_online: bool,
+    old_until: Instant,
     now: Instant,
     edit: impl FnOnce(&mut Keyring) -> Result<(), KeysError>,
 ) -> Result<Keyring, KeysError> {
@@ -368,7 +376,7 @@ pub async fn next_keyring(
             // statements (before keyrings) stays the root, and is simply no longer used
             // for them.
             if k.is_current() && !k.has(Purpose::Vendor) {
-                k.valid_until = Some(now.max(k.valid_from + chrono::Duration::seconds(1)));
+                k.valid_until = Some(old_until.max(k.valid_from + chrono::Duration::seconds(1)));
             }
         }
         let (receipt, statement) = (tally_proto::keys::generate(), tally_proto::keys::generate());

@@ -77,6 +77,33 @@ enum Command {
     /// Report bodies kept after their month closed.
     #[command(subcommand)]
     Retention(RetentionCmd),
+    /// The keyring: the vendor key and the online keys that sign receipts and statements.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// The keys of the newest keyring, with their purposes and validity.
+    List,
+    /// New online keys (needs the vendor key, which signs the new keyring).
+    Rotate {
+        /// New receipt and statement keys; the old ones stay listed, valid for what they
+        /// signed.
+        #[arg(long, required = true)]
+        collector: bool,
+        /// How long the replaced keys stay valid while every node switches (default 10m).
+        #[arg(long, value_name = "DURATION")]
+        overlap: Option<String>,
+    },
+    /// Revoke an online key after a leak (needs the vendor key): what it signed claiming
+    /// TIME or later is refused by agents.
+    Revoke {
+        key_id: String,
+        /// From when (RFC 3339 or YYYY-MM-DD; default now).
+        #[arg(long, value_name = "TIME")]
+        from: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -670,6 +697,19 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             match c {
                 PeriodsCmd::Close { month } => commands::periods_close(&ctx, &month).await?,
                 PeriodsCmd::List => commands::periods_list(&ctx).await?,
+            }
+        }
+        Command::Keys(k) => {
+            let ctx = Ctx::open(dir, database).await?;
+            match k {
+                KeysCmd::List => commands::keys_list(&ctx).await?,
+                KeysCmd::Rotate {
+                    collector: _,
+                    overlap,
+                } => commands::keys_rotate_collector(&ctx, overlap.as_deref()).await?,
+                KeysCmd::Revoke { key_id, from } => {
+                    commands::keys_revoke(&ctx, &key_id, from.as_deref()).await?
+                }
             }
         }
         Command::Retention(RetentionCmd::Apply { retain_reports }) => {

@@ -10,6 +10,7 @@ use crate::store::{AuditEntry, Store, StoreError};
 mod agents;
 mod backup;
 mod cancel;
+mod keyring;
 mod licenses;
 mod periods;
 mod review;
@@ -19,6 +20,7 @@ use crate::views;
 pub use agents::{agents_add, agents_list, agents_revoke};
 pub use backup::{backup, backup_verify, restore};
 pub use cancel::customers_cancel;
+pub use keyring::{keys_list, keys_revoke, keys_rotate_collector};
 pub use licenses::{
     IssueArgs, licenses_alerts, licenses_issue, licenses_list, licenses_revoke, parse_metric_arg,
 };

@@ -1,0 +1,149 @@
+//! `keys list | rotate --collector | revoke KEYID [--from TIME]`: the deployment's keyring.
+//! Rotating and revoking sign a new keyring with the vendor key, so they run where
+//! `vendor.key` is; every serving collector picks the new keyring up by itself (within
+//! seconds), signing with the new online keys from then on — once `keys/` holds them
+//! (copy the new files to every node).
+
+use super::{CmdResult, Ctx, Output, usage_err};
+use crate::keys;
+use serde_json::json;
+use tally_proto::keyring::{KeyEntry, Keyring, Purpose};
+use tally_proto::time::rfc3339;
+
+fn entry_json(k: &KeyEntry) -> serde_json::Value {
+    json!({
+        "key_id": k.key_id,
+        "public_key": hex::encode(k.public_key),
+        "purposes": k.purposes.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+        "valid_from": rfc3339(k.valid_from),
+        "valid_until": k.valid_until.map(rfc3339),
+        "revoked_at": k.revoked_at.map(rfc3339),
+        "current": k.is_current(),
+    })
+}
+
+fn keyring_output(k: &Keyring, headline: &str) -> Output {
+    let mut text = format!("{headline}keyring version {}\n", k.version);
+    for e in &k.keys {
+        let purposes: Vec<&str> = e.purposes.iter().map(|p| p.as_str()).collect();
+        let state = match (e.revoked_at, e.valid_until) {
+            (Some(r), _) => format!("revoked from {}", rfc3339(r)),
+            (None, Some(u)) => format!("until {}", rfc3339(u)),
+            (None, None) => "current".into(),
+        };
+        text.push_str(&format!(
+            "{}\t{}\tfrom {}\t{state}\n",
+            e.key_id,
+            purposes.join(","),
+            rfc3339(e.valid_from)
+        ));
+    }
+    Output::new(
+        json!({"version": k.version, "keys": k.keys.iter().map(entry_json).collect::<Vec<_>>()}),
+        text,
+    )
+}
+
+/// `keys list`: the newest keyring, verified from the deployment's first vendor key.
+pub async fn keys_list(ctx: &Ctx) -> CmdResult {
+    let (k, _) = keys::verified_chain(ctx.store.as_ref())
+        .await?
+        .ok_or_else(|| usage_err("no keyring yet (hint: start `serve` once, or run `init`)"))?;
+    Ok(keyring_output(&k, ""))
+}
+
+/// `keys rotate --collector [--overlap 10m]`: new receipt and statement keys; the old ones
+/// stay valid `overlap` longer (while every node switches), then end, and stay listed,
+/// valid for what they signed.
+pub async fn keys_rotate_collector(ctx: &Ctx, overlap: Option<&str>) -> CmdResult {
+    let overlap = match overlap {
+        None => keys::DEFAULT_OVERLAP_SECS,
+        Some(d) => super::duration_arg("overlap", d)?,
+    };
+    let vendor = ctx.vendor_key("keys rotate")?;
+    let now = ctx.store.clock().now();
+    let until = now + chrono::Duration::seconds(overlap.max(1));
+    let k = keys::next_keyring(
+        ctx.store.as_ref(),
+        &ctx.dir,
+        &[&vendor],
+        true,
+        until,
+        now,
+        |_| Ok(()),
+    )
+    .await?;
+    ctx.audit(
+        "keys rotate",
+        &format!("keyring {}", k.version),
+        "ok collector",
+    )
+    .await?;
+    let mut out = keyring_output(&k, "rotated: new receipt and statement keys\n");
+    out.text.push_str(&format!(
+        "copy the new files in {} to every collector node\n",
+        keys::keys_dir(&ctx.dir).display()
+    ));
+    Ok(out)
+}
+
+/// `keys revoke KEYID [--from TIME]`: what the key signed claiming `TIME` or later (default:
+/// now) is refused by agents. Revoking a current online key also makes new online keys.
+pub async fn keys_revoke(ctx: &Ctx, key_id: &str, from: Option<&str>) -> CmdResult {
+    let vendor = ctx.vendor_key("keys revoke")?;
+    let now = ctx.store.clock().now();
+    let from = match from {
+        None => now,
+        Some(t) => tally_proto::time::parse_instant(t)
+            .map_err(|e| usage_err(format!("--from: {e}")))?,
+    };
+    if from > now {
+        return Err(usage_err("--from: a revocation starts now or earlier"));
+    }
+    let (newest, _) = keys::verified_chain(ctx.store.as_ref())
+        .await?
+        .ok_or_else(|| usage_err("no keyring yet"))?;
+    let entry = newest
+        .get(key_id)
+        .ok_or_else(|| usage_err(format!("key {key_id} is not in the keyring (see `keys list`)")))?;
+    if entry.has(Purpose::Vendor) {
+        return Err(usage_err(format!(
+            "key {key_id} is a vendor key: replace it with `keys rotate --vendor` instead"
+        )));
+    }
+    if entry.revoked_at.is_some_and(|r| r <= from) {
+        return Err(usage_err(format!("key {key_id} is already revoked from then on")));
+    }
+    // The collector must keep signing: a current key revoked is replaced at once.
+    let replace = entry.is_current();
+    let id = key_id.to_string();
+    let k = keys::next_keyring(
+        ctx.store.as_ref(),
+        &ctx.dir,
+        &[&vendor],
+        replace,
+        now + chrono::Duration::seconds(keys::DEFAULT_OVERLAP_SECS),
+        now,
+        move |next| {
+            let e = next
+                .keys
+                .iter_mut()
+                .find(|e| e.key_id == id)
+                .ok_or_else(|| keys::KeysError::Invalid(format!("key {id} vanished")))?;
+            e.revoked_at = Some(from.max(e.valid_from));
+            Ok(())
+        },
+    )
+    .await?;
+    ctx.audit(
+        "keys revoke",
+        key_id,
+        &format!("ok from {} keyring {}", rfc3339(from), k.version),
+    )
+    .await?;
+    Ok(keyring_output(
+        &k,
+        &format!("revoked {key_id} from {}\n", rfc3339(from)),
+    ))
+}
+
