@@ -268,3 +268,56 @@ async fn a_collector_without_the_vendor_key() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("vendor.key is missing"), "{err}");
 }
+
+/// A deployment and an agent made before keyrings (simulated: the online keys and the
+/// keyring taken away, the agent holding no keyring): `serve` writes a first keyring in
+/// which the one vendor key signs everything, so the agent's receipts keep the key it
+/// knows; after `keys rotate --collector` the agent follows the keyring to the new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deployment_from_before_keyrings_keeps_its_one_key_until_rotated() {
+    let mut d = Deployment::new(&["api.convert"], Some(""));
+    d.collector.kill9();
+    std::fs::remove_dir_all(d.cdata.join("keys")).unwrap();
+    {
+        let db = rusqlite::Connection::open(d.cdata.join("collector.db")).unwrap();
+        db.execute("DELETE FROM keyrings", []).unwrap();
+        let a = rusqlite::Connection::open(d.adata.join("agent.db")).unwrap();
+        a.execute("DELETE FROM meta WHERE key = 'keyrings'", []).unwrap();
+    }
+    d.collector = CollectorProcess::spawn(&d.cdata);
+    let vendor = tally_proto::keys::read(&d.cdata.join("vendor.key")).unwrap();
+    let vendor_id = tally_proto::keys::key_id(&vendor.verifying_key().to_bytes());
+    let first = collector_json(&d.cdata, &["keys", "list"]);
+    assert_eq!(first["version"], 1, "{first}");
+    assert_eq!(current(&first, "receipt"), vec![vendor_id.clone()], "{first}");
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--interval",
+        "1s",
+        "--collector",
+        &format!("http://{}", d.collector.grpc),
+    ];
+    let agent = AgentProcess::spawn(&d.adata, &args);
+    record(&agent, 2).await;
+    agent.drain(60).await;
+    assert!(
+        receipt_key_ids(&d.adata).iter().all(|(_, k)| *k == vendor_id),
+        "receipts by the one key"
+    );
+    let rotated = collector_json(&d.cdata, &["keys", "rotate", "--collector"]);
+    let new_receipt = current(&rotated, "receipt")
+        .into_iter()
+        .find(|k| *k != vendor_id)
+        .expect("a new receipt key");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    record(&agent, 3).await;
+    agent.drain(60).await;
+    assert!(
+        receipt_key_ids(&d.adata).iter().any(|(_, k)| *k == new_receipt),
+        "the agent followed the keyring"
+    );
+    assert_eq!(usage_total(&d).await, 5);
+    let (code, out, err) = agent_cmd(&d.adata, &["reports", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
