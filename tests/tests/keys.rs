@@ -25,7 +25,9 @@ async fn record(agent: &AgentProcess, q: u64) {
 fn receipt_key_ids(adata: &Path) -> Vec<(u64, String)> {
     let db = rusqlite::Connection::open(adata.join("agent.db")).unwrap();
     let mut st = db
-        .prepare("SELECT seq, receipt_key_id FROM reports WHERE receipt_body IS NOT NULL ORDER BY seq")
+        .prepare(
+            "SELECT seq, receipt_key_id FROM reports WHERE receipt_body IS NOT NULL ORDER BY seq",
+        )
         .unwrap();
     st.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
         .unwrap()
@@ -163,7 +165,10 @@ async fn a_collector_rotation_with_agents_across_it() {
         .iter()
         .find(|k| k["key_id"] == old_receipt[0].as_str())
         .unwrap();
-    assert!(old["valid_until"].is_string() && old["revoked_at"].is_null(), "{old}");
+    assert!(
+        old["valid_until"].is_string() && old["revoked_at"].is_null(),
+        "{old}"
+    );
 }
 
 /// A leaked receipt key, revoked from a time before the agent's last receipts: the
@@ -196,11 +201,17 @@ async fn a_revoked_receipt_key_is_refused_from_its_revocation_on() {
     let ids = receipt_key_ids(&d.adata);
     assert!(ids.iter().any(|(_, k)| *k != leaked), "{ids:?}");
     let (code, out, err) = agent_cmd(&d.adata, &["reports", "verify"]);
-    assert_ne!(code, 0, "a receipt by a revoked key must not verify: {out}{err}");
+    assert_ne!(
+        code, 0,
+        "a receipt by a revoked key must not verify: {out}{err}"
+    );
     assert!(err.contains(&leaked) && err.contains("revoked"), "{err}");
     // Revoking a vendor key, a key not in the keyring, or in the future: refused.
     for (args, needle) in [
-        (vec!["keys", "revoke", "0000000000000000"], "not in the keyring"),
+        (
+            vec!["keys", "revoke", "0000000000000000"],
+            "not in the keyring",
+        ),
         (
             vec!["keys", "revoke", &leaked, "--from", "2999-01-01"],
             "starts now or earlier",
@@ -282,14 +293,19 @@ async fn a_deployment_from_before_keyrings_keeps_its_one_key_until_rotated() {
         let db = rusqlite::Connection::open(d.cdata.join("collector.db")).unwrap();
         db.execute("DELETE FROM keyrings", []).unwrap();
         let a = rusqlite::Connection::open(d.adata.join("agent.db")).unwrap();
-        a.execute("DELETE FROM meta WHERE key = 'keyrings'", []).unwrap();
+        a.execute("DELETE FROM meta WHERE key = 'keyrings'", [])
+            .unwrap();
     }
     d.collector = CollectorProcess::spawn(&d.cdata);
     let vendor = tally_proto::keys::read(&d.cdata.join("vendor.key")).unwrap();
     let vendor_id = tally_proto::keys::key_id(&vendor.verifying_key().to_bytes());
     let first = collector_json(&d.cdata, &["keys", "list"]);
     assert_eq!(first["version"], 1, "{first}");
-    assert_eq!(current(&first, "receipt"), vec![vendor_id.clone()], "{first}");
+    assert_eq!(
+        current(&first, "receipt"),
+        vec![vendor_id.clone()],
+        "{first}"
+    );
     let args = [
         "--listen",
         "127.0.0.1:0",
@@ -302,7 +318,9 @@ async fn a_deployment_from_before_keyrings_keeps_its_one_key_until_rotated() {
     record(&agent, 2).await;
     agent.drain(60).await;
     assert!(
-        receipt_key_ids(&d.adata).iter().all(|(_, k)| *k == vendor_id),
+        receipt_key_ids(&d.adata)
+            .iter()
+            .all(|(_, k)| *k == vendor_id),
         "receipts by the one key"
     );
     let rotated = collector_json(&d.cdata, &["keys", "rotate", "--collector"]);
@@ -314,7 +332,9 @@ async fn a_deployment_from_before_keyrings_keeps_its_one_key_until_rotated() {
     record(&agent, 3).await;
     agent.drain(60).await;
     assert!(
-        receipt_key_ids(&d.adata).iter().any(|(_, k)| *k == new_receipt),
+        receipt_key_ids(&d.adata)
+            .iter()
+            .any(|(_, k)| *k == new_receipt),
         "the agent followed the keyring"
     );
     assert_eq!(usage_total(&d).await, 5);

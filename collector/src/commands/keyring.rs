@@ -94,8 +94,9 @@ pub async fn keys_revoke(ctx: &Ctx, key_id: &str, from: Option<&str>) -> CmdResu
     let now = ctx.store.clock().now();
     let from = match from {
         None => now,
-        Some(t) => tally_proto::time::parse_instant(t)
-            .map_err(|e| usage_err(format!("--from: {e}")))?,
+        Some(t) => {
+            tally_proto::time::parse_instant(t).map_err(|e| usage_err(format!("--from: {e}")))?
+        }
     };
     if from > now {
         return Err(usage_err("--from: a revocation starts now or earlier"));
@@ -103,16 +104,20 @@ pub async fn keys_revoke(ctx: &Ctx, key_id: &str, from: Option<&str>) -> CmdResu
     let (newest, _) = keys::verified_chain(ctx.store.as_ref())
         .await?
         .ok_or_else(|| usage_err("no keyring yet"))?;
-    let entry = newest
-        .get(key_id)
-        .ok_or_else(|| usage_err(format!("key {key_id} is not in the keyring (see `keys list`)")))?;
+    let entry = newest.get(key_id).ok_or_else(|| {
+        usage_err(format!(
+            "key {key_id} is not in the keyring (see `keys list`)"
+        ))
+    })?;
     if entry.has(Purpose::Vendor) {
         return Err(usage_err(format!(
             "key {key_id} is a vendor key: replace it with `keys rotate --vendor` instead"
         )));
     }
     if entry.revoked_at.is_some_and(|r| r <= from) {
-        return Err(usage_err(format!("key {key_id} is already revoked from then on")));
+        return Err(usage_err(format!(
+            "key {key_id} is already revoked from then on"
+        )));
     }
     // The collector must keep signing: a current key revoked is replaced at once.
     let replace = entry.is_current();
@@ -146,4 +151,3 @@ pub async fn keys_revoke(ctx: &Ctx, key_id: &str, from: Option<&str>) -> CmdResu
         &format!("revoked {key_id} from {}\n", rfc3339(from)),
     ))
 }
-
