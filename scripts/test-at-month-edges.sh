@@ -61,8 +61,13 @@ for edge in "${edges[@]}"; do
     t0=$(date +%s)
     # A relative offset (not an absolute "@" time): every process of the tree, whenever
     # it starts, reads the same faked clock.
+    # The idle sign-out test measures elapsed time in Chromium against its own timers, which
+    # libfaketime's shifted wall clock throws off (it signs out while typing there only);
+    # it has nothing to do with the date and runs in the suite itself.
+    skip=()
+    [[ "$name" == web_ui ]] && skip=(--skip the_ui_signs_out_after_the_idle_time)
     if env -u TALLY_TEST_PG_URL LD_PRELOAD="$lib" FAKETIME="$(printf '%+d' "$offset")" \
-        FAKETIME_DONT_FAKE_MONOTONIC=1 TZ=UTC "$bin" --test-threads 2 2>&1 | sed "s/^/[$edge $name] /"; then
+        FAKETIME_DONT_FAKE_MONOTONIC=1 TZ=UTC "$bin" --test-threads 2 "${skip[@]}" 2>&1 | sed "s/^/[$edge $name] /"; then
       echo "== $name at the $edge minutes of a month: passed in $(( $(date +%s) - t0 )) s"
     else
       echo "== $name at the $edge minutes of a month: FAILED"

@@ -953,17 +953,16 @@ async fn the_ui_signs_out_after_the_idle_time() {
     b.wait_for("!document.getElementById('signout').hidden")
         .await;
     let signed_in = "!!sessionStorage.getItem('tally.token') && !document.getElementById('signin')";
-    // Activity every 0.7 s for 6 s (twice the idle time): still signed in.
-    for _ in 0..9 {
-        b.eval("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Shift'})); true")
-            .await;
-        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-        assert_eq!(
-            b.eval(signed_in).await,
-            Value::Bool(true),
-            "signed out while active"
-        );
+    // A keypress every 0.2 s, from inside the page (so the test's own pace cannot matter),
+    // for 6 s — twice the idle time: still signed in.
+    b.eval("window.__typing = setInterval(() => document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Shift'})), 200); true")
+        .await;
+    let active_until = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    while std::time::Instant::now() < active_until {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(b.eval(signed_in).await, Value::Bool(true), "signed out while active");
     }
+    b.eval("clearInterval(window.__typing); true").await;
     // No activity: signed out within the idle time plus the 1 s check.
     let idle_start = std::time::Instant::now();
     b.wait_for("document.getElementById('signin')").await;
