@@ -86,12 +86,16 @@ enum Command {
 enum KeysCmd {
     /// The keys of the newest keyring, with their purposes and validity.
     List,
-    /// New online keys (needs the vendor key, which signs the new keyring).
+    /// New online keys (`--collector`) or a new vendor key (`--vendor`); needs the vendor
+    /// key, which signs the new keyring.
     Rotate {
         /// New receipt and statement keys; the old ones stay listed, valid for what they
         /// signed.
-        #[arg(long, required = true)]
+        #[arg(long, required_unless_present = "vendor", conflicts_with = "vendor")]
         collector: bool,
+        /// A new vendor key: the new keyring is signed by the old and the new one.
+        #[arg(long)]
+        vendor: bool,
         /// How long the replaced keys stay valid while every node switches (default 10m).
         #[arg(long, value_name = "DURATION")]
         overlap: Option<String>,
@@ -704,9 +708,13 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             match k {
                 KeysCmd::List => commands::keys_list(&ctx).await?,
                 KeysCmd::Rotate {
-                    collector: _,
+                    vendor: true,
                     overlap,
-                } => commands::keys_rotate_collector(&ctx, overlap.as_deref()).await?,
+                    ..
+                } => commands::keys_rotate_vendor(&ctx, overlap.as_deref()).await?,
+                KeysCmd::Rotate { overlap, .. } => {
+                    commands::keys_rotate_collector(&ctx, overlap.as_deref()).await?
+                }
                 KeysCmd::Revoke { key_id, from } => {
                     commands::keys_revoke(&ctx, &key_id, from.as_deref()).await?
                 }

@@ -341,3 +341,138 @@ async fn a_deployment_from_before_keyrings_keeps_its_one_key_until_rotated() {
     let (code, out, err) = agent_cmd(&d.adata, &["reports", "verify"]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// A vendor rotation with an agent running across it: the new keyring is signed by both
+/// roots, so the agent follows it, and then a collector rotation signed by the new root
+/// alone; a license issued after it is signed by the new key and enrolls; the old license
+/// stays valid. A forged keyring put in the store (signed by the retired root only) is
+/// refused: `keys list` names it and the collector keeps serving with the keys it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_vendor_rotation_with_an_agent_across_it() {
+    let d = Deployment::new(&["api.convert"], Some(""));
+    let agent = AgentProcess::spawn(&d.adata, &["--listen", "127.0.0.1:0", "--interval", "1s"]);
+    record(&agent, 2).await;
+    agent.drain(60).await;
+    let old = tally_proto::keys::read(&d.cdata.join("vendor.key")).unwrap();
+    let old_id = tally_proto::keys::key_id(&old.verifying_key().to_bytes());
+    let rotated = collector_json(&d.cdata, &["keys", "rotate", "--vendor"]);
+    let vendors = current(&rotated, "vendor");
+    assert_eq!(vendors.len(), 1, "{rotated}");
+    assert_ne!(vendors[0], old_id);
+    assert!(
+        d.cdata
+            .join(format!("vendor.key.retired-{old_id}"))
+            .exists()
+    );
+    let new = tally_proto::keys::read(&d.cdata.join("vendor.key")).unwrap();
+    assert_eq!(
+        tally_proto::keys::key_id(&new.verifying_key().to_bytes()),
+        vendors[0]
+    );
+    // Then a collector rotation, signed by the new root only: the agent must have followed
+    // the vendor rotation to accept it.
+    let after = collector_json(&d.cdata, &["keys", "rotate", "--collector"]);
+    let receipt = current(&after, "receipt")[0].clone();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    record(&agent, 3).await;
+    agent.drain(60).await;
+    assert!(
+        receipt_key_ids(&d.adata).iter().any(|(_, k)| *k == receipt),
+        "the agent followed both keyrings"
+    );
+    let (code, out, err) = agent_cmd(&d.adata, &["reports", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // A license issued now is signed by the new vendor key and enrolls a new agent.
+    let adata2 = second_agent(&d);
+    let lic = std::fs::read_dir(d.cdata.join("licenses"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+        .unwrap();
+    let text = std::fs::read(&lic).unwrap();
+    let signed = tally_proto::license::parse_armored(&text).unwrap();
+    assert_eq!(signed.key_id, vendors[0]);
+    let a2 = AgentProcess::spawn(&adata2, &["--listen", "127.0.0.1:0", "--interval", "1s"]);
+    record(&a2, 4).await;
+    a2.drain(60).await;
+    assert_eq!(usage_total(&d).await, 9);
+
+    // A forged next keyring, signed by the retired root alone.
+    let mut forged = tally_proto::keyring::Keyring::first(Vec::new(), chrono::Utc::now());
+    {
+        let db = rusqlite::Connection::open(d.cdata.join("collector.db")).unwrap();
+        let (version, bytes): (i64, Vec<u8>) = db
+            .query_row(
+                "SELECT version, signed FROM keyrings ORDER BY version DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let newest =
+            <tally_proto::pb::SignedKeyring as prost::Message>::decode(bytes.as_slice()).unwrap();
+        let k = <tally_proto::pb::Keyring as prost::Message>::decode(newest.keyring.as_slice())
+            .unwrap();
+        forged.version = version as u64 + 1;
+        let thief = tally_proto::keys::generate();
+        // Everything kept, plus a receipt key of the forger's.
+        let mut keys: Vec<tally_proto::keyring::KeyEntry> = Vec::new();
+        for e in k.keys {
+            let public: [u8; 32] = e.public_key.as_slice().try_into().unwrap();
+            let mut entry = tally_proto::keyring::KeyEntry::new(
+                &ed25519_dalek::VerifyingKey::from_bytes(&public).unwrap(),
+                &[],
+                tally_proto::time::from_timestamp(e.valid_from.as_ref().unwrap()).unwrap(),
+            );
+            entry.purposes = e
+                .purposes
+                .iter()
+                .map(|p| match p {
+                    1 => tally_proto::keyring::Purpose::Vendor,
+                    2 => tally_proto::keyring::Purpose::Receipt,
+                    _ => tally_proto::keyring::Purpose::Statement,
+                })
+                .collect();
+            entry.valid_until = e
+                .valid_until
+                .as_ref()
+                .and_then(tally_proto::time::from_timestamp);
+            entry.revoked_at = e
+                .revoked_at
+                .as_ref()
+                .and_then(tally_proto::time::from_timestamp);
+            keys.push(entry);
+        }
+        keys.push(tally_proto::keyring::KeyEntry::new(
+            &thief.verifying_key(),
+            &[tally_proto::keyring::Purpose::Receipt],
+            chrono::Utc::now(),
+        ));
+        keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+        forged.keys = keys;
+        let signed = forged.sign(&[&old]);
+        db.execute(
+            "INSERT INTO keyrings (version, signed, added_at) VALUES (?1, ?2, 0)",
+            rusqlite::params![
+                forged.version as i64,
+                prost::Message::encode_to_vec(&signed)
+            ],
+        )
+        .unwrap();
+    }
+    let (code, _, err) = collector_cmd(&d.cdata, &["keys", "list"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("keyring {} does not verify", forged.version))
+            && err.contains("not signed by any vendor key already trusted"),
+        "{err}"
+    );
+    // The running collector keeps signing with the keys it had.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    record(&agent, 1).await;
+    agent.drain(60).await;
+    assert!(
+        d.collector
+            .stderr()
+            .contains("A newer keyring cannot be used here")
+    );
+}

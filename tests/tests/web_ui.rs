@@ -960,7 +960,11 @@ async fn the_ui_signs_out_after_the_idle_time() {
     let active_until = std::time::Instant::now() + std::time::Duration::from_secs(6);
     while std::time::Instant::now() < active_until {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        assert_eq!(b.eval(signed_in).await, Value::Bool(true), "signed out while active");
+        assert_eq!(
+            b.eval(signed_in).await,
+            Value::Bool(true),
+            "signed out while active"
+        );
     }
     b.eval("clearInterval(window.__typing); true").await;
     // No activity: signed out within the idle time plus the 1 s check.

@@ -151,3 +151,92 @@ pub async fn keys_revoke(ctx: &Ctx, key_id: &str, from: Option<&str>) -> CmdResu
         &format!("revoked {key_id} from {}\n", rfc3339(from)),
     ))
 }
+
+/// `keys rotate --vendor`: a new vendor key. The new keyring is signed by the old and the
+/// new key, so agents follow; the old key ends (licenses it signed stay valid until they
+/// expire: they are checked with the key they name). `vendor.key` becomes the new key; the
+/// old one is kept beside it as `vendor.key.retired-<key id>` until the operator removes it.
+pub async fn keys_rotate_vendor(ctx: &Ctx, overlap: Option<&str>) -> CmdResult {
+    use crate::datadir::CollectorFiles;
+    let overlap = match overlap {
+        None => keys::DEFAULT_OVERLAP_SECS,
+        Some(d) => super::duration_arg("overlap", d)?,
+    };
+    let old = ctx.vendor_key("keys rotate --vendor")?;
+    let old_id = tally_proto::keys::key_id(&old.verifying_key().to_bytes());
+    let (newest, _) = keys::verified_chain(ctx.store.as_ref())
+        .await?
+        .ok_or_else(|| usage_err("no keyring yet"))?;
+    let entry = newest
+        .get(&old_id)
+        .filter(|e| e.has(Purpose::Vendor) && e.is_current())
+        .ok_or_else(|| {
+            usage_err(format!(
+                "vendor.key (key {old_id}) is not the current vendor key of the keyring"
+            ))
+        })?;
+    // A vendor key that also signed receipts and statements (a deployment from before
+    // keyrings) ends for those too: new online keys replace it.
+    let new_online = entry.has(Purpose::Receipt) || entry.has(Purpose::Statement);
+    let new = tally_proto::keys::generate();
+    let new_id = tally_proto::keys::key_id(&new.verifying_key().to_bytes());
+    let now = ctx.store.clock().now();
+    let until = now + chrono::Duration::seconds(overlap.max(1));
+    let staged = ctx.dir.path().join(format!("vendor.key.new-{new_id}"));
+    tally_proto::keys::write_new(&staged, &new).map_err(|e| usage_err(e.to_string()))?;
+    let new_public = new.verifying_key();
+    let id = old_id.clone();
+    let result = keys::next_keyring(
+        ctx.store.as_ref(),
+        &ctx.dir,
+        &[&old, &new],
+        new_online,
+        until,
+        now,
+        move |next| {
+            let e = next
+                .keys
+                .iter_mut()
+                .find(|e| e.key_id == id)
+                .ok_or_else(|| keys::KeysError::Invalid(format!("key {id} vanished")))?;
+            e.valid_until = Some(until.max(e.valid_from + chrono::Duration::seconds(1)));
+            next.keys
+                .push(KeyEntry::new(&new_public, &[Purpose::Vendor], now));
+            Ok(())
+        },
+    )
+    .await;
+    let k = match result {
+        Ok(k) => k,
+        Err(e) => {
+            let _ = std::fs::remove_file(&staged);
+            return Err(e.into());
+        }
+    };
+    // The keyring is stored: the new key is the vendor key from now on.
+    let retired = ctx.dir.path().join(format!("vendor.key.retired-{old_id}"));
+    std::fs::rename(ctx.dir.vendor_key(), &retired)
+        .and_then(|()| std::fs::rename(&staged, ctx.dir.vendor_key()))
+        .map_err(|e| {
+            super::CommandError::Runtime(format!(
+                "the new keyring is stored, but the key files could not be renamed ({e}): the \
+                 new vendor key is {}",
+                staged.display()
+            ))
+        })?;
+    ctx.audit(
+        "keys rotate",
+        &format!("keyring {}", k.version),
+        &format!("ok vendor {old_id} -> {new_id}"),
+    )
+    .await?;
+    let mut out = keyring_output(
+        &k,
+        &format!("rotated the vendor key: {old_id} -> {new_id}\n"),
+    );
+    out.text.push_str(&format!(
+        "the old vendor key is kept as {} (remove it once backed up)\n",
+        retired.display()
+    ));
+    Ok(out)
+}

@@ -20,7 +20,7 @@ use crate::views;
 pub use agents::{agents_add, agents_list, agents_revoke};
 pub use backup::{backup, backup_verify, restore};
 pub use cancel::customers_cancel;
-pub use keyring::{keys_list, keys_revoke, keys_rotate_collector};
+pub use keyring::{keys_list, keys_revoke, keys_rotate_collector, keys_rotate_vendor};
 pub use licenses::{
     IssueArgs, licenses_alerts, licenses_issue, licenses_list, licenses_revoke, parse_metric_arg,
 };
