@@ -167,7 +167,7 @@ pub async fn keys_rotate_vendor(ctx: &Ctx, overlap: Option<&str>) -> CmdResult {
     let (newest, _) = keys::verified_chain(ctx.store.as_ref())
         .await?
         .ok_or_else(|| usage_err("no keyring yet"))?;
-    let entry = newest
+    newest
         .get(&old_id)
         .filter(|e| e.has(Purpose::Vendor) && e.is_current())
         .ok_or_else(|| {
@@ -175,9 +175,11 @@ pub async fn keys_rotate_vendor(ctx: &Ctx, overlap: Option<&str>) -> CmdResult {
                 "vendor.key (key {old_id}) is not the current vendor key of the keyring"
             ))
         })?;
-    // A vendor key that also signed receipts and statements (a deployment from before
-    // keyrings) ends for those too: new online keys replace it.
-    let new_online = entry.has(Purpose::Receipt) || entry.has(Purpose::Statement);
+    // New online keys too: the next receipt every agent gets then names a key it does not
+    // know, so it fetches the keyrings and follows the rotation at once (rather than trusting
+    // the old root until some later rotation), and a vendor key that also signed receipts
+    // and statements (a deployment from before keyrings) is replaced for those.
+    let new_online = true;
     let new = tally_proto::keys::generate();
     let new_id = tally_proto::keys::key_id(&new.verifying_key().to_bytes());
     let now = ctx.store.clock().now();
