@@ -64,26 +64,48 @@ impl TrustedKeys {
         self.keyring().map_or(0, |k| k.version)
     }
 
-    /// Follows `list` (oldest first) from `from` (or from the vendor key).
+    /// Follows `list` (oldest first) from `from`, or, holding nothing yet, from the first
+    /// keyring the vendor key itself signs as a current root (a license of a later vendor
+    /// key starts where that key came in). Returns the newest keyring and the part of
+    /// `list` followed.
     fn follow(
         &self,
         from: Option<&Keyring>,
         list: &[pb::SignedKeyring],
     ) -> Result<(Keyring, usize), String> {
-        let mut current = from.cloned();
-        let mut taken = 0;
-        for signed in list {
-            let next = match &current {
-                None => Keyring::verify_first(signed, &self.vendor),
-                Some(k) => k.verify_next(signed),
+        let (mut current, rest) = match from {
+            Some(k) => (k.clone(), list),
+            None => {
+                let start = list
+                    .iter()
+                    .position(|s| Keyring::verify_first(s, &self.vendor).is_ok())
+                    .ok_or_else(|| {
+                        "keyring refused: keyring is not signed by any vendor key already trusted"
+                            .to_string()
+                    })?;
+                let first = Keyring::verify_first(&list[start], &self.vendor)
+                    .map_err(|e| format!("keyring refused: {e}"))?;
+                (first, &list[start + 1..])
             }
-            .map_err(|e| format!("keyring refused: {e}"))?;
-            current = Some(next);
-            taken += 1;
+        };
+        for signed in rest {
+            current = current
+                .verify_next(signed)
+                .map_err(|e| format!("keyring refused: {e}"))?;
         }
-        current
-            .map(|k| (k, taken))
-            .ok_or_else(|| "no keyring".to_string())
+        Ok((current, list.len()))
+    }
+
+    /// The newest keyring `list` (oldest first) leads to from `vendor`, as [`Self::follow`].
+    pub fn follow_from(
+        vendor: VerifyingKey,
+        list: &[pb::SignedKeyring],
+    ) -> Result<Keyring, String> {
+        let keys = TrustedKeys {
+            vendor,
+            chain: RwLock::new(None),
+        };
+        keys.follow(None, list).map(|(k, _)| k)
     }
 
     /// Verifies `list` (keyrings newer than the one held, oldest first) and keeps them.

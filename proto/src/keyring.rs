@@ -8,9 +8,9 @@
 //!
 //! **The chain rule** ([`Keyring::verify_next`]), how a verifier that trusts one keyring
 //! (or, at first, the vendor key of its license) accepts the next:
-//! 1. The bytes are verified before they are decoded; each signature names a key id, at
-//!    most once, and verifies under that key as listed in the *new* keyring, which must
-//!    give it the vendor purpose.
+//! 1. Each signature names a key id, at most once, and verifies — over the bytes as
+//!    received, never a re-encoding — under that key as listed in the *new* keyring, which
+//!    must give it the vendor purpose.
 //! 2. At least one signer is a vendor key the verifier already trusts (current and not
 //!    revoked in what it holds).
 //! 3. Every current vendor key of the new keyring (no end, not revoked) signed it: a new

@@ -145,20 +145,25 @@ impl ReceiptBody {
         arrived_at: Option<Instant>,
     ) -> Result<Self, ReceiptError> {
         use crate::keyring::Purpose;
-        if receipt.key_id.is_empty() {
-            let key = legacy.ok_or(ReceiptError::Key(crate::keyring::KeyError::Unknown(
+        // A receipt that names no key (a collector from before key ids) is the vendor key's
+        // — `legacy` — and is judged through the keyring like any other: valid only where
+        // the keyring lets that key sign receipts, and not once it is retired or revoked.
+        let key_id = if receipt.key_id.is_empty() {
+            let legacy = legacy.ok_or(ReceiptError::Key(crate::keyring::KeyError::Unknown(
                 "(none named)".into(),
             )))?;
-            return Self::verify(receipt, key);
-        }
-        let entry = keyring.get(&receipt.key_id).ok_or_else(|| {
-            ReceiptError::Key(crate::keyring::KeyError::Unknown(receipt.key_id.clone()))
-        })?;
+            crate::keys::key_id(&legacy.to_bytes())
+        } else {
+            receipt.key_id.clone()
+        };
+        let entry = keyring
+            .get(&key_id)
+            .ok_or_else(|| ReceiptError::Key(crate::keyring::KeyError::Unknown(key_id.clone())))?;
         let key = VerifyingKey::from_bytes(&entry.public_key)
             .map_err(|_| ReceiptError::Signature(SignatureError::BadKey))?;
         let body = Self::verify(receipt, &key)?;
         keyring
-            .key_for(Purpose::Receipt, &receipt.key_id, body.received_at)
+            .key_for(Purpose::Receipt, &key_id, body.received_at)
             .map_err(ReceiptError::Key)?;
         if let Some(arrived) = arrived_at {
             // A revoked key's receipts are refused from the revocation on, whatever time
@@ -167,7 +172,7 @@ impl ReceiptBody {
                 && arrived >= r
             {
                 return Err(ReceiptError::Key(crate::keyring::KeyError::Revoked {
-                    key_id: receipt.key_id.clone(),
+                    key_id: key_id.clone(),
                     revoked_at: r,
                 }));
             }
@@ -217,6 +222,53 @@ impl ReceiptBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A receipt naming no key is the vendor key's, and the keyring judges it: good where
+    /// that key signs receipts (a deployment from before keyrings), refused where the vendor
+    /// key signs only licenses and keyrings — an old root cannot forge receipts that way.
+    #[test]
+    fn a_receipt_naming_no_key_is_judged_as_the_vendor_keys() {
+        use crate::keyring::{KeyEntry, Keyring, Purpose};
+        let vendor = crate::keys::generate();
+        let at = chrono::Utc::now();
+        let body = ReceiptBody {
+            report_digest: Digest([1; 32]),
+            outcome: Outcome::Accepted,
+            reason: String::new(),
+            detail: String::new(),
+            received_at: at,
+            lease_until: None,
+            credits: vec![],
+        };
+        let mut r = body.sign(&vendor);
+        r.key_id.clear();
+        let epoch = chrono::DateTime::UNIX_EPOCH;
+        let legacy = Keyring::first(
+            vec![KeyEntry::new(
+                &vendor.verifying_key(),
+                &[Purpose::Vendor, Purpose::Receipt, Purpose::Statement],
+                epoch,
+            )],
+            epoch,
+        );
+        let root_only = Keyring::first(
+            vec![KeyEntry::new(
+                &vendor.verifying_key(),
+                &[Purpose::Vendor],
+                epoch,
+            )],
+            epoch,
+        );
+        let v = vendor.verifying_key();
+        assert!(ReceiptBody::verify_in(&r, &legacy, Some(&v), Some(at)).is_ok());
+        assert!(matches!(
+            ReceiptBody::verify_in(&r, &root_only, Some(&v), Some(at)),
+            Err(ReceiptError::Key(
+                crate::keyring::KeyError::WrongPurpose { .. }
+            ))
+        ));
+        assert!(ReceiptBody::verify_in(&r, &legacy, None, Some(at)).is_err());
+    }
 
     #[test]
     fn sign_verify_and_tamper() {

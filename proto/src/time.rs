@@ -89,7 +89,6 @@ pub fn format_duration_secs(secs: u64) -> String {
     }
 }
 
-/// RFC 3339 with seconds precision and `Z`.
 /// The first instant after the month `YYYY-MM` (UTC), if it names one.
 pub fn month_after(month: &str) -> Option<Instant> {
     use chrono::{Datelike, NaiveDate, TimeZone};
@@ -106,6 +105,7 @@ pub fn month_after(month: &str) -> Option<Instant> {
     Some(chrono::Utc.from_utc_datetime(&next.and_hms_opt(0, 0, 0)?))
 }
 
+/// RFC 3339 with seconds precision and `Z`.
 pub fn rfc3339(t: Instant) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }

@@ -355,6 +355,22 @@ async fn a_vendor_rotation_with_an_agent_across_it() {
     agent.drain(60).await;
     let old = tally_proto::keys::read(&d.cdata.join("vendor.key")).unwrap();
     let old_id = tally_proto::keys::key_id(&old.verifying_key().to_bytes());
+    // A license of the old root, enrolled only after both rotations below.
+    let early = collector_json(
+        &d.cdata,
+        &[
+            "licenses",
+            "issue",
+            "--customer",
+            &d.customer,
+            "--metric",
+            "api.convert",
+            "--expires",
+            "2099-01-01",
+            "--endpoint",
+            &format!("http://{}", d.collector.grpc),
+        ],
+    );
     let rotated = collector_json(&d.cdata, &["keys", "rotate", "--vendor"]);
     let vendors = current(&rotated, "vendor");
     assert_eq!(vendors.len(), 1, "{rotated}");
@@ -395,7 +411,24 @@ async fn a_vendor_rotation_with_an_agent_across_it() {
     let a2 = AgentProcess::spawn(&adata2, &["--listen", "127.0.0.1:0", "--interval", "1s"]);
     record(&a2, 4).await;
     a2.drain(60).await;
-    assert_eq!(usage_total(&d).await, 9);
+    // The old root's license still enrolls: the agent follows the chain from its key.
+    let adata3 = d.tmp.path().join("agent3");
+    agent_json(
+        &adata3,
+        &[
+            "init",
+            "--license",
+            early["file"].as_str().unwrap(),
+            "--token",
+            early["enrollment_token"].as_str().unwrap(),
+        ],
+    );
+    let a3 = AgentProcess::spawn(&adata3, &["--listen", "127.0.0.1:0", "--interval", "1s"]);
+    record(&a3, 5).await;
+    a3.drain(60).await;
+    let (code, out, err) = agent_cmd(&adata3, &["reports", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(usage_total(&d).await, 14);
 
     // A forged next keyring, signed by the retired root alone.
     let mut forged = tally_proto::keyring::Keyring::first(Vec::new(), chrono::Utc::now());

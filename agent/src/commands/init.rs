@@ -50,7 +50,7 @@ pub async fn init(dir: &DataDir, a: InitArgs) -> CmdResult {
     } else {
         a.collectors.clone()
     };
-    let mut keyring: Option<pb::SignedKeyring> = None;
+    let mut keyrings: Vec<pb::SignedKeyring> = Vec::new();
     let license_bytes = if a.offline {
         prost::Message::encode_to_vec(&signed)
     } else {
@@ -74,19 +74,21 @@ pub async fn init(dir: &DataDir, a: InitArgs) -> CmdResult {
                 Err(e) => last = e,
             }
         }
-        let resp = resp.ok_or_else(|| runtime(format!("enrollment failed: {last}")))?;
+        let (resp, chain) = resp.ok_or_else(|| runtime(format!("enrollment failed: {last}")))?;
         // The key receipts will be signed with: the vendor key itself (a collector that
-        // predates keyrings), or a current receipt key of the keyring the vendor key signs.
-        let receipt_key_ok = match &resp.keyring {
-            None => resp.collector_key == vendor.to_bytes(),
-            Some(signed) => {
-                let keyring = tally_proto::keyring::Keyring::verify_first(signed, &vendor)
-                    .map_err(|e| runtime(format!("the collector's keyring: {e}")))?;
-                keyring
-                    .current(tally_proto::keyring::Purpose::Receipt)
+        // predates keyrings), or a current receipt key of the keyring chain the license's
+        // vendor key starts.
+        let receipt_key_ok = if chain.is_empty() {
+            resp.collector_key == vendor.to_bytes()
+        } else {
+            let keyring = crate::trusted_keys::TrustedKeys::follow_from(vendor, &chain)
+                .map_err(|e| runtime(format!("the collector's keyring: {e}")))?;
+            let keyring = Some(keyring);
+            keyring.is_some_and(|k| {
+                k.current(tally_proto::keyring::Purpose::Receipt)
                     .iter()
-                    .any(|k| k.public_key.as_slice() == resp.collector_key.as_slice())
-            }
+                    .any(|e| e.public_key.as_slice() == resp.collector_key.as_slice())
+            })
         };
         if !receipt_key_ok {
             return Err(runtime(
@@ -94,7 +96,7 @@ pub async fn init(dir: &DataDir, a: InitArgs) -> CmdResult {
                  license; refusing to enroll",
             ));
         }
-        keyring = resp.keyring.clone();
+        keyrings = chain;
         let l = resp
             .license
             .ok_or_else(|| runtime("the collector sent no license"))?;
@@ -116,10 +118,10 @@ pub async fn init(dir: &DataDir, a: InitArgs) -> CmdResult {
         .set_meta("collector_key", vendor.to_bytes().to_vec())
         .await
         .map_err(runtime)?;
-    if let Some(k) = keyring {
+    if !keyrings.is_empty() {
         crate::trusted_keys::TrustedKeys::load(&store, vendor)
             .map_err(runtime)?
-            .accept(&store, vec![k])
+            .accept(&store, keyrings)
             .await
             .map_err(runtime)?;
     }
@@ -166,15 +168,33 @@ async fn enroll_at(
     url: &str,
     req: pb::EnrollRequest,
     tls: Option<&tonic::transport::ClientTlsConfig>,
-) -> Result<pb::EnrollResponse, String> {
+) -> Result<(pb::EnrollResponse, Vec<pb::SignedKeyring>), String> {
     let ch = crate::tls::endpoint(url, tls)?
         .connect_timeout(std::time::Duration::from_secs(10))
         .connect()
         .await
         .map_err(|e| format!("{url}: cannot connect: {e}"))?;
     let mut c = pb::ingest_client::IngestClient::new(ch);
-    c.enroll(req)
+    let mut resp = c
+        .enroll(req)
         .await
         .map(|r| r.into_inner())
-        .map_err(|s| format!("{url}: {}", s.message()))
+        .map_err(|s| format!("{url}: {}", s.message()))?;
+    // The chain from this license's vendor key: the newest keyring alone when that key
+    // signed it, else every version (a license of an earlier vendor key: the newest keyring
+    // is signed by a later one, reached through the rotations in between).
+    if resp.keyring.is_some() {
+        let all = c
+            .get_keyrings(pb::GetKeyringsRequest { after_version: 0 })
+            .await
+            .map_err(|s| format!("{url}: GetKeyrings: {}", s.message()))?
+            .into_inner()
+            .keyrings;
+        if !all.is_empty() {
+            resp.keyring = None;
+            return Ok((resp, all));
+        }
+    }
+    let single = resp.keyring.take().into_iter().collect();
+    Ok((resp, single))
 }

@@ -91,7 +91,7 @@ pub async fn import_receipts(agent: &Agent, file: &Path) -> CmdResult {
     for (i, r) in b.receipts.into_iter().enumerate() {
         let body = agent
             .keys
-            .verify_receipt(&r, None)
+            .verify_receipt(&r, Some(chrono::Utc::now()))
             .map_err(|e| usage(format!("receipt {i}: {e}")))?;
         verified.push((body, r));
     }
