@@ -11,6 +11,32 @@ use tally_tests::{
     collector_json,
 };
 
+/// Waits (up to 60 s) until the serving collector signs with keyring `version`'s keys: its
+/// `GetKeyrings` (served from the keys it holds) lists that version.
+async fn serving(c: &CollectorProcess, version: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut client = tally_tests::connect(c.grpc).await;
+    loop {
+        let held = client
+            .get_keyrings(tally_proto::pb::GetKeyringsRequest {
+                after_version: version - 1,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .keyrings;
+        if !held.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the collector did not take keyring {version}: {}",
+            c.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn record(agent: &AgentProcess, q: u64) {
     let r = reqwest::Client::new()
         .post(format!("{}/v1/events", agent.url()))
@@ -53,24 +79,7 @@ fn current(keys: &Value, purpose: &str) -> Vec<String> {
 }
 
 async fn usage_total(d: &Deployment) -> u64 {
-    let v: Value = reqwest::Client::new()
-        .get(format!(
-            "http://{}/v1/usage?granularity=month",
-            d.collector.http
-        ))
-        .bearer_auth(&d.admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["quantity"].as_u64().unwrap())
-        .sum()
+    d.totals().await.values().sum()
 }
 
 /// A second agent enrolled on the same license, not running yet.
@@ -132,7 +141,7 @@ async fn a_collector_rotation_with_agents_across_it() {
     assert_ne!(new_receipt, old_receipt);
     assert_eq!(rotated["version"], 2);
     // The serving collector picks the new keyring up by itself (no restart).
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    serving(&d.collector, 2).await;
     for q in [6, 7] {
         record(&agent, q).await;
         sent += q;
@@ -194,7 +203,7 @@ async fn a_revoked_receipt_key_is_refused_from_its_revocation_on() {
     // Revoked from `cut`: the receipts it signed after are no longer good.
     let revoked = collector_json(&d.cdata, &["keys", "revoke", &leaked, "--from", &cut]);
     assert!(current(&revoked, "receipt")[0] != leaked, "{revoked}");
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    serving(&d.collector, 2).await;
     // The next receipts come from the new key; the agent follows the keyring.
     record(&agent, 4).await;
     agent.drain(60).await;
@@ -328,7 +337,7 @@ async fn a_deployment_from_before_keyrings_keeps_its_one_key_until_rotated() {
         .into_iter()
         .find(|k| *k != vendor_id)
         .expect("a new receipt key");
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    serving(&d.collector, 2).await;
     record(&agent, 3).await;
     agent.drain(60).await;
     assert!(
@@ -389,7 +398,7 @@ async fn a_vendor_rotation_with_an_agent_across_it() {
     // the vendor rotation to accept it.
     let after = collector_json(&d.cdata, &["keys", "rotate", "--collector"]);
     let receipt = current(&after, "receipt")[0].clone();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    serving(&d.collector, 3).await;
     record(&agent, 3).await;
     agent.drain(60).await;
     assert!(
@@ -499,8 +508,21 @@ async fn a_vendor_rotation_with_an_agent_across_it() {
             && err.contains("not signed by any vendor key already trusted"),
         "{err}"
     );
-    // The running collector keeps signing with the keys it had.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The running collector refuses it too (an ERROR) and keeps signing with the keys it
+    // had.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !d
+        .collector
+        .stderr()
+        .contains("A newer keyring cannot be used here")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            d.collector.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     record(&agent, 1).await;
     agent.drain(60).await;
     assert!(

@@ -203,18 +203,18 @@ pub fn is_encrypted(path: &Path) -> bool {
         .is_ok_and(|()| head == MAGIC)
 }
 
-/// Writes `bytes` to a new file with mode 0600 (tests and key generation).
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AgeFileError> {
-    let mut f = private_new_file(path)?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| AgeFileError::Io(format!("{}: {e}", path.display())))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use age::secrecy::ExposeSecret;
+
+    /// Writes `bytes` to a new file with mode 0600 (a private key file).
+    fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AgeFileError> {
+        let mut f = private_new_file(path)?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| AgeFileError::Io(format!("{}: {e}", path.display())))
+    }
 
     fn keypair(dir: &Path) -> (PathBuf, PathBuf) {
         let id = age::x25519::Identity::generate();

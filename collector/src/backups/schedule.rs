@@ -174,7 +174,6 @@ pub fn prune(
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|n| is_backup_name(n))
         .collect();
-    let keep = keep.max(1);
     if let Some(n) = just_taken.file_name().and_then(|n| n.to_str()) {
         names.retain(|x| x != n);
     }
