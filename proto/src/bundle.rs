@@ -68,6 +68,7 @@ mod tests {
                 report: vec![1, 2, 3],
                 signature: vec![4; 64],
             }],
+            rotations: Vec::new(),
         };
         let bytes = write_reports(&b);
         assert_eq!(read_reports(&bytes).unwrap(), b);

@@ -5,6 +5,7 @@
 //! signed, verified and decoded here, and turned into plain domain types at this boundary.
 //! Prost types (`pb`) are re-exported only for the gRPC edges of the agent and collector.
 
+pub mod agent_key;
 pub mod batch_signer;
 pub mod bundle;
 pub mod digest;

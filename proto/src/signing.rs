@@ -16,6 +16,7 @@ pub enum Domain {
     Enroll,
     Statement,
     Keyring,
+    AgentKeyRotation,
 }
 
 impl Domain {
@@ -27,6 +28,7 @@ impl Domain {
             Domain::Enroll => b"tally.v1.Enroll\0",
             Domain::Statement => b"tally.v1.Statement\0",
             Domain::Keyring => b"tally.v1.Keyring\0",
+            Domain::AgentKeyRotation => b"tally.v1.AgentKeyRotation\0",
         }
     }
 

@@ -11,7 +11,9 @@
 //! 3. `agents` are sorted by key id, one per key id. Each line's `seqs` are ascending,
 //!    disjoint, non-adjacent inclusive ranges; `first_seq` and `last_seq` are their ends;
 //!    `reports` is how many seqs they hold; `quantities` are sorted by metric, one per
-//!    metric, each at least 1; `root` is 64 lowercase hex characters.
+//!    metric, each at least 1; `root` is 64 lowercase hex characters. A line's `key_ids`,
+//!    when present, hold at least two ids, each once, the last being its `key_id`; no key
+//!    id appears on two lines.
 //! 4. For every metric: `used` (0 without a line) plus that metric's adjustments equals the
 //!    sum of the agent lines' quantities of it. Every sum is checked for overflow.
 
@@ -104,8 +106,28 @@ fn agents(s: &Statement, out: &mut Vec<String>) {
             ));
         }
     }
+    let mut seen = std::collections::BTreeSet::new();
     for a in &s.agents {
         let name = format!("agent line {}", a.key_id);
+        if !a.key_ids.is_empty()
+            && (a.key_ids.len() < 2
+                || a.key_ids.last() != Some(&a.key_id)
+                || a.key_ids
+                    .iter()
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len()
+                    != a.key_ids.len())
+        {
+            out.push(format!(
+                "{name}: key_ids {:?} must name two or more keys once each, ending with key_id",
+                a.key_ids
+            ));
+        }
+        for k in a.signing_key_ids() {
+            if !seen.insert(k) {
+                out.push(format!("key id {k} appears on two agent lines"));
+            }
+        }
         let mut count: u64 = 0;
         let mut prev: Option<u64> = None;
         for &(from, to) in &a.seqs {

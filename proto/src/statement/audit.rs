@@ -26,6 +26,7 @@ use crate::report::Report;
 use crate::signing::{self, Domain};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -45,8 +46,11 @@ pub struct Evidence {
 pub struct AgentEvidence {
     pub agent_id: String,
     pub key_id: String,
-    /// Hex of the agent's 32-byte public key.
+    /// Hex of the agent's 32-byte public key (the line's `key_id`).
     pub key: String,
+    /// When the line names several keys (`key_ids`): hex of each earlier one, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_keys: Vec<String>,
     /// In seq order.
     pub reports: Vec<ReportEvidence>,
 }
@@ -122,11 +126,13 @@ pub fn audit(
         }
     }
     for line in &statement.agents {
-        if !inventory.contains(&line.key_id) {
-            out.differences.push(format!(
-                "agent line {} ({}): key id {} is not one of our agents (a phantom install)",
-                line.agent_id, line.license_id, line.key_id
-            ));
+        for k in line.signing_key_ids() {
+            if !inventory.contains(k) {
+                out.differences.push(format!(
+                    "agent line {} ({}): key id {k} is not one of our agents (a phantom install)",
+                    line.agent_id, line.license_id
+                ));
+            }
         }
         match by_key.remove(line.key_id.as_str()) {
             None => out.differences.push(format!(
@@ -141,7 +147,11 @@ pub fn audit(
             "the evidence lists key {key}, which has no line on the statement"
         ));
     }
-    let billed: BTreeSet<&str> = statement.agents.iter().map(|a| a.key_id.as_str()).collect();
+    let billed: BTreeSet<&str> = statement
+        .agents
+        .iter()
+        .flat_map(|a| a.signing_key_ids())
+        .collect();
     for key in inventory {
         if !billed.contains(key.as_str()) {
             out.notes.push(format!(
@@ -154,29 +164,35 @@ pub fn audit(
 
 fn check_line(line: &AgentLine, ev: &AgentEvidence, out: &mut AuditOutcome) {
     let name = format!("agent line {}", line.key_id);
-    let key_bytes: [u8; 32] = match hex::decode(&ev.key).ok().and_then(|b| b.try_into().ok()) {
-        Some(k) => k,
-        None => {
+    // The line's keys, oldest first: the evidence's earlier keys, then its key.
+    let mut keys: Vec<([u8; 32], VerifyingKey)> = Vec::new();
+    for hex_key in ev.earlier_keys.iter().chain(std::iter::once(&ev.key)) {
+        let Some(bytes) = hex::decode(hex_key)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        else {
             out.differences
                 .push(format!("{name}: the evidence's key is not 32 bytes of hex"));
             return;
+        };
+        match signing::trusted_key(&bytes) {
+            Ok(k) => keys.push((bytes, k)),
+            Err(e) => {
+                out.differences.push(format!("{name}: the agent key: {e}"));
+                return;
+            }
         }
-    };
-    if key_id(&key_bytes) != line.key_id {
+    }
+    let ids: Vec<String> = keys.iter().map(|(b, _)| key_id(b)).collect();
+    if ids.iter().map(String::as_str).collect::<Vec<_>>() != line.signing_key_ids() {
         out.differences.push(format!(
-            "{name}: the evidence's key hashes to key id {}, not {}",
-            key_id(&key_bytes),
-            line.key_id
+            "{name}: the evidence's keys hash to key ids {ids:?}, not {:?}",
+            line.signing_key_ids()
         ));
         return;
     }
-    let key = match signing::trusted_key(&key_bytes) {
-        Ok(k) => k,
-        Err(e) => {
-            out.differences.push(format!("{name}: the agent key: {e}"));
-            return;
-        }
-    };
+    // Which key signed the previous report: the keys hold the chain one after another.
+    let mut holder = 0usize;
     let mut seqs = Vec::with_capacity(ev.reports.len());
     let mut digests = Vec::with_capacity(ev.reports.len());
     let mut sums: BTreeMap<String, u64> = BTreeMap::new();
@@ -215,12 +231,32 @@ fn check_line(line: &AgentLine, ev: &AgentEvidence, out: &mut AuditOutcome) {
             out.differences.push(format!("{at}: signature is not hex"));
             continue;
         };
-        if let Err(e) = signing::verify(&key, Domain::UsageReport, &bytes, &sig) {
+        // The report names the key that signed it; it must be one of the line's keys,
+        // no earlier than the key of the report before it.
+        let named = Report::decode(&bytes).map(|rep| rep.agent_key);
+        let Some(i) = named
+            .as_ref()
+            .ok()
+            .and_then(|k| keys.iter().position(|(b, _)| b == k))
+        else {
+            out.differences.push(format!(
+                "{at}: not signed by our agent's key (it names a key that is not the line's)"
+            ));
+            continue;
+        };
+        if let Err(e) = signing::verify(&keys[i].1, Domain::UsageReport, &bytes, &sig) {
             out.differences
                 .push(format!("{at}: not signed by our agent's key ({e})"));
             continue;
         }
         out.verified += 1;
+        if i < holder {
+            out.differences.push(format!(
+                "{at}: signed by key {}, which had handed the chain to key {} before",
+                ids[i], ids[holder]
+            ));
+        }
+        holder = holder.max(i);
         let report = match Report::decode(&bytes) {
             Ok(rep) => rep,
             Err(e) => {
@@ -228,7 +264,7 @@ fn check_line(line: &AgentLine, ev: &AgentEvidence, out: &mut AuditOutcome) {
                 continue;
             }
         };
-        if report.agent_key != key_bytes || report.seq != r.seq {
+        if report.seq != r.seq {
             out.differences.push(format!(
                 "{at}: the signed report is seq {} of another key or seq",
                 report.seq
@@ -346,6 +382,7 @@ mod tests {
         AgentLine {
             agent_id: format!("agt_{}", kid(s)),
             key_id: kid(s),
+            key_ids: Vec::new(),
             license_id: "lic_1".into(),
             first_seq: 1,
             last_seq: seqs.len() as u64,
@@ -364,6 +401,7 @@ mod tests {
             agent_id: format!("agt_{}", kid(s)),
             key_id: kid(s),
             key: hex::encode(s.key.verifying_key().to_bytes()),
+            earlier_keys: Vec::new(),
             reports: s
                 .signed
                 .iter()
@@ -417,6 +455,125 @@ mod tests {
         assert!(
             found.iter().any(|f| f.contains(words)),
             "{found:?} should name {words:?}"
+        );
+    }
+
+    /// A site whose agent signed seqs 1–2 with key 7 and, after rotating, 3–4 with key 8,
+    /// with its one line (naming both keys) and evidence.
+    fn rotated() -> (AgentLine, AgentEvidence, [SigningKey; 2]) {
+        let keys = [
+            SigningKey::from_bytes(&[7; 32]),
+            SigningKey::from_bytes(&[8; 32]),
+        ];
+        let mut a = site(7, 4);
+        // Re-sign seqs 3 and 4 with the new key, chained on.
+        let t0 = Utc.with_ymd_and_hms(2026, 10, 5, 0, 0, 0).unwrap();
+        for seq in 3..=4u64 {
+            let start = t0 + chrono::Duration::hours(seq as i64);
+            let r = Report {
+                license_id: "lic_1".into(),
+                agent_key: keys[1].verifying_key().to_bytes(),
+                seq,
+                prev_digest: Some(Digest::of(&a.signed[seq as usize - 2].report)),
+                window_start: start,
+                window_end: start + chrono::Duration::hours(1),
+                counters: vec![Counter {
+                    metric: "api.convert".into(),
+                    quantity: 3,
+                }],
+                created_at: start + chrono::Duration::hours(1),
+                agent_version: "test".into(),
+            };
+            a.signed[seq as usize - 1] = r.sign(&keys[1]);
+        }
+        let mut line = line_of(&a);
+        let mut ev = evidence_of(&a);
+        let ids: Vec<String> = keys
+            .iter()
+            .map(|k| key_id(&k.verifying_key().to_bytes()))
+            .collect();
+        line.key_id = ids[1].clone();
+        line.key_ids = ids.clone();
+        ev.key_id = ids[1].clone();
+        ev.key = hex::encode(keys[1].verifying_key().to_bytes());
+        ev.earlier_keys = vec![hex::encode(keys[0].verifying_key().to_bytes())];
+        (line, ev, keys)
+    }
+
+    fn bill_of(line: AgentLine, ev: AgentEvidence) -> (Statement, Evidence) {
+        let s = Statement {
+            customer: "cus_1".into(),
+            period: "2026-10".into(),
+            closed: true,
+            closed_at: "2026-11-04T00:00:00Z".into(),
+            key_id: "k".into(),
+            lines: vec![Line {
+                metric: "api.convert".into(),
+                used: 12,
+                limit: None,
+                overage: 0,
+            }],
+            adjustments: vec![],
+            agents: vec![line],
+        };
+        s.check_arithmetic().unwrap();
+        let e = Evidence {
+            customer: "cus_1".into(),
+            period: "2026-10".into(),
+            agents: vec![ev],
+        };
+        (s, e)
+    }
+
+    #[test]
+    fn a_line_across_an_agent_key_rotation_checks_each_report_with_its_key() {
+        let (line, ev, keys) = rotated();
+        let ids: BTreeSet<String> = line.key_ids.iter().cloned().collect();
+        let (s, e) = bill_of(line.clone(), ev.clone());
+        let out = audit(&s, &ids, &e);
+        assert!(out.matches(), "{out:?}");
+        assert_eq!(out.verified, 4);
+        // Our inventory only lists the new key: the old key's reports are a phantom's.
+        let only_new: BTreeSet<String> = [line.key_id.clone()].into_iter().collect();
+        names(
+            &differences(&s, &e, &only_new),
+            &format!("key id {} is not one of our agents", line.key_ids[0]),
+        );
+        // The evidence leaves the old key out.
+        let mut short = ev.clone();
+        short.earlier_keys.clear();
+        let (s2, e2) = bill_of(line.clone(), short);
+        names(
+            &differences(&s2, &e2, &ids),
+            "the evidence's keys hash to key ids",
+        );
+        // The old key, which handed the chain over at seq 3, signs seq 4 (the vendor holds
+        // a leaked old key and re-signs): named, though the signature itself verifies.
+        let mut forged = ev.clone();
+        let mut r = Report::decode(
+            &STANDARD
+                .decode(forged.reports[3].report.as_ref().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        r.agent_key = keys[0].verifying_key().to_bytes();
+        let signed = r.sign(&keys[0]);
+        forged.reports[3] = ReportEvidence::new(
+            4,
+            &Digest::of(&signed.report),
+            Some((&signed.report, &signed.signature)),
+        );
+        let mut l = line.clone();
+        let digests: Vec<Digest> = forged
+            .reports
+            .iter()
+            .map(|r| Digest::from_slice(&hex::decode(&r.digest).unwrap()).unwrap())
+            .collect();
+        l.root = hex::encode(merkle_root(&digests).0);
+        let (s3, e3) = bill_of(l, forged);
+        names(
+            &differences(&s3, &e3, &ids),
+            "which had handed the chain to key",
         );
     }
 
@@ -491,7 +648,7 @@ mod tests {
         e.agents[0].key = e.agents[1].key.clone();
         names(
             &differences(&s, &e, &inv),
-            "the evidence's key hashes to key id",
+            "the evidence's keys hash to key ids",
         );
 
         // No evidence for a line; evidence for a key with no line.

@@ -72,8 +72,13 @@ pub struct Adjustment {
 #[serde(deny_unknown_fields)]
 pub struct AgentLine {
     pub agent_id: String,
-    /// Key id of the agent's public key.
+    /// Key id of the agent key that signed the line's newest report.
     pub key_id: String,
+    /// When the agent rotated its key within the line's seqs: the id of every key that
+    /// signed one of its reports, in the order they held the chain (`key_id` is the last).
+    /// Absent otherwise, so a line of one key reads exactly as before rotations existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_ids: Vec<String>,
     pub license_id: String,
     pub first_seq: u64,
     pub last_seq: u64,
@@ -85,6 +90,17 @@ pub struct AgentLine {
     pub quantities: Vec<Quantity>,
     /// Hex of the Merkle root over the counted reports' digests, in seq order.
     pub root: String,
+}
+
+impl AgentLine {
+    /// The ids of the keys that signed the line's reports, oldest first.
+    pub fn signing_key_ids(&self) -> Vec<&str> {
+        if self.key_ids.is_empty() {
+            vec![self.key_id.as_str()]
+        } else {
+            self.key_ids.iter().map(String::as_str).collect()
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -220,9 +236,11 @@ impl Statement {
         }
     }
 
-    /// The line of the agent whose public key has `key_id`.
+    /// The line of the agent one of whose keys has `key_id`.
     pub fn agent_line(&self, key_id: &str) -> Option<&AgentLine> {
-        self.agents.iter().find(|a| a.key_id == key_id)
+        self.agents
+            .iter()
+            .find(|a| a.signing_key_ids().contains(&key_id))
     }
 }
 
@@ -346,6 +364,7 @@ mod tests {
             agents: vec![AgentLine {
                 agent_id: "agt_1".into(),
                 key_id: "0011223344556677".into(),
+                key_ids: Vec::new(),
                 license_id: "lic_1".into(),
                 first_seq: 1,
                 last_seq: 2,
@@ -421,6 +440,7 @@ mod tests {
         AgentLine {
             agent_id: "agt_2".into(),
             key_id: "8899aabbccddeeff".into(),
+            key_ids: Vec::new(),
             license_id: "lic_1".into(),
             first_seq: 4,
             last_seq: 4,
