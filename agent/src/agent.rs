@@ -97,7 +97,10 @@ pub struct AgentConfig {
 
 pub struct Agent {
     pub store: AgentStore,
-    pub key: SigningKey,
+    /// The key the chain is held by; replaced when `keys rotate` hands it to a new key.
+    key: std::sync::RwLock<SigningKey>,
+    /// The agent's data directory (where its key file is).
+    pub dir: DataDir,
     pub license: License,
     /// The vendor key of the license and the keyrings it certifies: what receipts and
     /// statements are checked with.
@@ -136,7 +139,8 @@ impl Agent {
         }
         let corrupt = |e: &dyn std::fmt::Display| LoadError::Corrupt(e.to_string());
         let store = AgentStore::open(&cfg.dir.db()).map_err(|e| corrupt(&e))?;
-        let key = tally_proto::keys::read(&cfg.dir.key()).map_err(|e| corrupt(&e))?;
+        let holder = store.rotated_key().map_err(|e| corrupt(&e))?;
+        let key = crate::key_file::load(&cfg.dir, holder).map_err(|e| corrupt(&e))?;
         let ck = store
             .meta("collector_key")
             .map_err(|e| corrupt(&e))?
@@ -162,7 +166,8 @@ impl Agent {
             .map_err(|e| corrupt(&e))?;
         Ok(Agent {
             store,
-            key,
+            key: std::sync::RwLock::new(key),
+            dir: cfg.dir,
             windows,
             license,
             keys,
@@ -202,19 +207,42 @@ impl Agent {
         Ok(recorded)
     }
 
+    /// The key reports are signed with now.
+    pub fn signing_key(&self) -> SigningKey {
+        self.key.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The keys that signed this agent's chain, oldest first (see
+    /// `tally_proto::agent_key::KeyHistory`).
+    pub fn key_history(&self) -> Result<tally_proto::agent_key::KeyHistory, StoreError> {
+        self.store
+            .key_history(self.signing_key().verifying_key().to_bytes())
+    }
+
     /// Closes finished windows (and with `flush`, the open one) into the outbox.
     pub async fn close_windows(&self, flush: bool) -> Result<u64, StoreError> {
         let now = chrono::Utc::now().timestamp();
-        let n = self
-            .store
-            .close_windows(
-                self.key.clone(),
+        let close = |key| {
+            self.store.close_windows(
+                key,
                 self.license.license_id.clone(),
                 now,
                 self.windows,
                 flush,
             )
-            .await?;
+        };
+        let n = match close(self.signing_key()).await {
+            // `keys rotate` handed the chain to a new key since this agent loaded its key:
+            // load the new key (finishing the rotation's rename if need be) and sign with it.
+            Err(StoreError::KeyRotated(holder)) => {
+                let key = crate::key_file::load(&self.dir, Some(holder))
+                    .map_err(|e| StoreError::Invalid(e.to_string()))?;
+                tracing::info!(key_id = %tally_proto::keys::key_id(&holder), "Signing with the rotated agent key.");
+                *self.key.write().unwrap_or_else(|p| p.into_inner()) = key.clone();
+                close(key).await?
+            }
+            other => other?,
+        };
         if n > 0 {
             self.outbox_ready.notify_one();
         }
@@ -309,7 +337,12 @@ pub async fn delivery_loop(agent: Arc<Agent>) {
         }
         let url = &agent.collectors[endpoint % agent.collectors.len()];
         agent.stats.attempts.fetch_add(1, Ordering::Relaxed);
-        match submit(&agent, url, pending.iter().map(|r| r.signed()).collect()).await {
+        // A rotation goes first: the collector must know the new key before its reports.
+        let sent = match send_rotations(&agent, url).await {
+            Ok(()) => submit(&agent, url, pending.iter().map(|r| r.signed()).collect()).await,
+            Err(e) => Err(e),
+        };
+        match sent {
             Ok(n) => {
                 agent.metrics.delivery(Some(n));
                 schedule = backoff();
@@ -347,9 +380,10 @@ pub async fn delivery_loop(agent: Arc<Agent>) {
     }
 }
 
-/// One Submit call. Transient failures (unreachable, UNAVAILABLE, RESOURCE_EXHAUSTED,
-/// deadline, bad receipts) are errors to retry; every receipt is verified and stored.
-async fn submit(agent: &Agent, url: &str, reports: Vec<pb::SignedReport>) -> Result<u64, String> {
+async fn connect(
+    agent: &Agent,
+    url: &str,
+) -> Result<pb::ingest_client::IngestClient<tonic::transport::Channel>, String> {
     let endpoint = crate::tls::endpoint(url, agent.tls.as_ref())?
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(60));
@@ -357,7 +391,61 @@ async fn submit(agent: &Agent, url: &str, reports: Vec<pb::SignedReport>) -> Res
         .connect()
         .await
         .map_err(|e| format!("cannot connect: {e}"))?;
-    let mut client = pb::ingest_client::IngestClient::new(channel);
+    Ok(pb::ingest_client::IngestClient::new(channel))
+}
+
+/// Sends the key rotations the collector has not recorded yet, oldest first. A refusal
+/// (malformed, revoked, a conflict) is final and stored with its reason; anything else
+/// (unreachable, not enrolled yet, unavailable) is an error to retry.
+async fn send_rotations(agent: &Agent, url: &str) -> Result<(), String> {
+    use crate::store::RotationState;
+    let pending: Vec<_> = agent
+        .store
+        .rotations()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|r| r.state == RotationState::Pending)
+        .collect();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut client = connect(agent, url).await?;
+    for r in pending {
+        let answer = client
+            .rotate_agent_key(pb::RotateAgentKeyRequest {
+                rotation: Some(r.signed.clone()),
+            })
+            .await;
+        let (state, detail) = match answer {
+            Ok(_) => (RotationState::Recorded, String::new()),
+            Err(s) => match s.code() {
+                tonic::Code::InvalidArgument
+                | tonic::Code::PermissionDenied
+                | tonic::Code::FailedPrecondition => {
+                    tracing::error!(
+                        old_key = %r.rotation.old_key_id(),
+                        new_key = %r.rotation.new_key_id(),
+                        reason = %s.message(),
+                        "The collector refused the agent key rotation; reports signed by the new key will wait until an operator acts."
+                    );
+                    (RotationState::Refused, s.message().to_string())
+                }
+                code => return Err(format!("key rotation: {code}: {}", s.message())),
+            },
+        };
+        agent
+            .store
+            .rotation_answered(r.rotation.from_seq, state, detail)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// One Submit call. Transient failures (unreachable, UNAVAILABLE, RESOURCE_EXHAUSTED,
+/// deadline, bad receipts) are errors to retry; every receipt is verified and stored.
+async fn submit(agent: &Agent, url: &str, reports: Vec<pb::SignedReport>) -> Result<u64, String> {
+    let mut client = connect(agent, url).await?;
     let n = reports.len();
     let digests: Vec<_> = reports
         .iter()

@@ -6,6 +6,7 @@ pub mod commands;
 pub mod datadir;
 pub mod grpc;
 pub mod http;
+pub mod key_file;
 pub mod metrics;
 pub mod running;
 pub mod server;

@@ -61,6 +61,9 @@ enum Command {
     /// Closed monthly statements from the vendor, checked against this agent's receipts.
     #[command(subcommand)]
     Statements(StatementsCmd),
+    /// The agent keys that signed this agent's reports; rotating to a new one.
+    #[command(subcommand)]
+    Keys(KeysCmd),
     /// Write undelivered (or, with --since, all) signed reports to a file.
     Export {
         #[arg(long, value_name = "FILE")]
@@ -127,6 +130,15 @@ enum ReportsCmd {
     },
     /// Check the chain, every signature and every receipt offline.
     Verify,
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Every key, oldest first: the seqs it signs and its rotation's state.
+    List,
+    /// Hand the chain to a new key from the next report on (signed by the old and the new
+    /// key; the old private key is removed). Works while the agent runs.
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -308,6 +320,8 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             let (source, api) = statement.split()?;
             commands::statements_audit(&open(&dir)?, source, api, &agents, cli.common.json).await?
         }
+        Command::Keys(KeysCmd::List) => commands::keys_list(&open(&dir)?)?,
+        Command::Keys(KeysCmd::Rotate) => commands::keys_rotate(&open(&dir)?).await?,
         Command::Export { out: file, since } => commands::export(&open(&dir)?, &file, since)?,
         Command::ImportReceipts { file } => commands::import_receipts(&open(&dir)?, &file).await?,
     }))

@@ -600,6 +600,7 @@ mod tests {
         AgentLine {
             agent_id: "agt_1".into(),
             key_id: "0011223344556677".into(),
+            key_ids: Vec::new(),
             license_id: "lic_1".into(),
             first_seq: seqs.first().copied().unwrap_or(0),
             last_seq: seqs.last().copied().unwrap_or(0),

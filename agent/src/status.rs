@@ -151,10 +151,19 @@ pub fn status_json(agent: &Agent, live: bool) -> Result<serde_json::Value, Statu
                 && r.reason == tally_proto::reason::Reason::UnknownAgent.as_str()
         })
         .count();
-    let public = agent.key.verifying_key().to_bytes();
+    let public = agent.signing_key().verifying_key().to_bytes();
+    let history = agent.key_history()?;
+    let earlier: Vec<String> = history
+        .keys()
+        .iter()
+        .map(|(k, _)| tally_proto::keys::key_id(k))
+        .filter(|id| *id != tally_proto::keys::key_id(&public))
+        .collect();
     let mut v = json!({
-        // How the customer lists its agents for `statements audit --agents`.
+        // How the customer lists its agents for `statements audit --agents`: this key,
+        // and the keys it rotated from (a statement line may name them).
         "key_id": tally_proto::keys::key_id(&public),
+        "earlier_key_ids": earlier,
         "public_key": hex::encode(public),
         "license": license_status(agent, chrono::Utc::now()).to_json(),
         "reports": states,

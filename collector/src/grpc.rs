@@ -83,6 +83,33 @@ impl Ingest for IngestService {
         let keyrings = self.ingestor.online_keys().current().signed_after(after);
         Ok(Response::new(pb::GetKeyringsResponse { keyrings }))
     }
+
+    async fn rotate_agent_key(
+        &self,
+        request: Request<pb::RotateAgentKeyRequest>,
+    ) -> Result<Response<pb::RotateAgentKeyResponse>, Status> {
+        use crate::agent_rotation::RotationError;
+        use crate::rules::agent_keys::RotationRefusal;
+        let signed = request
+            .into_inner()
+            .rotation
+            .ok_or_else(|| Status::invalid_argument("rotation: missing"))?;
+        let call = async {
+            match crate::agent_rotation::record(self.store.as_ref(), &signed, "grpc").await {
+                Ok(_) => Ok(Response::new(pb::RotateAgentKeyResponse {})),
+                Err(RotationError::Invalid(e)) => Err(Status::invalid_argument(e.to_string())),
+                Err(RotationError::Refused(r)) => Err(match &r {
+                    RotationRefusal::UnknownKey(_) => Status::not_found(r.to_string()),
+                    RotationRefusal::Revoked(_) | RotationRefusal::LicenseMismatch { .. } => {
+                        Status::permission_denied(r.to_string())
+                    }
+                    RotationRefusal::Conflict(_) => Status::failed_precondition(r.to_string()),
+                }),
+                Err(RotationError::Store(e)) => Err(store_status(e)),
+            }
+        };
+        within(self.call_deadline, call).await
+    }
 }
 
 impl IngestService {

@@ -88,6 +88,18 @@ impl CpuGate {
     }
 }
 
+/// What an import did with one agent key rotation of its bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationVerdict {
+    /// Empty when the rotation does not decode or verify.
+    pub old_key_id: String,
+    pub new_key_id: String,
+    pub from_seq: u64,
+    /// `recorded`, `already_recorded` or `refused`.
+    pub outcome: &'static str,
+    pub detail: String,
+}
+
 /// Verifies and stores reports, and signs receipts for them.
 pub struct Ingestor {
     store: Arc<dyn Store>,
@@ -217,20 +229,18 @@ impl Ingestor {
                     Reason::UnknownAgent,
                     "the agent key is not enrolled".to_string(),
                 )),
-                Some(a) if a.revoked => {
-                    Some((Reason::AgentRevoked, "the agent key was revoked".into()))
-                }
-                Some(a) if a.license_id != c.report.license_id => Some((
-                    Reason::LicenseMismatch,
-                    format!(
-                        "the agent key is enrolled for another license than {}",
-                        c.report.license_id
-                    ),
-                )),
-                Some(a) => {
-                    c.agent_id = a.agent_id.clone();
-                    None
-                }
+                Some(k) => match crate::rules::agent_keys::judge_report(
+                    k,
+                    &c.report.license_id,
+                    c.report.seq,
+                    received_at,
+                ) {
+                    Ok(()) => {
+                        c.agent_id = k.agent_id.clone();
+                        None
+                    }
+                    Err(refusal) => Some(refusal),
+                },
             };
             if let Some((reason, detail)) = refusal {
                 *slot = Slot::Refused(c.digest, reason, detail);
@@ -340,13 +350,35 @@ impl Ingestor {
         Ok((receipts, verdicts))
     }
 
-    /// Imports an offline bundle's reports (CLI `import` and `POST /v1/reports:import`):
-    /// the online path in chunks of one Submit, with import's longer `too_old` limit and no
-    /// rate limit, so a report may travel both ways and still count once.
+    /// Imports an offline bundle (CLI `import` and `POST /v1/reports:import`): first its
+    /// agent key rotations, each recorded as `RotateAgentKey` would (so reports of a
+    /// rotated-to key are known), then its reports through the online path in chunks of
+    /// one Submit, with import's longer `too_old` limit and no rate limit, so a report may
+    /// travel both ways and still count once.
     pub async fn import(
         &self,
-        reports: Vec<pb::SignedReport>,
-    ) -> Result<(Vec<pb::Receipt>, Vec<Verdict>), StoreError> {
+        bundle: pb::ReportBundle,
+    ) -> Result<(Vec<pb::Receipt>, Vec<Verdict>, Vec<RotationVerdict>), StoreError> {
+        use crate::agent_rotation::{Recorded, RotationError};
+        let mut rotations = Vec::with_capacity(bundle.rotations.len());
+        for signed in &bundle.rotations {
+            let decoded = tally_proto::agent_key::Rotation::verify(signed).ok();
+            let (outcome, detail) =
+                match crate::agent_rotation::record(self.store.as_ref(), signed, "import").await {
+                    Ok(Recorded::Now(_)) => ("recorded", String::new()),
+                    Ok(Recorded::Before(_)) => ("already_recorded", String::new()),
+                    Err(RotationError::Store(e)) => return Err(e),
+                    Err(e) => ("refused", e.to_string()),
+                };
+            rotations.push(RotationVerdict {
+                old_key_id: decoded.as_ref().map(|r| r.old_key_id()).unwrap_or_default(),
+                new_key_id: decoded.as_ref().map(|r| r.new_key_id()).unwrap_or_default(),
+                from_seq: decoded.as_ref().map_or(0, |r| r.from_seq),
+                outcome,
+                detail,
+            });
+        }
+        let reports = bundle.reports;
         let mut receipts = Vec::with_capacity(reports.len());
         let mut verdicts = Vec::with_capacity(reports.len());
         let mut it = reports.into_iter().peekable();
@@ -366,7 +398,7 @@ impl Ingestor {
             receipts.extend(r);
             verdicts.extend(v);
         }
-        Ok((receipts, verdicts))
+        Ok((receipts, verdicts, rotations))
     }
 
     /// At most one refusal log line per second: a flood of garbage cannot flood the logs.

@@ -1,5 +1,6 @@
 //! `tally-collector`: the vendor half of Tally. See `ARCHITECTURE.md` for the map.
 
+pub mod agent_rotation;
 pub mod backups;
 pub mod calendar;
 pub mod clock;

@@ -176,11 +176,20 @@ pub async fn agent_evidence(
     let rows = store
         .statement_evidence(customer.to_string(), month, agent_id.to_string())
         .await?;
-    let key = rows.first().map(|r| r.agent_key).unwrap_or_default();
+    // The keys that signed the line's reports, in the order they held the chain: the
+    // newest is the line's key, the others its earlier keys.
+    let mut keys: Vec<[u8; 32]> = Vec::new();
+    for r in &rows {
+        if keys.last() != Some(&r.agent_key) {
+            keys.push(r.agent_key);
+        }
+    }
+    let key = keys.pop().unwrap_or_default();
     Ok(AgentEvidence {
         agent_id: agent_id.to_string(),
         key_id: tally_proto::keys::key_id(&key),
         key: hex::encode(key),
+        earlier_keys: keys.iter().map(hex::encode).collect(),
         reports: rows
             .iter()
             .map(|row| {

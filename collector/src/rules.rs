@@ -13,6 +13,7 @@
 //! `unknown_agent`, `agent_revoked`, `license_mismatch` — are decided before a report is
 //! authentic, by `crate::ingest`, and never reach a store.)
 
+pub mod agent_keys;
 pub mod alerts;
 pub mod incidents;
 pub mod periods;

@@ -12,8 +12,9 @@ use std::collections::BTreeMap;
 use tally_proto::time::Instant;
 
 /// An import's answer: `{"counts": {outcome: n}, "receipts": [{digest, outcome, reason,
-/// detail}]}`.
-pub fn import_summary(verdicts: &[Verdict]) -> Value {
+/// detail}], "rotations": [{old_key_id, new_key_id, from_seq, outcome, detail}]}`
+/// (`rotations` only when the bundle carried agent key rotations).
+pub fn import_summary(verdicts: &[Verdict], rotations: &[crate::ingest::RotationVerdict]) -> Value {
     let mut counts = BTreeMap::<&str, u64>::new();
     let items: Vec<Value> = verdicts
         .iter()
@@ -27,7 +28,22 @@ pub fn import_summary(verdicts: &[Verdict]) -> Value {
             })
         })
         .collect();
-    json!({"counts": counts, "receipts": items})
+    let mut v = json!({"counts": counts, "receipts": items});
+    if !rotations.is_empty() {
+        v["rotations"] = rotations
+            .iter()
+            .map(|r| {
+                json!({
+                    "old_key_id": r.old_key_id,
+                    "new_key_id": r.new_key_id,
+                    "from_seq": r.from_seq,
+                    "outcome": r.outcome,
+                    "detail": r.detail,
+                })
+            })
+            .collect();
+    }
+    v
 }
 
 /// Times as RFC 3339 (UTC, seconds).

@@ -78,7 +78,7 @@ impl IngestStore for CountsDuplicatesTwice {
     async fn agents_by_keys(
         &self,
         keys: Vec<[u8; 32]>,
-    ) -> StoreResult<HashMap<[u8; 32], AgentKeyRecord>> {
+    ) -> StoreResult<HashMap<[u8; 32], AgentKey>> {
         self.0.agents_by_keys(keys).await
     }
     async fn enroll(
@@ -310,6 +310,30 @@ impl KeyringStore for CountsDuplicatesTwice {
     }
     async fn keyrings_after(&self, version: u64) -> StoreResult<Vec<(u64, Vec<u8>)>> {
         self.0.keyrings_after(version).await
+    }
+}
+
+#[async_trait]
+impl AgentKeyStore for CountsDuplicatesTwice {
+    async fn rotate_agent_key(
+        &self,
+        rotation: tally_proto::agent_key::Rotation,
+        signed: Vec<u8>,
+        now: Instant,
+    ) -> StoreResult<tally_collector::rules::agent_keys::RotationDecision> {
+        self.0.rotate_agent_key(rotation, signed, now).await
+    }
+    async fn agent_keys(&self, agent_id: String) -> StoreResult<Vec<AgentKey>> {
+        self.0.agent_keys(agent_id).await
+    }
+    async fn agent_key_by_id(&self, key_id: String) -> StoreResult<Option<AgentKey>> {
+        self.0.agent_key_by_id(key_id).await
+    }
+    async fn revoke_agent_key(&self, key: [u8; 32], at: Instant) -> StoreResult<()> {
+        self.0.revoke_agent_key(key, at).await
+    }
+    async fn agent_rotations(&self, agent_id: String) -> StoreResult<Vec<Vec<u8>>> {
+        self.0.agent_rotations(agent_id).await
     }
 }
 

@@ -466,6 +466,7 @@ async fn bad_input_matrix() {
             {
                 let mut v = tally_proto::bundle::write_reports(&pb::ReportBundle {
                     reports: vec![first.clone()],
+                    rotations: Vec::new(),
                 });
                 v.truncate(v.len() - 7);
                 v

@@ -312,7 +312,10 @@ async fn http_import_counts_once_and_rejects_garbage() {
         })
         .await
         .unwrap();
-    let body = tally_proto::bundle::write_reports(&pb::ReportBundle { reports });
+    let body = tally_proto::bundle::write_reports(&pb::ReportBundle {
+        reports,
+        rotations: Vec::new(),
+    });
     let post = |body: Vec<u8>, q: &'static str| {
         let url = c.http_url(&format!("/v1/reports:import{q}"));
         let token = c.admin_token.clone();
@@ -353,6 +356,7 @@ async fn http_import_counts_once_and_rejects_garbage() {
     assert_eq!(error_code(&v), "invalid_bundle");
     let mut truncated = tally_proto::bundle::write_reports(&pb::ReportBundle {
         reports: vec![agent.next(&[("api.convert", 1)]).1],
+        rotations: Vec::new(),
     });
     truncated.truncate(truncated.len() - 4);
     assert_eq!(post(truncated, "").await.status().as_u16(), 400);
@@ -362,7 +366,10 @@ async fn http_import_counts_once_and_rejects_garbage() {
         .map(|_| agent.next(&[("api.convert", 1)]).1)
         .collect();
     let resp = post(
-        tally_proto::bundle::write_reports(&pb::ReportBundle { reports: many }),
+        tally_proto::bundle::write_reports(&pb::ReportBundle {
+            reports: many,
+            rotations: Vec::new(),
+        }),
         "",
     )
     .await;

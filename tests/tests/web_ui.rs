@@ -1073,7 +1073,10 @@ async fn usage_page_with_a_year_of_hourly_data() {
     let bundle = tmp.path().join("year.bundle");
     std::fs::write(
         &bundle,
-        tally_proto::bundle::write_reports(&pb::ReportBundle { reports }),
+        tally_proto::bundle::write_reports(&pb::ReportBundle {
+            reports,
+            rotations: Vec::new(),
+        }),
     )
     .unwrap();
     let imported = collector_json(&cdata, &["import", bundle.to_str().unwrap()]);

@@ -71,6 +71,9 @@ fn status_text(v: &Value) -> String {
         s(&v["key_id"]),
         s(&v["public_key"])
     );
+    for k in v["earlier_key_ids"].as_array().into_iter().flatten() {
+        t += &format!("earlier agent key id {} (rotated from)\n", s(k));
+    }
     t += &license_text(&v["license"]);
     let states: Vec<String> = v["reports"]
         .as_object()

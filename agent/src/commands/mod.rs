@@ -1,5 +1,6 @@
 //! The agent's operator commands: `init`, `run`, `status`, `license`, `reports
-//! list|show|verify`, `statements verify|audit`, `export`, `import-receipts`, and
+//! list|show|verify`, `statements verify|audit`, `keys list|rotate`, `export`,
+//! `import-receipts`, and
 //! `record`/`flush` against a running agent. `main.rs` parses arguments; these functions do
 //! the work and return what to print.
 
@@ -14,6 +15,7 @@ use tally_runtime::cli::{runtime, usage};
 
 mod audit;
 mod init;
+mod keys;
 mod live;
 mod reports;
 mod run;
@@ -21,6 +23,7 @@ mod statements;
 
 pub use audit::statements_audit;
 pub use init::{InitArgs, init};
+pub use keys::{keys_list, keys_rotate};
 pub use live::{flush, license, record, status};
 pub use reports::{report_json, reports_list, reports_show, reports_verify};
 pub use run::{RunOptions, config_check, interval_secs, load, run};
@@ -71,8 +74,18 @@ pub fn export(agent: &Agent, out: &Path, since: Option<u64>) -> CmdResult {
             .filter(|r| r.state == crate::store::DeliveryState::Pending)
             .collect(),
     };
+    // Every rotation travels with the reports: the collector records them (once) before
+    // it reads a report signed by a rotated-to key.
+    let rotations: Vec<pb::SignedAgentKeyRotation> = agent
+        .store
+        .rotations()
+        .map_err(runtime)?
+        .into_iter()
+        .map(|r| r.signed)
+        .collect();
     let b = pb::ReportBundle {
         reports: rows.iter().map(|r| r.signed()).collect(),
+        rotations,
     };
     std::fs::write(out, bundle::write_reports(&b))
         .map_err(|e| runtime(format!("cannot write {}: {e}", out.display())))?;

@@ -70,11 +70,14 @@ pub fn reports_show(agent: &Agent, seq: u64) -> CmdResult {
     Ok(Output { json: j, text })
 }
 
-/// Verifies the whole history offline: every signature, the chain of digests and
-/// sequence numbers, and every receipt against the collector key.
+/// Verifies the whole history offline: every signature (each by the key that held the
+/// chain at its seq: the key rotations, each signed by both keys, say which), the chain of
+/// digests and sequence numbers, and every receipt against the collector's keys.
 pub fn reports_verify(agent: &Agent) -> CmdResult {
     let rows = agent.store.reports_since(1).map_err(runtime)?;
-    let key = agent.key.verifying_key();
+    // Reading the rotations verifies both signatures of each; the history checks that
+    // each is handed over by the key holding the chain, at a later seq.
+    let history = agent.key_history().map_err(runtime)?;
     let mut prev: Option<Digest> = None;
     let mut receipts = 0;
     for (i, r) in rows.iter().enumerate() {
@@ -87,6 +90,9 @@ pub fn reports_verify(agent: &Agent) -> CmdResult {
                 "stored bytes do not match their digest (the report was altered)".into(),
             ));
         }
+        let holder = history.key_at(r.seq);
+        let key = tally_proto::signing::verifying_key(&holder)
+            .map_err(|e| fail(format!("agent key: {e}")))?;
         tally_proto::signing::verify(
             &key,
             tally_proto::signing::Domain::UsageReport,
@@ -95,6 +101,13 @@ pub fn reports_verify(agent: &Agent) -> CmdResult {
         )
         .map_err(|e| fail(format!("signature: {e}")))?;
         let rep = Report::decode(&r.bytes).map_err(|e| fail(e.to_string()))?;
+        if rep.agent_key != holder {
+            return Err(fail(format!(
+                "the report names agent key {}, but key {} held the chain at this seq",
+                tally_proto::keys::key_id(&rep.agent_key),
+                tally_proto::keys::key_id(&holder)
+            )));
+        }
         if rep.seq != r.seq || rep.prev_digest != prev {
             return Err(fail(
                 "the chain is broken (seq or prev_digest does not match the previous report)"
@@ -113,11 +126,13 @@ pub fn reports_verify(agent: &Agent) -> CmdResult {
         }
         prev = Some(r.digest);
     }
+    let keys = history.keys().len();
     Ok(Output {
-        json: json!({"ok": true, "reports": rows.len(), "receipts": receipts}),
+        json: json!({"ok": true, "reports": rows.len(), "receipts": receipts, "agent_keys": keys}),
         text: format!(
-            "ok: {} reports, chain and signatures intact, {receipts} receipts verified\n",
-            rows.len()
+            "ok: {} reports, chain and signatures intact ({keys} agent key{}), {receipts} receipts verified\n",
+            rows.len(),
+            if keys == 1 { "" } else { "s" }
         ),
     })
 }

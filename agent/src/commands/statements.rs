@@ -112,8 +112,15 @@ pub async fn statements_verify(
             ))
         })?;
 
-    let key_id = tally_proto::keys::key_id(&agent.key.verifying_key().to_bytes());
-    let line = statement.agent_line(&key_id);
+    let key_id = tally_proto::keys::key_id(&agent.signing_key().verifying_key().to_bytes());
+    // This agent's line names the key that signed its reports: the current key, or an
+    // earlier one of this agent's if it rotated since.
+    let history = agent.key_history().map_err(runtime)?;
+    let line = history
+        .keys()
+        .iter()
+        .rev()
+        .find_map(|(k, _)| statement.agent_line(&tally_proto::keys::key_id(k)));
     let held = agent
         .store
         .held_reports(
@@ -386,6 +393,7 @@ mod tests {
             agents: vec![AgentLine {
                 agent_id: "agt_1".into(),
                 key_id: tally_proto::keys::key_id(&key.verifying_key().to_bytes()),
+                key_ids: Vec::new(),
                 license_id: "lic_1".into(),
                 first_seq: 1,
                 last_seq: 2,

@@ -12,6 +12,13 @@ pub(super) fn close_tx(
     windows: Windows,
     flush: bool,
 ) -> StoreResult<u64> {
+    // Sign only with the key holding the chain: a rotation committed since the caller
+    // loaded its key hands every later seq to the new key.
+    if let Some(holder) = super::rotations::current_key(c)?
+        && holder != key.verifying_key().to_bytes()
+    {
+        return Err(StoreError::KeyRotated(holder));
+    }
     let mut cur = cursor(c, now, windows)?;
     let limit = if flush {
         // A flush closes everything counted so far: if the newest counted window starts at

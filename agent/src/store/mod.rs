@@ -11,11 +11,13 @@ use crate::windows::{MAX_WINDOW, Windows};
 mod close;
 mod receipts;
 mod record;
+mod rotations;
 use close::close_tx;
 use ed25519_dalek::SigningKey;
 use receipts::receipts_tx;
 pub use receipts::{HeldReceipt, HeldReport};
 use record::record_tx;
+pub use rotations::{RotationState, StoredRotation};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +40,10 @@ pub enum StoreError {
     /// The group commit failed or the writer stopped; nothing of the write is durable.
     #[error("database error: {0}")]
     Write(#[from] WriteFailed),
+    /// The key offered to sign reports no longer holds the chain: a rotation handed it to
+    /// the key named (reload the key file and sign with that one).
+    #[error("the agent key was rotated to key {}", tally_proto::keys::key_id(.0))]
+    KeyRotated([u8; 32]),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -186,6 +192,7 @@ impl AgentStore {
         let conn = Connection::open(path)?;
         configure(&conn)?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(rotations::SCHEMA)?;
         // Added with keyrings: the id of the key that signed each stored receipt.
         let has_key_id: bool = conn
             .prepare("SELECT 1 FROM pragma_table_info('reports') WHERE name = 'receipt_key_id'")?

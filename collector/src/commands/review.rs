@@ -61,16 +61,16 @@ pub async fn import(ctx: &Ctx, file: &Path, receipts_out: Option<&Path>) -> CmdR
         online,
         Some(crate::ratelimit::DEFAULT_REPORTS_PER_SEC),
     );
-    let (receipts, verdicts) = collector
+    let (receipts, verdicts, rotations) = collector
         .ingestor
-        .import(b.reports)
+        .import(b)
         .await
         .map_err(|e| CommandError::Runtime(e.to_string()))?;
     if let Some(out) = receipts_out {
         std::fs::write(out, bundle::write_receipts(&pb::ReceiptBundle { receipts }))
             .map_err(|e| CommandError::Runtime(format!("cannot write {}: {e}", out.display())))?;
     }
-    let summary = crate::views::import_summary(&verdicts);
+    let summary = crate::views::import_summary(&verdicts, &rotations);
     let counts = summary["counts"].as_object().cloned().unwrap_or_default();
     ctx.audit(
         "import",
@@ -78,7 +78,24 @@ pub async fn import(ctx: &Ctx, file: &Path, receipts_out: Option<&Path>) -> CmdR
         &serde_json::to_string(&counts).unwrap_or_default(),
     )
     .await?;
-    let text = counts
+    let mut text = rotations
+        .iter()
+        .map(|r| {
+            format!(
+                "agent key rotation {} -> {} from seq {}: {}{}\n",
+                r.old_key_id,
+                r.new_key_id,
+                r.from_seq,
+                r.outcome,
+                if r.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", r.detail)
+                }
+            )
+        })
+        .collect::<String>();
+    text += &counts
         .iter()
         .map(|(k, v)| format!("{k}: {v}\n"))
         .collect::<String>();

@@ -392,12 +392,12 @@ pub async fn import(
         code: "invalid_bundle",
         message: e.to_string(),
     })?;
-    let (receipts, verdicts) = st.ingestor.import(b.reports).await?;
+    let (receipts, verdicts, rotations) = st.ingestor.import(b).await?;
     if as_bundle {
         let bytes = bundle::write_receipts(&pb::ReceiptBundle { receipts });
         return Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response());
     }
-    Ok(Json(crate::views::import_summary(&verdicts)).into_response())
+    Ok(Json(crate::views::import_summary(&verdicts, &rotations)).into_response())
 }
 
 /// `GET /v1/whoami`: the calling token's id and role (the web UI picks its views by it).

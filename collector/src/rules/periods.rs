@@ -236,9 +236,23 @@ fn agent_line(agent_id: &str, rs: &[&CountedReport]) -> Result<AgentLine, String
     let seqs: Vec<u64> = rs.iter().map(|r| r.seq).collect();
     let digests: Vec<Digest> = rs.iter().map(|r| r.digest).collect();
     let first = rs.first().ok_or("an agent line needs a report")?;
+    // The keys that signed the reports, in seq order (an agent that rotated its key within
+    // the line's seqs has several): the line names them all, and its key is the newest.
+    let mut key_ids: Vec<String> = Vec::new();
+    for r in rs {
+        let id = tally_proto::keys::key_id(&r.agent_key);
+        if key_ids.last() != Some(&id) {
+            key_ids.push(id);
+        }
+    }
+    let key_id = key_ids.last().cloned().unwrap_or_default();
+    if key_ids.len() < 2 {
+        key_ids.clear();
+    }
     Ok(AgentLine {
         agent_id: agent_id.to_string(),
-        key_id: tally_proto::keys::key_id(&first.agent_key),
+        key_id,
+        key_ids,
         license_id: first.license_id.clone(),
         first_seq: seqs.first().copied().unwrap_or(0),
         last_seq: seqs.last().copied().unwrap_or(0),

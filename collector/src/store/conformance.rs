@@ -1183,7 +1183,7 @@ pub async fn cancellation_purges_one_customer_only(s: Subject) -> CheckResult {
         .await
         .map_err(db)?;
     ensure!(
-        keys.values().all(|k| k.revoked) && keys.len() == 1,
+        keys.values().all(|k| k.agent_revoked) && keys.len() == 1,
         "the agent must be revoked at once: {keys:?}"
     );
     ensure!(
@@ -2085,6 +2085,213 @@ pub async fn keyrings_are_added_in_order_once(s: Subject) -> CheckResult {
     Ok(())
 }
 
+/// An agent key rotation hands the chain over once: of rotations racing from one key
+/// exactly one is recorded, a resend is recognized, a rotation at a seq already stored is
+/// refused; both keys are found with their ranges of seqs, a revocation is never moved
+/// later, and a closed statement's line names both keys and its evidence audits whole.
+pub async fn agent_key_rotations_hand_the_chain_over_once(s: Subject) -> CheckResult {
+    use crate::rules::agent_keys::{RotationDecision, RotationRefusal};
+    use tally_proto::agent_key::Rotation;
+    let mut f = seed(&s, "rot", &[("api.convert", None)]).await?;
+    let old = f.key.clone();
+    let old_key = old.verifying_key().to_bytes();
+    let (last, this) = last_and_this_month(&s);
+    let sign = |f: &crate::store::fixture::Fixture, mut r: AuthenticReport| {
+        r.signature =
+            tally_proto::signing::sign(&f.key, tally_proto::signing::Domain::UsageReport, &r.bytes)
+                .to_vec();
+        r
+    };
+    let mut reports = Vec::new();
+    for i in 0..2 {
+        let r = f.next(
+            at(this - 3 * 86_400 + i * 3600)?,
+            3600,
+            &[("api.convert", 2)],
+        );
+        reports.push(sign(&f, r));
+    }
+    s.store
+        .ingest(reports, s.store.clock().now(), Source::Online)
+        .await
+        .map_err(db)?;
+    let rotation = |new: &ed25519_dalek::SigningKey, from_seq| {
+        let r = Rotation {
+            license_id: f.license_id.clone(),
+            old_key,
+            new_key: new.verifying_key().to_bytes(),
+            from_seq,
+            created_at: now(&s),
+        };
+        let signed = r.sign(&old, new);
+        (r, prost::Message::encode_to_vec(&signed))
+    };
+    // A seq the old key already signed and the store holds: refused.
+    let early = tally_proto::keys::generate();
+    let (r, b) = rotation(&early, 2);
+    let d = s.store.rotate_agent_key(r, b, now(&s)).await.map_err(db)?;
+    ensure!(
+        matches!(d, RotationDecision::Refuse(RotationRefusal::Conflict(_))),
+        "a rotation at a stored seq: {d:?}"
+    );
+    // Eight rotations race from the old key to eight new keys: one wins.
+    let news: Vec<_> = (0..8).map(|_| tally_proto::keys::generate()).collect();
+    let racing: Vec<_> = news
+        .iter()
+        .map(|n| {
+            let (r, b) = rotation(n, 3);
+            let store = s.store.clone();
+            let t = now(&s);
+            tokio::spawn(async move { store.rotate_agent_key(r, b, t).await })
+        })
+        .collect();
+    let mut winner = None;
+    for (i, r) in racing.into_iter().enumerate() {
+        match r.await.map_err(db)?.map_err(db)? {
+            RotationDecision::Record => {
+                ensure!(winner.is_none(), "two racing rotations were recorded");
+                winner = Some(i);
+            }
+            RotationDecision::Refuse(RotationRefusal::Conflict(_)) => {}
+            other => return Err(format!("a racing rotation: {other:?}")),
+        }
+    }
+    let new = news[winner.ok_or("no racing rotation was recorded")?].clone();
+    let new_key = new.verifying_key().to_bytes();
+    let (r, b) = rotation(&new, 3);
+    let d = s
+        .store
+        .rotate_agent_key(r, b.clone(), now(&s))
+        .await
+        .map_err(db)?;
+    ensure!(d == RotationDecision::AlreadyRecorded, "a resend: {d:?}");
+    let found = s
+        .store
+        .agents_by_keys(vec![old_key, new_key])
+        .await
+        .map_err(db)?;
+    let (o, n) = (
+        found.get(&old_key).ok_or("the old key is gone")?,
+        found.get(&new_key).ok_or("the new key is not found")?,
+    );
+    ensure!(
+        o.agent_id == f.agent_id && n.agent_id == f.agent_id,
+        "both keys are the agent's: {o:?} {n:?}"
+    );
+    ensure!(
+        (o.from_seq, o.until_seq, n.from_seq, n.until_seq) == (1, Some(3), 3, None),
+        "ranges: {o:?} {n:?}"
+    );
+    let keys = s.store.agent_keys(f.agent_id.clone()).await.map_err(db)?;
+    ensure!(
+        keys.iter().map(|k| k.key).collect::<Vec<_>>() == vec![old_key, new_key],
+        "the agent's keys in order: {keys:?}"
+    );
+    ensure!(
+        s.store
+            .agent_rotations(f.agent_id.clone())
+            .await
+            .map_err(db)?
+            == vec![b],
+        "the signed rotation is kept as signed"
+    );
+    let by_id = s
+        .store
+        .agent_key_by_id(tally_proto::keys::key_id(&new_key))
+        .await
+        .map_err(db)?;
+    ensure!(by_id.map(|k| k.key) == Some(new_key), "found by key id");
+    // The new key signs seqs 3 and 4, chained on; the month closes with one line.
+    f.key = new.clone();
+    let mut reports = Vec::new();
+    for i in 2..4 {
+        let r = f.next(
+            at(this - 3 * 86_400 + i * 3600)?,
+            3600,
+            &[("api.convert", 2)],
+        );
+        reports.push(sign(&f, r));
+    }
+    let stored = s
+        .store
+        .ingest(reports, s.store.clock().now(), Source::Online)
+        .await
+        .map_err(db)?;
+    ensure!(
+        stored.iter().all(|o| o.outcome == Outcome::Accepted),
+        "the new key's reports continue the chain: {stored:?}"
+    );
+    let vendor = tally_proto::keys::generate();
+    crate::periods::close(s.store.as_ref(), &vendor, last, s.store.clock().now())
+        .await
+        .map_err(db)?;
+    let doc = s
+        .store
+        .closed_statement(f.customer_id.clone(), last)
+        .await
+        .map_err(db)?
+        .ok_or("no closed statement")?;
+    let statement = tally_proto::statement::Statement::verify(&doc, &vendor.verifying_key())
+        .map_err(|e| e.to_string())?;
+    let ids = vec![
+        tally_proto::keys::key_id(&old_key),
+        tally_proto::keys::key_id(&new_key),
+    ];
+    ensure!(
+        statement.agents.len() == 1
+            && statement.agents[0].key_ids == ids
+            && statement.agents[0].key_id == ids[1]
+            && statement.agents[0].reports == 4,
+        "the line names both keys: {:?}",
+        statement.agents
+    );
+    let ev = crate::periods::evidence(s.store.as_ref(), &f.customer_id, last)
+        .await
+        .map_err(db)?
+        .ok_or("no evidence")?;
+    let out = tally_proto::statement::audit::audit(&statement, &ids.iter().cloned().collect(), &ev);
+    ensure!(
+        out.matches() && out.verified == 4,
+        "audit across the rotation: {out:?}"
+    );
+    // A revocation stands and is never moved later.
+    let t = now(&s);
+    s.store.revoke_agent_key(new_key, t).await.map_err(db)?;
+    s.store
+        .revoke_agent_key(new_key, t + Duration::hours(1))
+        .await
+        .map_err(db)?;
+    let k = s
+        .store
+        .agents_by_keys(vec![new_key])
+        .await
+        .map_err(db)?
+        .remove(&new_key)
+        .ok_or("revoked key gone")?;
+    ensure!(
+        k.revoked_at == Some(t),
+        "revoked at {:?}, not {t}",
+        k.revoked_at
+    );
+    s.store
+        .revoke_agent_key(new_key, t - Duration::hours(1))
+        .await
+        .map_err(db)?;
+    let k = s
+        .store
+        .agents_by_keys(vec![new_key])
+        .await
+        .map_err(db)?
+        .remove(&new_key)
+        .ok_or("revoked key gone")?;
+    ensure!(
+        k.revoked_at == Some(t - Duration::hours(1)),
+        "an earlier revocation replaces a later one: {:?}",
+        k.revoked_at
+    );
+    Ok(())
+}
+
 /// Expands to one `#[tokio::test]` per conformance check, each on a fresh store from
 /// `$fresh` (an async expression yielding a [`Subject`]).
 #[macro_export]
@@ -2119,7 +2326,8 @@ macro_rules! conformance_tests {
             limits_include_licenses_in_grace,
             a_bill_counts_only_accepted_reports,
             incidents_fold_one_outage_seen_twice,
-            keyrings_are_added_in_order_once
+            keyrings_are_added_in_order_once,
+            agent_key_rotations_hand_the_chain_over_once
         );
     };
     (@each $fresh:expr; $($check:ident),+) => {

@@ -139,12 +139,33 @@ pub fn key_mismatch(recorded: &[u8; 32], ours: &[u8; 32]) -> StoreError {
     ))
 }
 
-/// An enrolled agent key, as the ingest path needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentKeyRecord {
-    pub agent_id: String,
-    pub license_id: String,
-    pub revoked: bool,
+pub use crate::rules::agent_keys::AgentKey;
+
+impl AgentKey {
+    /// An agent key from the columns of `sql::AGENT_KEY`: key, agent id, license id,
+    /// from seq, until seq, key revoked at, agent revoked at.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn from_columns(
+        key: &[u8],
+        agent_id: String,
+        license_id: String,
+        from_seq: i64,
+        until_seq: Option<i64>,
+        revoked_at: Option<i64>,
+        agent_revoked_at: Option<i64>,
+    ) -> StoreResult<AgentKey> {
+        let key = <[u8; 32]>::try_from(key)
+            .map_err(|_| StoreError::Database("an agent key is not 32 bytes".into()))?;
+        Ok(AgentKey {
+            key,
+            agent_id,
+            license_id,
+            from_seq: from_seq.max(1) as u64,
+            until_seq: until_seq.map(|u| u.max(0) as u64),
+            revoked_at: revoked_at.map(|t| Instant::from_timestamp(t, 0).unwrap_or_default()),
+            agent_revoked: agent_revoked_at.is_some(),
+        })
+    }
 }
 
 pub use crate::rules::Source;
@@ -415,6 +436,7 @@ pub trait Store:
     + AlertStore
     + IncidentStore
     + KeyringStore
+    + AgentKeyStore
     + Send
     + Sync
     + 'static
@@ -438,10 +460,8 @@ pub trait Store:
 #[async_trait]
 pub trait IngestStore: Send + Sync {
     /// Looks up enrolled keys.
-    async fn agents_by_keys(
-        &self,
-        keys: Vec<[u8; 32]>,
-    ) -> StoreResult<HashMap<[u8; 32], AgentKeyRecord>>;
+    async fn agents_by_keys(&self, keys: Vec<[u8; 32]>)
+    -> StoreResult<HashMap<[u8; 32], AgentKey>>;
     /// Stores authentic reports (each exactly once) and counts the countable ones, in one
     /// durable transaction shared with concurrent callers. Returns one outcome per report,
     /// in order, only after the commit is durable.
@@ -671,6 +691,30 @@ pub trait KeyringStore: Send + Sync {
     async fn add_keyring(&self, version: u64, signed: Vec<u8>, at: Instant) -> StoreResult<()>;
     /// The keyrings after `version`, oldest first, at most [`MAX_KEYRINGS`].
     async fn keyrings_after(&self, version: u64) -> StoreResult<Vec<(u64, Vec<u8>)>>;
+}
+
+/// Agent keys and their rotations. The store reads the facts and writes what
+/// `rules::agent_keys` decides.
+#[async_trait]
+pub trait AgentKeyStore: Send + Sync {
+    /// Records a verified rotation (`signed` is the encoded `SignedAgentKeyRotation`) when
+    /// `rules::agent_keys::decide_rotation` says so, deciding on facts read in the
+    /// transaction that writes it (racing rotations of one agent are serialized). Returns
+    /// the decision.
+    async fn rotate_agent_key(
+        &self,
+        rotation: tally_proto::agent_key::Rotation,
+        signed: Vec<u8>,
+        now: Instant,
+    ) -> StoreResult<crate::rules::agent_keys::RotationDecision>;
+    /// Every key of an agent, in the order they held its chain.
+    async fn agent_keys(&self, agent_id: String) -> StoreResult<Vec<AgentKey>>;
+    /// The agent key whose key id is `key_id`, if any.
+    async fn agent_key_by_id(&self, key_id: String) -> StoreResult<Option<AgentKey>>;
+    /// Revokes an agent key from `at` (an earlier revocation stands).
+    async fn revoke_agent_key(&self, key: [u8; 32], at: Instant) -> StoreResult<()>;
+    /// The signed rotations of an agent, oldest first.
+    async fn agent_rotations(&self, agent_id: String) -> StoreResult<Vec<Vec<u8>>>;
 }
 
 /// The most keyrings [`KeyringStore::keyrings_after`] returns at once.

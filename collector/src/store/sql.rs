@@ -10,12 +10,14 @@
 
 /// Every report that may count on a customer's statement of a month: those whose window
 /// starts in it and those billed on it. `$1` customer, `$2` month start, `$3` next month's
-/// start. Columns: agent id, agent key, license id, seq, digest, bytes, status,
+/// start. Columns: agent id, agent key (the key that held the agent's chain at the
+/// report's seq: the one that signed it), license id, seq, digest, bytes, status,
 /// window start, billed month. Read along each agent's `(agent_id, seq)` key (SQLite is
 /// told the join order; PostgreSQL plans its own).
 pub const MONTH_CANDIDATES: &str = "
-    SELECT a.id, a.key, a.license_id, r.seq, r.digest, r.bytes, r.status, r.window_start,
-           r.billed_month
+    SELECT a.id, (SELECT k.key FROM agent_keys k WHERE k.agent_id = a.id AND k.from_seq <= r.seq
+                AND (k.until_seq IS NULL OR r.seq < k.until_seq)),
+           a.license_id, r.seq, r.digest, r.bytes, r.status, r.window_start, r.billed_month
     FROM licenses l JOIN agents a ON a.license_id = l.id CROSS JOIN reports r
     WHERE r.agent_id = a.id AND l.customer_id = $1
       AND ((r.window_start >= $2 AND r.window_start < $3) OR r.billed_month = $2)
@@ -25,8 +27,9 @@ pub const MONTH_CANDIDATES: &str = "
 /// small index of billed months. `$1` customer, `$2` month start; columns as
 /// [`MONTH_CANDIDATES`].
 pub const LATE_CANDIDATES: &str = "
-    SELECT a.id, a.key, a.license_id, r.seq, r.digest, r.bytes, r.status, r.window_start,
-           r.billed_month
+    SELECT a.id, (SELECT k.key FROM agent_keys k WHERE k.agent_id = a.id AND k.from_seq <= r.seq
+                AND (k.until_seq IS NULL OR r.seq < k.until_seq)),
+           a.license_id, r.seq, r.digest, r.bytes, r.status, r.window_start, r.billed_month
     FROM reports r JOIN agents a ON a.id = r.agent_id JOIN licenses l ON l.id = a.license_id
     WHERE r.billed_month = $2 AND l.customer_id = $1
     ORDER BY a.id, r.seq";
@@ -35,8 +38,9 @@ pub const LATE_CANDIDATES: &str = "
 /// evidence. Columns: agent id, agent key, seq, digest, bytes, signature, status,
 /// window start, billed month.
 pub const EVIDENCE_CANDIDATES: &str = "
-    SELECT a.id, a.key, r.seq, r.digest, r.bytes, r.signature, r.status, r.window_start,
-           r.billed_month
+    SELECT a.id, (SELECT k.key FROM agent_keys k WHERE k.agent_id = a.id AND k.from_seq <= r.seq
+                AND (k.until_seq IS NULL OR r.seq < k.until_seq)),
+           r.seq, r.digest, r.bytes, r.signature, r.status, r.window_start, r.billed_month
     FROM licenses l JOIN agents a ON a.license_id = l.id CROSS JOIN reports r
     WHERE r.agent_id = a.id AND l.customer_id = $1 AND a.id = $4
       AND ((r.window_start >= $2 AND r.window_start < $3) OR r.billed_month = $2)
@@ -101,6 +105,48 @@ pub const INSERT_KEYRING: &str =
 pub const KEYRINGS_AFTER: &str =
     "SELECT version, signed FROM keyrings WHERE version > $1 ORDER BY version LIMIT $2";
 
+/// The agent key `$1` (32 bytes), with its agent. Columns: see `AgentKey::from_columns`.
+pub const AGENT_KEY: &str = concat!(
+    "
+    SELECT k.key, a.id, a.license_id, k.from_seq, k.until_seq, k.revoked_at, a.revoked_at
+    FROM agent_keys k JOIN agents a ON a.id = k.agent_id",
+    " WHERE k.key = $1"
+);
+
+/// Every key of agent `$1`, in the order they held its chain. Columns: as [`AGENT_KEY`].
+pub const KEYS_OF_AGENT: &str = concat!(
+    "
+    SELECT k.key, a.id, a.license_id, k.from_seq, k.until_seq, k.revoked_at, a.revoked_at
+    FROM agent_keys k JOIN agents a ON a.id = k.agent_id",
+    " WHERE a.id = $1 ORDER BY k.from_seq, k.until_seq IS NULL"
+);
+
+/// Every agent key (32 bytes each), for finding one by key id (ids are not stored: a key
+/// id is a hash of the key).
+pub const ALL_AGENT_KEYS: &str = "SELECT key FROM agent_keys";
+
+/// A key an agent signs with: `$1` key, `$2` agent id, `$3` first seq it signs, `$4` the
+/// signed rotation that handed it the chain (NULL: the enrolled key), `$5` added at.
+pub const INSERT_AGENT_KEY: &str = "
+    INSERT INTO agent_keys (key, agent_id, from_seq, rotation, added_at)
+    VALUES ($1, $2, $3, $4, $5)";
+
+/// Key `$1` hands its agent's chain on at seq `$2`.
+pub const HAND_OVER_AGENT_KEY: &str = "UPDATE agent_keys SET until_seq = $2 WHERE key = $1";
+
+/// Agent `$1` now signs with key `$2`.
+pub const SET_AGENT_KEY: &str = "UPDATE agents SET key = $2 WHERE id = $1";
+
+/// Revokes agent key `$1` from `$2`; an earlier revocation stands (never moved later).
+pub const REVOKE_AGENT_KEY: &str = "
+    UPDATE agent_keys SET revoked_at = $2
+    WHERE key = $1 AND (revoked_at IS NULL OR revoked_at > $2)";
+
+/// The signed rotations of agent `$1`, oldest first. Column: the signed rotation.
+pub const ROTATIONS_OF_AGENT: &str = "
+    SELECT rotation FROM agent_keys WHERE agent_id = $1 AND rotation IS NOT NULL
+    ORDER BY from_seq";
+
 /// A shared query in SQLite's spelling: `$N` becomes `?N` (SQLite would number `$N`
 /// placeholders by first appearance, not by `N`).
 pub fn sqlite(sql: &str) -> String {
@@ -146,6 +192,14 @@ mod tests {
             NEWEST_KEYRING,
             INSERT_KEYRING,
             KEYRINGS_AFTER,
+            AGENT_KEY,
+            KEYS_OF_AGENT,
+            ALL_AGENT_KEYS,
+            INSERT_AGENT_KEY,
+            HAND_OVER_AGENT_KEY,
+            SET_AGENT_KEY,
+            REVOKE_AGENT_KEY,
+            ROTATIONS_OF_AGENT,
         ] {
             conn.prepare(&sqlite(q))
                 .unwrap_or_else(|e| panic!("{e}: {q}"));

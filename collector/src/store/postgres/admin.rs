@@ -251,7 +251,7 @@ pub(super) async fn add_agent<C: GenericClient>(
     .await?;
     let existing = query_opt(
         c,
-        "SELECT id, license_id FROM agents WHERE key = $1",
+        "SELECT a.id, a.license_id FROM agent_keys k JOIN agents a ON a.id = k.agent_id WHERE k.key = $1",
         &[&key.as_slice()],
     )
     .await?;
@@ -284,6 +284,7 @@ pub(super) async fn add_agent<C: GenericClient>(
         &[&id, &key.as_slice(), &license_id, &now],
     )
     .await?;
+    super::agent_keys::add_enrolled_key(c, key, &id, now).await?;
     Ok(id)
 }
 
@@ -311,7 +312,7 @@ pub(super) async fn enroll<C: GenericClient>(
     .map(|r| (r.get(0), r.get(1), r.get(2)));
     let existing: Option<(String, String)> = query_opt(
         c,
-        "SELECT id, license_id FROM agents WHERE key = $1",
+        "SELECT a.id, a.license_id FROM agent_keys k JOIN agents a ON a.id = k.agent_id WHERE k.key = $1",
         &[&key.as_slice()],
     )
     .await?

@@ -591,28 +591,28 @@ impl IngestStore for PostgresStore {
     async fn agents_by_keys(
         &self,
         keys: Vec<[u8; 32]>,
-    ) -> StoreResult<HashMap<[u8; 32], AgentKeyRecord>> {
+    ) -> StoreResult<HashMap<[u8; 32], AgentKey>> {
         let c = self.client().await?;
         let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
         let rows = query(
             &c,
-            "SELECT key, id, license_id, revoked_at IS NOT NULL FROM agents WHERE key = ANY($1)",
+            "SELECT k.key, a.id, a.license_id, k.from_seq, k.until_seq, k.revoked_at, a.revoked_at
+             FROM agent_keys k JOIN agents a ON a.id = k.agent_id WHERE k.key = ANY($1)",
             &[&keys],
         )
         .await?;
         let mut out = HashMap::with_capacity(rows.len());
         for r in rows {
-            let key: Vec<u8> = r.get(0);
-            if let Ok(key) = <[u8; 32]>::try_from(key) {
-                out.insert(
-                    key,
-                    AgentKeyRecord {
-                        agent_id: r.get(1),
-                        license_id: r.get(2),
-                        revoked: r.get(3),
-                    },
-                );
-            }
+            let key = AgentKey::from_columns(
+                r.get::<_, &[u8]>(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+                r.get(6),
+            )?;
+            out.insert(key.key, key);
         }
         Ok(out)
     }

@@ -120,6 +120,9 @@ pub(super) async fn purge_one<C: GenericClient>(
     run("DELETE FROM report_retention WHERE agent_id IN
             (SELECT a.id FROM agents a JOIN licenses l ON l.id = a.license_id WHERE l.customer_id = $1)")
     .await?;
+    run("DELETE FROM agent_keys WHERE agent_id IN
+            (SELECT a.id FROM agents a JOIN licenses l ON l.id = a.license_id WHERE l.customer_id = $1)")
+    .await?;
     let agents = run(
         "DELETE FROM agents WHERE license_id IN (SELECT id FROM licenses WHERE customer_id = $1)",
     )

@@ -255,6 +255,7 @@ macro_rules! in_transaction {
 
 // After `in_transaction!`, which they use.
 mod admin;
+mod agent_keys;
 mod alerts;
 mod incidents;
 mod ingest;

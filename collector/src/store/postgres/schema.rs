@@ -214,6 +214,21 @@ pub(super) const MIGRATIONS: &[&str] = &[
         added_at BIGINT NOT NULL
     );
     "#,
+    // 6: agent keys, as in the SQLite store's version 9.
+    r#"
+    CREATE TABLE agent_keys (
+        key BYTEA PRIMARY KEY,
+        agent_id TEXT NOT NULL REFERENCES agents(id),
+        from_seq BIGINT NOT NULL,
+        until_seq BIGINT,
+        revoked_at BIGINT,
+        rotation BYTEA,
+        added_at BIGINT NOT NULL
+    );
+    CREATE INDEX agent_keys_agent ON agent_keys(agent_id, from_seq);
+    INSERT INTO agent_keys (key, agent_id, from_seq, added_at)
+        SELECT key, id, 1, enrolled_at FROM agents;
+    "#,
 ];
 
 /// Brings the database up to the newest schema version.

@@ -210,7 +210,7 @@ pub(super) fn add_agent(
 ) -> StoreResult<String> {
     let existing: Option<(String, String)> = conn
         .query_row(
-            "SELECT id, license_id FROM agents WHERE key = ?1",
+            "SELECT a.id, a.license_id FROM agent_keys k JOIN agents a ON a.id = k.agent_id WHERE k.key = ?1",
             [key.as_slice()],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -248,6 +248,7 @@ pub(super) fn add_agent(
         "INSERT INTO agents (id, key, license_id, enrolled_at) VALUES (?1, ?2, ?3, ?4)",
         params![id, key.as_slice(), license_id, now],
     )?;
+    super::agent_keys::add_enrolled_key(conn, key, &id, now)?;
     Ok(id)
 }
 
@@ -274,7 +275,7 @@ pub(super) fn enroll(
         .optional()?;
     let existing: Option<(String, String)> = conn
         .query_row(
-            "SELECT id, license_id FROM agents WHERE key = ?1",
+            "SELECT a.id, a.license_id FROM agent_keys k JOIN agents a ON a.id = k.agent_id WHERE k.key = ?1",
             [key.as_slice()],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )

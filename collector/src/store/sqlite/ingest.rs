@@ -269,25 +269,14 @@ impl IngestStore for SqliteStore {
     async fn agents_by_keys(
         &self,
         keys: Vec<[u8; 32]>,
-    ) -> StoreResult<HashMap<[u8; 32], AgentKeyRecord>> {
+    ) -> StoreResult<HashMap<[u8; 32], AgentKey>> {
         self.read(move |c| {
-            let mut stmt =
-                c.prepare_cached("SELECT id, license_id, revoked_at FROM agents WHERE key = ?1")?;
             let mut out = HashMap::new();
             for k in keys {
                 if out.contains_key(&k) {
                     continue;
                 }
-                let row = stmt
-                    .query_row([k.as_slice()], |r| {
-                        Ok(AgentKeyRecord {
-                            agent_id: r.get(0)?,
-                            license_id: r.get(1)?,
-                            revoked: r.get::<_, Option<i64>>(2)?.is_some(),
-                        })
-                    })
-                    .optional()?;
-                if let Some(row) = row {
+                if let Some(row) = super::agent_keys::agent_key(c, &k)? {
                     out.insert(k, row);
                 }
             }

@@ -101,6 +101,9 @@ pub(super) fn purge_one(conn: &Connection, id: &str, now: i64) -> StoreResult<Op
     run(format!(
         "DELETE FROM report_retention WHERE agent_id IN (SELECT id FROM agents WHERE license_id IN {of_licenses})"
     ))?;
+    run(format!(
+        "DELETE FROM agent_keys WHERE agent_id IN (SELECT id FROM agents WHERE license_id IN {of_licenses})"
+    ))?;
     let agents = run(format!(
         "DELETE FROM agents WHERE license_id IN {of_licenses}"
     ))?;

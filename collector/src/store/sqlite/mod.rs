@@ -2,6 +2,7 @@
 //! (`tally_runtime::sqlite_writer`), and a small pool of read connections used from `spawn_blocking`.
 
 mod admin;
+mod agent_keys;
 mod alerts;
 pub mod backup;
 mod incidents;

@@ -251,6 +251,23 @@ const MIGRATIONS: &[&str] = &[
         added_at INTEGER NOT NULL
     );
     "#,
+    // 9: agent keys. An agent's chain is held by one key at a time: the enrolled key from
+    // seq 1, then each key a rotation hands it to, from its `from_seq` until the next
+    // rotation's (`until_seq`, exclusive). `agents.key` is the current one.
+    r#"
+    CREATE TABLE agent_keys (
+        key BLOB PRIMARY KEY,
+        agent_id TEXT NOT NULL REFERENCES agents(id),
+        from_seq INTEGER NOT NULL,
+        until_seq INTEGER,
+        revoked_at INTEGER,
+        rotation BLOB,
+        added_at INTEGER NOT NULL
+    );
+    CREATE INDEX agent_keys_agent ON agent_keys(agent_id, from_seq);
+    INSERT INTO agent_keys (key, agent_id, from_seq, added_at)
+        SELECT key, id, 1, enrolled_at FROM agents;
+    "#,
 ];
 
 /// The newest schema version this build writes.
