@@ -101,7 +101,8 @@ enum KeysCmd {
         overlap: Option<String>,
     },
     /// Revoke an online key after a leak (needs the vendor key): what it signed claiming
-    /// TIME or later is refused by agents.
+    /// TIME or later is refused by agents. An agent key id instead: its reports arriving
+    /// from TIME on are refused (agent_revoked).
     Revoke {
         key_id: String,
         /// From when (RFC 3339 or YYYY-MM-DD; default now).

@@ -89,8 +89,9 @@ pub async fn keys_rotate_collector(ctx: &Ctx, overlap: Option<&str>) -> CmdResul
 
 /// `keys revoke KEYID [--from TIME]`: what the key signed claiming `TIME` or later (default:
 /// now) is refused by agents. Revoking a current online key also makes new online keys.
+/// KEYID may also name an agent key: the collector then refuses every report signed by it
+/// that arrives at or after `TIME` (`agent_revoked`), judged by the collector's clock.
 pub async fn keys_revoke(ctx: &Ctx, key_id: &str, from: Option<&str>) -> CmdResult {
-    let vendor = ctx.vendor_key("keys revoke")?;
     let now = ctx.store.clock().now();
     let from = match from {
         None => now,
@@ -101,6 +102,10 @@ pub async fn keys_revoke(ctx: &Ctx, key_id: &str, from: Option<&str>) -> CmdResu
     if from > now {
         return Err(usage_err("--from: a revocation starts now or earlier"));
     }
+    if let Some(agent_key) = ctx.store.agent_key_by_id(key_id.to_string()).await? {
+        return revoke_agent_key(ctx, &agent_key, from).await;
+    }
+    let vendor = ctx.vendor_key("keys revoke")?;
     let (newest, _) = keys::verified_chain(ctx.store.as_ref())
         .await?
         .ok_or_else(|| usage_err("no keyring yet"))?;
@@ -149,6 +154,42 @@ pub async fn keys_revoke(ctx: &Ctx, key_id: &str, from: Option<&str>) -> CmdResu
     Ok(keyring_output(
         &k,
         &format!("revoked {key_id} from {}\n", rfc3339(from)),
+    ))
+}
+
+/// `keys revoke` of an agent key (no vendor key needed: agent keys are the collector's to
+/// accept or refuse).
+async fn revoke_agent_key(
+    ctx: &Ctx,
+    key: &crate::store::AgentKey,
+    from: tally_proto::time::Instant,
+) -> CmdResult {
+    let key_id = tally_proto::keys::key_id(&key.key);
+    if key.revoked_at.is_some_and(|r| r <= from) {
+        return Err(usage_err(format!(
+            "agent key {key_id} is already revoked from then on"
+        )));
+    }
+    ctx.store.revoke_agent_key(key.key, from).await?;
+    ctx.audit(
+        "keys revoke",
+        &key_id,
+        &format!("ok: agent key of {} from {}", key.agent_id, rfc3339(from)),
+    )
+    .await?;
+    Ok(Output::new(
+        serde_json::json!({
+            "agent_key": key_id,
+            "agent_id": key.agent_id,
+            "license_id": key.license_id,
+            "revoked_from": rfc3339(from),
+        }),
+        format!(
+            "revoked agent key {key_id} (agent {}) from {}: its reports arriving from then \
+             on are refused (agent_revoked)\n",
+            key.agent_id,
+            rfc3339(from)
+        ),
     ))
 }
 
