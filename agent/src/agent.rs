@@ -455,7 +455,15 @@ async fn submit(agent: &Agent, url: &str, reports: Vec<pb::SignedReport>) -> Res
         .submit(pb::SubmitRequest { reports })
         .await
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
-    let receipts = resp.into_inner().receipts;
+    let resp = resp.into_inner();
+    if resp.keyring_version > agent.keys.version() {
+        // A keyring this agent does not hold yet (a rotation or a revocation): follow it
+        // before checking the receipts against it.
+        crate::trusted_keys::refresh(&agent.keys, &agent.store, &mut client)
+            .await
+            .map_err(|e| format!("the collector holds a newer keyring; {e}"))?;
+    }
+    let receipts = resp.receipts;
     if receipts.len() != n {
         return Err(format!(
             "collector answered {} receipts for {n} reports",

@@ -197,9 +197,16 @@ impl IngestService {
             .map_err(|e| match e {
                 SubmitError::Store(e) => store_status(e),
                 SubmitError::Throttled(m) => Status::resource_exhausted(m),
+                SubmitError::NoValidKey(m) => Status::unavailable(m),
             })?;
         self.metrics.submit_duration(started.elapsed());
-        Ok(Response::new(pb::SubmitResponse { receipts }))
+        // The newest keyring this node holds: an agent holding an older one fetches it, so
+        // a revocation reaches agents even when no receipt names an unknown key.
+        let keyring_version = self.ingestor.online_keys().current().keyring.version;
+        Ok(Response::new(pb::SubmitResponse {
+            receipts,
+            keyring_version,
+        }))
     }
 }
 

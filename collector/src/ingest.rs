@@ -123,6 +123,11 @@ pub enum SubmitError {
     /// An agent key exceeded its rate; the caller retries later.
     #[error("agent {0} is sending faster than its rate limit; retry later")]
     Throttled(String),
+    /// This node's receipt key may not sign now (ended or revoked, and the keys that
+    /// replace it are not on this node): nothing was stored; another node, or this one
+    /// once its keys are copied, can take the reports.
+    #[error("{0}")]
+    NoValidKey(String),
 }
 
 /// What one report turned into, before signing.
@@ -208,6 +213,10 @@ impl Ingestor {
         source: Source,
     ) -> Result<(Vec<pb::Receipt>, Vec<Verdict>), SubmitError> {
         let received_at = self.store.clock().now();
+        self.online
+            .current()
+            .signing_key(tally_proto::keyring::Purpose::Receipt, received_at)
+            .map_err(|e| SubmitError::NoValidKey(e.to_string()))?;
         let mut slots: Vec<Slot> = reports
             .into_iter()
             .map(|r| decode(r, &self.keys))
@@ -393,6 +402,7 @@ impl Ingestor {
                 .await
                 .map_err(|e| match e {
                     SubmitError::Store(e) => e,
+                    SubmitError::NoValidKey(m) => StoreError::Unavailable(m),
                     other => StoreError::Database(other.to_string()),
                 })?;
             receipts.extend(r);

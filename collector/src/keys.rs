@@ -208,6 +208,27 @@ impl OnlineKeys {
             .collect()
     }
 
+    /// The key this node signs `purpose` with, if the keyring lets it sign at `at`: a node
+    /// that has not loaded a newer keyring (its key files are missing) must not go on
+    /// signing with a key that has ended or been revoked.
+    pub fn signing_key(&self, purpose: Purpose, at: Instant) -> Result<&SigningKey, KeysError> {
+        let key = match purpose {
+            Purpose::Statement => &self.statement,
+            _ => &self.receipt,
+        };
+        let id = tally_proto::keys::key_id(&key.verifying_key().to_bytes());
+        self.keyring
+            .key_for(purpose, &id, at)
+            .map_err(|e| {
+                KeysError::Invalid(format!(
+                    "this node's {} key {id} may not sign now ({e}); copy the current keys/ \
+                     to this node",
+                    purpose.as_str()
+                ))
+            })?;
+        Ok(key)
+    }
+
     /// The newest signed keyring.
     pub fn newest_signed(&self) -> Option<pb::SignedKeyring> {
         self.signed

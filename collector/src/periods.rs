@@ -307,8 +307,16 @@ pub async fn close_loop(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let statement_key = online.current().statement.clone();
-                match close_due(store.as_ref(), &statement_key, grace_secs, store.clock().now(), "lifecycle").await {
+                let now = store.clock().now();
+                let keys = online.current();
+                let statement_key = match keys.signing_key(tally_proto::keyring::Purpose::Statement, now) {
+                    Ok(k) => k.clone(),
+                    Err(e) => {
+                        tracing::error!(error = %e, "Cannot close due months: no valid statement key.");
+                        continue;
+                    }
+                };
+                match close_due(store.as_ref(), &statement_key, grace_secs, now, "lifecycle").await {
                     Ok(closed) => {
                         for c in closed {
                             tracing::info!(month = %crate::calendar::month_label(c.month), statements = c.statements, "Closed a month.");

@@ -531,3 +531,37 @@ async fn a_vendor_rotation_with_an_agent_across_it() {
             .contains("A newer keyring cannot be used here")
     );
 }
+
+/// A revocation of a key that no longer signs (an ended receipt key, revoked after the
+/// fact) names no key the agent lacks: it still reaches the agent, which learns of the
+/// newer keyring from every Submit's answer, and `reports verify` then refuses the
+/// receipts that key signed after the revocation time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revocation_of_an_ended_key_reaches_the_agent() {
+    let d = Deployment::new(&["api.convert"], Some(""));
+    let first = current(&collector_json(&d.cdata, &["keys", "list"]), "receipt")[0].clone();
+    let agent = AgentProcess::spawn(&d.adata, &["--listen", "127.0.0.1:0", "--interval", "1s"]);
+    record(&agent, 2).await;
+    agent.drain(60).await;
+    let cut = tally_proto::time::rfc3339(chrono::Utc::now());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    record(&agent, 3).await;
+    agent.drain(60).await;
+    // A planned rotation: the agent follows it at its next receipt (an unknown key).
+    collector_json(&d.cdata, &["keys", "rotate", "--collector"]);
+    serving(&d.collector, 2).await;
+    record(&agent, 4).await;
+    agent.drain(60).await;
+    let (code, out, err) = agent_cmd(&d.adata, &["reports", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // The first key, no longer current, is found to have leaked before `cut`: revoked.
+    // The collector keeps signing with the current key, which the agent knows.
+    let revoked = collector_json(&d.cdata, &["keys", "revoke", &first, "--from", &cut]);
+    assert_eq!(revoked["version"], 3, "{revoked}");
+    serving(&d.collector, 3).await;
+    record(&agent, 5).await;
+    agent.drain(60).await;
+    let (code, out, err) = agent_cmd(&d.adata, &["reports", "verify"]);
+    assert_ne!(code, 0, "the revocation must reach the agent: {out}{err}");
+    assert!(err.contains(&first) && err.contains("revoked"), "{err}");
+}
