@@ -165,6 +165,10 @@ pub struct OnlineKeys {
     pub signed: Vec<(u64, Vec<u8>)>,
     pub receipt: SigningKey,
     pub statement: SigningKey,
+    /// The keyring is newer than the private keys: this node lacks the files of its
+    /// current keys and signs with the previous ones only while the keyring lets them
+    /// ([`OnlineKeys::signing_key`]).
+    pub stale: bool,
 }
 
 impl OnlineKeys {
@@ -185,6 +189,7 @@ impl OnlineKeys {
             signed,
             receipt: key.clone(),
             statement: key.clone(),
+            stale: false,
         }
     }
 
@@ -217,15 +222,13 @@ impl OnlineKeys {
             _ => &self.receipt,
         };
         let id = tally_proto::keys::key_id(&key.verifying_key().to_bytes());
-        self.keyring
-            .key_for(purpose, &id, at)
-            .map_err(|e| {
-                KeysError::Invalid(format!(
-                    "this node's {} key {id} may not sign now ({e}); copy the current keys/ \
+        self.keyring.key_for(purpose, &id, at).map_err(|e| {
+            KeysError::Invalid(format!(
+                "this node's {} key {id} may not sign now ({e}); copy the current keys/ \
                      to this node",
-                    purpose.as_str()
-                ))
-            })?;
+                purpose.as_str()
+            ))
+        })?;
         Ok(key)
     }
 
@@ -303,6 +306,7 @@ pub async fn load(store: &dyn Store, dir: &DataDir) -> Result<OnlineKeys, KeysEr
         signed,
         receipt,
         statement,
+        stale: false,
     })
 }
 
@@ -322,18 +326,46 @@ impl KeyHandle {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
     }
 
-    /// Reloads from the store if it holds a newer keyring than this handle's; returns
-    /// whether it did. A newer keyring whose keys this node lacks is an error (logged by
-    /// the caller); the old keys stay in use meanwhile.
+    /// Reloads from the store if it holds a newer keyring than this handle's (or this
+    /// node still lacks the files of its keyring's current keys); returns whether it did.
+    /// A newer keyring whose keys this node lacks is taken all the same, with the previous
+    /// private keys (so agents are served it, and those keys sign only while it lets them),
+    /// and the error is returned (logged by the caller).
     pub async fn refresh(&self, store: &dyn Store, dir: &DataDir) -> Result<bool, KeysError> {
-        let have = self.current().keyring.version;
-        let newer = store.keyrings_after(have).await?;
-        if newer.is_empty() {
+        let held = self.current();
+        let newer = store.keyrings_after(held.keyring.version).await?;
+        if newer.is_empty() && !held.stale {
             return Ok(false);
         }
-        let keys = load(store, dir).await?;
-        self.replace(keys);
-        Ok(true)
+        let (keyring, signed) = verified_chain(store)
+            .await?
+            .ok_or_else(|| KeysError::NoKeyring(dir.vendor_key().display().to_string()))?;
+        let private = current_private(dir, &keyring, Purpose::Receipt)
+            .and_then(|r| current_private(dir, &keyring, Purpose::Statement).map(|s| (r, s)));
+        match private {
+            Ok((receipt, statement)) => {
+                self.replace(OnlineKeys {
+                    keyring,
+                    signed,
+                    receipt,
+                    statement,
+                    stale: false,
+                });
+                Ok(true)
+            }
+            Err(e) => {
+                if keyring.version > held.keyring.version {
+                    self.replace(OnlineKeys {
+                        keyring,
+                        signed,
+                        receipt: held.receipt.clone(),
+                        statement: held.statement.clone(),
+                        stale: true,
+                    });
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -359,7 +391,7 @@ pub async fn refresh_loop(
                     tracing::info!(version = k.keyring.version, "Signing with the keys of a new keyring.");
                 }
                 Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "A newer keyring cannot be used here; still signing with the previous keys."),
+                Err(e) => tracing::error!(error = %e, "This node lacks the keys of the newest keyring; it signs with the previous keys only while the keyring lets them (copy keys/ here)."),
             },
             _ = &mut stop => break,
         }
@@ -370,6 +402,12 @@ pub async fn refresh_loop(
 /// [`REFRESH_EVERY`] once they have the new key files, and a receipt one signs meanwhile
 /// with the old key must still be good. Copy `keys/` to every node within this time.
 pub const DEFAULT_OVERLAP_SECS: i64 = 10 * 60;
+
+/// The shortest overlap a rotation may have: five refresh periods. A serving node learns
+/// of a new keyring only at its next refresh; with a shorter overlap it could sign a
+/// receipt with a key that has already ended (one its agents, once they hold the new
+/// keyring, refuse).
+pub const MIN_OVERLAP_SECS: i64 = 5 * REFRESH_EVERY.as_secs() as i64;
 
 /// What `keys rotate --collector` / `keys revoke` change: the next keyring from `newest`,
 /// with new online keys (written to `keys/`) when `new_online`, the replaced ones valid

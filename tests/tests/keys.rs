@@ -565,3 +565,79 @@ async fn a_revocation_of_an_ended_key_reaches_the_agent() {
     assert_ne!(code, 0, "the revocation must reach the agent: {out}{err}");
     assert!(err.contains(&first) && err.contains("revoked"), "{err}");
 }
+
+/// Two collector nodes on PostgreSQL: a rotation made where only the other node's files
+/// are, and this node not given the new keys. Once its old keys end it answers
+/// `UNAVAILABLE` (naming what to do) rather than sign with an ended key; the agent keeps
+/// its reports and delivers them as soon as the keys are copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_without_the_new_keys_stops_signing_when_its_keys_end() {
+    use tally_tests::cluster::{Cluster, cli, enroll_agent, run_args};
+    let url = tally_tests::pg::shared().fresh_database().await;
+    let mut c = Cluster::new(url, 2);
+    c.procs[1].kill9();
+    let (_, lic) = c.customer_with_license(&["api.convert"]);
+    let collectors = vec![format!("http://{}", c.procs[0].grpc)];
+    let adata = c.tmp.path().join("agent");
+    enroll_agent(&adata, &lic, &collectors);
+    let agent = AgentProcess::spawn(&adata, &run_args(&collectors, "127.0.0.1:0"));
+    record(&agent, 2).await;
+    agent.drain(60).await;
+
+    // An overlap shorter than five refresh periods is refused: a node could sign with an
+    // ended key before it noticed the rotation.
+    let (code, _, err) = tally_tests::collector_cmd(
+        &c.nodes[1],
+        &[
+            "--database",
+            &c.url,
+            "keys",
+            "rotate",
+            "--collector",
+            "--overlap",
+            "9s",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--overlap: at least 10s"), "{err}");
+    // Rotated on node 1's files, with the shortest overlap; node 0 never gets the new keys.
+    cli(
+        &c.nodes[1],
+        &c.url,
+        &["keys", "rotate", "--collector", "--overlap", "10s"],
+    );
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    record(&agent, 3).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = agent.status().await;
+        let err = s["delivery"]["last_error"].as_str().unwrap_or_default();
+        if err.contains("may not sign now") {
+            assert!(
+                err.contains("Unavailable") || err.contains("unavailable"),
+                "{err}"
+            );
+            assert!(s["reports"]["pending"].as_u64().unwrap_or(0) > 0, "{s}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 0 must refuse to sign with its ended key: {s}\n{}",
+            c.procs[0].stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Node 0 gets the keys: it takes them within seconds and the outbox drains.
+    for e in std::fs::read_dir(c.nodes[1].join("keys")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), c.nodes[0].join("keys").join(e.file_name())).unwrap();
+    }
+    agent.drain(60).await;
+    assert_eq!(c.totals(0).await.values().sum::<u64>(), 5);
+    let (code, out, err) = agent_cmd(&adata, &["reports", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        c.procs[0].stderr().contains("ERROR"),
+        "node 0 logged that it lacks the keys"
+    );
+}

@@ -52,17 +52,31 @@ pub async fn keys_list(ctx: &Ctx) -> CmdResult {
     Ok(keyring_output(&k, ""))
 }
 
+/// `--overlap`: how long replaced keys stay valid, at least [`keys::MIN_OVERLAP_SECS`].
+fn overlap_arg(overlap: Option<&str>) -> Result<i64, super::CommandError> {
+    let secs = match overlap {
+        None => keys::DEFAULT_OVERLAP_SECS,
+        Some(d) => super::duration_arg("overlap", d)?,
+    };
+    if secs < keys::MIN_OVERLAP_SECS {
+        return Err(usage_err(format!(
+            "--overlap: at least {}s (every serving node takes up to {} s to notice a new \
+             keyring, and must not sign with an ended key meanwhile)",
+            keys::MIN_OVERLAP_SECS,
+            keys::REFRESH_EVERY.as_secs()
+        )));
+    }
+    Ok(secs)
+}
+
 /// `keys rotate --collector [--overlap 10m]`: new receipt and statement keys; the old ones
 /// stay valid `overlap` longer (while every node switches), then end, and stay listed,
 /// valid for what they signed.
 pub async fn keys_rotate_collector(ctx: &Ctx, overlap: Option<&str>) -> CmdResult {
-    let overlap = match overlap {
-        None => keys::DEFAULT_OVERLAP_SECS,
-        Some(d) => super::duration_arg("overlap", d)?,
-    };
+    let overlap = overlap_arg(overlap)?;
     let vendor = ctx.vendor_key("keys rotate")?;
     let now = ctx.store.clock().now();
-    let until = now + chrono::Duration::seconds(overlap.max(1));
+    let until = now + chrono::Duration::seconds(overlap);
     let k = keys::next_keyring(
         ctx.store.as_ref(),
         &ctx.dir,
@@ -199,10 +213,7 @@ async fn revoke_agent_key(
 /// old one is kept beside it as `vendor.key.retired-<key id>` until the operator removes it.
 pub async fn keys_rotate_vendor(ctx: &Ctx, overlap: Option<&str>) -> CmdResult {
     use crate::datadir::CollectorFiles;
-    let overlap = match overlap {
-        None => keys::DEFAULT_OVERLAP_SECS,
-        Some(d) => super::duration_arg("overlap", d)?,
-    };
+    let overlap = overlap_arg(overlap)?;
     let old = ctx.vendor_key("keys rotate --vendor")?;
     let old_id = tally_proto::keys::key_id(&old.verifying_key().to_bytes());
     let (newest, _) = keys::verified_chain(ctx.store.as_ref())
@@ -224,7 +235,7 @@ pub async fn keys_rotate_vendor(ctx: &Ctx, overlap: Option<&str>) -> CmdResult {
     let new = tally_proto::keys::generate();
     let new_id = tally_proto::keys::key_id(&new.verifying_key().to_bytes());
     let now = ctx.store.clock().now();
-    let until = now + chrono::Duration::seconds(overlap.max(1));
+    let until = now + chrono::Duration::seconds(overlap);
     let staged = ctx.dir.path().join(format!("vendor.key.new-{new_id}"));
     tally_proto::keys::write_new(&staged, &new).map_err(|e| usage_err(e.to_string()))?;
     let new_public = new.verifying_key();
