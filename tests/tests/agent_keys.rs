@@ -363,3 +363,98 @@ async fn an_agent_key_rotation_with_the_agent_running_across_it() {
     let (code, _, err) = collector_cmd(&cdata, &["keys", "revoke", &new_id]);
     assert_eq!(code, 2, "a second revocation from later: {err}");
 }
+
+/// An air-gapped site (enrolled by hand, never online) across a collector rotation and an
+/// agent key rotation: its export carries the rotation, the vendor's import records it
+/// before the new key's reports, and the receipt bundle carries the keyrings, so the site
+/// checks receipts signed by keys it never heard of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_air_gapped_site_across_both_rotations() {
+    use tally_tests::Deployment;
+    let d = Deployment::new(&["api.convert"], None);
+    let offline = agent_json(
+        &d.adata,
+        &["init", "--offline", "--license", &d.license_file],
+    );
+    let key = offline["agent_key"].as_str().unwrap().to_string();
+    collector_json(
+        &d.cdata,
+        &["agents", "add", "--license", &d.license, "--key", &key],
+    );
+    let unreachable = [
+        "--listen",
+        "127.0.0.1:0",
+        "--interval",
+        "1s",
+        "--collector",
+        "http://127.0.0.1:9",
+    ];
+    let http = reqwest::Client::new();
+    let mut expected = 0;
+    let mut record_offline = async |quantities: &[u64]| {
+        let mut agent = AgentProcess::spawn(&d.adata, &unreachable);
+        for q in quantities {
+            let r = http
+                .post(format!("{}/v1/events", agent.url()))
+                .json(&json!({"metric": "api.convert", "quantity": q}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+            expected += q;
+        }
+        http.post(format!("{}/v1/flush", agent.url()))
+            .send()
+            .await
+            .unwrap();
+        agent.kill9();
+    };
+    record_offline(&[2, 3]).await;
+    // The vendor rotates its online keys; the site rotates its agent key. Neither side
+    // hears of the other's rotation but through the files.
+    collector_json(&d.cdata, &["keys", "rotate", "--collector"]);
+    let rotated = agent_json(&d.adata, &["keys", "rotate"]);
+    record_offline(&[5]).await;
+
+    let bundle = d.tmp.path().join("reports.bundle");
+    let receipts = d.tmp.path().join("receipts.bundle");
+    let exported = agent_json(&d.adata, &["export", "--out", bundle.to_str().unwrap()]);
+    let n = exported["reports"].as_u64().unwrap();
+    let imported = collector_json(
+        &d.cdata,
+        &[
+            "import",
+            bundle.to_str().unwrap(),
+            "--receipts-out",
+            receipts.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        imported["rotations"][0]["outcome"], "recorded",
+        "{imported}"
+    );
+    assert_eq!(
+        imported["rotations"][0]["new_key_id"], rotated["new_key_id"],
+        "{imported}"
+    );
+    assert_eq!(
+        imported["counts"]["accepted"].as_u64(),
+        Some(n),
+        "{imported}"
+    );
+    assert_eq!(d.totals().await.get("api.convert"), Some(&expected));
+    let stored = agent_json(&d.adata, &["import-receipts", receipts.to_str().unwrap()]);
+    assert_eq!(stored["stored"].as_u64(), Some(n), "{stored}");
+    let (code, out, err) = agent_cmd(&d.adata, &["reports", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("2 agent keys"), "{out}");
+    let keys = agent_json(&d.adata, &["keys", "list"]);
+    assert_eq!(keys["keys"][1]["rotation"]["state"], "recorded", "{keys}");
+    // The same bundle again: the rotation is recognized, every report a duplicate.
+    let again = collector_json(&d.cdata, &["import", bundle.to_str().unwrap()]);
+    assert_eq!(
+        again["rotations"][0]["outcome"], "already_recorded",
+        "{again}"
+    );
+    assert_eq!(again["counts"]["duplicate"].as_u64(), Some(n), "{again}");
+}

@@ -100,6 +100,13 @@ pub async fn import_receipts(agent: &Agent, file: &Path) -> CmdResult {
     let bytes =
         std::fs::read(file).map_err(|e| usage(format!("cannot read {}: {e}", file.display())))?;
     let b = bundle::read_receipts(&bytes).map_err(|e| usage(format!("{}: {e}", file.display())))?;
+    // Follow the keyrings the bundle carries first (checked under the chain rule from this
+    // agent's vendor key): the receipts may be signed by keys of a rotation it never saw.
+    agent
+        .keys
+        .accept(&agent.store, b.keyrings)
+        .await
+        .map_err(|e| usage(format!("{}: keyrings: {e}", file.display())))?;
     let mut verified = Vec::new();
     for (i, r) in b.receipts.into_iter().enumerate() {
         let body = agent
@@ -111,6 +118,11 @@ pub async fn import_receipts(agent: &Agent, file: &Path) -> CmdResult {
     let (stored, unknown) = agent
         .store
         .store_receipts(verified)
+        .await
+        .map_err(runtime)?;
+    agent
+        .store
+        .rotations_recorded_by_receipts()
         .await
         .map_err(runtime)?;
     Ok(Output {

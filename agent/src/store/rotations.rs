@@ -176,6 +176,23 @@ impl AgentStore {
             .await
     }
 
+    /// Marks `recorded` every pending rotation the collector has shown it recorded: it
+    /// counted a report the new key signed (an air-gapped site learns it this way, from
+    /// the receipts of an import).
+    pub async fn rotations_recorded_by_receipts(&self) -> StoreResult<()> {
+        self.writer
+            .write(|c| {
+                c.execute(
+                    "UPDATE key_rotations SET state = 'recorded' WHERE state = 'pending'
+                     AND EXISTS (SELECT 1 FROM reports r WHERE r.seq >= key_rotations.from_seq
+                                 AND r.state = 'delivered')",
+                    [],
+                )?;
+                Ok(())
+            })
+            .await
+    }
+
     /// Records what the collector answered for the rotation starting at `from_seq`.
     pub async fn rotation_answered(
         &self,

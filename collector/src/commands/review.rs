@@ -67,8 +67,14 @@ pub async fn import(ctx: &Ctx, file: &Path, receipts_out: Option<&Path>) -> CmdR
         .await
         .map_err(|e| CommandError::Runtime(e.to_string()))?;
     if let Some(out) = receipts_out {
-        std::fs::write(out, bundle::write_receipts(&pb::ReceiptBundle { receipts }))
-            .map_err(|e| CommandError::Runtime(format!("cannot write {}: {e}", out.display())))?;
+        // The keyrings travel with the receipts: an air-gapped agent has no other way to
+        // learn of a rotation.
+        let keyrings = collector.ingestor.online_keys().current().signed_after(0);
+        std::fs::write(
+            out,
+            bundle::write_receipts(&pb::ReceiptBundle { receipts, keyrings }),
+        )
+        .map_err(|e| CommandError::Runtime(format!("cannot write {}: {e}", out.display())))?;
     }
     let summary = crate::views::import_summary(&verdicts, &rotations);
     let counts = summary["counts"].as_object().cloned().unwrap_or_default();

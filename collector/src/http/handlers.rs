@@ -394,7 +394,8 @@ pub async fn import(
     })?;
     let (receipts, verdicts, rotations) = st.ingestor.import(b).await?;
     if as_bundle {
-        let bytes = bundle::write_receipts(&pb::ReceiptBundle { receipts });
+        let keyrings = st.ingestor.online_keys().current().signed_after(0);
+        let bytes = bundle::write_receipts(&pb::ReceiptBundle { receipts, keyrings });
         return Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response());
     }
     Ok(Json(crate::views::import_summary(&verdicts, &rotations)).into_response())
