@@ -219,6 +219,34 @@ impl Agent {
             .key_history(self.signing_key().verifying_key().to_bytes())
     }
 
+    /// Verifies a closed statement; when it names a statement key this agent does not know
+    /// (a rotation since it last looked), fetches the newer keyrings from its collectors
+    /// first and checks again. An unreachable collector leaves the first answer standing.
+    pub async fn verify_statement(
+        &self,
+        document: &[u8],
+    ) -> Result<tally_proto::statement::Statement, tally_proto::statement::StatementError> {
+        use tally_proto::keyring::KeyError;
+        use tally_proto::statement::StatementError;
+        match self.keys.verify_statement(document) {
+            Err(StatementError::Key(KeyError::Unknown(id))) => {
+                for url in &self.collectors {
+                    let Ok(mut client) = connect(self, url).await else {
+                        continue;
+                    };
+                    match crate::trusted_keys::refresh(&self.keys, &self.store, &mut client).await {
+                        Ok(_) => return self.keys.verify_statement(document),
+                        Err(e) => {
+                            tracing::warn!(collector = %url, error = %e, "Fetching keyrings failed.")
+                        }
+                    }
+                }
+                Err(StatementError::Key(KeyError::Unknown(id)))
+            }
+            other => other,
+        }
+    }
+
     /// Closes finished windows (and with `flush`, the open one) into the outbox.
     pub async fn close_windows(&self, flush: bool) -> Result<u64, StoreError> {
         let now = chrono::Utc::now().timestamp();

@@ -641,3 +641,95 @@ async fn a_node_without_the_new_keys_stops_signing_when_its_keys_end() {
         "node 0 logged that it lacks the keys"
     );
 }
+
+/// A month closed after a collector rotation the agent has not seen: the statement names a
+/// statement key the agent does not know, so `statements verify` fetches the newer keyrings
+/// from its collector and then checks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_statement_by_a_key_the_agent_never_saw_is_checked_after_fetching_keyrings() {
+    use tally_collector::calendar::{month_label, month_of};
+    let tmp = tempfile::tempdir().unwrap();
+    let (cdata, adata) = (tmp.path().join("collector"), tmp.path().join("agent"));
+    let admin = collector_json(&cdata, &["init"])["admin_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let customer = collector_json(&cdata, &["customers", "add", "Acme"])["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let collector = CollectorProcess::spawn_with_args(
+        &cdata,
+        &[
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--close-grace",
+            "off",
+        ],
+    );
+    let endpoint = format!("http://{}", collector.grpc);
+    let not_before = tally_proto::time::rfc3339(chrono::Utc::now() - chrono::Duration::days(40));
+    let lic = collector_json(
+        &cdata,
+        &[
+            "licenses",
+            "issue",
+            "--customer",
+            &customer,
+            "--metric",
+            "api.convert",
+            "--expires",
+            "2099-01-01",
+            "--not-before",
+            &not_before,
+            "--endpoint",
+            &endpoint,
+        ],
+    );
+    agent_json(
+        &adata,
+        &[
+            "init",
+            "--license",
+            lic["file"].as_str().unwrap(),
+            "--token",
+            lic["enrollment_token"].as_str().unwrap(),
+        ],
+    );
+    let this_month = month_of(chrono::Utc::now().timestamp());
+    let mut agent = AgentProcess::spawn_at(
+        &adata,
+        &["--listen", "127.0.0.1:0", "--interval", "1s"],
+        chrono::DateTime::from_timestamp(this_month - 3 * 86_400, 0).unwrap(),
+    );
+    record(&agent, 7).await;
+    agent.drain(60).await;
+    agent.kill9();
+    // Rotated while the agent is stopped; the month is closed with the new statement key.
+    let rotated = collector_json(&cdata, &["keys", "rotate", "--collector"]);
+    serving(&collector, 2).await;
+    let period = month_label(this_month - 1);
+    collector_json(&cdata, &["periods", "close", &period]);
+    let bytes = reqwest::Client::new()
+        .get(format!(
+            "http://{}/v1/statements/{customer}/{period}",
+            collector.http
+        ))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&bytes).unwrap();
+    let new_statement_key = current(&rotated, "statement")[0].clone();
+    assert_eq!(doc["key_id"], new_statement_key.as_str(), "{doc}");
+    let file = tmp.path().join("statement.json");
+    std::fs::write(&file, &bytes).unwrap();
+    let (code, out, err) = agent_cmd(&adata, &["statements", "verify", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("matches my receipts"), "{out}");
+}

@@ -73,7 +73,7 @@ pub async fn statements_audit(
             "{origin}: larger than {MAX_STATEMENT_BYTES} bytes"
         )));
     }
-    let statement = agent.keys.verify_statement(&bytes).map_err(|e| match e {
+    let statement = agent.verify_statement(&bytes).await.map_err(|e| match e {
         StatementError::Malformed(_) if matches!(source, StatementSource::File(_)) => {
             usage(format!("{origin}: {e}"))
         }

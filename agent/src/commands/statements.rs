@@ -80,7 +80,7 @@ pub async fn statements_verify(
     // `Agent::load` verified the stored license with the stored collector key, so this is
     // the license's `vendor_key`. `verify` parses strictly (a repeated key is malformed)
     // and checks the arithmetic after the signature.
-    let statement = agent.keys.verify_statement(&bytes).map_err(|e| match e {
+    let statement = agent.verify_statement(&bytes).await.map_err(|e| match e {
         StatementError::Malformed(_) => malformed(e.to_string()),
         e => runtime(format!("{origin}: {e}")),
     })?;

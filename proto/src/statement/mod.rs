@@ -379,6 +379,87 @@ mod tests {
         }
     }
 
+    /// Statements across a rotation of the statement key: one the old key signed before it
+    /// ended keeps verifying in the newer keyring; the old key cannot sign a later month,
+    /// even claiming an early `closed_at`, nor can it sign once ended or revoked.
+    #[test]
+    fn statements_verify_by_the_key_valid_at_their_close() {
+        use crate::keyring::{KeyEntry, KeyError, Keyring, Purpose};
+        let (vendor, s1, s2) = (
+            SigningKey::from_bytes(&[1; 32]),
+            SigningKey::from_bytes(&[2; 32]),
+            SigningKey::from_bytes(&[3; 32]),
+        );
+        let t = |s: &str| s.parse::<crate::time::Instant>().unwrap();
+        let v1 = Keyring::first(
+            vec![
+                KeyEntry::new(
+                    &vendor.verifying_key(),
+                    &[Purpose::Vendor],
+                    t("2026-01-01T00:00:00Z"),
+                ),
+                KeyEntry::new(
+                    &s1.verifying_key(),
+                    &[Purpose::Statement],
+                    t("2026-01-01T00:00:00Z"),
+                ),
+            ],
+            t("2026-01-01T00:00:00Z"),
+        );
+        // Rotated on 2026-11-10: s1 ends, s2 begins.
+        let mut v2 = v1.clone();
+        v2.version = 2;
+        let id1 = crate::keys::key_id(&s1.verifying_key().to_bytes());
+        for k in &mut v2.keys {
+            if k.key_id == id1 {
+                k.valid_until = Some(t("2026-11-10T00:00:00Z"));
+            }
+        }
+        v2.keys.push(KeyEntry::new(
+            &s2.verifying_key(),
+            &[Purpose::Statement],
+            t("2026-11-10T00:00:00Z"),
+        ));
+        v2.keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+        let by = |key: &SigningKey, period: &str, closed_at: &str| {
+            let mut st = sample(key);
+            st.period = period.into();
+            st.closed_at = closed_at.into();
+            st.sign(key)
+        };
+        // October, closed on Nov 4 by s1: good in v1 and still in v2.
+        let october = by(&s1, "2026-10", "2026-11-04T00:00:00Z");
+        assert!(Statement::verify_in(&october, &v1).is_ok());
+        assert!(Statement::verify_in(&october, &v2).is_ok());
+        // November, closed on Dec 2: s1 had ended; s2 signs it.
+        let by_old = by(&s1, "2026-11", "2026-12-02T00:00:00Z");
+        assert!(matches!(
+            Statement::verify_in(&by_old, &v2),
+            Err(StatementError::Key(KeyError::Expired { .. }))
+        ));
+        assert!(Statement::verify_in(&by(&s2, "2026-11", "2026-12-02T00:00:00Z"), &v2).is_ok());
+        // The holder of the ended s1 backdates the close into its validity: a month cannot
+        // close before it ends.
+        assert!(matches!(
+            Statement::verify_in(&by(&s1, "2026-11", "2026-11-05T00:00:00Z"), &v2),
+            Err(StatementError::Malformed(_))
+        ));
+        // The new key is unknown to a verifier holding only v1: it must fetch v2.
+        assert!(matches!(
+            Statement::verify_in(&by(&s2, "2026-11", "2026-12-02T00:00:00Z"), &v1),
+            Err(StatementError::Key(KeyError::Unknown(_)))
+        ));
+        // Revoked from Nov 1 (a leak): October's statement, closed after, no longer verifies.
+        let mut v3 = v2.clone();
+        v3.version = 3;
+        for k in &mut v3.keys {
+            if k.key_id == id1 {
+                k.revoked_at = Some(t("2026-11-01T00:00:00Z"));
+            }
+        }
+        assert!(Statement::verify_in(&october, &v3).is_err());
+    }
+
     #[test]
     fn signed_statement_verifies_and_any_change_breaks_it() {
         let vendor = SigningKey::from_bytes(&[7; 32]);
