@@ -733,3 +733,178 @@ async fn a_statement_by_a_key_the_agent_never_saw_is_checked_after_fetching_keyr
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("matches my receipts"), "{out}");
 }
+
+/// A collector that is not the vendor's (or a man in the middle): it answers every report
+/// with a receipt signed by its own key and serves a keyring listing that key, forged.
+struct ForgedCollector {
+    keyring: tally_proto::pb::SignedKeyring,
+    receipt_key: ed25519_dalek::SigningKey,
+}
+
+#[tonic::async_trait]
+impl tally_proto::pb::ingest_server::Ingest for ForgedCollector {
+    async fn enroll(
+        &self,
+        _: tonic::Request<tally_proto::pb::EnrollRequest>,
+    ) -> Result<tonic::Response<tally_proto::pb::EnrollResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("forger"))
+    }
+
+    async fn submit(
+        &self,
+        request: tonic::Request<tally_proto::pb::SubmitRequest>,
+    ) -> Result<tonic::Response<tally_proto::pb::SubmitResponse>, tonic::Status> {
+        let now = chrono::Utc::now();
+        let receipts = request
+            .into_inner()
+            .reports
+            .iter()
+            .map(|r| {
+                tally_proto::receipt::ReceiptBody {
+                    report_digest: tally_proto::Digest::of(&r.report),
+                    outcome: tally_proto::receipt::Outcome::Accepted,
+                    reason: String::new(),
+                    detail: String::new(),
+                    received_at: now,
+                    lease_until: Some(now + chrono::Duration::days(365)),
+                    credits: Vec::new(),
+                }
+                .sign(&self.receipt_key)
+            })
+            .collect();
+        Ok(tonic::Response::new(tally_proto::pb::SubmitResponse {
+            receipts,
+            keyring_version: 2,
+        }))
+    }
+
+    async fn get_keyrings(
+        &self,
+        _: tonic::Request<tally_proto::pb::GetKeyringsRequest>,
+    ) -> Result<tonic::Response<tally_proto::pb::GetKeyringsResponse>, tonic::Status> {
+        Ok(tonic::Response::new(tally_proto::pb::GetKeyringsResponse {
+            keyrings: vec![self.keyring.clone()],
+        }))
+    }
+
+    async fn rotate_agent_key(
+        &self,
+        _: tonic::Request<tally_proto::pb::RotateAgentKeyRequest>,
+    ) -> Result<tonic::Response<tally_proto::pb::RotateAgentKeyResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("forger"))
+    }
+}
+
+/// An agent sent to a forged collector: whether its keyring is signed by a key the agent
+/// never trusted, or is a vendor rotation signed by the new "vendor" key alone, the agent
+/// refuses it and every receipt it certifies; its reports stay in the outbox and go to the
+/// real collector later, counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forged_keyring_is_refused_by_the_agent() {
+    use tally_proto::keyring::{KeyEntry, Keyring, Purpose};
+    let d = Deployment::new(&["api.convert"], Some(""));
+    let listed = collector_json(&d.cdata, &["keys", "list"]);
+    let vendor_hex = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["purposes"] == serde_json::json!(["vendor"]))
+        .unwrap()["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let vendor = tally_proto::signing::verifying_key(&hex::decode(vendor_hex).unwrap()).unwrap();
+    let mut client = tally_tests::connect(d.collector.grpc).await;
+    let v1_signed = client
+        .get_keyrings(tally_proto::pb::GetKeyringsRequest { after_version: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .keyrings
+        .remove(0);
+    let v1 = Keyring::verify_first(&v1_signed, &vendor).unwrap();
+    let now = chrono::Utc::now();
+    let receipt_key = tally_proto::keys::generate();
+    let forger = tally_proto::keys::generate();
+    let forged = |end_old_vendor: bool| {
+        let mut v2 = v1.clone();
+        v2.version = 2;
+        v2.issued_at = now;
+        if end_old_vendor {
+            for k in &mut v2.keys {
+                if k.has(Purpose::Vendor) {
+                    k.valid_until = Some(now);
+                }
+            }
+        }
+        v2.keys.push(KeyEntry::new(
+            &forger.verifying_key(),
+            &[Purpose::Vendor],
+            now,
+        ));
+        v2.keys.push(KeyEntry::new(
+            &receipt_key.verifying_key(),
+            &[Purpose::Receipt],
+            now,
+        ));
+        v2.keys.sort_by(|a, b| a.key_id.cmp(&b.key_id));
+        v2.sign(&[&forger])
+    };
+    let mut sent = 0;
+    for (what, keyring) in [
+        ("signed by a key the agent never trusted", forged(false)),
+        (
+            "a vendor rotation signed by the new key alone",
+            forged(true),
+        ),
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(tally_proto::pb::ingest_server::IngestServer::new(
+                    ForgedCollector {
+                        keyring,
+                        receipt_key: receipt_key.clone(),
+                    },
+                ))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let agent = AgentProcess::spawn(
+            &d.adata,
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--interval",
+                "1s",
+                "--collector",
+                &format!("http://{addr}"),
+            ],
+        );
+        record(&agent, 3).await;
+        sent += 3;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            let s = agent.status().await;
+            if s["delivery"]["failures"].as_u64().unwrap_or(0) > 0 {
+                break s;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: {s}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let err = status["delivery"]["last_error"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(err.contains("newer keyring"), "{what}: {status}");
+        assert!(status["reports"]["delivered"].is_null(), "{what}: {status}");
+        drop(agent);
+        server.abort();
+    }
+    // The keyring the agent holds is still the vendor's: the real collector's receipts
+    // verify and every report is counted once.
+    let agent = AgentProcess::spawn(&d.adata, &["--listen", "127.0.0.1:0", "--interval", "1s"]);
+    agent.drain(60).await;
+    assert_eq!(usage_total(&d).await, sent);
+    let (code, out, err) = agent_cmd(&d.adata, &["reports", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
