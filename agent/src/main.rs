@@ -309,7 +309,7 @@ async fn dispatch(cli: Cli) -> Result<Option<Output>, CommandError> {
             match r {
                 ReportsCmd::List => commands::reports_list(&agent)?,
                 ReportsCmd::Show { seq } => commands::reports_show(&agent, seq)?,
-                ReportsCmd::Verify => commands::reports_verify(&agent)?,
+                ReportsCmd::Verify => commands::reports_verify(&agent, cli.common.json)?,
             }
         }
         Command::Statements(StatementsCmd::Verify(args)) => {

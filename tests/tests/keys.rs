@@ -194,6 +194,9 @@ async fn a_revoked_receipt_key_is_refused_from_its_revocation_on() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     record(&agent, 3).await;
     agent.drain(60).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    record(&agent, 1).await;
+    agent.drain(60).await;
     let signed_by_leaked = receipt_key_ids(&d.adata)
         .into_iter()
         .filter(|(_, k)| *k == leaked)
@@ -215,6 +218,17 @@ async fn a_revoked_receipt_key_is_refused_from_its_revocation_on() {
         "a receipt by a revoked key must not verify: {out}{err}"
     );
     assert!(err.contains(&leaked) && err.contains("revoked"), "{err}");
+    // Every report whose receipt the key signed after the cut is named, not only the
+    // first: at least the two recorded after it.
+    let named: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("report seq ") && l.contains("revoked"))
+        .collect();
+    assert!(named.len() >= 2, "{out}");
+    assert!(
+        err.contains(&format!("{} reports do not verify", named.len())),
+        "{err}"
+    );
     // Revoking a vendor key, a key not in the keyring, or in the future: refused.
     for (args, needle) in [
         (

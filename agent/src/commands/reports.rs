@@ -72,59 +72,42 @@ pub fn reports_show(agent: &Agent, seq: u64) -> CmdResult {
 
 /// Verifies the whole history offline: every signature (each by the key that held the
 /// chain at its seq: the key rotations, each signed by both keys, say which), the chain of
-/// digests and sequence numbers, and every receipt against the collector's keys.
-pub fn reports_verify(agent: &Agent) -> CmdResult {
+/// digests and sequence numbers, and every receipt against the collector's keys. Every
+/// report that fails is named (on stdout, or as `problems` with `--json`), not only the
+/// first, so the operator knows every receipt to fetch again; the exit code is then 1.
+pub fn reports_verify(agent: &Agent, json_out: bool) -> CmdResult {
     let rows = agent.store.reports_since(1).map_err(runtime)?;
     // Reading the rotations verifies both signatures of each; the history checks that
     // each is handed over by the key holding the chain, at a later seq.
     let history = agent.key_history().map_err(runtime)?;
     let mut prev: Option<Digest> = None;
     let mut receipts = 0;
+    let mut problems: Vec<String> = Vec::new();
     for (i, r) in rows.iter().enumerate() {
-        let fail = |m: String| runtime(format!("report seq {}: {m}", r.seq));
-        if r.seq != i as u64 + 1 {
-            return Err(fail(format!("sequence gap: expected seq {}", i + 1)));
-        }
-        if Digest::of(&r.bytes) != r.digest {
-            return Err(fail(
-                "stored bytes do not match their digest (the report was altered)".into(),
-            ));
-        }
-        let holder = history.key_at(r.seq);
-        let key = tally_proto::signing::verifying_key(&holder)
-            .map_err(|e| fail(format!("agent key: {e}")))?;
-        tally_proto::signing::verify(
-            &key,
-            tally_proto::signing::Domain::UsageReport,
-            &r.bytes,
-            &r.signature,
-        )
-        .map_err(|e| fail(format!("signature: {e}")))?;
-        let rep = Report::decode(&r.bytes).map_err(|e| fail(e.to_string()))?;
-        if rep.agent_key != holder {
-            return Err(fail(format!(
-                "the report names agent key {}, but key {} held the chain at this seq",
-                tally_proto::keys::key_id(&rep.agent_key),
-                tally_proto::keys::key_id(&holder)
-            )));
-        }
-        if rep.seq != r.seq || rep.prev_digest != prev {
-            return Err(fail(
-                "the chain is broken (seq or prev_digest does not match the previous report)"
-                    .into(),
-            ));
-        }
-        if let Some(rc) = &r.receipt {
-            let b = agent
-                .keys
-                .verify_receipt(rc, None)
-                .map_err(|e| fail(format!("receipt: {e}")))?;
-            if b.report_digest != r.digest {
-                return Err(fail("the receipt is for another report".into()));
-            }
+        if let Err(m) = check_report(agent, &history, i as u64 + 1, prev, r) {
+            problems.push(format!("report seq {}: {m}", r.seq));
+        } else if r.receipt.is_some() {
             receipts += 1;
         }
         prev = Some(r.digest);
+    }
+    if let Some(first) = problems.first() {
+        if json_out {
+            println!(
+                "{}",
+                json!({"ok": false, "reports": rows.len(), "problems": problems})
+            );
+        } else {
+            for p in &problems {
+                println!("{p}");
+            }
+        }
+        let k = problems.len();
+        return Err(runtime(format!(
+            "{k} report{} do{} not verify; the first: {first}",
+            if k == 1 { "" } else { "s" },
+            if k == 1 { "es" } else { "" }
+        )));
     }
     let keys = history.keys().len();
     Ok(Output {
@@ -135,4 +118,54 @@ pub fn reports_verify(agent: &Agent) -> CmdResult {
             if keys == 1 { "" } else { "s" }
         ),
     })
+}
+
+/// One stored report at position `expected` (its seq) after `prev`: its bytes, the key
+/// holding the chain at its seq, its signature, its place in the chain, its receipt.
+fn check_report(
+    agent: &Agent,
+    history: &tally_proto::agent_key::KeyHistory,
+    expected: u64,
+    prev: Option<Digest>,
+    r: &crate::store::StoredReport,
+) -> Result<(), String> {
+    if r.seq != expected {
+        return Err(format!("sequence gap: expected seq {expected}"));
+    }
+    if Digest::of(&r.bytes) != r.digest {
+        return Err("stored bytes do not match their digest (the report was altered)".into());
+    }
+    let holder = history.key_at(r.seq);
+    let key =
+        tally_proto::signing::verifying_key(&holder).map_err(|e| format!("agent key: {e}"))?;
+    tally_proto::signing::verify(
+        &key,
+        tally_proto::signing::Domain::UsageReport,
+        &r.bytes,
+        &r.signature,
+    )
+    .map_err(|e| format!("signature: {e}"))?;
+    let rep = Report::decode(&r.bytes).map_err(|e| e.to_string())?;
+    if rep.agent_key != holder {
+        return Err(format!(
+            "the report names agent key {}, but key {} held the chain at this seq",
+            tally_proto::keys::key_id(&rep.agent_key),
+            tally_proto::keys::key_id(&holder)
+        ));
+    }
+    if rep.seq != r.seq || rep.prev_digest != prev {
+        return Err(
+            "the chain is broken (seq or prev_digest does not match the previous report)".into(),
+        );
+    }
+    if let Some(rc) = &r.receipt {
+        let b = agent
+            .keys
+            .verify_receipt(rc, None)
+            .map_err(|e| format!("receipt: {e}"))?;
+        if b.report_digest != r.digest {
+            return Err("the receipt is for another report".into());
+        }
+    }
+    Ok(())
 }
