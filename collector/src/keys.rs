@@ -369,6 +369,31 @@ impl KeyHandle {
     }
 }
 
+/// Removes the private files of online keys that can sign nothing any more (ended or
+/// revoked by `now`): a copy of them on a node's disk could only be misused, and what they
+/// signed is checked with their public keys, which the keyring keeps. Returns the ids of
+/// the keys whose files it removed. Vendor keys are never touched (`keys rotate --vendor`
+/// keeps the retired one on purpose, for the operator to back up).
+pub fn remove_retired(dir: &DataDir, keyring: &Keyring, now: Instant) -> Vec<String> {
+    let mut removed = Vec::new();
+    for k in &keyring.keys {
+        let ended =
+            k.valid_until.is_some_and(|t| t <= now) || k.revoked_at.is_some_and(|t| t <= now);
+        if !ended || k.has(Purpose::Vendor) {
+            continue;
+        }
+        let path = key_path(dir, &k.key_id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(k.key_id.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "Cannot remove the private key of an ended online key.")
+            }
+        }
+    }
+    removed
+}
+
 /// How often `serve` looks for a newer keyring.
 pub const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -385,14 +410,20 @@ pub async fn refresh_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => match handle.refresh(store.as_ref(), &dir).await {
-                Ok(true) => {
-                    let k = handle.current();
-                    tracing::info!(version = k.keyring.version, "Signing with the keys of a new keyring.");
+            _ = tick.tick() => {
+                match handle.refresh(store.as_ref(), &dir).await {
+                    Ok(true) => {
+                        let k = handle.current();
+                        tracing::info!(version = k.keyring.version, "Signing with the keys of a new keyring.");
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "This node lacks the keys of the newest keyring; it signs with the previous keys only while the keyring lets them (copy keys/ here)."),
                 }
-                Ok(false) => {}
-                Err(e) => tracing::error!(error = %e, "This node lacks the keys of the newest keyring; it signs with the previous keys only while the keyring lets them (copy keys/ here)."),
-            },
+                let keyring = handle.current().keyring.clone();
+                for key_id in remove_retired(&dir, &keyring, store.clock().now()) {
+                    tracing::info!(key_id = %key_id, "Removed the private key of an ended online key.");
+                }
+            }
             _ = &mut stop => break,
         }
     }

@@ -654,6 +654,29 @@ async fn a_node_without_the_new_keys_stops_signing_when_its_keys_end() {
         c.procs[0].stderr().contains("ERROR"),
         "node 0 logged that it lacks the keys"
     );
+    // The ended keys' private files leave the serving node (their public keys stay in the
+    // keyring); node 1, not serving, still has them until it serves.
+    let old_receipt = c.nodes[0].join("keys").join(format!(
+        "{}.key",
+        tally_proto::keys::key_id(&c.collector_key.to_bytes())
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while old_receipt.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} stays",
+            old_receipt.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let remaining = std::fs::read_dir(c.nodes[0].join("keys")).unwrap().count();
+    assert_eq!(remaining, 2, "the current receipt and statement keys stay");
+    assert!(
+        c.nodes[1]
+            .join("keys")
+            .join(old_receipt.file_name().unwrap())
+            .exists()
+    );
 }
 
 /// A month closed after a collector rotation the agent has not seen: the statement names a
