@@ -417,7 +417,8 @@ pub async fn refresh_loop(
                         tracing::info!(version = k.keyring.version, "Signing with the keys of a new keyring.");
                     }
                     Ok(false) => {}
-                    Err(e) => tracing::error!(error = %e, "This node lacks the keys of the newest keyring; it signs with the previous keys only while the keyring lets them (copy keys/ here)."),
+                    Err(e @ KeysError::MissingKey { .. }) => tracing::error!(error = %e, "This node lacks the keys of the newest keyring; it signs with the previous keys only while the keyring lets them (copy keys/ here)."),
+                    Err(e) => tracing::error!(error = %e, "A newer keyring cannot be used here; still signing with the previous keys."),
                 }
                 let keyring = handle.current().keyring.clone();
                 for key_id in remove_retired(&dir, &keyring, store.clock().now()) {

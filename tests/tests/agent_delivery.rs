@@ -295,7 +295,10 @@ async fn verify_fails_clearly_after_one_flipped_byte() {
     drop(db);
     let (code, _, err) = agent_cmd(&d.adata, &["reports", "verify"]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.starts_with("error: report seq 2:"), "{err}");
+    assert!(
+        err.starts_with("error: 1 report does not verify; the first: report seq 2:"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 
