@@ -366,9 +366,22 @@ pub async fn delivery_loop(agent: Arc<Agent>) {
         let url = &agent.collectors[endpoint % agent.collectors.len()];
         agent.stats.attempts.fetch_add(1, Ordering::Relaxed);
         // A rotation goes first: the collector must know the new key before its reports.
+        // While it cannot be recorded (the collector is old, or does not know the old key
+        // yet), the reports the old key signed, below the rotation, still go.
         let sent = match send_rotations(&agent, url).await {
             Ok(()) => submit(&agent, url, pending.iter().map(|r| r.signed()).collect()).await,
-            Err(e) => Err(e),
+            Err((e, from_seq)) => {
+                let below: Vec<_> = pending
+                    .iter()
+                    .filter(|r| r.seq < from_seq)
+                    .map(|r| r.signed())
+                    .collect();
+                if below.is_empty() {
+                    Err(e)
+                } else {
+                    submit(&agent, url, below).await.and(Err(e))
+                }
+            }
         };
         match sent {
             Ok(n) => {
@@ -425,19 +438,21 @@ async fn connect(
 /// Sends the key rotations the collector has not recorded yet, oldest first. A refusal
 /// (malformed, revoked, a conflict) is final and stored with its reason; anything else
 /// (unreachable, not enrolled yet, unavailable) is an error to retry.
-async fn send_rotations(agent: &Agent, url: &str) -> Result<(), String> {
+/// On an error, also the first seq it holds back (the rotation's `from_seq`).
+async fn send_rotations(agent: &Agent, url: &str) -> Result<(), (String, u64)> {
     use crate::store::RotationState;
     let pending: Vec<_> = agent
         .store
         .rotations()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| (e.to_string(), 0))?
         .into_iter()
         .filter(|r| r.state == RotationState::Pending)
         .collect();
-    if pending.is_empty() {
+    let Some(first) = pending.first() else {
         return Ok(());
-    }
-    let mut client = connect(agent, url).await?;
+    };
+    let held_back = first.rotation.from_seq;
+    let mut client = connect(agent, url).await.map_err(|e| (e, held_back))?;
     for r in pending {
         let answer = client
             .rotate_agent_key(pb::RotateAgentKeyRequest {
@@ -458,14 +473,19 @@ async fn send_rotations(agent: &Agent, url: &str) -> Result<(), String> {
                     );
                     (RotationState::Refused, s.message().to_string())
                 }
-                code => return Err(format!("key rotation: {code}: {}", s.message())),
+                code => {
+                    return Err((
+                        format!("key rotation: {code}: {}", s.message()),
+                        r.rotation.from_seq,
+                    ));
+                }
             },
         };
         agent
             .store
             .rotation_answered(r.rotation.from_seq, state, detail)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| (e.to_string(), r.rotation.from_seq))?;
     }
     Ok(())
 }

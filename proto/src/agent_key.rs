@@ -127,7 +127,8 @@ impl Rotation {
 /// verified rotations: which key holds the chain at each seq.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyHistory {
-    /// `(key, from_seq)`, from_seq strictly increasing; the first from seq 1.
+    /// `(key, from_seq)`, from_seq strictly increasing; the first from seq 1 (so every key
+    /// signs at least one seq).
     keys: Vec<([u8; 32], u64)>,
 }
 
@@ -163,9 +164,9 @@ impl KeyHistory {
                     expected: crate::keys::key_id(&holder),
                 });
             }
-            // Two rotations at one seq would leave a key that signed nothing; allowed only
-            // for the very first key (an agent rotating before its first report).
-            if r.from_seq < since || (r.from_seq == since && keys.len() > 1) {
+            // Each key signs at least one seq: a rotation starts after the seq its key took
+            // the chain at (so an agent rotates only after its key's first report).
+            if r.from_seq <= since {
                 return Err(HistoryError::NotAfter {
                     n,
                     from_seq: r.from_seq,
@@ -324,7 +325,11 @@ mod tests {
             KeyHistory::new(first, &[rotation(1, 2, 5), rotation(2, 1, 9)]),
             Err(HistoryError::KeyReused { n: 1, .. })
         ));
-        // Rotating before the first report is fine.
-        assert!(KeyHistory::new(first, &[rotation(1, 2, 1)]).is_ok());
+        // Before the enrolled key's first report: a key that signs nothing.
+        assert!(matches!(
+            KeyHistory::new(first, &[rotation(1, 2, 1)]),
+            Err(HistoryError::NotAfter { n: 0, .. })
+        ));
+        assert!(KeyHistory::new(first, &[rotation(1, 2, 2)]).is_ok());
     }
 }

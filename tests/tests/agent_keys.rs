@@ -171,7 +171,12 @@ async fn an_agent_key_rotation_with_the_agent_running_across_it() {
         new_id,
         tally_proto::keys::key_id(&new_key.verifying_key().to_bytes())
     );
-    assert!(!adata.join("agent.key.next").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&adata)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("agent.key."))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

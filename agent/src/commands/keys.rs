@@ -68,7 +68,7 @@ pub fn keys_list(agent: &Agent) -> CmdResult {
 pub async fn keys_rotate(agent: &Agent) -> CmdResult {
     let old = agent.signing_key();
     let new = tally_proto::keys::generate();
-    key_file::write_next(&agent.dir, &new).map_err(runtime)?;
+    let next = key_file::write_next(&agent.dir, &new).map_err(runtime)?;
     let started = agent
         .store
         .begin_rotation(
@@ -81,15 +81,16 @@ pub async fn keys_rotate(agent: &Agent) -> CmdResult {
     let rotation = match started {
         Ok(r) => r,
         Err(e) => {
-            // Nothing names the new key: remove it (a crash here is cleaned up at load).
-            let _ = std::fs::remove_file(key_file::next_path(&agent.dir));
+            // Nothing names the new key: remove its file (named by the key: no other
+            // rotation's).
+            key_file::remove_next(&next);
             return Err(match e {
                 StoreError::Invalid(m) => usage(m),
                 other => runtime(other),
             });
         }
     };
-    key_file::install(&agent.dir, &key_file::next_path(&agent.dir)).map_err(runtime)?;
+    key_file::install(&agent.dir, &new).map_err(runtime)?;
     let r = &rotation.rotation;
     Ok(Output {
         json: json!({

@@ -141,12 +141,24 @@ impl AgentStore {
                     .prepare_cached("SELECT MAX(seq) FROM reports")?
                     .query_row([], |r| r.get(0))?;
                 let from_seq = newest.unwrap_or(0) as u64 + 1;
-                if all.last().is_some_and(|l| l.rotation.from_seq >= from_seq) {
+                // Every key signs at least one report before it hands the chain on.
+                let holder_from = all.last().map_or(1, |l| l.rotation.from_seq);
+                if from_seq <= holder_from {
                     return Err(StoreError::Invalid(
-                        "the key rotated to last has not signed a report yet; rotate again \
-                         after its first report"
+                        "the agent key has not signed a report yet; rotate after its first \
+                         report"
                             .into(),
                     ));
+                }
+                if let Some(last) = all.last()
+                    && last.state == RotationState::Refused
+                {
+                    return Err(StoreError::Invalid(format!(
+                        "the collector refused the last rotation ({}): the chain is still held \
+                         by key {} there; sort that out with the vendor first",
+                        last.detail,
+                        last.rotation.old_key_id()
+                    )));
                 }
                 let rotation = Rotation {
                     license_id,

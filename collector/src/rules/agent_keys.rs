@@ -167,12 +167,13 @@ pub fn decide_rotation(r: &Rotation, facts: &RotationFacts, now: Instant) -> Rot
             r.old_key_id()
         )));
     }
-    if r.from_seq < old.from_seq {
+    // Every key signs at least one seq (the rule of `tally_proto::agent_key::KeyHistory`,
+    // which verifiers apply to the same rotations).
+    if r.from_seq <= old.from_seq {
         return Refuse(RotationRefusal::Conflict(format!(
-            "agent key {} holds the chain from seq {}, after seq {}",
+            "agent key {} holds the chain from seq {}: a rotation starts after it",
             r.old_key_id(),
             old.from_seq,
-            r.from_seq
         )));
     }
     if r.from_seq <= facts.last_seq {
@@ -272,11 +273,17 @@ mod tests {
             decide_rotation(&rot(1, 2, 6), &facts(Some(key(1, 1, None)), None, 5), t(0)),
             Record
         );
-        // Before any report.
-        assert_eq!(
-            decide_rotation(&rot(1, 2, 1), &facts(Some(key(1, 1, None)), None, 0), t(0)),
-            Record
-        );
+        // Before the key's first seq: a key that would sign nothing.
+        assert!(conflict(decide_rotation(
+            &rot(1, 2, 1),
+            &facts(Some(key(1, 1, None)), None, 0),
+            t(0)
+        )));
+        assert!(conflict(decide_rotation(
+            &rot(2, 3, 8),
+            &facts(Some(key(2, 8, None)), None, 0),
+            t(0)
+        )));
         // A resend of the recorded rotation.
         assert_eq!(
             decide_rotation(
