@@ -2292,6 +2292,65 @@ pub async fn agent_key_rotations_hand_the_chain_over_once(s: Subject) -> CheckRe
     Ok(())
 }
 
+/// An agent enrolled by a node of the version before agent keys (its database already
+/// migrated by a newer node) has no key rows: its key is still found, as its enrolled key
+/// from seq 1, its reports counted and billed under it, and a rotation records it first.
+pub async fn an_agent_without_key_rows_is_read_from_its_enrollment(s: Subject) -> CheckResult {
+    use crate::rules::agent_keys::RotationDecision;
+    let mut f = seed(&s, "old", &[("api.convert", None)]).await?;
+    s.inspect
+        .forget_agent_keys(f.agent_id.clone())
+        .await
+        .map_err(db)?;
+    let key = f.key.verifying_key().to_bytes();
+    let found = s.store.agents_by_keys(vec![key]).await.map_err(db)?;
+    let k = found.get(&key).ok_or("the enrolled key is not found")?;
+    ensure!(
+        (k.agent_id.as_str(), k.from_seq, k.until_seq) == (f.agent_id.as_str(), 1, None),
+        "{k:?}"
+    );
+    let (_, this) = last_and_this_month(&s);
+    let r = f.next(at(this + 3600)?, 60, &[("api.convert", 4)]);
+    s.store
+        .ingest(vec![r], s.store.clock().now(), Source::Online)
+        .await
+        .map_err(db)?;
+    let ev = s
+        .store
+        .statement_evidence(f.customer_id.clone(), this, f.agent_id.clone())
+        .await
+        .map_err(db)?;
+    ensure!(
+        ev.len() == 1 && ev[0].agent_key == key,
+        "the report is billed under the enrolled key: {} rows",
+        ev.len()
+    );
+    let new = tally_proto::keys::generate();
+    let rotation = tally_proto::agent_key::Rotation {
+        license_id: f.license_id.clone(),
+        old_key: key,
+        new_key: new.verifying_key().to_bytes(),
+        from_seq: 2,
+        created_at: now(&s),
+    };
+    let signed = prost::Message::encode_to_vec(&rotation.sign(&f.key, &new));
+    let d = s
+        .store
+        .rotate_agent_key(rotation, signed, now(&s))
+        .await
+        .map_err(db)?;
+    ensure!(d == RotationDecision::Record, "{d:?}");
+    let keys = s.store.agent_keys(f.agent_id.clone()).await.map_err(db)?;
+    ensure!(
+        keys.iter()
+            .map(|k| (k.from_seq, k.until_seq))
+            .collect::<Vec<_>>()
+            == vec![(1, Some(2)), (2, None)],
+        "the enrolled key is recorded, then handed over: {keys:?}"
+    );
+    Ok(())
+}
+
 /// Expands to one `#[tokio::test]` per conformance check, each on a fresh store from
 /// `$fresh` (an async expression yielding a [`Subject`]).
 #[macro_export]
@@ -2327,7 +2386,8 @@ macro_rules! conformance_tests {
             a_bill_counts_only_accepted_reports,
             incidents_fold_one_outage_seen_twice,
             keyrings_are_added_in_order_once,
-            agent_key_rotations_hand_the_chain_over_once
+            agent_key_rotations_hand_the_chain_over_once,
+            an_agent_without_key_rows_is_read_from_its_enrollment
         );
     };
     (@each $fresh:expr; $($check:ident),+) => {

@@ -958,4 +958,8 @@ pub trait Inspect: Send + Sync + 'static {
     /// migrations.
     #[cfg(any(test, feature = "testing"))]
     async fn migrate_again(&self) -> StoreResult<()>;
+    /// Removes an agent's key rows, as an agent enrolled by a node of the version before
+    /// agent keys (on a database a newer node had migrated) has none.
+    #[cfg(any(test, feature = "testing"))]
+    async fn forget_agent_keys(&self, agent_id: String) -> StoreResult<()>;
 }

@@ -15,8 +15,8 @@
 /// window start, billed month. Read along each agent's `(agent_id, seq)` key (SQLite is
 /// told the join order; PostgreSQL plans its own).
 pub const MONTH_CANDIDATES: &str = "
-    SELECT a.id, (SELECT k.key FROM agent_keys k WHERE k.agent_id = a.id AND k.from_seq <= r.seq
-                AND (k.until_seq IS NULL OR r.seq < k.until_seq)),
+    SELECT a.id, COALESCE((SELECT k.key FROM agent_keys k WHERE k.agent_id = a.id
+                AND k.from_seq <= r.seq AND (k.until_seq IS NULL OR r.seq < k.until_seq)), a.key),
            a.license_id, r.seq, r.digest, r.bytes, r.status, r.window_start, r.billed_month
     FROM licenses l JOIN agents a ON a.license_id = l.id CROSS JOIN reports r
     WHERE r.agent_id = a.id AND l.customer_id = $1
@@ -27,8 +27,8 @@ pub const MONTH_CANDIDATES: &str = "
 /// small index of billed months. `$1` customer, `$2` month start; columns as
 /// [`MONTH_CANDIDATES`].
 pub const LATE_CANDIDATES: &str = "
-    SELECT a.id, (SELECT k.key FROM agent_keys k WHERE k.agent_id = a.id AND k.from_seq <= r.seq
-                AND (k.until_seq IS NULL OR r.seq < k.until_seq)),
+    SELECT a.id, COALESCE((SELECT k.key FROM agent_keys k WHERE k.agent_id = a.id
+                AND k.from_seq <= r.seq AND (k.until_seq IS NULL OR r.seq < k.until_seq)), a.key),
            a.license_id, r.seq, r.digest, r.bytes, r.status, r.window_start, r.billed_month
     FROM reports r JOIN agents a ON a.id = r.agent_id JOIN licenses l ON l.id = a.license_id
     WHERE r.billed_month = $2 AND l.customer_id = $1
@@ -38,8 +38,8 @@ pub const LATE_CANDIDATES: &str = "
 /// evidence. Columns: agent id, agent key, seq, digest, bytes, signature, status,
 /// window start, billed month.
 pub const EVIDENCE_CANDIDATES: &str = "
-    SELECT a.id, (SELECT k.key FROM agent_keys k WHERE k.agent_id = a.id AND k.from_seq <= r.seq
-                AND (k.until_seq IS NULL OR r.seq < k.until_seq)),
+    SELECT a.id, COALESCE((SELECT k.key FROM agent_keys k WHERE k.agent_id = a.id
+                AND k.from_seq <= r.seq AND (k.until_seq IS NULL OR r.seq < k.until_seq)), a.key),
            r.seq, r.digest, r.bytes, r.signature, r.status, r.window_start, r.billed_month
     FROM licenses l JOIN agents a ON a.license_id = l.id CROSS JOIN reports r
     WHERE r.agent_id = a.id AND l.customer_id = $1 AND a.id = $4
@@ -106,12 +106,23 @@ pub const KEYRINGS_AFTER: &str =
     "SELECT version, signed FROM keyrings WHERE version > $1 ORDER BY version LIMIT $2";
 
 /// The agent key `$1` (32 bytes), with its agent. Columns: see `AgentKey::from_columns`.
-pub const AGENT_KEY: &str = concat!(
-    "
+/// An agent with no `agent_keys` row at all (enrolled by a node of an earlier version
+/// while a newer one had already migrated the database) is read from `agents` as its one
+/// enrolled key, from seq 1.
+pub const AGENT_KEY: &str = "
     SELECT k.key, a.id, a.license_id, k.from_seq, k.until_seq, k.revoked_at, a.revoked_at
-    FROM agent_keys k JOIN agents a ON a.id = k.agent_id",
-    " WHERE k.key = $1"
-);
+    FROM agent_keys k JOIN agents a ON a.id = k.agent_id WHERE k.key = $1
+    UNION ALL
+    SELECT a.key, a.id, a.license_id, 1, NULL, NULL, a.revoked_at
+    FROM agents a WHERE a.key = $1
+      AND NOT EXISTS (SELECT 1 FROM agent_keys k WHERE k.agent_id = a.id)";
+
+/// Records the enrolled key `$1` of agent `$2` if the agent has no key row yet (see
+/// [`AGENT_KEY`]), `$3` added at.
+pub const ADOPT_ENROLLED_KEY: &str = "
+    INSERT INTO agent_keys (key, agent_id, from_seq, added_at)
+    SELECT $1, $2, 1, $3
+    WHERE NOT EXISTS (SELECT 1 FROM agent_keys k WHERE k.agent_id = $2)";
 
 /// Every key of agent `$1`, in the order they held its chain. Columns: as [`AGENT_KEY`].
 pub const KEYS_OF_AGENT: &str = concat!(
@@ -193,6 +204,7 @@ mod tests {
             INSERT_KEYRING,
             KEYRINGS_AFTER,
             AGENT_KEY,
+            ADOPT_ENROLLED_KEY,
             KEYS_OF_AGENT,
             ALL_AGENT_KEYS,
             INSERT_AGENT_KEY,

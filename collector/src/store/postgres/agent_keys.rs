@@ -79,6 +79,12 @@ impl AgentKeyStore for PostgresStore {
                 let from = i64::try_from(r.from_seq).unwrap_or(i64::MAX);
                 execute(
                     &tx,
+                    sql::ADOPT_ENROLLED_KEY,
+                    &[&r.old_key.as_slice(), &old.agent_id, &secs(now)],
+                )
+                .await?;
+                execute(
+                    &tx,
                     sql::HAND_OVER_AGENT_KEY,
                     &[&r.old_key.as_slice(), &from],
                 )

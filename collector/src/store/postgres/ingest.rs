@@ -596,8 +596,13 @@ impl IngestStore for PostgresStore {
         let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
         let rows = query(
             &c,
+            // As `sql::AGENT_KEY`, for many keys at once.
             "SELECT k.key, a.id, a.license_id, k.from_seq, k.until_seq, k.revoked_at, a.revoked_at
-             FROM agent_keys k JOIN agents a ON a.id = k.agent_id WHERE k.key = ANY($1)",
+             FROM agent_keys k JOIN agents a ON a.id = k.agent_id WHERE k.key = ANY($1)
+             UNION ALL
+             SELECT a.key, a.id, a.license_id, 1, NULL, NULL, a.revoked_at
+             FROM agents a WHERE a.key = ANY($1)
+               AND NOT EXISTS (SELECT 1 FROM agent_keys k WHERE k.agent_id = a.id)",
             &[&keys],
         )
         .await?;

@@ -309,6 +309,18 @@ impl Inspect for PostgresStore {
         schema::migrate(&mut c).await
     }
 
+    #[cfg(any(test, feature = "testing"))]
+    async fn forget_agent_keys(&self, agent_id: String) -> StoreResult<()> {
+        let c = self.client().await?;
+        execute(
+            &c,
+            "DELETE FROM agent_keys WHERE agent_id = $1",
+            &[&agent_id],
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn stored_reports(&self) -> StoreResult<Vec<StoredReport>> {
         let c = self.client().await?;
         let rows = query(

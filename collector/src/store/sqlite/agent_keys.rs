@@ -84,6 +84,8 @@ fn rotate(
     let decision = decide_rotation(r, &facts, now);
     if let (RotationDecision::Record, Some(old)) = (&decision, &facts.old) {
         let from = i64::try_from(r.from_seq).unwrap_or(i64::MAX);
+        c.prepare_cached(&sql::sqlite(sql::ADOPT_ENROLLED_KEY))?
+            .execute(params![r.old_key.as_slice(), old.agent_id, secs(now)])?;
         c.prepare_cached(&sql::sqlite(sql::HAND_OVER_AGENT_KEY))?
             .execute(params![r.old_key.as_slice(), from])?;
         c.prepare_cached(&sql::sqlite(sql::INSERT_AGENT_KEY))?

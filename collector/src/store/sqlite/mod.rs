@@ -203,6 +203,16 @@ impl Inspect for SqliteStore {
         .await
         .map_err(|e| StoreError::Database(e.to_string()))?
     }
+
+    #[cfg(any(test, feature = "testing"))]
+    async fn forget_agent_keys(&self, agent_id: String) -> StoreResult<()> {
+        self.writer
+            .write(move |c| {
+                c.execute("DELETE FROM agent_keys WHERE agent_id = ?1", [agent_id])?;
+                Ok(())
+            })
+            .await
+    }
 }
 
 /// The `status` column: [`ReportStatus::as_str`] both ways; anything else is a corrupt row.
