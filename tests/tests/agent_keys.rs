@@ -344,9 +344,25 @@ async fn an_agent_key_rotation_with_the_agent_running_across_it() {
         "{out}{err}"
     );
 
-    // The vendor revokes the new key (a leak): its later reports are refused.
-    let (code, out, err) = collector_cmd(&cdata, &["keys", "revoke", &new_id]);
+    // The vendor revokes the new key (a leak), on a node without the vendor key (an agent
+    // key is the collector's to refuse): not from a future time; from a minute ago, its
+    // later reports are refused.
+    std::fs::rename(
+        cdata.join("vendor.key"),
+        tmp.path().join("vendor.key.offline"),
+    )
+    .unwrap();
+    let (code, _, err) =
+        collector_cmd(&cdata, &["keys", "revoke", &new_id, "--from", "2999-01-01"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("starts now or earlier"), "{err}");
+    let from = tally_proto::time::rfc3339(Utc::now() - Duration::minutes(1));
+    let (code, out, err) = collector_cmd(&cdata, &["keys", "revoke", &new_id, "--from", &from]);
     assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("revoked agent key {new_id}")),
+        "{out}"
+    );
     let body = submit(
         &mut client,
         &receipt_key,
