@@ -479,3 +479,60 @@ async fn an_air_gapped_site_across_both_rotations() {
     );
     assert_eq!(again["counts"]["duplicate"].as_u64(), Some(n), "{again}");
 }
+
+/// Bad input to the agent key commands and RPC: one `error:` line, exit 2, nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_to_agent_key_rotation_changes_nothing() {
+    use tally_tests::Deployment;
+    let d = Deployment::new(&["api.convert"], Some(""));
+    let one_error = |code: i32, err: &str, needle: &str| {
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.starts_with("error: ") && err.lines().count() == 1,
+            "{err}"
+        );
+        assert!(err.contains(needle), "{err}");
+    };
+    // Not an agent directory.
+    let (code, _, err) = agent_cmd(&d.tmp.path().join("nothing"), &["keys", "rotate"]);
+    one_error(code, &err, "not an initialized agent directory");
+    // Before the key has signed a report: a key that signs nothing is refused.
+    let (code, _, err) = agent_cmd(&d.adata, &["keys", "rotate"]);
+    one_error(code, &err, "has not signed a report yet");
+    let leftovers = std::fs::read_dir(&d.adata)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("agent.key."))
+        .count();
+    assert_eq!(leftovers, 0, "the refused rotation's key file is gone");
+    let keys = agent_json(&d.adata, &["keys", "list"]);
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 1, "{keys}");
+    // The collector: a revocation time that is not a time; an unknown key id.
+    let status = agent_json(&d.adata, &["status"]);
+    let key_id = status["key_id"].as_str().unwrap();
+    let (code, _, err) = collector_cmd(&d.cdata, &["keys", "revoke", key_id, "--from", "soon"]);
+    one_error(code, &err, "--from");
+    // The RPC: no rotation, bytes that are not one, a rotation signed by one key only.
+    let mut client = tally_tests::connect(d.collector.grpc).await;
+    for (what, rotation) in [
+        ("missing", None),
+        (
+            "garbage",
+            Some(pb::SignedAgentKeyRotation {
+                rotation: vec![0xff; 40],
+                old_signature: vec![0; 64],
+                new_signature: vec![0; 64],
+            }),
+        ),
+    ] {
+        let s = client
+            .rotate_agent_key(pb::RotateAgentKeyRequest { rotation })
+            .await
+            .unwrap_err();
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{what}: {s:?}");
+    }
+    // Nothing was recorded: the agent's key is still the only one, and it still counts.
+    let agent = AgentProcess::spawn(&d.adata, &["--listen", "127.0.0.1:0", "--interval", "1s"]);
+    record(&agent, &[4]).await;
+    assert_eq!(d.totals().await.get("api.convert"), Some(&4));
+}
