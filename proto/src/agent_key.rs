@@ -90,10 +90,12 @@ impl Rotation {
                 "the old and the new key are the same".into(),
             ));
         }
-        if m.from_seq == 0 {
-            return Err(RotationError::Malformed(
-                "from_seq must be at least 1".into(),
-            ));
+        // Seqs are stored as signed 64-bit integers.
+        if m.from_seq == 0 || m.from_seq > i64::MAX as u64 {
+            return Err(RotationError::Malformed(format!(
+                "from_seq must be from 1 to {}",
+                i64::MAX
+            )));
         }
         if m.license_id.is_empty() || m.license_id.len() > crate::limits::MAX_SHORT_STRING {
             return Err(RotationError::Malformed(
@@ -277,12 +279,13 @@ mod tests {
             Rotation::verify(&same.sign(&key(1), &key(1))),
             Err(RotationError::Malformed(_))
         ));
-        let zero = rotation(1, 2, 0);
-        assert!(matches!(
-            Rotation::verify(&zero.sign(&key(1), &key(2))),
-            Err(RotationError::Malformed(_))
-        ));
-    }
+        for bad in [0, i64::MAX as u64 + 1, u64::MAX] {
+            let r = rotation(1, 2, bad);
+            assert!(matches!(
+                Rotation::verify(&r.sign(&key(1), &key(2))),
+                Err(RotationError::Malformed(_))
+            ));
+        }
 
     #[test]
     fn a_history_names_the_key_of_every_seq() {
