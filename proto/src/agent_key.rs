@@ -286,6 +286,7 @@ mod tests {
                 Err(RotationError::Malformed(_))
             ));
         }
+    }
 
     #[test]
     fn a_history_names_the_key_of_every_seq() {
