@@ -114,7 +114,7 @@ impl TrustedKeys {
         &self,
         store: &AgentStore,
         list: Vec<pb::SignedKeyring>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, AcceptError> {
         if list.is_empty() {
             return Ok(false);
         }
@@ -138,7 +138,9 @@ impl TrustedKeys {
         if newer.is_empty() {
             return Ok(false);
         }
-        let (next, _) = self.follow(held.as_ref(), &newer)?;
+        let (next, _) = self
+            .follow(held.as_ref(), &newer)
+            .map_err(AcceptError::Refused)?;
         all.extend(newer);
         store
             .set_meta(
@@ -148,8 +150,7 @@ impl TrustedKeys {
                 }
                 .encode_to_vec(),
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         *self.chain.write().unwrap_or_else(|p| p.into_inner()) = Some((next, all));
         Ok(true)
     }
@@ -209,5 +210,17 @@ pub async fn refresh(
         .map_err(|s| format!("GetKeyrings: {}: {}", s.code(), s.message()))?
         .into_inner()
         .keyrings;
-    keys.accept(store, list).await
+    keys.accept(store, list).await.map_err(|e| e.to_string())
+}
+
+/// Why keyrings were not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    /// They do not follow from the keyring held under the chain rule (forged, or not this
+    /// deployment's): bad input.
+    #[error("{0}")]
+    Refused(String),
+    /// They verify, but could not be stored.
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
 }

@@ -106,7 +106,12 @@ pub async fn import_receipts(agent: &Agent, file: &Path) -> CmdResult {
         .keys
         .accept(&agent.store, b.keyrings)
         .await
-        .map_err(|e| usage(format!("{}: keyrings: {e}", file.display())))?;
+        .map_err(|e| match e {
+            crate::trusted_keys::AcceptError::Refused(m) => {
+                usage(format!("{}: keyrings: {m}", file.display()))
+            }
+            other => runtime(other),
+        })?;
     let mut verified = Vec::new();
     for (i, r) in b.receipts.into_iter().enumerate() {
         let body = agent
