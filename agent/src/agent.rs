@@ -219,6 +219,21 @@ impl Agent {
             .key_history(self.signing_key().verifying_key().to_bytes())
     }
 
+    /// Fetches keyrings newer than the one held from the first collector that answers;
+    /// `false` when none did (offline: what is held is used).
+    pub async fn refresh_keyrings(&self) -> bool {
+        for url in &self.collectors {
+            let Ok(mut client) = connect(self, url).await else {
+                continue;
+            };
+            match crate::trusted_keys::refresh(&self.keys, &self.store, &mut client).await {
+                Ok(_) => return true,
+                Err(e) => tracing::warn!(collector = %url, error = %e, "Fetching keyrings failed."),
+            }
+        }
+        false
+    }
+
     /// Verifies a closed statement; when it names a statement key this agent does not know
     /// (a rotation since it last looked), fetches the newer keyrings from its collectors
     /// first and checks again. An unreachable collector leaves the first answer standing.
@@ -230,16 +245,8 @@ impl Agent {
         use tally_proto::statement::StatementError;
         match self.keys.verify_statement(document) {
             Err(StatementError::Key(KeyError::Unknown(id))) => {
-                for url in &self.collectors {
-                    let Ok(mut client) = connect(self, url).await else {
-                        continue;
-                    };
-                    match crate::trusted_keys::refresh(&self.keys, &self.store, &mut client).await {
-                        Ok(_) => return self.keys.verify_statement(document),
-                        Err(e) => {
-                            tracing::warn!(collector = %url, error = %e, "Fetching keyrings failed.")
-                        }
-                    }
+                if self.refresh_keyrings().await {
+                    return self.keys.verify_statement(document);
                 }
                 Err(StatementError::Key(KeyError::Unknown(id)))
             }

@@ -68,6 +68,9 @@ pub async fn statements_verify(
         }
         StatementSource::Fetch(month) => {
             let (b, origin) = fetch(agent, month, &api).await?;
+            // Online anyway: follow any newer keyring first, so a statement key revoked
+            // since this agent last looked is judged by the revocation.
+            agent.refresh_keyrings().await;
             (b, origin, Some(month.as_str()))
         }
     };
