@@ -170,6 +170,14 @@ pub fn status_json(agent: &Agent, live: bool) -> Result<serde_json::Value, Statu
         "open_window": open.into_iter().map(|(m, q)| json!({"metric": m, "quantity": q})).collect::<Vec<_>>(),
         "not_counted": not_counted,
         "waiting_for_enrollment": waiting,
+        // Receipts a key revoked since they arrived signed: fetch them again (docs:
+        // "Rotation after a leak"); `reports verify` names each too.
+        "receipts_to_refetch": agent
+            .keys
+            .receipts_no_longer_valid(&reports)
+            .into_iter()
+            .map(|(seq, why)| json!({"seq": seq, "why": why}))
+            .collect::<Vec<_>>(),
     });
     if live {
         v["delivery"] = stats_json(agent);

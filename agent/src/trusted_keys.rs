@@ -178,6 +178,41 @@ impl TrustedKeys {
         }
     }
 
+    /// The stored receipts whose key the keyring held now no longer lets sign at their
+    /// `received_at` (a revocation since they arrived; their signatures were checked then):
+    /// `(seq, why)`, for `status` to show which receipts to fetch again.
+    pub fn receipts_no_longer_valid(
+        &self,
+        reports: &[crate::store::StoredReport],
+    ) -> Vec<(u64, String)> {
+        use tally_proto::keyring::Purpose;
+        let Some(k) = self.keyring() else {
+            return Vec::new();
+        };
+        let vendor_id = tally_proto::keys::key_id(&self.vendor.to_bytes());
+        let mut out = Vec::new();
+        for r in reports {
+            let Some(rc) = &r.receipt else { continue };
+            let at = pb::ReceiptBody::decode(rc.body.as_slice())
+                .ok()
+                .and_then(|b| b.received_at)
+                .and_then(|t| tally_proto::time::from_timestamp(&t));
+            let Some(at) = at else {
+                out.push((r.seq, "the stored receipt does not decode".into()));
+                continue;
+            };
+            let id = if rc.key_id.is_empty() {
+                vendor_id.as_str()
+            } else {
+                rc.key_id.as_str()
+            };
+            if let Err(e) = k.key_for(Purpose::Receipt, id, at) {
+                out.push((r.seq, e.to_string()));
+            }
+        }
+        out
+    }
+
     /// Verifies a closed statement: with the keyring, by its key valid at its close;
     /// without one, with the vendor key.
     pub fn verify_statement(&self, document: &[u8]) -> Result<Statement, StatementError> {

@@ -225,6 +225,22 @@ async fn a_revoked_receipt_key_is_refused_from_its_revocation_on() {
         .filter(|l| l.starts_with("report seq ") && l.contains("revoked"))
         .collect();
     assert!(named.len() >= 2, "{out}");
+    // `status` shows the same reports, as receipts to fetch again.
+    let status = agent.status().await;
+    let refetch: Vec<u64> = status["receipts_to_refetch"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(refetch.len(), named.len(), "{status}");
+    assert!(
+        status["receipts_to_refetch"][0]["why"]
+            .as_str()
+            .unwrap()
+            .contains("revoked"),
+        "{status}"
+    );
     assert!(
         err.contains(&format!("{} reports do not verify", named.len())),
         "{err}"

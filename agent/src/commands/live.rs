@@ -96,6 +96,13 @@ fn status_text(v: &Value) -> String {
             v["waiting_for_enrollment"]
         );
     }
+    for r in v["receipts_to_refetch"].as_array().into_iter().flatten() {
+        t += &format!(
+            "receipt to fetch again: seq {}: {}\n",
+            r["seq"],
+            s(&r["why"])
+        );
+    }
     for r in v["not_counted"].as_array().into_iter().flatten() {
         t += &format!(
             "not counted: seq {} {} {} {}\n",
