@@ -2201,6 +2201,32 @@ pub async fn agent_key_rotations_hand_the_chain_over_once(s: Subject) -> CheckRe
         .await
         .map_err(db)?;
     ensure!(by_id.map(|k| k.key) == Some(new_key), "found by key id");
+    // A report of the old key for seq 3 that was looked up before the rotation committed
+    // (the store is asked directly, as the ingest path would after its lookup): the store
+    // judges the key again under the agent's lock and refuses it, storing nothing.
+    let before = s.inspect.stored_reports().await.map_err(db)?.len();
+    let stale = f.report(
+        3,
+        f.prev,
+        at(this - 3 * 86_400 + 2 * 3600)?,
+        3600,
+        &[("api.convert", 100)],
+    );
+    let out = s
+        .store
+        .ingest(vec![stale], s.store.clock().now(), Source::Online)
+        .await
+        .map_err(db)?;
+    ensure!(
+        out.len() == 1
+            && out[0].outcome == Outcome::Refused
+            && out[0].reason == Some(Reason::AgentRevoked),
+        "a report of the old key past the hand-over: {out:?}"
+    );
+    ensure!(
+        s.inspect.stored_reports().await.map_err(db)?.len() == before,
+        "nothing of it is stored"
+    );
     // The new key signs seqs 3 and 4, chained on; the month closes with one line.
     f.key = new.clone();
     let mut reports = Vec::new();

@@ -47,6 +47,9 @@ pub trait Facts {
     fn closed_months(&mut self) -> StoreResult<BTreeSet<i64>>;
     /// The license's alert thresholds, if it has any.
     fn alert_terms(&mut self, license_id: &str) -> StoreResult<Option<AlertTerms>>;
+    /// The agent key `key` as stored now, read under the agent's lock: a rotation or a
+    /// revocation that committed since the caller looked the key up is seen here.
+    fn agent_key(&mut self, key: &[u8; 32]) -> StoreResult<Option<crate::store::AgentKey>>;
 }
 
 /// Quantities to add to the hour and the month of a report's window start (a store keeps
@@ -264,6 +267,29 @@ pub fn plan_ingest(
     let mut agents: HashMap<String, AgentPlan> = HashMap::new();
     for (index, r) in reports.iter().enumerate() {
         let rep = &r.report;
+        // The key was judged when the report came in (`crate::ingest`), before this
+        // transaction; judge it again on what is stored now, under the agent's lock, so a
+        // rotation or revocation that committed meanwhile cannot let the key sign past it.
+        let judged = match facts.agent_key(&rep.agent_key)? {
+            Some(k) if k.agent_id == r.agent_id => {
+                rules::agent_keys::judge_report(&k, &rep.license_id, rep.seq, received_at)
+            }
+            _ => Err((
+                Reason::UnknownAgent,
+                "the agent key is not enrolled".to_string(),
+            )),
+        };
+        if let Err((reason, detail)) = judged {
+            plan.outcomes.push(StoredOutcome {
+                outcome: Outcome::Refused,
+                reason: Some(reason),
+                detail,
+                lease_until: None,
+                credits: Vec::new(),
+                received_at,
+            });
+            continue;
+        }
         if !licenses.contains_key(&rep.license_id) {
             let t = facts.license(&rep.license_id)?;
             licenses.insert(rep.license_id.clone(), t);

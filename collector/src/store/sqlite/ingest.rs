@@ -91,6 +91,10 @@ impl Facts for SqliteFacts<'_> {
         neighbourhood(self.0, agent_id, seq as i64)
     }
 
+    fn agent_key(&mut self, key: &[u8; 32]) -> StoreResult<Option<crate::store::AgentKey>> {
+        super::agent_keys::agent_key(self.0, key)
+    }
+
     fn last_seq(&mut self, agent_id: &str) -> StoreResult<u64> {
         let v: i64 = self
             .0
