@@ -27,10 +27,17 @@ impl Clock {
         Clock { offset_micros: 0 }
     }
 
-    /// A clock that reads `at` now and then advances with the system clock.
+    /// A clock that reads `at` now and then advances with the system clock. The offset is
+    /// rounded up to whole microseconds, so it never reads before `at`.
     pub fn starting_at(at: DateTime<Utc>) -> Clock {
+        let d = at - Utc::now();
+        let us = d.num_microseconds().unwrap_or(0);
         Clock {
-            offset_micros: (at - Utc::now()).num_microseconds().unwrap_or(0),
+            offset_micros: if d > Duration::microseconds(us) {
+                us.saturating_add(1)
+            } else {
+                us
+            },
         }
     }
 
