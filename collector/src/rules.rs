@@ -11,7 +11,9 @@
 //! `metric_not_licensed` → `bad_window` → `clock_skew` → `too_old` → `chain_mismatch` →
 //! `window_overlap` → counted. (Refusals — `too_large`, `malformed`, `bad_signature`,
 //! `unknown_agent`, `agent_revoked`, `license_mismatch` — are decided before a report is
-//! authentic, by `crate::ingest`, and never reach a store.)
+//! authentic, by `crate::ingest`; the agent key's part, `agent_keys::judge_report`, is
+//! asked again by the store's plan inside its transaction, and a refusal there stores
+//! nothing either.)
 
 pub mod agent_keys;
 pub mod alerts;
