@@ -6,7 +6,7 @@
 //!    on it: later ones become adjustments of a later month. This step is serialized
 //!    with every ingest and release.
 //! 2. Each customer's statement is built from the reports billed on the month (which can
-//!    no longer change), signed with the vendor key, and stored with `finish_close`.
+//!    no longer change), signed with the statement key, and stored with `finish_close`.
 //!
 //! A crash between the two leaves the month closed but not done; the next close of it
 //! (by hand, or the automatic one) finishes it with the same close time, so the documents
