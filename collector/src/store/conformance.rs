@@ -2374,6 +2374,37 @@ pub async fn an_agent_without_key_rows_is_read_from_its_enrollment(s: Subject) -
             == vec![(1, Some(2)), (2, None)],
         "the enrolled key is recorded, then handed over: {keys:?}"
     );
+    // Another such agent: listed, found by key id and revoked like any other.
+    let g = f
+        .enroll_new_agent(s.store.as_ref(), now(&s))
+        .await
+        .map_err(db)?;
+    s.inspect
+        .forget_agent_keys(g.agent_id.clone())
+        .await
+        .map_err(db)?;
+    let gkey = g.key.verifying_key().to_bytes();
+    let listed = s.store.agent_keys(g.agent_id.clone()).await.map_err(db)?;
+    ensure!(
+        listed.len() == 1 && listed[0].key == gkey,
+        "listed: {listed:?}"
+    );
+    let by_id = s
+        .store
+        .agent_key_by_id(tally_proto::keys::key_id(&gkey))
+        .await
+        .map_err(db)?;
+    ensure!(by_id.map(|k| k.key) == Some(gkey), "found by key id");
+    let t = now(&s);
+    s.store.revoke_agent_key(gkey, t).await.map_err(db)?;
+    let k = s
+        .store
+        .agents_by_keys(vec![gkey])
+        .await
+        .map_err(db)?
+        .remove(&gkey)
+        .ok_or("the revoked key is gone")?;
+    ensure!(k.revoked_at == Some(t), "revoked: {k:?}");
     Ok(())
 }
 

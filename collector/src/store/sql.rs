@@ -125,16 +125,28 @@ pub const ADOPT_ENROLLED_KEY: &str = "
     WHERE NOT EXISTS (SELECT 1 FROM agent_keys k WHERE k.agent_id = $2)";
 
 /// Every key of agent `$1`, in the order they held its chain. Columns: as [`AGENT_KEY`].
-pub const KEYS_OF_AGENT: &str = concat!(
-    "
-    SELECT k.key, a.id, a.license_id, k.from_seq, k.until_seq, k.revoked_at, a.revoked_at
-    FROM agent_keys k JOIN agents a ON a.id = k.agent_id",
-    " WHERE a.id = $1 ORDER BY k.from_seq, k.until_seq IS NULL"
-);
+/// (An agent without key rows: its enrolled key, as in [`AGENT_KEY`].)
+pub const KEYS_OF_AGENT: &str = "
+    SELECT u.key, u.agent_id, u.license_id, u.from_seq, u.until_seq, u.key_revoked_at,
+           u.agent_revoked_at
+    FROM (SELECT k.key AS key, a.id AS agent_id, a.license_id AS license_id,
+                 k.from_seq AS from_seq, k.until_seq AS until_seq,
+                 k.revoked_at AS key_revoked_at, a.revoked_at AS agent_revoked_at
+          FROM agent_keys k JOIN agents a ON a.id = k.agent_id WHERE a.id = $1
+          UNION ALL
+          SELECT a.key, a.id, a.license_id, 1, NULL, NULL, a.revoked_at
+          FROM agents a WHERE a.id = $1
+            AND NOT EXISTS (SELECT 1 FROM agent_keys k WHERE k.agent_id = a.id)) AS u
+    ORDER BY u.from_seq, u.until_seq IS NULL";
 
 /// Every agent key (32 bytes each), for finding one by key id (ids are not stored: a key
-/// id is a hash of the key).
-pub const ALL_AGENT_KEYS: &str = "SELECT key FROM agent_keys";
+/// id is a hash of the key); with the enrolled key of every agent without key rows, as in
+/// [`AGENT_KEY`].
+pub const ALL_AGENT_KEYS: &str = "
+    SELECT key FROM agent_keys
+    UNION ALL
+    SELECT a.key FROM agents a
+    WHERE NOT EXISTS (SELECT 1 FROM agent_keys k WHERE k.agent_id = a.id)";
 
 /// A key an agent signs with: `$1` key, `$2` agent id, `$3` first seq it signs, `$4` the
 /// signed rotation that handed it the chain (NULL: the enrolled key), `$5` added at.
@@ -147,6 +159,13 @@ pub const HAND_OVER_AGENT_KEY: &str = "UPDATE agent_keys SET until_seq = $2 WHER
 
 /// Agent `$1` now signs with key `$2`.
 pub const SET_AGENT_KEY: &str = "UPDATE agents SET key = $2 WHERE id = $1";
+
+/// Records the enrolled key `$1` of an agent without key rows (see [`AGENT_KEY`]) before
+/// it is revoked; `$2` added at.
+pub const ADOPT_KEY: &str = "
+    INSERT INTO agent_keys (key, agent_id, from_seq, added_at)
+    SELECT a.key, a.id, 1, $2 FROM agents a
+    WHERE a.key = $1 AND NOT EXISTS (SELECT 1 FROM agent_keys k WHERE k.agent_id = a.id)";
 
 /// Revokes agent key `$1` from `$2`; an earlier revocation stands (never moved later).
 pub const REVOKE_AGENT_KEY: &str = "
@@ -205,6 +224,7 @@ mod tests {
             KEYRINGS_AFTER,
             AGENT_KEY,
             ADOPT_ENROLLED_KEY,
+            ADOPT_KEY,
             KEYS_OF_AGENT,
             ALL_AGENT_KEYS,
             INSERT_AGENT_KEY,

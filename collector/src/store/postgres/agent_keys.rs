@@ -134,10 +134,22 @@ impl AgentKeyStore for PostgresStore {
         }
     }
 
+    /// Under the agent's row lock, which ingest takes before it reads the keys: a report
+    /// whose keys were read before the revocation commits is stored before it, one after
+    /// sees it.
     async fn revoke_agent_key(&self, key: [u8; 32], at: Instant) -> StoreResult<()> {
-        let c = self.client().await?;
-        execute(&c, sql::REVOKE_AGENT_KEY, &[&key.as_slice(), &secs(at)]).await?;
-        Ok(())
+        in_transaction!(self, |tx| {
+            if let Some(k) = agent_key(&tx, &key).await? {
+                query_opt(
+                    &tx,
+                    "SELECT 1 FROM agents WHERE id = $1 FOR UPDATE",
+                    &[&k.agent_id],
+                )
+                .await?;
+            }
+            execute(&tx, sql::ADOPT_KEY, &[&key.as_slice(), &secs(at)]).await?;
+            execute(&tx, sql::REVOKE_AGENT_KEY, &[&key.as_slice(), &secs(at)]).await?;
+        })
     }
 
     async fn agent_rotations(&self, agent_id: String) -> StoreResult<Vec<Vec<u8>>> {

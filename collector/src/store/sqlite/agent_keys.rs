@@ -147,6 +147,8 @@ impl AgentKeyStore for SqliteStore {
     async fn revoke_agent_key(&self, key: [u8; 32], at: Instant) -> StoreResult<()> {
         self.writer
             .write(move |c| {
+                c.prepare_cached(&sql::sqlite(sql::ADOPT_KEY))?
+                    .execute(params![key.as_slice(), secs(at)])?;
                 c.prepare_cached(&sql::sqlite(sql::REVOKE_AGENT_KEY))?
                     .execute(params![key.as_slice(), secs(at)])?;
                 Ok(())
