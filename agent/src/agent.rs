@@ -448,13 +448,10 @@ async fn connect(
 /// On an error, also the first seq it holds back (the rotation's `from_seq`).
 async fn send_rotations(agent: &Agent, url: &str) -> Result<(), (String, u64)> {
     use crate::store::RotationState;
-    let pending: Vec<_> = agent
+    let pending = agent
         .store
-        .rotations()
-        .map_err(|e| (e.to_string(), 0))?
-        .into_iter()
-        .filter(|r| r.state == RotationState::Pending)
-        .collect();
+        .pending_rotations()
+        .map_err(|e| (e.to_string(), 0))?;
     let Some(first) = pending.first() else {
         return Ok(());
     };

@@ -58,8 +58,15 @@ CREATE TABLE IF NOT EXISTS key_rotations (
 "#;
 
 fn read_all(c: &Connection) -> StoreResult<Vec<StoredRotation>> {
+    read_where(c, "ORDER BY from_seq")
+}
+
+/// The rotations `clause` selects (each verified as it is read).
+fn read_where(c: &Connection, clause: &str) -> StoreResult<Vec<StoredRotation>> {
     let rows = c
-        .prepare_cached("SELECT signed, state, detail FROM key_rotations ORDER BY from_seq")?
+        .prepare_cached(&format!(
+            "SELECT signed, state, detail FROM key_rotations {clause}"
+        ))?
         .query_map([], |r| {
             Ok((
                 r.get::<_, Vec<u8>>(0)?,
@@ -88,14 +95,23 @@ fn read_all(c: &Connection) -> StoreResult<Vec<StoredRotation>> {
 }
 
 /// The key the newest rotation handed the chain to; `None` before any rotation.
+/// (Asked by every window close: reads and verifies the newest rotation only.)
 pub(super) fn current_key(c: &Connection) -> StoreResult<Option<[u8; 32]>> {
-    Ok(read_all(c)?.last().map(|r| r.rotation.new_key))
+    Ok(read_where(c, "ORDER BY from_seq DESC LIMIT 1")?
+        .first()
+        .map(|r| r.rotation.new_key))
 }
 
 impl AgentStore {
     /// Every rotation, oldest first, each verified (both signatures).
     pub fn rotations(&self) -> StoreResult<Vec<StoredRotation>> {
         read_all(&self.reader()?)
+    }
+
+    /// The rotations not yet recorded by the collector, oldest first (asked before every
+    /// delivery: usually none, and nothing is verified then).
+    pub fn pending_rotations(&self) -> StoreResult<Vec<StoredRotation>> {
+        read_where(&self.reader()?, "WHERE state = 'pending' ORDER BY from_seq")
     }
 
     /// The key the chain is held by now according to the rotations; `None` before any.

@@ -7,6 +7,7 @@ use super::{PostgresStore, execute, query, query_opt, secs};
 use crate::rules::agent_keys::{RotationDecision, RotationFacts, decide_rotation};
 use async_trait::async_trait;
 use deadpool_postgres::GenericClient;
+use std::collections::HashMap;
 use std::time::Duration;
 use tally_proto::agent_key::Rotation;
 use tally_proto::time::Instant;
@@ -160,4 +161,29 @@ impl AgentKeyStore for PostgresStore {
             .map(|r| r.get(0))
             .collect())
     }
+}
+
+/// The agent keys among `keys` (as `sql::AGENT_KEY`, for many keys at once).
+pub(super) async fn agent_keys<C: GenericClient>(
+    c: &C,
+    keys: &[[u8; 32]],
+) -> StoreResult<HashMap<[u8; 32], AgentKey>> {
+    let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+    let rows = query(
+        c,
+        "SELECT k.key, a.id, a.license_id, k.from_seq, k.until_seq, k.revoked_at, a.revoked_at
+         FROM agent_keys k JOIN agents a ON a.id = k.agent_id WHERE k.key = ANY($1)
+         UNION ALL
+         SELECT a.key, a.id, a.license_id, 1, NULL, NULL, a.revoked_at
+         FROM agents a WHERE a.key = ANY($1)
+           AND NOT EXISTS (SELECT 1 FROM agent_keys k WHERE k.agent_id = a.id)",
+        &[&keys],
+    )
+    .await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let key = to_key(r)?;
+        out.insert(key.key, key);
+    }
+    Ok(out)
 }

@@ -246,7 +246,7 @@ pub(super) async fn ingest_batch<C: GenericClient>(
     // 2. Read what the plan will ask about: first the batch's keys, under the agents'
     // locks (a rotation locks its agent's row too).
     let keys: Vec<[u8; 32]> = reports.iter().map(|r| r.report.agent_key).collect();
-    facts.keys = agent_keys(c, &keys).await?;
+    facts.keys = super::agent_keys::agent_keys(c, &keys).await?;
     let mut license_ids: Vec<&str> = reports
         .iter()
         .map(|r| r.report.license_id.as_str())
@@ -602,7 +602,7 @@ impl IngestStore for PostgresStore {
         keys: Vec<[u8; 32]>,
     ) -> StoreResult<HashMap<[u8; 32], AgentKey>> {
         let c = self.client().await?;
-        agent_keys(&c, &keys).await
+        super::agent_keys::agent_keys(&c, &keys).await
     }
 
     /// The receipt time comes from the database's clock, not `_received_at` (see
@@ -634,37 +634,4 @@ impl IngestStore for PostgresStore {
             super::admin::enroll(&tx, &license_id, &token_hash, &agent_key, secs(now)).await?
         })
     }
-}
-
-/// The agent keys among `keys` (as `sql::AGENT_KEY`, for many keys at once).
-async fn agent_keys<C: GenericClient>(
-    c: &C,
-    keys: &[[u8; 32]],
-) -> StoreResult<HashMap<[u8; 32], AgentKey>> {
-    let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
-    let rows = query(
-        c,
-        "SELECT k.key, a.id, a.license_id, k.from_seq, k.until_seq, k.revoked_at, a.revoked_at
-         FROM agent_keys k JOIN agents a ON a.id = k.agent_id WHERE k.key = ANY($1)
-         UNION ALL
-         SELECT a.key, a.id, a.license_id, 1, NULL, NULL, a.revoked_at
-         FROM agents a WHERE a.key = ANY($1)
-           AND NOT EXISTS (SELECT 1 FROM agent_keys k WHERE k.agent_id = a.id)",
-        &[&keys],
-    )
-    .await?;
-    let mut out = HashMap::with_capacity(rows.len());
-    for r in rows {
-        let key = AgentKey::from_columns(
-            r.get::<_, &[u8]>(0),
-            r.get(1),
-            r.get(2),
-            r.get(3),
-            r.get(4),
-            r.get(5),
-            r.get(6),
-        )?;
-        out.insert(key.key, key);
-    }
-    Ok(out)
 }
